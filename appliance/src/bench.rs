@@ -1,0 +1,212 @@
+//! `lockstep bench pipeline`: the whole pipeline's throughput as a ratio
+//! to the bare encoder on the same frames, both measured in this run.
+//!
+//! Both sides get the same pre-rendered test-source frames and the same
+//! parallelism (one thread per rendition). The baseline encodes frames
+//! already scaled to each rendition size, with a fresh encoder per segment;
+//! the pipeline additionally copies each frame into the pool (as a capture
+//! device would), fingerprints it, scales it, encodes audio and writes
+//! CMAF segments, manifests and playlists. The last line is the headline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lockstep_encoder_api::{PictureRef, VideoEncoderFactory, VideoSettings};
+
+use crate::capture::pool::{FrameBuffers, FrameLayout, FrameMeta, FramePool};
+use crate::capture::testsrc::TestSource;
+use crate::capture::{CaptureDevice, CaptureError, Captured, SourceFormat};
+use crate::config::{Config, Pacing};
+use crate::encode::scale::Scaler;
+use crate::pipeline::{self, RunLimits};
+use crate::timeline::Rate;
+
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Which {
+    /// Pipeline throughput against the bare encoder.
+    Pipeline {
+        /// Frames to encode (whole segments are best).
+        #[arg(long, default_value_t = 240)]
+        frames: u64,
+        /// Use the appliance's full default ladder (1080p source) instead of the demo ladder.
+        #[arg(long)]
+        full_ladder: bool,
+    },
+}
+
+/// Replays pre-rendered frames (copying each into the pool, as DMA would).
+struct MemoryCapture {
+    pictures: Arc<Vec<Vec<u8>>>,
+    audio: Arc<Vec<Vec<i16>>>,
+    format: SourceFormat,
+    next: usize,
+}
+
+impl CaptureDevice for MemoryCapture {
+    fn describe(&self) -> String {
+        format!("{} pre-rendered frames", self.pictures.len())
+    }
+    fn format(&self) -> SourceFormat {
+        self.format
+    }
+    fn start(&mut self) -> Result<(), CaptureError> {
+        Ok(())
+    }
+    fn read(&mut self, _n: i64, _first: i64, samples: usize, buf: &mut FrameBuffers<'_>) -> Result<Captured, CaptureError> {
+        let Some(p) = self.pictures.get(self.next) else { return Ok(Captured::End) };
+        let (y, rest) = p.split_at(buf.y.len());
+        let (u, v) = rest.split_at(buf.u.len());
+        buf.y.copy_from_slice(y);
+        buf.u.copy_from_slice(u);
+        buf.v.copy_from_slice(v);
+        let a = &self.audio[self.next];
+        let len = (samples * usize::from(self.format.audio_channels)).min(a.len());
+        buf.audio[..len].copy_from_slice(&a[..len]);
+        self.next += 1;
+        Ok(Captured::Frame)
+    }
+    fn stop(&mut self) {}
+}
+
+/// Runs a benchmark and prints its results.
+pub fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Pipeline { frames, full_ladder } => pipeline_bench(frames, full_ladder),
+    }
+}
+
+fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(frames >= 1, "--frames must be at least 1");
+    let mut config = if full_ladder { Config::embedded_default() } else { Config::embedded_demo() };
+    let out = tempfile_dir()?;
+    config.output.dir = out.clone();
+    config.output.mode = crate::config::OutputMode::Archive;
+    config.source.pacing = Pacing::Fast;
+    config.pipeline.realtime = false;
+    config.origin.listen = None;
+    let rate = config.source_rate()?;
+    let (w, h) = (config.source.width, config.source.height);
+    let seg_frames = (config.channel.segment_seconds * rate.fps()).round() as u64;
+    let start_frame = 1_000_000 * seg_frames as i64;
+    config.source.start_frame = Some(start_frame);
+
+    println!("bench pipeline: {frames} frames of {w}x{h} @ {rate} fps, segments of {seg_frames} frames");
+    let (pictures, audio) = prerender(w, h, rate, config.audio.channels, start_frame, frames as usize);
+    let ladder = pipeline::resolve_ladder(&config, w, h);
+    let factory = pipeline::video_factory(&config);
+
+    // Baseline: bare encoder on pre-scaled frames, one thread per rendition.
+    let scaled: Vec<Vec<Vec<u8>>> = ladder
+        .iter()
+        .map(|r| {
+            let mut sc = Scaler::new(w, h, r.width, r.height);
+            pictures
+                .iter()
+                .map(|p| {
+                    let (y, rest) = p.split_at((w * h) as usize);
+                    let (u, v) = rest.split_at((w * h / 4) as usize);
+                    let (sy, su, sv) = sc.scale(y, u, v, w as usize, w as usize / 2);
+                    [sy, su, sv].concat()
+                })
+                .collect()
+        })
+        .collect();
+    let t0 = Instant::now();
+    let per_rendition: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = ladder
+            .iter()
+            .zip(&scaled)
+            .map(|(r, frames_r)| {
+                let factory = Arc::clone(&factory);
+                s.spawn(move || bare_encode(factory.as_ref(), r, rate, seg_frames, frames_r))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(Ok(0.0))).collect::<Result<Vec<_>, _>>()
+    })?;
+    let baseline_s = t0.elapsed().as_secs_f64();
+    let baseline_fps = frames as f64 / baseline_s;
+    for (r, secs) in ladder.iter().zip(&per_rendition) {
+        println!("  bare encoder {:>6} {}x{}: {:8.1} fps", r.name, r.width, r.height, frames as f64 / secs);
+    }
+    println!("baseline (bare encoder, pre-scaled, {} threads): {baseline_fps:.1} fps", ladder.len());
+
+    let device = MemoryCapture {
+        pictures: Arc::new(pictures),
+        audio: Arc::new(audio),
+        format: SourceFormat { width: w, height: h, rate, audio_channels: config.audio.channels, live: true },
+        next: 0,
+    };
+    let t1 = Instant::now();
+    let summary = pipeline::run_with_device(&config, Box::new(device), factory, &RunLimits { frames: Some(frames), ..RunLimits::default() })?;
+    let pipeline_s = t1.elapsed().as_secs_f64();
+    let pipeline_fps = summary.frames as f64 / pipeline_s;
+    let _ = std::fs::remove_dir_all(&out);
+    println!(
+        "pipeline (copy-in + fingerprint + scale + encode + audio + package): {pipeline_fps:.1} fps, segments {:?}",
+        summary.packager.written
+    );
+    println!("pipeline/bare-encoder throughput ratio: {:.3}", pipeline_fps / baseline_fps);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lockstep-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn prerender(w: u32, h: u32, rate: Rate, channels: u16, start: i64, count: usize) -> (Vec<Vec<u8>>, Vec<Vec<i16>>) {
+    let layout = FrameLayout { width: w, height: h, audio_channels: channels, max_audio_samples: 48_000 };
+    let pool = FramePool::new(layout, 1);
+    let src = TestSource::new(w, h, rate, channels);
+    let mut pictures = Vec::with_capacity(count);
+    let mut audio = Vec::with_capacity(count);
+    for i in 0..count as i64 {
+        let n = start + i;
+        let mut wr = pool.acquire();
+        src.render(n, &mut wr.buffers());
+        let r = wr.publish(FrameMeta::default());
+        let (y, u, v) = r.planes();
+        pictures.push([y, u, v].concat());
+        let first = rate.audio_sample_at(n, 48_000);
+        let len = (rate.audio_sample_at(n + 1, 48_000) - first) as usize * usize::from(channels);
+        let mut a = vec![0i16; len];
+        src.audio(first, &mut a);
+        audio.push(a);
+    }
+    (pictures, audio)
+}
+
+fn bare_encode(
+    factory: &dyn VideoEncoderFactory,
+    r: &pipeline::ResolvedRendition,
+    rate: Rate,
+    seg_frames: u64,
+    frames: &[Vec<u8>],
+) -> anyhow::Result<f64> {
+    let settings = VideoSettings {
+        width: r.width,
+        height: r.height,
+        fps_num: rate.num,
+        fps_den: rate.den,
+        bitrate_bps: r.bitrate_bps,
+        gop_frames: seg_frames as u32,
+    };
+    let t = Instant::now();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut enc = None;
+    let (wy, wc) = (r.width as usize * r.height as usize, r.width as usize * r.height as usize / 4);
+    for (i, f) in frames.iter().enumerate() {
+        if i as u64 % seg_frames == 0 {
+            enc = Some(factory.open(&settings)?);
+        }
+        let Some(e) = enc.as_mut() else { continue };
+        let (y, rest) = f.split_at(wy);
+        let (u, v) = rest.split_at(wc);
+        let p = PictureRef { width: r.width, height: r.height, y, u, v, y_stride: r.width as usize, c_stride: r.width as usize / 2 };
+        out.clear();
+        e.encode(&p, i as u64 % seg_frames, &mut out)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}

@@ -1,0 +1,318 @@
+//! Fixed pool of frame buffers shared by capture, analysis and encoders.
+//!
+//! All buffers are allocated once at start. Capture takes a free slot,
+//! fills it and publishes it as a [`FrameRef`]; stages pass `FrameRef`s
+//! (an index and a pool handle) over bounded channels; the slot returns to
+//! the free list when the last reference drops. No per-frame allocation,
+//! no copy of picture data between stages.
+//!
+//! Soundness: a slot is written only through the [`FrameWriter`] that took
+//! it from the free list, and a slot is on the free list only when no
+//! `FrameRef` to it exists. Readers therefore never overlap a writer. The
+//! reference count uses release/acquire ordering so the writer's stores are
+//! visible to every reader.
+
+use std::cell::UnsafeCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// Layout of the pictures and audio held in each slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// Picture width (even).
+    pub width: u32,
+    /// Picture height (even).
+    pub height: u32,
+    /// Interleaved audio channels (0 = no audio).
+    pub audio_channels: u16,
+    /// Most audio samples per channel one frame carries.
+    pub max_audio_samples: usize,
+}
+
+impl FrameLayout {
+    /// Bytes per luma row.
+    pub fn y_stride(&self) -> usize {
+        self.width as usize
+    }
+    /// Bytes per chroma row.
+    pub fn c_stride(&self) -> usize {
+        self.width as usize / 2
+    }
+    /// Bytes of the luma plane.
+    pub fn y_len(&self) -> usize {
+        self.y_stride() * self.height as usize
+    }
+    /// Bytes of one chroma plane.
+    pub fn c_len(&self) -> usize {
+        self.c_stride() * self.height as usize / 2
+    }
+    /// Bytes of one I420 picture.
+    pub fn picture_len(&self) -> usize {
+        self.y_len() + 2 * self.c_len()
+    }
+}
+
+/// What the capture stage knows about a frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Frame number on the channel's timeline.
+    pub number: i64,
+    /// Interleaved audio samples stored (channels × samples per channel).
+    pub audio_len: usize,
+    /// Media clock reading when the frame was captured (TAI ns).
+    pub captured_tai_ns: i128,
+}
+
+struct Slot {
+    picture: UnsafeCell<Box<[u8]>>,
+    audio: UnsafeCell<Box<[i16]>>,
+    meta: UnsafeCell<FrameMeta>,
+    refs: AtomicU32,
+}
+
+// SAFETY: access to the cells follows the protocol in the module docs: one
+// writer while the slot is off the free list and unreferenced, shared
+// readers while references exist, never both.
+unsafe impl Sync for Slot {}
+
+/// The pool: slots plus a free list of indices.
+pub struct FramePool {
+    layout: FrameLayout,
+    slots: Box<[Slot]>,
+    free_tx: Sender<u32>,
+    free_rx: Receiver<u32>,
+}
+
+impl std::fmt::Debug for FramePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramePool").field("layout", &self.layout).field("slots", &self.slots.len()).finish()
+    }
+}
+
+impl FramePool {
+    /// Allocates `count` slots for `layout`.
+    pub fn new(layout: FrameLayout, count: u32) -> Arc<Self> {
+        let (free_tx, free_rx) = crossbeam_channel::bounded(count as usize);
+        let slots = (0..count)
+            .map(|_| Slot {
+                picture: UnsafeCell::new(vec![0u8; layout.picture_len()].into_boxed_slice()),
+                audio: UnsafeCell::new(
+                    vec![0i16; layout.max_audio_samples * usize::from(layout.audio_channels)].into_boxed_slice(),
+                ),
+                meta: UnsafeCell::new(FrameMeta::default()),
+                refs: AtomicU32::new(0),
+            })
+            .collect();
+        for i in 0..count {
+            // The channel holds exactly `count` entries: cannot be full here.
+            let _ = free_tx.try_send(i);
+        }
+        Arc::new(Self { layout, slots, free_tx, free_rx })
+    }
+
+    /// Picture and audio layout of every slot.
+    pub fn layout(&self) -> FrameLayout {
+        self.layout
+    }
+
+    /// Slots currently free (for metrics).
+    pub fn free_slots(&self) -> usize {
+        self.free_rx.len()
+    }
+
+    /// Takes a free slot, waiting until one is returned.
+    pub fn acquire(self: &Arc<Self>) -> FrameWriter {
+        // The pool owns a sender, so the channel never disconnects.
+        let index = self.free_rx.recv().unwrap_or_else(|_| unreachable!("pool owns its free-list sender"));
+        FrameWriter { pool: Arc::clone(self), index }
+    }
+
+    /// Takes a free slot if one is available now.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<FrameWriter> {
+        self.free_rx.try_recv().ok().map(|index| FrameWriter { pool: Arc::clone(self), index })
+    }
+
+    fn slot(&self, index: u32) -> &Slot {
+        &self.slots[index as usize]
+    }
+
+    fn release(&self, index: u32) {
+        let _ = self.free_tx.try_send(index);
+    }
+}
+
+/// Exclusive access to one slot while capture fills it.
+pub struct FrameWriter {
+    pool: Arc<FramePool>,
+    index: u32,
+}
+
+impl std::fmt::Debug for FrameWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameWriter({})", self.index)
+    }
+}
+
+/// Mutable views of one slot's planes and audio.
+#[derive(Debug)]
+pub struct FrameBuffers<'a> {
+    /// Luma plane.
+    pub y: &'a mut [u8],
+    /// Cb plane.
+    pub u: &'a mut [u8],
+    /// Cr plane.
+    pub v: &'a mut [u8],
+    /// Interleaved audio capacity.
+    pub audio: &'a mut [i16],
+}
+
+impl FrameWriter {
+    /// Slot index in the pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The slot's buffers for filling.
+    pub fn buffers(&mut self) -> FrameBuffers<'_> {
+        let layout = self.pool.layout;
+        let slot = self.pool.slot(self.index);
+        // SAFETY: this writer took the index from the free list, so no
+        // FrameRef to the slot exists and no other writer holds it; the
+        // returned borrows are tied to `&mut self`.
+        let (picture, audio) = unsafe { (&mut **slot.picture.get(), &mut **slot.audio.get()) };
+        let (y, c) = picture.split_at_mut(layout.y_len());
+        let (u, v) = c.split_at_mut(layout.c_len());
+        FrameBuffers { y, u, v, audio }
+    }
+
+    /// Publishes the filled slot; the returned reference is the only one.
+    pub fn publish(self, meta: FrameMeta) -> FrameRef {
+        let slot = self.pool.slot(self.index);
+        // SAFETY: still exclusive (see `buffers`); readers only appear after
+        // the release store below.
+        unsafe { *slot.meta.get() = meta };
+        slot.refs.store(1, Ordering::Release);
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again; we move the Arc out once.
+        let pool = unsafe { std::ptr::read(&this.pool) };
+        FrameRef { pool, index: this.index }
+    }
+}
+
+impl Drop for FrameWriter {
+    fn drop(&mut self) {
+        // Never published (capture failed or ended): give the slot back.
+        self.pool.release(self.index);
+    }
+}
+
+/// Shared, read-only handle to a published frame.
+pub struct FrameRef {
+    pool: Arc<FramePool>,
+    index: u32,
+}
+
+impl std::fmt::Debug for FrameRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameRef({}, frame {})", self.index, self.meta().number)
+    }
+}
+
+impl FrameRef {
+    /// Slot index in the pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Frame metadata.
+    pub fn meta(&self) -> FrameMeta {
+        let slot = self.pool.slot(self.index);
+        // SAFETY: a reference exists, so no writer does (module docs).
+        unsafe { *slot.meta.get() }
+    }
+
+    /// Picture layout.
+    pub fn layout(&self) -> FrameLayout {
+        self.pool.layout
+    }
+
+    /// Luma, Cb and Cr planes.
+    pub fn planes(&self) -> (&[u8], &[u8], &[u8]) {
+        let layout = self.pool.layout;
+        let slot = self.pool.slot(self.index);
+        // SAFETY: a reference exists, so no writer does; the borrow lives
+        // no longer than `self`, which keeps the slot referenced.
+        let picture: &[u8] = unsafe { &**slot.picture.get() };
+        let (y, c) = picture.split_at(layout.y_len());
+        let (u, v) = c.split_at(layout.c_len());
+        (y, u, v)
+    }
+
+    /// Interleaved audio samples that belong to this frame.
+    pub fn audio(&self) -> &[i16] {
+        let slot = self.pool.slot(self.index);
+        let len = self.meta().audio_len;
+        // SAFETY: as in `planes`.
+        let audio: &[i16] = unsafe { &**slot.audio.get() };
+        &audio[..len.min(audio.len())]
+    }
+}
+
+impl Clone for FrameRef {
+    fn clone(&self) -> Self {
+        self.pool.slot(self.index).refs.fetch_add(1, Ordering::Relaxed);
+        Self { pool: Arc::clone(&self.pool), index: self.index }
+    }
+}
+
+impl Drop for FrameRef {
+    fn drop(&mut self) {
+        if self.pool.slot(self.index).refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.pool.release(self.index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> FrameLayout {
+        FrameLayout { width: 16, height: 8, audio_channels: 2, max_audio_samples: 4 }
+    }
+
+    #[test]
+    fn slots_return_when_the_last_reference_drops() {
+        let pool = FramePool::new(layout(), 2);
+        let mut w = pool.acquire();
+        w.buffers().y[0] = 42;
+        let a = w.publish(FrameMeta { number: 7, audio_len: 0, captured_tai_ns: 0 });
+        let b = a.clone();
+        assert_eq!(pool.free_slots(), 1);
+        drop(a);
+        assert_eq!(pool.free_slots(), 1);
+        assert_eq!(b.planes().0[0], 42);
+        assert_eq!(b.meta().number, 7);
+        drop(b);
+        assert_eq!(pool.free_slots(), 2);
+    }
+
+    #[test]
+    fn an_unpublished_writer_gives_its_slot_back() {
+        let pool = FramePool::new(layout(), 1);
+        let w = pool.acquire();
+        assert!(pool.try_acquire().is_none());
+        drop(w);
+        assert!(pool.try_acquire().is_some());
+    }
+
+    #[test]
+    fn planes_have_the_layout_sizes() {
+        let pool = FramePool::new(layout(), 1);
+        let r = pool.acquire().publish(FrameMeta::default());
+        let (y, u, v) = r.planes();
+        assert_eq!((y.len(), u.len(), v.len()), (128, 32, 32));
+    }
+}

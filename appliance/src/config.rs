@@ -1,0 +1,480 @@
+//! Appliance configuration: TOML, strict, validated once at load.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), and every semantic check
+//! names the key and the values it allows. The default configuration ships
+//! in the repository (`appliance/config/default.toml`) and is embedded in
+//! the binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::timeline::Rate;
+
+/// The configuration the appliance runs with when given no file.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+/// The light configuration `lockstep demo` runs (three fit on two cores).
+pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key.
+    #[error("config {origin}: {message}")]
+    Parse {
+        /// File path or "embedded defaults".
+        origin: String,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value outside what is allowed.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// Whole appliance configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this unit.
+    #[serde(default)]
+    pub appliance: ApplianceConfig,
+    /// Media clock.
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// The channel this appliance encodes.
+    pub channel: ChannelConfig,
+    /// Where frames come from.
+    pub source: SourceConfig,
+    /// Audio track.
+    #[serde(default)]
+    pub audio: AudioConfig,
+    /// Video encoder backend.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// ABR ladder, highest first.
+    pub renditions: Vec<RenditionConfig>,
+    /// Segment store and playlists.
+    pub output: OutputConfig,
+    /// Built-in HTTP origin.
+    #[serde(default)]
+    pub origin: OriginConfig,
+    /// Buffering between pipeline stages.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+/// Identity of this unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplianceConfig {
+    /// Unit name, unique in a fleet.
+    pub id: String,
+}
+
+impl Default for ApplianceConfig {
+    fn default() -> Self {
+        Self { id: "lockstep-1".into() }
+    }
+}
+
+/// Media clock source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockSource {
+    /// The system clock (NTP/chrony-disciplined) plus the TAI offset.
+    System,
+}
+
+/// Media clock settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// Where media time comes from.
+    pub source: ClockSource,
+    /// TAI − UTC in seconds (37 since 2017).
+    pub utc_tai_offset_s: i64,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        Self { source: ClockSource::System, utc_tai_offset_s: 37 }
+    }
+}
+
+/// Channel settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Channel id: names the output directory; `[a-z0-9_-]`.
+    pub id: String,
+    /// Nominal segment duration; rounded to whole frames.
+    #[serde(default = "default_segment_seconds")]
+    pub segment_seconds: f64,
+}
+
+fn default_segment_seconds() -> f64 {
+    2.0
+}
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The built-in deterministic test pattern and tone generator.
+    Test,
+    /// A file: Y4M read directly, anything else decoded by ffmpeg.
+    File,
+}
+
+/// Pacing of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// One frame per frame period of the media clock (live).
+    Realtime,
+    /// As fast as the pipeline takes frames (tests, benchmarks, transcode).
+    Fast,
+}
+
+/// Source settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Which source.
+    pub kind: SourceKind,
+    /// File path (kind = "file").
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Test source width.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Test source height.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Test source frame rate ("25", "29.97", "30000/1001").
+    #[serde(default = "default_fps")]
+    pub fps: String,
+    /// Real time or as fast as possible.
+    #[serde(default = "default_pacing")]
+    pub pacing: Pacing,
+    /// Restart a file at its end.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+    /// Fast pacing only: the frame number of the first frame (default: the
+    /// media clock's current frame).
+    #[serde(default)]
+    pub start_frame: Option<i64>,
+}
+
+fn default_width() -> u32 {
+    1920
+}
+fn default_height() -> u32 {
+    1080
+}
+fn default_fps() -> String {
+    "30".into()
+}
+fn default_pacing() -> Pacing {
+    Pacing::Realtime
+}
+
+/// Audio settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// Encode an audio track (when the source has audio).
+    pub enabled: bool,
+    /// Opus bitrate.
+    pub bitrate_kbps: u32,
+    /// 1 or 2.
+    pub channels: u16,
+    /// Audio packets encoded before each segment and dropped, so the
+    /// encoder is warm at the boundary (20 ms each).
+    pub warmup_packets: u32,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self { enabled: true, bitrate_kbps: 128, channels: 2, warmup_packets: 10 }
+    }
+}
+
+/// Encoder backend choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The best available at run time (hardware when present).
+    Auto,
+    /// OpenH264 software encoder (always present).
+    Openh264,
+}
+
+/// Encoder settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// Backend; `LOCKSTEP_FORCE_PORTABLE=1` forces openh264.
+    pub backend: Backend,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self { backend: Backend::Auto }
+    }
+}
+
+/// One rung of the ABR ladder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenditionConfig {
+    /// Name; becomes the directory ("720p").
+    pub name: String,
+    /// Coded height (even).
+    pub height: u32,
+    /// Coded width (even); default keeps the source's aspect ratio.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Target bitrate.
+    pub bitrate_kbps: u32,
+}
+
+/// Playlist window mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputMode {
+    /// Live sliding window; old segments deleted.
+    Sliding,
+    /// Keep everything; EVENT playlist.
+    Archive,
+}
+
+/// Output settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Root of the segment store.
+    pub dir: PathBuf,
+    /// Sliding window or archive.
+    #[serde(default = "default_mode")]
+    pub mode: OutputMode,
+    /// Segments in a sliding-window playlist.
+    #[serde(default = "default_window")]
+    pub window_segments: u32,
+}
+
+fn default_mode() -> OutputMode {
+    OutputMode::Sliding
+}
+fn default_window() -> u32 {
+    6
+}
+
+/// Built-in HTTP origin.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Listen address ("127.0.0.1:8080"); absent = no origin.
+    pub listen: Option<String>,
+}
+
+/// Buffering between stages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Frame buffers in the capture pool.
+    pub pool_frames: u32,
+    /// Lock memory and run capture at real-time priority (needs root or
+    /// CAP_SYS_NICE/CAP_IPC_LOCK; degrades with a warning otherwise).
+    pub realtime: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { pool_frames: 16, realtime: false }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        Self::from_toml(DEFAULT_TOML, "embedded defaults").unwrap_or_else(|e| {
+            unreachable!("embedded default config is checked by tests: {e}")
+        })
+    }
+
+    /// The embedded demo configuration.
+    pub fn embedded_demo() -> Self {
+        Self::from_toml(DEMO_TOML, "embedded demo").unwrap_or_else(|e| {
+            unreachable!("embedded demo config is checked by tests: {e}")
+        })
+    }
+
+    /// The test source's frame rate (validated).
+    pub fn source_rate(&self) -> Result<Rate, ConfigError> {
+        Rate::parse(&self.source.fps).ok_or_else(|| {
+            invalid(
+                "source.fps",
+                format!("`{}` is not a frame rate; use e.g. \"25\", \"29.97\" or \"30000/1001\"", self.source.fps),
+            )
+        })
+    }
+
+    /// Checks every value; called by the loaders.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.appliance.id.is_empty() || self.appliance.id.len() > 64 {
+            return Err(invalid("appliance.id", "must be 1 to 64 characters"));
+        }
+        if !is_name(&self.channel.id) {
+            return Err(invalid("channel.id", format!("`{}`: use 1-32 of a-z, 0-9, '-', '_'", self.channel.id)));
+        }
+        if !(self.channel.segment_seconds >= 0.5 && self.channel.segment_seconds <= 30.0) {
+            return Err(invalid("channel.segment_seconds", "must be between 0.5 and 30"));
+        }
+        let rate = self.source_rate()?;
+        if rate.fps() > 120.0 || rate.fps() < 1.0 {
+            return Err(invalid("source.fps", format!("{rate} is outside 1..=120 frames per second")));
+        }
+        match self.source.kind {
+            SourceKind::File if self.source.path.is_none() => {
+                return Err(invalid("source.path", "required when source.kind = \"file\""));
+            }
+            SourceKind::Test => {
+                check_even_dim("source.width", self.source.width, 16, 3840)?;
+                check_even_dim("source.height", self.source.height, 16, 2160)?;
+            }
+            SourceKind::File => {}
+        }
+        if self.source.start_frame.is_some() && self.source.pacing != Pacing::Fast {
+            return Err(invalid("source.start_frame", "only allowed with source.pacing = \"fast\""));
+        }
+        if !(6..=510).contains(&self.audio.bitrate_kbps) {
+            return Err(invalid("audio.bitrate_kbps", "Opus takes 6 to 510 kbit/s"));
+        }
+        if !(1..=2).contains(&self.audio.channels) {
+            return Err(invalid("audio.channels", "allowed: 1 or 2"));
+        }
+        if self.audio.warmup_packets > 50 {
+            return Err(invalid("audio.warmup_packets", "allowed: 0 to 50 (20 ms each)"));
+        }
+        if self.renditions.is_empty() {
+            return Err(invalid("renditions", "at least one [[renditions]] entry is needed"));
+        }
+        for (i, r) in self.renditions.iter().enumerate() {
+            let key = |k: &str| format!("renditions[{i}].{k}");
+            if !is_name(&r.name) {
+                return Err(invalid(key("name"), format!("`{}`: use 1-32 of a-z, 0-9, '-', '_'", r.name)));
+            }
+            if r.name == "audio" {
+                return Err(invalid(key("name"), "`audio` is reserved for the audio track"));
+            }
+            if self.renditions[..i].iter().any(|o| o.name == r.name) {
+                return Err(invalid(key("name"), format!("`{}` is used twice", r.name)));
+            }
+            check_even_dim(&key("height"), r.height, 16, 2160)?;
+            if let Some(w) = r.width {
+                check_even_dim(&key("width"), w, 16, 3840)?;
+            }
+            if !(50..=100_000).contains(&r.bitrate_kbps) {
+                return Err(invalid(key("bitrate_kbps"), "allowed: 50 to 100000"));
+            }
+        }
+        if self.output.dir.as_os_str().is_empty() {
+            return Err(invalid("output.dir", "must not be empty"));
+        }
+        if !(2..=1000).contains(&self.output.window_segments) {
+            return Err(invalid("output.window_segments", "allowed: 2 to 1000"));
+        }
+        if let Some(listen) = &self.origin.listen {
+            listen.parse::<SocketAddr>().map_err(|_| {
+                invalid("origin.listen", format!("`{listen}` is not an address like \"127.0.0.1:8080\""))
+            })?;
+        }
+        if !(4..=256).contains(&self.pipeline.pool_frames) {
+            return Err(invalid("pipeline.pool_frames", "allowed: 4 to 256"));
+        }
+        Ok(())
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_even_dim(key: &str, v: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if v < min || v > max || v % 2 == 1 {
+        return Err(invalid(key, format!("{v}: must be even and between {min} and {max}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_configs_are_valid() {
+        let d = Config::embedded_default();
+        assert_eq!(d.renditions.len(), 4);
+        let demo = Config::embedded_demo();
+        assert!(demo.renditions.len() <= 2);
+    }
+
+    fn with(replace: (&str, &str)) -> Result<Config, ConfigError> {
+        Config::from_toml(&DEFAULT_TOML.replace(replace.0, replace.1), "test")
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = with(("fps = \"30\"", "fps = \"fast\"")).expect_err("bad fps");
+        assert!(e.to_string().contains("source.fps"), "{e}");
+        let e = with(("bitrate_kbps = 5000", "bitrate_kbps = 1")).expect_err("bad bitrate");
+        assert!(e.to_string().contains("renditions[0].bitrate_kbps"), "{e}");
+        let e = with(("[channel]", "[channel]\ncolour = 1")).expect_err("unknown key");
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = with(("kind = \"test\"", "kind = \"sdi\"")).expect_err("unknown kind");
+        assert!(e.to_string().contains("sdi") && e.to_string().contains("test"), "{e}");
+        let e = with(("height = 720", "height = 721")).expect_err("odd height");
+        assert!(e.to_string().contains("renditions[1].height"), "{e}");
+    }
+
+    #[test]
+    fn file_source_needs_a_path() {
+        let e = with(("kind = \"test\"", "kind = \"file\"")).expect_err("no path");
+        assert!(e.to_string().contains("source.path"), "{e}");
+    }
+}

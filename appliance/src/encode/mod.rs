@@ -1,0 +1,347 @@
+//! Encode stage: one worker per rendition plus one for audio.
+//!
+//! Segments are encoded independently: each worker opens a fresh encoder at
+//! every segment boundary, so a segment's bytes depend only on its input
+//! frames and the rendition settings. A segment whose frames did not all
+//! arrive (start mid-segment, dropped frames) is discarded, never published.
+
+pub mod scale;
+
+use crossbeam_channel::{Receiver, Sender};
+use lockstep_encoder_api::{
+    AudioEncoder, AudioSettings, EncodeError, PictureKind, PictureRef, VideoEncoderFactory, VideoSettings,
+};
+use sha2::{Digest, Sha256};
+
+use crate::capture::pool::FrameRef;
+use crate::package::{EncodedSegment, TrackId, avc, fmp4};
+use crate::timeline::Grid;
+
+/// Work for an encoder: a frame with its analysis results, or the end.
+#[derive(Debug)]
+pub enum Work {
+    /// One analysed frame.
+    Frame {
+        /// The frame in the pool.
+        frame: FrameRef,
+        /// SHA-256 of the picture (input fingerprint).
+        hash: [u8; 32],
+        /// Mean luma (analysis hook).
+        luma: f32,
+    },
+    /// No more frames.
+    End,
+}
+
+/// An encoder failure that stops the channel.
+#[derive(Debug, thiserror::Error)]
+#[error("rendition {rendition}: {source}")]
+pub struct WorkerError {
+    /// Rendition name.
+    pub rendition: String,
+    /// Cause.
+    pub source: EncodeError,
+}
+
+/// Video timescale and ticks per frame for a rate: 90 kHz when it divides
+/// evenly, else the rate's numerator.
+pub fn video_timescale(grid: &Grid) -> (u32, u32) {
+    let (num, den) = (u64::from(grid.rate.num), u64::from(grid.rate.den));
+    if (90_000 * den) % num == 0 {
+        (90_000, u32::try_from(90_000 * den / num).unwrap_or(1))
+    } else {
+        (grid.rate.num, grid.rate.den)
+    }
+}
+
+/// Per-rendition settings for a video worker.
+#[derive(Debug, Clone)]
+pub struct VideoJob {
+    /// Ladder position.
+    pub position: usize,
+    /// Rendition name.
+    pub name: String,
+    /// Encoder settings (size, bitrate, rate).
+    pub settings: VideoSettings,
+    /// Segment grid.
+    pub grid: Grid,
+    /// First segment to publish.
+    pub first_segment: i64,
+}
+
+struct OpenSegment {
+    index: i64,
+    next_frame: i64,
+    frames: u32,
+    encoder: Box<dyn lockstep_encoder_api::VideoEncoder>,
+    samples: Vec<fmp4::Sample>,
+    payload: Vec<u8>,
+    params: avc::ParameterSets,
+    hasher: Sha256,
+    luma_sum: f64,
+}
+
+/// Runs a rendition: scale (when the size differs), encode, emit segments.
+pub fn run_video(
+    job: VideoJob,
+    factory: &dyn VideoEncoderFactory,
+    input: Receiver<Work>,
+    output: Sender<EncodedSegment>,
+) -> Result<u64, WorkerError> {
+    let err = |source| WorkerError { rendition: job.name.clone(), source };
+    let (_, ticks) = video_timescale(&job.grid);
+    let f = i64::from(job.grid.frames_per_segment);
+    let mut scaler: Option<scale::Scaler> = None;
+    let mut open: Option<OpenSegment> = None;
+    let mut annexb = Vec::with_capacity(1 << 20);
+    let mut emitted = 0u64;
+    let finish = |seg: OpenSegment, output: &Sender<EncodedSegment>| -> bool {
+        let first = job.grid.first_frame(seg.index);
+        let seg_out = EncodedSegment {
+            track: TrackId::Video(job.position),
+            index: seg.index,
+            first_unit: first,
+            base_time: u64::try_from(first).unwrap_or(0) * u64::from(ticks),
+            samples: seg.samples,
+            payload: seg.payload,
+            input_sha256: seg.hasher.finalize().into(),
+            params: Some(seg.params),
+            start_tai_ns: job.grid.rate.frame_time_ns(first),
+            mean_luma: Some((seg.luma_sum / f64::from(seg.frames.max(1))) as f32),
+        };
+        output.send(seg_out).is_ok()
+    };
+    for work in input {
+        let (frame, hash, luma) = match work {
+            Work::Frame { frame, hash, luma } => (frame, hash, luma),
+            Work::End => break,
+        };
+        let n = frame.meta().number;
+        let s = job.grid.segment_of(n);
+        if s < job.first_segment {
+            continue;
+        }
+        if let Some(seg) = open.take_if(|seg| seg.index != s || seg.next_frame != n) {
+            // A gap or a jump: the open segment can never complete.
+            tracing::warn!(rendition = %job.name, segment = seg.index, frame = n, "frames missing; segment discarded");
+        }
+        if open.is_none() {
+            if n != job.grid.first_frame(s) {
+                continue; // joined mid-segment: wait for the next boundary
+            }
+            let encoder = factory.open(&job.settings).map_err(err)?;
+            open = Some(OpenSegment {
+                index: s,
+                next_frame: n,
+                frames: 0,
+                encoder,
+                samples: Vec::with_capacity(job.grid.frames_per_segment as usize),
+                payload: Vec::with_capacity(1 << 20),
+                params: avc::ParameterSets::default(),
+                hasher: Sha256::new(),
+                luma_sum: 0.0,
+            });
+        }
+        let Some(seg) = open.as_mut() else { continue };
+        let layout = frame.layout();
+        let (y, u, v) = frame.planes();
+        let (w, h) = (job.settings.width, job.settings.height);
+        let picture = if (w, h) == (layout.width, layout.height) {
+            // Same size as the source: the encoder reads the pool buffer in place.
+            PictureRef { width: w, height: h, y, u, v, y_stride: layout.y_stride(), c_stride: layout.c_stride() }
+        } else {
+            let sc = scaler.get_or_insert_with(|| scale::Scaler::new(layout.width, layout.height, w, h));
+            let (sy, su, sv) = sc.scale(y, u, v, layout.y_stride(), layout.c_stride());
+            PictureRef { width: w, height: h, y: sy, u: su, v: sv, y_stride: w as usize, c_stride: w as usize / 2 }
+        };
+        annexb.clear();
+        let coded = seg.encoder.encode(&picture, u64::from(seg.frames), &mut annexb).map_err(err)?;
+        if seg.frames == 0 && coded.kind != PictureKind::Idr {
+            return Err(err(EncodeError::Backend("segment does not start with an IDR".into())));
+        }
+        drop(frame);
+        let size = avc::annexb_to_sample(&annexb, &mut seg.payload, &mut seg.params);
+        seg.samples.push(fmp4::Sample {
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            duration: ticks,
+            sync: coded.kind == PictureKind::Idr,
+        });
+        seg.hasher.update(hash);
+        seg.luma_sum += f64::from(luma);
+        seg.frames += 1;
+        seg.next_frame += 1;
+        if i64::from(seg.frames) == f {
+            if let Some(done) = open.take() {
+                if !finish(done, &output) {
+                    return Ok(emitted);
+                }
+                emitted += 1;
+            }
+        }
+    }
+    // End of input: a final partial segment (file end, stop) is published.
+    if let Some(seg) = open.take() {
+        if seg.frames > 0 && finish(seg, &output) {
+            emitted += 1;
+        }
+    }
+    Ok(emitted)
+}
+
+/// Settings for the audio worker.
+#[derive(Debug, Clone)]
+pub struct AudioJob {
+    /// Segment grid (audio packet size included).
+    pub grid: Grid,
+    /// Encoder settings.
+    pub settings: AudioSettings,
+    /// Packets encoded and dropped before each segment.
+    pub warmup_packets: u32,
+    /// Encoder lookahead in samples (input is advanced by it, so pre-skip is 0).
+    pub lookahead: usize,
+    /// First segment to publish.
+    pub first_segment: i64,
+    /// Samples before the source's first sample count as silence (files).
+    pub silence_before_start: bool,
+}
+
+impl AudioJob {
+    /// First input sample (per channel) segment `s` needs.
+    pub fn first_input_sample(&self, s: i64) -> i64 {
+        let p = self.grid.audio_packet_of_segment(s) - i64::from(self.warmup_packets);
+        p * i64::from(self.grid.audio_frame) + self.lookahead as i64
+    }
+}
+
+/// Runs the audio track: keeps a window of PCM and encodes each segment
+/// with a fresh encoder that starts `warmup_packets` before the boundary.
+pub fn run_audio(
+    job: AudioJob,
+    open: &dyn Fn(&AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError>,
+    input: Receiver<Work>,
+    output: Sender<EncodedSegment>,
+) -> Result<u64, WorkerError> {
+    let err = |source| WorkerError { rendition: "audio".into(), source };
+    let ch = usize::from(job.settings.channels);
+    let pf = job.grid.audio_frame as usize;
+    let mut pcm: Vec<i16> = Vec::with_capacity(48_000 * ch * 8);
+    let mut pcm_start: Option<i64> = None; // sample index of pcm[0]
+    let mut next_seg = job.first_segment;
+    let mut packets = Vec::with_capacity(64 * 1024);
+    let mut emitted = 0u64;
+    let mut ended = false;
+    let mut inputs = input.into_iter();
+    loop {
+        // Encode every segment whose input is complete.
+        loop {
+            let Some(start) = pcm_start else { break };
+            let need_from = job.first_input_sample(next_seg);
+            let end_packet = job.grid.audio_packet_of_segment(next_seg + 1);
+            let need_to = end_packet * pf as i64 + job.lookahead as i64;
+            let have_to = start + (pcm.len() / ch) as i64;
+            if need_from < start {
+                // Not enough history for this segment (joined late): skip it.
+                next_seg += 1;
+                continue;
+            }
+            let complete = have_to >= need_to;
+            if !complete && !ended {
+                break;
+            }
+            let first_packet = job.grid.audio_packet_of_segment(next_seg);
+            let last_packet = if complete {
+                end_packet
+            } else {
+                // final partial segment: whole packets up to the input's end
+                let avail = (have_to - job.lookahead as i64).div_euclid(pf as i64);
+                avail.min(end_packet)
+            };
+            if last_packet <= first_packet {
+                break;
+            }
+            let mut encoder = open(&job.settings).map_err(err)?;
+            let mut hasher = Sha256::new();
+            let mut samples = Vec::with_capacity((last_packet - first_packet) as usize);
+            packets.clear();
+            let mut frame = vec![0i16; pf * ch];
+            let warm_from = first_packet - i64::from(job.warmup_packets);
+            for p in warm_from..last_packet {
+                let from = p * pf as i64 + job.lookahead as i64;
+                for (k, slot) in frame.chunks_exact_mut(ch).enumerate() {
+                    let idx = from + k as i64 - start;
+                    if idx >= 0 && ((idx as usize) * ch) < pcm.len() {
+                        let at = idx as usize * ch;
+                        slot.copy_from_slice(&pcm[at..at + ch]);
+                    } else {
+                        slot.fill(0);
+                    }
+                }
+                for s in &frame {
+                    hasher.update(s.to_le_bytes());
+                }
+                let before = packets.len();
+                let n = encoder.encode(&frame, &mut packets).map_err(err)?;
+                if p < first_packet {
+                    packets.truncate(before); // warm-up packet: dropped
+                } else {
+                    samples.push(fmp4::Sample { size: u32::try_from(n).unwrap_or(0), duration: pf as u32, sync: true });
+                }
+            }
+            let seg = EncodedSegment {
+                track: TrackId::Audio,
+                index: next_seg,
+                first_unit: first_packet,
+                base_time: u64::try_from(first_packet).unwrap_or(0) * pf as u64,
+                samples,
+                payload: packets.clone(),
+                input_sha256: hasher.finalize().into(),
+                params: None,
+                start_tai_ns: i128::from(first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
+                mean_luma: None,
+            };
+            if output.send(seg).is_err() {
+                return Ok(emitted);
+            }
+            emitted += 1;
+            next_seg += 1;
+            // Drop PCM no later segment needs.
+            let keep_from = job.first_input_sample(next_seg);
+            let drop_n = (keep_from - start).clamp(0, (pcm.len() / ch) as i64) as usize;
+            pcm.drain(..drop_n * ch);
+            pcm_start = Some(start + drop_n as i64);
+            if !complete {
+                break;
+            }
+        }
+        if ended {
+            break;
+        }
+        match inputs.next() {
+            Some(Work::Frame { frame, .. }) => {
+                let audio = frame.audio();
+                let first = frame.meta().number;
+                let first_sample = job.grid.rate.audio_sample_at(first, job.grid.sample_rate);
+                if pcm_start.is_none() {
+                    let begin = if job.silence_before_start {
+                        job.first_input_sample(job.grid.segment_of(first)).min(first_sample)
+                    } else {
+                        first_sample
+                    };
+                    pcm_start = Some(begin);
+                    pcm.resize(((first_sample - begin) as usize) * ch, 0);
+                }
+                let expected = pcm_start.unwrap_or(first_sample) + (pcm.len() / ch) as i64;
+                if expected != first_sample {
+                    // A gap in the input: restart the window at this frame.
+                    tracing::warn!(frame = first, "audio input gap; window restarted");
+                    pcm.clear();
+                    pcm_start = Some(first_sample);
+                    next_seg = next_seg.max(job.grid.next_boundary_segment(first));
+                }
+                pcm.extend_from_slice(audio);
+            }
+            Some(Work::End) | None => ended = true,
+        }
+    }
+    Ok(emitted)
+}

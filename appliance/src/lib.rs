@@ -1,0 +1,15 @@
+//! Lockstep appliance: the daemon's modules.
+//!
+//! The binary (`main.rs`) is a thin command-line front end over these.
+
+pub mod analysis;
+pub mod bench;
+pub mod capture;
+pub mod clock;
+pub mod config;
+pub mod encode;
+pub mod origin;
+pub mod package;
+pub mod pipeline;
+pub mod rt;
+pub mod timeline;

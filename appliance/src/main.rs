@@ -1,0 +1,176 @@
+//! `lockstep`: the Lockstep live-encoding appliance daemon.
+
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+
+use lockstep::config::{self, Config, Pacing, SourceKind};
+use lockstep::pipeline::{self, RunLimits, RunSummary};
+use lockstep::{bench, origin};
+
+/// Exit code when the run finished but some segments could not be written.
+const EXIT_WRITE_ERRORS: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "lockstep", version, about = "Lockstep live-encoding appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance daemon with a configuration file.
+    Run {
+        /// TOML configuration (see docs/configuration.md).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Run the demo: built-in test source, light ladder, HTTP origin.
+    Demo {
+        /// Output directory.
+        #[arg(long, default_value = "lockstep-demo")]
+        out: PathBuf,
+        /// Encode this file instead of the built-in source.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Origin listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Do not start the HTTP origin.
+        #[arg(long)]
+        no_origin: bool,
+        /// Encode as fast as possible instead of in real time.
+        #[arg(long)]
+        fast: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Check a configuration file and print what is wrong.
+    CheckConfig {
+        /// TOML configuration.
+        config: PathBuf,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+    /// Benchmarks (print ratios against a baseline measured in the same run).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Stop after this many seconds (live sources: at the next segment boundary).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Stop after exactly this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    Ok(stop)
+}
+
+fn limits(args: &LimitArgs) -> anyhow::Result<RunLimits> {
+    if let Some(d) = args.duration {
+        anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
+    }
+    Ok(RunLimits { frames: args.frames, duration_s: args.duration, stop: Some(stop_flag()?) })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, limits: l } => {
+            let config = Config::load(&config)?;
+            let _origin = match &config.origin.listen {
+                Some(listen) => Some(origin::start(listen, config.output.dir.clone())?),
+                None => None,
+            };
+            report(pipeline::run(&config, &limits(&l)?)?)
+        }
+        Command::Demo { out, input, listen, no_origin, fast, limits: l } => {
+            let mut config = Config::embedded_demo();
+            config.output.dir = out;
+            if let Some(path) = input {
+                config.source.kind = SourceKind::File;
+                config.source.path = Some(path);
+            }
+            if fast {
+                config.source.pacing = Pacing::Fast;
+            }
+            config.validate()?;
+            std::fs::create_dir_all(&config.output.dir)?;
+            let root = std::fs::canonicalize(&config.output.dir)?;
+            let origin = if no_origin { None } else { Some(origin::start(&listen, root.clone())?) };
+            eprintln!("lockstep demo: writing to {}", root.join(&config.channel.id).display());
+            if let Some(o) = &origin {
+                eprintln!("lockstep demo: playlist at http://{}/{}/master.m3u8", o.addr, config.channel.id);
+            }
+            eprintln!("lockstep demo: Ctrl-C stops");
+            report(pipeline::run(&config, &limits(&l)?)?)
+        }
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!("{}: ok ({} renditions, source {:?})", config.display(), c.renditions.len(), c.source.kind);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DefaultConfig => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which } => {
+            bench::run(which)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(summary: RunSummary) -> anyhow::Result<ExitCode> {
+    let tracks: Vec<String> = summary.packager.written.iter().map(|(n, c)| format!("{n}={c}")).collect();
+    eprintln!(
+        "lockstep: {} frames from frame {} (first segment {}), {} dropped; segments written: {}; output {}",
+        summary.frames,
+        summary.first_frame,
+        summary.first_segment,
+        summary.frames_dropped,
+        tracks.join(" "),
+        summary.root.display()
+    );
+    if summary.packager.write_errors > 0 {
+        eprintln!(
+            "error: {} segment writes failed (last: {}); segments already written are intact",
+            summary.packager.write_errors,
+            summary.packager.last_error.as_deref().unwrap_or("?")
+        );
+        return Ok(ExitCode::from(EXIT_WRITE_ERRORS));
+    }
+    Ok(ExitCode::SUCCESS)
+}

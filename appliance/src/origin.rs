@@ -1,0 +1,73 @@
+//! A small HTTP origin serving the segment store (playlists and segments).
+//! The admin API and page join it on the same server later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::routing::get;
+use tower_http::services::ServeDir;
+
+/// A running origin.
+#[derive(Debug)]
+pub struct Origin {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+/// Content types HLS players expect, set after the file service answered.
+async fn hls_types(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let path = req.uri().path().to_owned();
+    let mut res = next.run(req).await;
+    let kind = if path.ends_with(".m3u8") {
+        Some("application/vnd.apple.mpegurl")
+    } else if path.ends_with(".m4s") {
+        Some("video/iso.segment")
+    } else if path.ends_with(".mp4") {
+        Some("video/mp4")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    }
+    let cache = if path.ends_with(".m3u8") { "no-cache" } else { "max-age=3600" };
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    res
+}
+
+/// Binds `listen` and serves `root` on a background thread.
+pub fn start(listen: &str, root: PathBuf) -> std::io::Result<Origin> {
+    let addr: SocketAddr = listen.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
+    let std_listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("origin cannot listen on {addr}: {e}")))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let thread = std::thread::Builder::new().name("origin".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("origin runtime: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let app = Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .fallback_service(ServeDir::new(root))
+                .layer(axum::middleware::from_fn(hls_types));
+            match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(listener) => {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!("origin stopped: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("origin listener: {e}"),
+            }
+        });
+    })?;
+    Ok(Origin { addr, _thread: thread })
+}

@@ -1,0 +1,390 @@
+//! Packager: turns encoded segments into CMAF files, per-track manifests
+//! and HLS playlists in the segment store.
+//!
+//! Output layout under `output.dir/<channel>/`:
+//! `master.m3u8`, and per track (`<rendition>/` or `audio/`): `init.mp4`,
+//! `seg-<index>.m4s`, `playlist.m3u8`, `manifest.jsonl`.
+
+pub mod avc;
+pub mod fmp4;
+pub mod hls;
+pub mod store;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::package::store::{Store, StoreError};
+
+/// Identifies a track of the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackId {
+    /// Rendition by ladder position.
+    Video(usize),
+    /// The audio track.
+    Audio,
+}
+
+/// One encoded segment, ready to package.
+#[derive(Debug, Clone)]
+pub struct EncodedSegment {
+    /// Track.
+    pub track: TrackId,
+    /// Segment index on the channel timeline.
+    pub index: i64,
+    /// First frame (video) or audio packet index.
+    pub first_unit: i64,
+    /// Decode time of the first sample in track ticks.
+    pub base_time: u64,
+    /// Samples.
+    pub samples: Vec<fmp4::Sample>,
+    /// Sample bytes, in order.
+    pub payload: Vec<u8>,
+    /// SHA-256 over the input the segment was encoded from.
+    pub input_sha256: [u8; 32],
+    /// Video parameter sets (video tracks).
+    pub params: Option<avc::ParameterSets>,
+    /// TAI ns of the first sample (for EXT-X-PROGRAM-DATE-TIME).
+    pub start_tai_ns: i128,
+    /// Mean luma of the segment's input frames (analysis hook), video only.
+    pub mean_luma: Option<f32>,
+}
+
+impl EncodedSegment {
+    /// Duration in track ticks.
+    pub fn duration_ticks(&self) -> u64 {
+        self.samples.iter().map(|s| u64::from(s.duration)).sum()
+    }
+}
+
+/// Static description of a track for the packager.
+#[derive(Debug, Clone)]
+pub struct TrackSpec {
+    /// Which track.
+    pub id: TrackId,
+    /// Directory name.
+    pub name: String,
+    /// Timescale.
+    pub timescale: u32,
+    /// Video size (video tracks).
+    pub size: Option<(u32, u32)>,
+    /// Target bitrate (for the multivariant playlist).
+    pub bitrate_bps: u64,
+    /// Audio channel count (audio track).
+    pub channels: u16,
+    /// Audio pre-skip.
+    pub pre_skip: u16,
+}
+
+/// One line of `manifest.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Segment index.
+    pub index: i64,
+    /// File name.
+    pub file: String,
+    /// First frame / audio packet.
+    pub first_unit: i64,
+    /// Samples in the segment.
+    pub samples: u32,
+    /// Decode time of the first sample (ticks).
+    pub base_time: u64,
+    /// Ticks per second.
+    pub timescale: u32,
+    /// Seconds.
+    pub duration: f64,
+    /// File size.
+    pub bytes: u64,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// SHA-256 of the input frames / samples.
+    pub input_sha256: String,
+    /// EXT-X-PROGRAM-DATE-TIME.
+    pub program_date_time: String,
+    /// Appliance that produced it.
+    pub producer: String,
+    /// Mean luma of the input (video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_luma: Option<f32>,
+}
+
+/// Packaging settings.
+#[derive(Debug, Clone)]
+pub struct PackagerConfig {
+    /// `output.dir/<channel>`.
+    pub root: PathBuf,
+    /// Archive mode.
+    pub archive: bool,
+    /// Segments in the sliding window.
+    pub window: usize,
+    /// Nominal segment seconds.
+    pub segment_seconds: f64,
+    /// Frame rate for the multivariant playlist.
+    pub frame_rate: f64,
+    /// TAI − UTC.
+    pub utc_tai_offset_s: i64,
+    /// Appliance id written into manifests.
+    pub producer: String,
+}
+
+struct TrackState {
+    spec: TrackSpec,
+    dir: PathBuf,
+    track: Option<fmp4::Track>,
+    codec: String,
+    entries: VecDeque<hls::Entry>,
+    retired: VecDeque<String>,
+    discontinuity_sequence: u64,
+    manifest_lines: usize,
+    manifest_kept: VecDeque<String>,
+    written: u64,
+}
+
+/// What the packager did, for the run summary and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackagerStats {
+    /// Segments written per track name.
+    pub written: Vec<(String, u64)>,
+    /// Writes that failed.
+    pub write_errors: u64,
+    /// The last write error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Writes segments, manifests and playlists.
+pub struct Packager {
+    config: PackagerConfig,
+    tracks: Vec<TrackState>,
+    store: Store,
+    master_written: bool,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Packager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packager({})", self.config.root.display())
+    }
+}
+
+impl Packager {
+    /// Creates the track directories.
+    pub fn new(config: PackagerConfig, specs: Vec<TrackSpec>) -> Result<Self, StoreError> {
+        let mut tracks = Vec::new();
+        for spec in specs {
+            let dir = config.root.join(&spec.name);
+            store::check_writable(&dir)?;
+            tracks.push(TrackState {
+                spec,
+                dir,
+                track: None,
+                codec: String::new(),
+                entries: VecDeque::new(),
+                retired: VecDeque::new(),
+                discontinuity_sequence: 0,
+                manifest_lines: 0,
+                manifest_kept: VecDeque::new(),
+                written: 0,
+            });
+        }
+        Ok(Self { config, tracks, store: Store::new(), master_written: false, errors: 0, last_error: None })
+    }
+
+    /// The store's I/O path.
+    pub fn io_path(&self) -> store::IoPath {
+        self.store.io_path()
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> PackagerStats {
+        PackagerStats {
+            written: self.tracks.iter().map(|t| (t.spec.name.clone(), t.written)).collect(),
+            write_errors: self.errors,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Packages one segment. A failed write is counted and reported; the
+    /// segment is left out of the playlist and earlier files stay intact.
+    pub fn add(&mut self, seg: EncodedSegment) -> Result<(), StoreError> {
+        let result = self.write_segment(seg);
+        if let Err(e) = &result {
+            self.errors += 1;
+            self.last_error = Some(e.to_string());
+        }
+        result
+    }
+
+    fn track_index(&self, id: TrackId) -> Option<usize> {
+        self.tracks.iter().position(|t| t.spec.id == id)
+    }
+
+    fn write_segment(&mut self, seg: EncodedSegment) -> Result<(), StoreError> {
+        let Some(ti) = self.track_index(seg.track) else {
+            return Ok(());
+        };
+        if self.tracks[ti].track.is_none() {
+            self.write_init(ti, &seg)?;
+        }
+        let cfg = &self.config;
+        let t = &mut self.tracks[ti];
+        let Some(track) = t.track.as_ref() else { return Ok(()) };
+        let sequence = u32::try_from(seg.index.rem_euclid(1 << 32)).unwrap_or(0);
+        let bytes = fmp4::media_segment(track, sequence, seg.base_time, &seg.samples, &seg.payload);
+        let file = format!("seg-{}.m4s", seg.index);
+        let path = t.dir.join(&file);
+        self.store.write_atomic(&path, &bytes)?;
+        let duration = seg.duration_ticks() as f64 / f64::from(t.spec.timescale);
+        let program_date_time = hls::utc_iso8601(seg.start_tai_ns, cfg.utc_tai_offset_s);
+        let entry = ManifestEntry {
+            index: seg.index,
+            file: file.clone(),
+            first_unit: seg.first_unit,
+            samples: u32::try_from(seg.samples.len()).unwrap_or(u32::MAX),
+            base_time: seg.base_time,
+            timescale: t.spec.timescale,
+            duration,
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            input_sha256: hex::encode(seg.input_sha256),
+            program_date_time: program_date_time.clone(),
+            producer: cfg.producer.clone(),
+            mean_luma: seg.mean_luma,
+        };
+        let mut line = serde_json::to_string(&entry).unwrap_or_default();
+        line.push('\n');
+        let manifest = t.dir.join("manifest.jsonl");
+        self.store.append(&manifest, line.as_bytes())?;
+        t.manifest_lines += 1;
+        t.manifest_kept.push_back(line);
+        t.written += 1;
+        if t.entries.back().is_some_and(|e| e.index >= seg.index) {
+            // Out-of-order index (clock stepped back): start a new run.
+            t.entries.clear();
+            t.discontinuity_sequence += 1;
+        }
+        t.entries.push_back(hls::Entry { index: seg.index, uri: file, duration, program_date_time });
+        if !cfg.archive {
+            while t.entries.len() > cfg.window {
+                if let Some(old) = t.entries.pop_front() {
+                    if t.entries.front().is_some_and(|e| e.index != old.index + 1) {
+                        t.discontinuity_sequence += 1;
+                    }
+                    t.retired.push_back(old.uri);
+                }
+            }
+            // Keep retired segments one more window for late readers.
+            while t.retired.len() > cfg.window {
+                if let Some(name) = t.retired.pop_front() {
+                    let _ = std::fs::remove_file(t.dir.join(name));
+                }
+            }
+            let keep = 2 * cfg.window;
+            while t.manifest_kept.len() > keep {
+                t.manifest_kept.pop_front();
+            }
+            if t.manifest_lines > 4 * cfg.window {
+                let text: String = t.manifest_kept.iter().map(String::as_str).collect();
+                self.store.write_atomic(&manifest, text.as_bytes())?;
+                t.manifest_lines = t.manifest_kept.len();
+            }
+        } else {
+            t.manifest_kept.clear();
+        }
+        self.write_playlist(ti, false)?;
+        if !self.master_written && self.tracks.iter().all(|t| t.track.is_some()) {
+            self.write_master()?;
+        }
+        Ok(())
+    }
+
+    fn write_init(&mut self, ti: usize, seg: &EncodedSegment) -> Result<(), StoreError> {
+        let t = &mut self.tracks[ti];
+        let (kind, codec) = match (t.spec.id, &seg.params, t.spec.size) {
+            (TrackId::Video(_), Some(ps), Some((width, height))) => (
+                fmp4::TrackKind::Video { width, height, sps: ps.sps.clone(), pps: ps.pps.clone() },
+                ps.codec_string(),
+            ),
+            (TrackId::Audio, _, _) => {
+                (fmp4::TrackKind::Opus { channels: t.spec.channels, pre_skip: t.spec.pre_skip }, "opus".to_string())
+            }
+            _ => {
+                return Err(StoreError {
+                    path: t.dir.join("init.mp4"),
+                    source: std::io::Error::other("first video segment carried no SPS/PPS"),
+                });
+            }
+        };
+        let track = fmp4::Track { id: 1, timescale: t.spec.timescale, kind };
+        self.store.write_atomic(&t.dir.join("init.mp4"), &fmp4::init_segment(&track))?;
+        t.track = Some(track);
+        t.codec = codec;
+        Ok(())
+    }
+
+    fn write_playlist(&mut self, ti: usize, ended: bool) -> Result<(), StoreError> {
+        let t = &self.tracks[ti];
+        let entries: Vec<hls::Entry> = t.entries.iter().cloned().collect();
+        let text = hls::media_playlist(
+            &hls::MediaPlaylist {
+                target_duration: self.config.segment_seconds.ceil() as u32,
+                archive: self.config.archive,
+                ended,
+                discontinuity_sequence: t.discontinuity_sequence,
+                map_uri: "init.mp4",
+            },
+            &entries,
+        );
+        let path = t.dir.join("playlist.m3u8");
+        self.store.write_atomic(&path, text.as_bytes())
+    }
+
+    fn write_master(&mut self) -> Result<(), StoreError> {
+        let audio = self.tracks.iter().find(|t| t.spec.id == TrackId::Audio);
+        let audio_bps = audio.map_or(0, |a| a.spec.bitrate_bps);
+        let audio_codec = audio.map(|a| a.codec.clone());
+        let variants: Vec<hls::Variant> = self
+            .tracks
+            .iter()
+            .filter(|t| matches!(t.spec.id, TrackId::Video(_)))
+            .map(|t| {
+                let codecs = match &audio_codec {
+                    Some(a) => format!("{},{a}", t.codec),
+                    None => t.codec.clone(),
+                };
+                hls::Variant {
+                    uri: format!("{}/playlist.m3u8", t.spec.name),
+                    // Rate control keeps within ~1.5x the target over a segment.
+                    bandwidth: t.spec.bitrate_bps * 3 / 2 + audio_bps,
+                    average_bandwidth: t.spec.bitrate_bps + audio_bps,
+                    codecs,
+                    resolution: t.spec.size.unwrap_or((0, 0)),
+                    frame_rate: self.config.frame_rate,
+                }
+            })
+            .collect();
+        let rendition = audio.map(|a| hls::AudioRendition { uri: format!("{}/playlist.m3u8", a.spec.name), channels: a.spec.channels });
+        let text = hls::multivariant_playlist(&variants, rendition.as_ref());
+        self.store.write_atomic(&self.config.root.join("master.m3u8"), text.as_bytes())?;
+        self.master_written = true;
+        Ok(())
+    }
+
+    /// Marks every playlist ended (EXT-X-ENDLIST).
+    pub fn finish(&mut self) -> Result<(), StoreError> {
+        for ti in 0..self.tracks.len() {
+            if !self.tracks[ti].entries.is_empty() {
+                self.write_playlist(ti, true)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a manifest, skipping an unterminated last line.
+pub fn read_manifest(path: &Path) -> std::io::Result<Vec<ManifestEntry>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}

@@ -1,0 +1,404 @@
+//! One channel's data plane: capture → analysis → encode → package.
+//!
+//! Threads: capture (paced by the media clock), analysis, one encoder per
+//! rendition, one audio encoder, one packager. Frames move between them as
+//! pool indices over bounded channels; a slow stage applies back-pressure
+//! to capture instead of growing memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use crossbeam_channel::{Sender, bounded};
+use lockstep_encoder_api::{AudioEncoder, AudioSettings, EncodeError, VideoEncoderFactory, VideoSettings};
+
+use crate::capture::pool::{FrameLayout, FrameMeta, FramePool};
+use crate::capture::{CaptureDevice, CaptureError, Captured, FileCapture, TestCapture};
+use crate::clock::{MediaClock, SystemClock};
+use crate::config::{Config, Pacing, SourceKind};
+use crate::encode::{self, AudioJob, VideoJob, Work, WorkerError};
+use crate::package::store::StoreError;
+use crate::package::{self, Packager, PackagerConfig, PackagerStats, TrackId, TrackSpec};
+use crate::timeline::Grid;
+
+/// Why a channel could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration does not fit the source.
+    #[error("config: {0}")]
+    Config(String),
+    /// The source failed.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// The output directory cannot be used.
+    #[error("output: {0}")]
+    Output(#[from] StoreError),
+    /// An encoder failed.
+    #[error(transparent)]
+    Encode(#[from] WorkerError),
+    /// An encoder could not be opened.
+    #[error("encoder: {0}")]
+    Encoder(#[from] EncodeError),
+    /// A pipeline thread died.
+    #[error("internal: pipeline thread `{0}` panicked")]
+    Panic(&'static str),
+}
+
+/// When to stop, besides end of input.
+#[derive(Debug, Clone, Default)]
+pub struct RunLimits {
+    /// Stop after this many frames.
+    pub frames: Option<u64>,
+    /// Stop after this many seconds of media, rounded up to a segment boundary.
+    pub duration_s: Option<f64>,
+    /// Set to stop (Ctrl-C).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Frames captured.
+    pub frames: u64,
+    /// Frames the capture stage skipped because it fell behind real time.
+    pub frames_dropped: u64,
+    /// First frame number captured.
+    pub first_frame: i64,
+    /// First segment published.
+    pub first_segment: i64,
+    /// Per-track segments written and write errors.
+    pub packager: PackagerStats,
+    /// Output root of the channel.
+    pub root: std::path::PathBuf,
+}
+
+/// A rendition resolved against the source size.
+#[derive(Debug, Clone)]
+pub struct ResolvedRendition {
+    /// Name.
+    pub name: String,
+    /// Coded width.
+    pub width: u32,
+    /// Coded height.
+    pub height: u32,
+    /// Target bitrate.
+    pub bitrate_bps: u32,
+}
+
+/// Resolves the ladder for a source size: widths keep the source aspect
+/// (rounded to even); rungs taller than the source are left out.
+pub fn resolve_ladder(config: &Config, src_w: u32, src_h: u32) -> Vec<ResolvedRendition> {
+    let mut out: Vec<ResolvedRendition> = config
+        .renditions
+        .iter()
+        .filter(|r| r.height <= src_h)
+        .map(|r| {
+            let width = r.width.unwrap_or_else(|| {
+                let w = (u64::from(r.height) * u64::from(src_w) + u64::from(src_h) / 2) / u64::from(src_h);
+                (w as u32 + 1) & !1
+            });
+            ResolvedRendition { name: r.name.clone(), width: width.max(16), height: r.height, bitrate_bps: r.bitrate_kbps * 1000 }
+        })
+        .collect();
+    if out.is_empty() {
+        let first = &config.renditions[0];
+        tracing::warn!(source = %format!("{src_w}x{src_h}"), "every rendition is taller than the source; encoding at source size");
+        out.push(ResolvedRendition { name: first.name.clone(), width: src_w, height: src_h, bitrate_bps: first.bitrate_kbps * 1000 });
+    } else if out.len() < config.renditions.len() {
+        tracing::info!(kept = out.len(), of = config.renditions.len(), "renditions taller than the source left out");
+    }
+    out
+}
+
+/// Opens the configured source.
+pub fn open_source(config: &Config) -> Result<Box<dyn CaptureDevice>, PipelineError> {
+    let audio = if config.audio.enabled { config.audio.channels } else { 0 };
+    Ok(match config.source.kind {
+        SourceKind::Test => {
+            let rate = config.source_rate().map_err(|e| PipelineError::Config(e.to_string()))?;
+            Box::new(TestCapture::open(config.source.width, config.source.height, rate, audio))
+        }
+        SourceKind::File => {
+            let path = config.source.path.as_deref().ok_or_else(|| PipelineError::Config("source.path missing".into()))?;
+            Box::new(FileCapture::open(path, config.source.looping, audio)?)
+        }
+    })
+}
+
+/// Opens the video encoder backend the config asks for.
+pub fn video_factory(_config: &Config) -> Arc<dyn VideoEncoderFactory> {
+    // Hardware backends (NVENC, QSV) are chosen here when present; the
+    // portable OpenH264 backend is always available.
+    Arc::new(lockstep_openh264::OpenH264Factory)
+}
+
+fn open_opus(settings: &AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError> {
+    Ok(Box::new(lockstep_opus::OpusEncoder::open(settings)?))
+}
+
+/// Runs the configured channel until the source ends or a limit is hit.
+pub fn run(config: &Config, limits: &RunLimits) -> Result<RunSummary, PipelineError> {
+    let device = open_source(config)?;
+    run_with_device(config, device, video_factory(config), limits)
+}
+
+/// Runs the channel on a given device and encoder backend.
+pub fn run_with_device(
+    config: &Config,
+    mut device: Box<dyn CaptureDevice>,
+    factory: Arc<dyn VideoEncoderFactory>,
+    limits: &RunLimits,
+) -> Result<RunSummary, PipelineError> {
+    let clock = SystemClock::new(config.clock.utc_tai_offset_s);
+    let format = device.format();
+    let rate = format.rate;
+    let fps_segment = (config.channel.segment_seconds * rate.fps()).round().max(1.0) as u32;
+    let grid = Grid { rate, frames_per_segment: fps_segment, sample_rate: 48_000, audio_frame: 960 };
+    let ladder = resolve_ladder(config, format.width, format.height);
+    let audio_settings = (format.audio_channels > 0).then_some(AudioSettings {
+        sample_rate: 48_000,
+        channels: format.audio_channels,
+        bitrate_bps: config.audio.bitrate_kbps * 1000,
+    });
+    let lookahead = match &audio_settings {
+        Some(s) => open_opus(s)?.lookahead(),
+        None => 0,
+    };
+
+    // Where the timeline starts: live sources join at the current frame,
+    // files start at the next segment boundary so no frame of them is lost.
+    let now_frame = rate.frame_at(clock.now_tai_ns()) + 1;
+    let mut first_frame = match (config.source.pacing, config.source.start_frame) {
+        (Pacing::Fast, Some(n)) => n,
+        _ => now_frame,
+    };
+    if !format.live {
+        first_frame = grid.first_frame(grid.next_boundary_segment(first_frame));
+    }
+    let audio_job = |first_segment: i64| AudioJob {
+        grid,
+        settings: audio_settings.unwrap_or(AudioSettings { sample_rate: 48_000, channels: 2, bitrate_bps: 96_000 }),
+        warmup_packets: config.audio.warmup_packets,
+        lookahead,
+        first_segment,
+        silence_before_start: !format.live,
+    };
+    let first_segment = if format.live {
+        let mut s = grid.next_boundary_segment(first_frame);
+        let first_sample = rate.audio_sample_at(first_frame, 48_000);
+        while audio_settings.is_some() && audio_job(s).first_input_sample(s) < first_sample {
+            s += 1;
+        }
+        s
+    } else {
+        grid.segment_of(first_frame)
+    };
+    let end_frame = stop_frame(&grid, first_frame, limits, format.live);
+
+    let root = config.output.dir.join(&config.channel.id);
+    let mut specs: Vec<TrackSpec> = ladder
+        .iter()
+        .enumerate()
+        .map(|(i, r)| TrackSpec {
+            id: TrackId::Video(i),
+            name: r.name.clone(),
+            timescale: encode::video_timescale(&grid).0,
+            size: Some((r.width, r.height)),
+            bitrate_bps: u64::from(r.bitrate_bps),
+            channels: 0,
+            pre_skip: 0,
+        })
+        .collect();
+    if let Some(a) = &audio_settings {
+        specs.push(TrackSpec {
+            id: TrackId::Audio,
+            name: "audio".into(),
+            timescale: 48_000,
+            size: None,
+            bitrate_bps: u64::from(a.bitrate_bps),
+            channels: a.channels,
+            pre_skip: 0,
+        });
+    }
+    let mut packager = Packager::new(
+        PackagerConfig {
+            root: root.clone(),
+            archive: config.output.mode == crate::config::OutputMode::Archive,
+            window: config.output.window_segments as usize,
+            segment_seconds: grid.segment_seconds(),
+            frame_rate: rate.fps(),
+            utc_tai_offset_s: config.clock.utc_tai_offset_s,
+            producer: config.appliance.id.clone(),
+        },
+        specs,
+    )?;
+    tracing::info!(
+        source = %device.describe(),
+        clock = %clock.describe(),
+        renditions = %ladder.iter().map(|r| format!("{} {}x{} {}k", r.name, r.width, r.height, r.bitrate_bps / 1000)).collect::<Vec<_>>().join(", "),
+        audio = audio_settings.is_some(),
+        segment_frames = grid.frames_per_segment,
+        first_frame,
+        first_segment,
+        io = ?packager.io_path(),
+        output = %root.display(),
+        "channel starting"
+    );
+
+    let max_audio = (48_000 * u64::from(rate.den)).div_ceil(u64::from(rate.num)) as usize + 1;
+    let layout = FrameLayout {
+        width: format.width,
+        height: format.height,
+        audio_channels: format.audio_channels,
+        max_audio_samples: max_audio,
+    };
+    let pool = FramePool::new(layout, config.pipeline.pool_frames);
+    let depth = config.pipeline.pool_frames as usize;
+    let (seg_tx, seg_rx) = bounded::<package::EncodedSegment>(64);
+
+    let packager_thread = thread::Builder::new()
+        .name("package".into())
+        .spawn(move || {
+            for seg in seg_rx {
+                if let Err(e) = packager.add(seg) {
+                    tracing::error!("{e}; segment left out, earlier segments intact");
+                }
+            }
+            if let Err(e) = packager.finish() {
+                tracing::error!("{e}");
+            }
+            packager.stats()
+        })
+        .map_err(|_| PipelineError::Panic("package"))?;
+
+    let mut worker_txs: Vec<Sender<Work>> = Vec::new();
+    let mut workers = Vec::new();
+    for (i, r) in ladder.iter().enumerate() {
+        let (tx, rx) = bounded::<Work>(depth);
+        worker_txs.push(tx);
+        let job = VideoJob {
+            position: i,
+            name: r.name.clone(),
+            settings: VideoSettings {
+                width: r.width,
+                height: r.height,
+                fps_num: rate.num,
+                fps_den: rate.den,
+                bitrate_bps: r.bitrate_bps,
+                gop_frames: grid.frames_per_segment,
+            },
+            grid,
+            first_segment,
+        };
+        let out = seg_tx.clone();
+        let factory = Arc::clone(&factory);
+        workers.push(
+            thread::Builder::new()
+                .name(format!("encode-{}", r.name))
+                .spawn(move || encode::run_video(job, factory.as_ref(), rx, out))
+                .map_err(|_| PipelineError::Panic("encode"))?,
+        );
+    }
+    if audio_settings.is_some() {
+        let (tx, rx) = bounded::<Work>(depth);
+        worker_txs.push(tx);
+        let job = audio_job(first_segment);
+        let out = seg_tx.clone();
+        workers.push(
+            thread::Builder::new()
+                .name("encode-audio".into())
+                .spawn(move || encode::run_audio(job, &open_opus, rx, out))
+                .map_err(|_| PipelineError::Panic("encode"))?,
+        );
+    }
+    drop(seg_tx);
+
+    let (cap_tx, cap_rx) = bounded::<crate::capture::pool::FrameRef>(depth);
+    let analysis = thread::Builder::new()
+        .name("analysis".into())
+        .spawn(move || {
+            for frame in cap_rx {
+                let f = crate::analysis::analyse(&frame);
+                for tx in &worker_txs {
+                    if tx.send(Work::Frame { frame: frame.clone(), hash: f.hash, luma: f.mean_luma }).is_err() {
+                        return;
+                    }
+                }
+            }
+            for tx in &worker_txs {
+                let _ = tx.send(Work::End);
+            }
+        })
+        .map_err(|_| PipelineError::Panic("analysis"))?;
+
+    if config.pipeline.realtime {
+        crate::rt::enter_realtime();
+    }
+    device.start()?;
+    let realtime = config.source.pacing == Pacing::Realtime;
+    let stop = limits.stop.clone().unwrap_or_default();
+    let mut n = first_frame;
+    let mut frames = 0u64;
+    let mut dropped = 0u64;
+    let mut capture_result = Ok(());
+    while !stop.load(Ordering::Relaxed) && end_frame.is_none_or(|end| n < end) {
+        if realtime {
+            let due = rate.frame_time_ns(n);
+            clock.sleep_until(due);
+            // More than a segment behind real time: rejoin at the present.
+            let now = rate.frame_at(clock.now_tai_ns());
+            if format.live && now - n > i64::from(grid.frames_per_segment) {
+                dropped += u64::try_from(now - n).unwrap_or(0);
+                tracing::warn!(behind = now - n, "capture fell behind real time; frames dropped");
+                n = now;
+            }
+        }
+        let mut writer = pool.acquire();
+        let first_sample = rate.audio_sample_at(n, 48_000);
+        let samples = usize::try_from(rate.audio_sample_at(n + 1, 48_000) - first_sample).unwrap_or(0);
+        match device.read(n, first_sample, samples, &mut writer.buffers()) {
+            Ok(Captured::Frame) => {}
+            Ok(Captured::End) => break,
+            Err(e) => {
+                capture_result = Err(e);
+                break;
+            }
+        }
+        let audio_len = if format.audio_channels > 0 { samples * usize::from(format.audio_channels) } else { 0 };
+        let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: clock.now_tai_ns() });
+        if cap_tx.send(frame).is_err() {
+            break; // a downstream stage stopped; its error is reported below
+        }
+        frames += 1;
+        n += 1;
+    }
+    device.stop();
+    drop(cap_tx);
+    analysis.join().map_err(|_| PipelineError::Panic("analysis"))?;
+    let mut worker_error = None;
+    for w in workers {
+        match w.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => worker_error = worker_error.or(Some(e)),
+            Err(_) => return Err(PipelineError::Panic("encode")),
+        }
+    }
+    let stats = packager_thread.join().map_err(|_| PipelineError::Panic("package"))?;
+    if let Some(e) = worker_error {
+        return Err(e.into());
+    }
+    capture_result?;
+    Ok(RunSummary { frames, frames_dropped: dropped, first_frame, first_segment, packager: stats, root })
+}
+
+fn stop_frame(grid: &Grid, first: i64, limits: &RunLimits, live: bool) -> Option<i64> {
+    let by_frames = limits.frames.map(|f| first + i64::try_from(f).unwrap_or(i64::MAX));
+    let by_time = limits.duration_s.map(|d| {
+        let end = first + (d * grid.rate.fps()).ceil() as i64;
+        if live { grid.first_frame(grid.next_boundary_segment(end)) } else { end }
+    });
+    match (by_frames, by_time) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
