@@ -378,7 +378,7 @@ impl TestSource {
         // 1 kHz sync beep of 100 ms from each five-second mark
         let in_period = s.rem_euclid(48_000 * SYNC_PERIOD_S);
         if in_period < 4_800 {
-            let b = (tau * 1_000.0 * in_period as f64 / SR).sin() * 0.6;
+            let b = (tau * 1_000.0 * in_period as f64 / SR).sin() * 0.9;
             l = b;
             r = b;
         }

@@ -1,0 +1,108 @@
+//! Helpers for the multi-process tests: run the real binary, judge output
+//! with ffprobe/ffmpeg.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lockstep::package::{ManifestEntry, read_manifest};
+
+/// The binary under test.
+pub fn lockstep() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lockstep"))
+}
+
+/// Fails loudly (never skips) when a tool the test needs is missing.
+pub fn require_tool(name: &str) {
+    let ok = Command::new(name).arg("-version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "this test needs `{name}` (apt-get install ffmpeg; `./run test` installs it)");
+}
+
+/// A small, fast configuration: test source at `w`x`h`, 25 fps, 2 s
+/// segments (50 frames), renditions given as (name, height, kbps).
+pub fn config(out: &Path, w: u32, h: u32, start_frame: Option<i64>, renditions: &[(&str, u32, u32)]) -> String {
+    let mut s = format!(
+        "[appliance]\nid = \"test-1\"\n[channel]\nid = \"ch\"\nsegment_seconds = 2.0\n\
+         [source]\nkind = \"test\"\nwidth = {w}\nheight = {h}\nfps = \"25\"\npacing = \"{}\"\n{}\
+         [audio]\nenabled = true\nbitrate_kbps = 64\nchannels = 2\n\
+         [output]\ndir = \"{}\"\nmode = \"archive\"\n",
+        if start_frame.is_some() { "fast" } else { "realtime" },
+        start_frame.map(|n| format!("start_frame = {n}\n")).unwrap_or_default(),
+        out.display()
+    );
+    for (name, height, kbps) in renditions {
+        s.push_str(&format!("[[renditions]]\nname = \"{name}\"\nheight = {height}\nbitrate_kbps = {kbps}\n"));
+    }
+    s
+}
+
+/// Writes `text` as a config file in `dir` and runs `lockstep run` on it.
+pub fn run_config(dir: &Path, text: &str, extra: &[&str]) -> Output {
+    let path = dir.join("lockstep.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = lockstep().arg("run").arg("--config").arg(&path).args(extra).output().unwrap();
+    eprintln!("--- lockstep stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Manifest entries of a track directory.
+pub fn manifest(track: &Path) -> Vec<ManifestEntry> {
+    read_manifest(&track.join("manifest.jsonl")).unwrap()
+}
+
+/// Segment file names listed in a media playlist.
+pub fn playlist_segments(track: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(track.join("playlist.m3u8")).unwrap();
+    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(String::from).collect()
+}
+
+/// init.mp4 followed by the given segments, as one file for ffprobe.
+pub fn concat(track: &Path, segments: &[String], out: &Path) -> PathBuf {
+    let mut data = std::fs::read(track.join("init.mp4")).unwrap();
+    for s in segments {
+        data.extend(std::fs::read(track.join(s)).unwrap());
+    }
+    std::fs::write(out, data).unwrap();
+    out.to_path_buf()
+}
+
+/// Runs ffprobe with JSON output.
+pub fn ffprobe_json(args: &[&str], file: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe").args(["-v", "error", "-of", "json"]).args(args).arg(file).output().unwrap();
+    assert!(out.status.success(), "ffprobe failed on {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Packets of the first stream as (pts, dts, duration, keyframe) in ticks.
+pub fn packets(file: &Path) -> Vec<(i64, i64, i64, bool)> {
+    let v = ffprobe_json(&["-show_entries", "packet=pts,dts,duration,flags"], file);
+    v["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pts"].as_i64().unwrap(),
+                p["dts"].as_i64().unwrap(),
+                p["duration"].as_i64().unwrap_or(0),
+                p["flags"].as_str().unwrap_or("").contains('K'),
+            )
+        })
+        .collect()
+}
+
+/// Decodes a file fully; returns ffmpeg's error output (empty when clean).
+pub fn decode_errors(file: &Path) -> String {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-nostdin", "-i"]).arg(file).args(["-f", "null", "-"]).output().unwrap();
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        err.push_str(" (ffmpeg exit failure)");
+    }
+    err
+}
+
+/// Whether this process runs as root (mount tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
