@@ -261,7 +261,7 @@ pub fn run_with_device(
         .spawn(move || {
             for seg in seg_rx {
                 if let Err(e) = packager.add(seg) {
-                    tracing::error!("{e}; segment left out, earlier segments intact");
+                    tracing::error!("{e}; continuing, files already written are intact");
                 }
             }
             if let Err(e) = packager.finish() {
