@@ -53,7 +53,13 @@ impl CaptureDevice for MemoryCapture {
     fn start(&mut self) -> Result<(), CaptureError> {
         Ok(())
     }
-    fn read(&mut self, _n: i64, _first: i64, samples: usize, buf: &mut FrameBuffers<'_>) -> Result<Captured, CaptureError> {
+    fn read(
+        &mut self,
+        _n: i64,
+        _first: i64,
+        samples: usize,
+        buf: &mut FrameBuffers<'_>,
+    ) -> Result<Captured, CaptureError> {
         let Some(p) = self.pictures.get(self.next) else { return Ok(Captured::End) };
         let (y, rest) = p.split_at(buf.y.len());
         let (u, v) = rest.split_at(buf.u.len());
@@ -138,7 +144,12 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
         next: 0,
     };
     let t1 = Instant::now();
-    let summary = pipeline::run_with_device(&config, Box::new(device), factory, &RunLimits { frames: Some(frames), ..RunLimits::default() })?;
+    let summary = pipeline::run_with_device(
+        &config,
+        Box::new(device),
+        factory,
+        &RunLimits { frames: Some(frames), ..RunLimits::default() },
+    )?;
     let pipeline_s = t1.elapsed().as_secs_f64();
     let pipeline_fps = summary.frames as f64 / pipeline_s;
     let _ = std::fs::remove_dir_all(&out);
@@ -198,13 +209,21 @@ fn bare_encode(
     let mut enc = None;
     let (wy, wc) = (r.width as usize * r.height as usize, r.width as usize * r.height as usize / 4);
     for (i, f) in frames.iter().enumerate() {
-        if i as u64 % seg_frames == 0 {
+        if (i as u64).is_multiple_of(seg_frames) {
             enc = Some(factory.open(&settings)?);
         }
         let Some(e) = enc.as_mut() else { continue };
         let (y, rest) = f.split_at(wy);
         let (u, v) = rest.split_at(wc);
-        let p = PictureRef { width: r.width, height: r.height, y, u, v, y_stride: r.width as usize, c_stride: r.width as usize / 2 };
+        let p = PictureRef {
+            width: r.width,
+            height: r.height,
+            y,
+            u,
+            v,
+            y_stride: r.width as usize,
+            c_stride: r.width as usize / 2,
+        };
         out.clear();
         e.encode(&p, i as u64 % seg_frames, &mut out)?;
     }

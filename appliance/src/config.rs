@@ -325,23 +325,21 @@ impl Config {
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// The embedded default configuration.
     pub fn embedded_default() -> Self {
-        Self::from_toml(DEFAULT_TOML, "embedded defaults").unwrap_or_else(|e| {
-            unreachable!("embedded default config is checked by tests: {e}")
-        })
+        Self::from_toml(DEFAULT_TOML, "embedded defaults")
+            .unwrap_or_else(|e| unreachable!("embedded default config is checked by tests: {e}"))
     }
 
     /// The embedded demo configuration.
     pub fn embedded_demo() -> Self {
-        Self::from_toml(DEMO_TOML, "embedded demo").unwrap_or_else(|e| {
-            unreachable!("embedded demo config is checked by tests: {e}")
-        })
+        Self::from_toml(DEMO_TOML, "embedded demo")
+            .unwrap_or_else(|e| unreachable!("embedded demo config is checked by tests: {e}"))
     }
 
     /// The test source's frame rate (validated).
@@ -432,7 +430,9 @@ impl Config {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn check_even_dim(key: &str, v: u32, min: u32, max: u32) -> Result<(), ConfigError> {

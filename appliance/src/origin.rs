@@ -41,7 +41,8 @@ async fn hls_types(req: axum::extract::Request, next: axum::middleware::Next) ->
 
 /// Binds `listen` and serves `root` on a background thread.
 pub fn start(listen: &str, root: PathBuf) -> std::io::Result<Origin> {
-    let addr: SocketAddr = listen.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
+    let addr: SocketAddr =
+        listen.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
     let std_listener = std::net::TcpListener::bind(addr)
         .map_err(|e| std::io::Error::new(e.kind(), format!("origin cannot listen on {addr}: {e}")))?;
     std_listener.set_nonblocking(true)?;

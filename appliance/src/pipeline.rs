@@ -97,13 +97,23 @@ pub fn resolve_ladder(config: &Config, src_w: u32, src_h: u32) -> Vec<ResolvedRe
                 let w = (u64::from(r.height) * u64::from(src_w) + u64::from(src_h) / 2) / u64::from(src_h);
                 (w as u32 + 1) & !1
             });
-            ResolvedRendition { name: r.name.clone(), width: width.max(16), height: r.height, bitrate_bps: r.bitrate_kbps * 1000 }
+            ResolvedRendition {
+                name: r.name.clone(),
+                width: width.max(16),
+                height: r.height,
+                bitrate_bps: r.bitrate_kbps * 1000,
+            }
         })
         .collect();
     if out.is_empty() {
         let first = &config.renditions[0];
         tracing::warn!(source = %format!("{src_w}x{src_h}"), "every rendition is taller than the source; encoding at source size");
-        out.push(ResolvedRendition { name: first.name.clone(), width: src_w, height: src_h, bitrate_bps: first.bitrate_kbps * 1000 });
+        out.push(ResolvedRendition {
+            name: first.name.clone(),
+            width: src_w,
+            height: src_h,
+            bitrate_bps: first.bitrate_kbps * 1000,
+        });
     } else if out.len() < config.renditions.len() {
         tracing::info!(kept = out.len(), of = config.renditions.len(), "renditions taller than the source left out");
     }
@@ -119,7 +129,8 @@ pub fn open_source(config: &Config) -> Result<Box<dyn CaptureDevice>, PipelineEr
             Box::new(TestCapture::open(config.source.width, config.source.height, rate, audio))
         }
         SourceKind::File => {
-            let path = config.source.path.as_deref().ok_or_else(|| PipelineError::Config("source.path missing".into()))?;
+            let path =
+                config.source.path.as_deref().ok_or_else(|| PipelineError::Config("source.path missing".into()))?;
             Box::new(FileCapture::open(path, config.source.looping, audio)?)
         }
     })

@@ -178,7 +178,12 @@ mod tests {
         let g = Grid { rate: Rate { num: 25, den: 1 }, frames_per_segment: 50, sample_rate: 48_000, audio_frame: 960 };
         assert_eq!(g.audio_packet_of_segment(1), 100);
         assert_eq!(g.audio_packet_of_segment(7), 700);
-        let ntsc = Grid { rate: Rate { num: 30_000, den: 1001 }, frames_per_segment: 60, sample_rate: 48_000, audio_frame: 960 };
+        let ntsc = Grid {
+            rate: Rate { num: 30_000, den: 1001 },
+            frames_per_segment: 60,
+            sample_rate: 48_000,
+            audio_frame: 960,
+        };
         // 60 frames = 2.002 s = 100.1 packets: nearest boundary.
         assert_eq!(ntsc.audio_packet_of_segment(1), 100);
         assert_eq!(ntsc.audio_packet_of_segment(5), 501);

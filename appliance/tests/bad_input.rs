@@ -52,14 +52,26 @@ fn missing_and_unreadable_inputs_are_named() {
 
     let junk = dir.path().join("junk.mp4");
     std::fs::write(&junk, b"this is not a video file at all").unwrap();
-    let out = lockstep().args(["demo", "--no-origin", "--fast", "--input"]).arg(&junk).arg("--out").arg(dir.path().join("o")).output().unwrap();
+    let out = lockstep()
+        .args(["demo", "--no-origin", "--fast", "--input"])
+        .arg(&junk)
+        .arg("--out")
+        .arg(dir.path().join("o"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(e.contains("junk.mp4") && e.contains("ffmpeg cannot read it"), "{e}");
 
     let y4m = dir.path().join("bad.y4m");
     std::fs::write(&y4m, b"YUV4MPEG2 W64 H64 F25:1 C444\nFRAME\n").unwrap();
-    let out = lockstep().args(["demo", "--no-origin", "--fast", "--input"]).arg(&y4m).arg("--out").arg(dir.path().join("o")).output().unwrap();
+    let out = lockstep()
+        .args(["demo", "--no-origin", "--fast", "--input"])
+        .arg(&y4m)
+        .arg("--out")
+        .arg(dir.path().join("o"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bad.y4m"), "{}", stderr(&out));
 }
@@ -71,7 +83,11 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Self {
         assert!(is_root(), "this test mounts a tmpfs and needs root (CI runs as root)");
         std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
         assert!(ok.success(), "mount tmpfs failed");
         Self(dir.to_path_buf())
     }
@@ -115,8 +131,10 @@ fn read_only_output_is_refused_and_earlier_segments_survive() {
     assert!(first.status.success());
     let before = assert_intact(&mnt.join("ch/180p"));
     assert!(before >= 2);
-    let snapshot: Vec<Vec<u8>> =
-        playlist_segments(&mnt.join("ch/180p")).iter().map(|s| std::fs::read(mnt.join("ch/180p").join(s)).unwrap()).collect();
+    let snapshot: Vec<Vec<u8>> = playlist_segments(&mnt.join("ch/180p"))
+        .iter()
+        .map(|s| std::fs::read(mnt.join("ch/180p").join(s)).unwrap())
+        .collect();
 
     fs.remount_ro();
     let second = run_config(dir.path(), &cfg.replace("50010", "60010"), &["--frames", "190"]);
@@ -124,8 +142,10 @@ fn read_only_output_is_refused_and_earlier_segments_survive() {
     let e = stderr(&second);
     assert!(e.contains("Read-only file system") && e.contains(mnt.to_str().unwrap()), "{e}");
     assert_eq!(assert_intact(&mnt.join("ch/180p")), before);
-    let after: Vec<Vec<u8>> =
-        playlist_segments(&mnt.join("ch/180p")).iter().map(|s| std::fs::read(mnt.join("ch/180p").join(s)).unwrap()).collect();
+    let after: Vec<Vec<u8>> = playlist_segments(&mnt.join("ch/180p"))
+        .iter()
+        .map(|s| std::fs::read(mnt.join("ch/180p").join(s)).unwrap())
+        .collect();
     assert_eq!(snapshot, after);
 }
 

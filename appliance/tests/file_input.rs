@@ -29,7 +29,13 @@ fn make_clip(path: &Path, lavfi: &str, rate: &str, frames: u32, audio: bool) {
 }
 
 fn demo_on(input: &Path, out: &Path) -> std::process::Output {
-    let o = lockstep().args(["demo", "--no-origin", "--fast", "--input"]).arg(input).arg("--out").arg(out).output().unwrap();
+    let o = lockstep()
+        .args(["demo", "--no-origin", "--fast", "--input"])
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&o.stderr));
     o
 }

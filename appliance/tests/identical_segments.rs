@@ -29,7 +29,13 @@ fn assert_overlap_identical(a: &Path, b: &Path, at_least: usize) {
     for track in TRACKS {
         let (sa, sb) = (segment_files(a, track), segment_files(b, track));
         let common: Vec<&String> = sa.keys().filter(|k| sb.contains_key(*k)).collect();
-        assert!(common.len() >= at_least, "{track}: only {} overlapping segments ({:?} vs {:?})", common.len(), sa.keys(), sb.keys());
+        assert!(
+            common.len() >= at_least,
+            "{track}: only {} overlapping segments ({:?} vs {:?})",
+            common.len(),
+            sa.keys(),
+            sb.keys()
+        );
         for k in common {
             assert!(sa[k] == sb[k], "{track}/{k} differs between the two appliances");
         }

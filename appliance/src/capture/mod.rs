@@ -88,8 +88,13 @@ pub trait CaptureDevice: Send {
     fn start(&mut self) -> Result<(), CaptureError>;
     /// Fills `buf` with frame `n` and `samples` audio samples per channel
     /// starting at sample index `first_sample`.
-    fn read(&mut self, n: i64, first_sample: i64, samples: usize, buf: &mut FrameBuffers<'_>)
-    -> Result<Captured, CaptureError>;
+    fn read(
+        &mut self,
+        n: i64,
+        first_sample: i64,
+        samples: usize,
+        buf: &mut FrameBuffers<'_>,
+    ) -> Result<Captured, CaptureError>;
     /// Stops and releases the device.
     fn stop(&mut self);
 }
@@ -121,7 +126,13 @@ impl CaptureDevice for TestCapture {
     fn start(&mut self) -> Result<(), CaptureError> {
         Ok(())
     }
-    fn read(&mut self, n: i64, first_sample: i64, samples: usize, buf: &mut FrameBuffers<'_>) -> Result<Captured, CaptureError> {
+    fn read(
+        &mut self,
+        n: i64,
+        first_sample: i64,
+        samples: usize,
+        buf: &mut FrameBuffers<'_>,
+    ) -> Result<Captured, CaptureError> {
         self.source.render(n, buf);
         let len = samples * usize::from(self.format.audio_channels);
         self.source.audio(first_sample, &mut buf.audio[..len]);
@@ -154,10 +165,8 @@ fn probe(path: &Path) -> Result<Probe, CaptureError> {
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| unreadable(format!("bad ffprobe output: {e}")))?;
     let streams = json["streams"].as_array().cloned().unwrap_or_default();
-    let video = streams
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .ok_or_else(|| unreadable("no video stream".into()))?;
+    let video =
+        streams.iter().find(|s| s["codec_type"] == "video").ok_or_else(|| unreadable("no video stream".into()))?;
     let dim = |k: &str| video[k].as_u64().and_then(|v| u32::try_from(v).ok()).filter(|&v| v >= 2);
     let (Some(width), Some(height)) = (dim("width"), dim("height")) else {
         return Err(unreadable("video stream has no size".into()));
@@ -265,16 +274,26 @@ impl FileCapture {
 
     fn open_reader(&mut self) -> Result<FileReader, CaptureError> {
         if self.y4m {
-            let file = File::open(&self.path).map_err(|source| CaptureError::Open { path: self.path.clone(), source })?;
+            let file =
+                File::open(&self.path).map_err(|source| CaptureError::Open { path: self.path.clone(), source })?;
             let mut reader = BufReader::with_capacity(1 << 20, file);
             y4m::read_header(&mut reader).map_err(|e| self.stream_err(e.to_string()))?;
             return Ok(FileReader::Y4m { reader, line: Vec::with_capacity(64), index: 0 });
         }
         let f = self.format;
         let video_args = [
-            "-map", "0:v:0", "-vf", &format!("crop={}:{}:0:0", f.width, f.height),
-            "-fps_mode", "cfr", "-r", &f.rate.to_string().replace('/', ":"),
-            "-pix_fmt", "yuv420p", "-f", "rawvideo",
+            "-map",
+            "0:v:0",
+            "-vf",
+            &format!("crop={}:{}:0:0", f.width, f.height),
+            "-fps_mode",
+            "cfr",
+            "-r",
+            &f.rate.to_string().replace('/', ":"),
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "rawvideo",
         ]
         .map(String::from);
         let (video, stdout) = self.spawn(&video_args)?;
@@ -335,7 +354,13 @@ impl CaptureDevice for FileCapture {
         Ok(())
     }
 
-    fn read(&mut self, _n: i64, _first: i64, samples: usize, buf: &mut FrameBuffers<'_>) -> Result<Captured, CaptureError> {
+    fn read(
+        &mut self,
+        _n: i64,
+        _first: i64,
+        samples: usize,
+        buf: &mut FrameBuffers<'_>,
+    ) -> Result<Captured, CaptureError> {
         let path = self.path.clone();
         let err = |message: String| CaptureError::Stream { path: path.clone(), message };
         let Some(reader) = self.reader.as_mut() else {
@@ -352,13 +377,22 @@ impl CaptureDevice for FileCapture {
                     }
                     return Ok(Captured::End);
                 }
-                r.read_exact(buf.u).and_then(|()| r.read_exact(buf.v)).map_err(|e| err(format!("frame {index}: {e}")))?;
+                r.read_exact(buf.u)
+                    .and_then(|()| r.read_exact(buf.v))
+                    .map_err(|e| err(format!("frame {index}: {e}")))?;
                 *index += 1;
                 Ok(Captured::Frame)
             }
             FileReader::Ffmpeg { video, stdout, audio } => {
                 let got = read_full(stdout, buf.y)
-                    .and_then(|got| if got { read_full(stdout, buf.u)?; read_full(stdout, buf.v) } else { Ok(false) })
+                    .and_then(|got| {
+                        if got {
+                            read_full(stdout, buf.u)?;
+                            read_full(stdout, buf.v)
+                        } else {
+                            Ok(false)
+                        }
+                    })
                     .map_err(|e| err(format!("decoding: {e}")))?;
                 if !got {
                     let status = video.wait().map_err(|e| err(e.to_string()))?;

@@ -244,7 +244,7 @@ impl FrameRef {
         let slot = self.pool.slot(self.index);
         // SAFETY: a reference exists, so no writer does; the borrow lives
         // no longer than `self`, which keeps the slot referenced.
-        let picture: &[u8] = unsafe { &**slot.picture.get() };
+        let picture: &[u8] = unsafe { &*slot.picture.get() };
         let (y, c) = picture.split_at(layout.y_len());
         let (u, v) = c.split_at(layout.c_len());
         (y, u, v)
@@ -255,7 +255,7 @@ impl FrameRef {
         let slot = self.pool.slot(self.index);
         let len = self.meta().audio_len;
         // SAFETY: as in `planes`.
-        let audio: &[i16] = unsafe { &**slot.audio.get() };
+        let audio: &[i16] = unsafe { &*slot.audio.get() };
         &audio[..len.min(audio.len())]
     }
 }

@@ -136,9 +136,8 @@ impl TestSource {
 
     /// Vertical gradient background.
     fn gradient(&self, buf: &mut FrameBuffers<'_>, top: Yuv, bottom: Yuv) {
-        let lerp = |a: u8, b: u8, y: usize, h: usize| -> u8 {
-            ((usize::from(a) * (h - y) + usize::from(b) * y) / h) as u8
-        };
+        let lerp =
+            |a: u8, b: u8, y: usize, h: usize| -> u8 { ((usize::from(a) * (h - y) + usize::from(b) * y) / h) as u8 };
         for (y, row) in buf.y.chunks_exact_mut(self.width).enumerate() {
             row.fill(lerp(top.0, bottom.0, y, self.height));
         }
@@ -206,7 +205,14 @@ impl TestSource {
         self.gradient(buf, Yuv(90, 140, 120), Yuv(70, 140, 124));
         let (w, h) = (self.width as f64, self.height as f64);
         // shoulders, head, eyes, mouth: small movements only
-        self.rect(buf, (w * 0.3) as usize, (h * 0.7) as usize, (w * 0.4) as usize, (h * 0.3) as usize, Yuv(50, 150, 120));
+        self.rect(
+            buf,
+            (w * 0.3) as usize,
+            (h * 0.7) as usize,
+            (w * 0.4) as usize,
+            (h * 0.3) as usize,
+            Yuv(50, 150, 120),
+        );
         let sway = (t * 1.3).sin() * w * 0.004;
         self.disc(buf, w * 0.5 + sway, h * 0.42, h * 0.2, Yuv(150, 110, 150));
         self.disc(buf, w * 0.46 + sway, h * 0.38, h * 0.02, BLACK);
@@ -226,9 +232,9 @@ impl TestSource {
                 row[x..x + n].copy_from_slice(&src[tx..tx + n]);
                 x += n;
             }
-            if dim > 0 {
+            if let Some(dim) = std::num::NonZeroU8::new(dim) {
                 for p in row.iter_mut() {
-                    *p = 16 + (*p - 16) / dim;
+                    *p = 16 + (*p - 16) / dim.get();
                 }
             }
         }

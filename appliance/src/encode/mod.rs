@@ -170,23 +170,27 @@ pub fn run_video(
         seg.luma_sum += f64::from(luma);
         seg.frames += 1;
         seg.next_frame += 1;
-        if i64::from(seg.frames) == f {
-            if let Some(done) = open.take() {
-                if !finish(done, &output) {
-                    return Ok(emitted);
-                }
-                emitted += 1;
+        if i64::from(seg.frames) == f
+            && let Some(done) = open.take()
+        {
+            if !finish(done, &output) {
+                return Ok(emitted);
             }
-        }
-    }
-    // End of input: a final partial segment (file end, stop) is published.
-    if let Some(seg) = open.take() {
-        if seg.frames > 0 && finish(seg, &output) {
             emitted += 1;
         }
     }
+    // End of input: a final partial segment (file end, stop) is published.
+    if let Some(seg) = open.take()
+        && seg.frames > 0
+        && finish(seg, &output)
+    {
+        emitted += 1;
+    }
     Ok(emitted)
 }
+
+/// Opens a fresh audio encoder.
+pub type OpenAudio = dyn Fn(&AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError>;
 
 /// Settings for the audio worker.
 #[derive(Debug, Clone)]
@@ -217,7 +221,7 @@ impl AudioJob {
 /// with a fresh encoder that starts `warmup_packets` before the boundary.
 pub fn run_audio(
     job: AudioJob,
-    open: &dyn Fn(&AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError>,
+    open: &OpenAudio,
     input: Receiver<Work>,
     output: Sender<EncodedSegment>,
 ) -> Result<u64, WorkerError> {
@@ -233,8 +237,7 @@ pub fn run_audio(
     let mut inputs = input.into_iter();
     loop {
         // Encode every segment whose input is complete.
-        loop {
-            let Some(start) = pcm_start else { break };
+        while let Some(start) = pcm_start {
             let need_from = job.first_input_sample(next_seg);
             let end_packet = job.grid.audio_packet_of_segment(next_seg + 1);
             let need_to = end_packet * pf as i64 + job.lookahead as i64;

@@ -28,8 +28,7 @@ impl Axis {
             let centre = (i as f64 + 0.5) * scale - 0.5;
             let lo = ((centre - support).floor() as isize + 1).max(0) as usize;
             let hi = ((centre + support).ceil() as isize - 1).min(src as isize - 1).max(lo as isize) as usize;
-            let raw: Vec<f64> =
-                (lo..=hi).map(|j| (1.0 - ((j as f64 - centre) / support).abs()).max(0.0)).collect();
+            let raw: Vec<f64> = (lo..=hi).map(|j| (1.0 - ((j as f64 - centre) / support).abs()).max(0.0)).collect();
             let sum: f64 = raw.iter().sum::<f64>().max(f64::MIN_POSITIVE);
             let mut fixed: Vec<i32> = raw.iter().map(|w| (w / sum * f64::from(ONE)).round() as i32).collect();
             // Put the rounding remainder on the largest tap so weights sum to ONE.
@@ -77,7 +76,8 @@ impl PlaneScaler {
             let out = &mut self.scratch[row * self.dst_w..(row + 1) * self.dst_w];
             for (i, o) in out.iter_mut().enumerate() {
                 let (st, off, n) = (self.x.start[i], self.x.offset[i], self.x.count[i]);
-                let acc: i32 = s[st..st + n].iter().zip(&self.x.weights[off..off + n]).map(|(&p, &w)| i32::from(p) * w).sum();
+                let acc: i32 =
+                    s[st..st + n].iter().zip(&self.x.weights[off..off + n]).map(|(&p, &w)| i32::from(p) * w).sum();
                 // keep 4 extra bits of precision between passes
                 *o = ((acc + (1 << (SHIFT - 5))) >> (SHIFT - 4)).clamp(0, 255 << 4) as u16;
             }

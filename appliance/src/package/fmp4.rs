@@ -319,7 +319,12 @@ mod tests {
         Track {
             id: 1,
             timescale: 90_000,
-            kind: TrackKind::Video { width: 640, height: 360, sps: vec![0x67, 0x4d, 0x40, 0x1e, 1], pps: vec![0x68, 2] },
+            kind: TrackKind::Video {
+                width: 640,
+                height: 360,
+                sps: vec![0x67, 0x4d, 0x40, 0x1e, 1],
+                pps: vec![0x68, 2],
+            },
         }
     }
 

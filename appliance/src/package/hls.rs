@@ -158,7 +158,13 @@ mod tests {
     #[test]
     fn media_playlist_marks_gaps_and_end() {
         let e = |i: i64| Entry { index: i, uri: format!("seg-{i}.m4s"), duration: 2.0, program_date_time: "x".into() };
-        let p = MediaPlaylist { target_duration: 2, archive: false, ended: true, discontinuity_sequence: 0, map_uri: "init.mp4" };
+        let p = MediaPlaylist {
+            target_duration: 2,
+            archive: false,
+            ended: true,
+            discontinuity_sequence: 0,
+            map_uri: "init.mp4",
+        };
         let text = media_playlist(&p, &[e(10), e(11), e(13)]);
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:10\n"));
         assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1);

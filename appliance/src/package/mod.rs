@@ -303,10 +303,9 @@ impl Packager {
     fn write_init(&mut self, ti: usize, seg: &EncodedSegment) -> Result<(), StoreError> {
         let t = &mut self.tracks[ti];
         let (kind, codec) = match (t.spec.id, &seg.params, t.spec.size) {
-            (TrackId::Video(_), Some(ps), Some((width, height))) => (
-                fmp4::TrackKind::Video { width, height, sps: ps.sps.clone(), pps: ps.pps.clone() },
-                ps.codec_string(),
-            ),
+            (TrackId::Video(_), Some(ps), Some((width, height))) => {
+                (fmp4::TrackKind::Video { width, height, sps: ps.sps.clone(), pps: ps.pps.clone() }, ps.codec_string())
+            }
             (TrackId::Audio, _, _) => {
                 (fmp4::TrackKind::Opus { channels: t.spec.channels, pre_skip: t.spec.pre_skip }, "opus".to_string())
             }
@@ -365,7 +364,8 @@ impl Packager {
                 }
             })
             .collect();
-        let rendition = audio.map(|a| hls::AudioRendition { uri: format!("{}/playlist.m3u8", a.spec.name), channels: a.spec.channels });
+        let rendition = audio
+            .map(|a| hls::AudioRendition { uri: format!("{}/playlist.m3u8", a.spec.name), channels: a.spec.channels });
         let text = hls::multivariant_playlist(&variants, rendition.as_ref());
         self.store.write_atomic(&self.config.root.join("master.m3u8"), text.as_bytes())?;
         self.master_written = true;

@@ -43,11 +43,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens a store, trying io_uring first.
     pub fn new() -> Self {
-        let ring = if std::env::var_os("LOCKSTEP_NO_URING").is_some() {
-            None
-        } else {
-            io_uring::IoUring::new(8).ok()
-        };
+        let ring = if std::env::var_os("LOCKSTEP_NO_URING").is_some() { None } else { io_uring::IoUring::new(8).ok() };
         Self { ring }
     }
 
@@ -153,7 +149,8 @@ mod tests {
             store.write_atomic(&path, b"two two").expect("rewrite");
             assert_eq!(std::fs::read(&path).expect("read"), b"two two");
         }
-        let names: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 

@@ -93,7 +93,12 @@ pub fn packets(file: &Path) -> Vec<(i64, i64, i64, bool)> {
 
 /// Decodes a file fully; returns ffmpeg's error output (empty when clean).
 pub fn decode_errors(file: &Path) -> String {
-    let out = Command::new("ffmpeg").args(["-v", "error", "-nostdin", "-i"]).arg(file).args(["-f", "null", "-"]).output().unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
     let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         err.push_str(" (ffmpeg exit failure)");

@@ -104,12 +104,7 @@ pub trait VideoEncoder: Send {
     /// included on IDRs) to `out`. `index` counts frames from the start of
     /// this encoding session. Backends without delay return exactly one
     /// coded picture per input; this is checked by the daemon.
-    fn encode(
-        &mut self,
-        picture: &PictureRef<'_>,
-        index: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<CodedPicture, EncodeError>;
+    fn encode(&mut self, picture: &PictureRef<'_>, index: u64, out: &mut Vec<u8>) -> Result<CodedPicture, EncodeError>;
 }
 
 /// Opens video encoders with given settings; one per backend.

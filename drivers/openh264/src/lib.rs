@@ -9,12 +9,11 @@
 //! the same bytes on every appliance.
 
 use lockstep_encoder_api::{
-    CodedPicture, EncodeError, PictureKind, PictureRef, VideoEncoder, VideoEncoderFactory,
-    VideoSettings,
+    CodedPicture, EncodeError, PictureKind, PictureRef, VideoEncoder, VideoEncoderFactory, VideoSettings,
 };
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
-    RateControlMode, UsageType, VuiConfig,
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile, RateControlMode,
+    UsageType, VuiConfig,
 };
 use openh264::formats::YUVSource;
 use openh264::{OpenH264API, Timestamp};
@@ -108,12 +107,7 @@ impl VideoEncoder for OpenH264Encoder {
         NAME
     }
 
-    fn encode(
-        &mut self,
-        picture: &PictureRef<'_>,
-        index: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<CodedPicture, EncodeError> {
+    fn encode(&mut self, picture: &PictureRef<'_>, index: u64, out: &mut Vec<u8>) -> Result<CodedPicture, EncodeError> {
         if picture.width != self.settings.width || picture.height != self.settings.height {
             return Err(EncodeError::Backend(format!(
                 "picture {}x{} does not match the session's {}x{}",
@@ -121,7 +115,10 @@ impl VideoEncoder for OpenH264Encoder {
             )));
         }
         let h = picture.height as usize;
-        if picture.y.len() < picture.y_stride * h || picture.u.len() < picture.c_stride * h / 2 || picture.v.len() < picture.c_stride * h / 2 {
+        if picture.y.len() < picture.y_stride * h
+            || picture.u.len() < picture.c_stride * h / 2
+            || picture.v.len() < picture.c_stride * h / 2
+        {
             return Err(EncodeError::Backend("picture planes shorter than their strides say".into()));
         }
         // Milliseconds from the session start: deterministic, feeds OpenH264's rate control.
@@ -160,7 +157,8 @@ mod tests {
     }
 
     fn encode_session(frames: u32) -> Vec<u8> {
-        let settings = VideoSettings { width: 160, height: 96, fps_num: 25, fps_den: 1, bitrate_bps: 300_000, gop_frames: 50 };
+        let settings =
+            VideoSettings { width: 160, height: 96, fps_num: 25, fps_den: 1, bitrate_bps: 300_000, gop_frames: 50 };
         let mut enc = OpenH264Encoder::open(&settings).expect("open");
         let mut out = Vec::new();
         let mut buf = Vec::new();

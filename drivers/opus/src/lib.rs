@@ -43,10 +43,9 @@ impl OpusEncoder {
             }
         };
         let backend = |e: opus::Error| EncodeError::Backend(format!("libopus: {e}"));
-        let mut inner =
-            opus::Encoder::new(SAMPLE_RATE, channels, opus::Application::Audio).map_err(backend)?;
-        let bitrate = i32::try_from(settings.bitrate_bps)
-            .map_err(|_| EncodeError::Settings("audio bitrate too large".into()))?;
+        let mut inner = opus::Encoder::new(SAMPLE_RATE, channels, opus::Application::Audio).map_err(backend)?;
+        let bitrate =
+            i32::try_from(settings.bitrate_bps).map_err(|_| EncodeError::Settings("audio bitrate too large".into()))?;
         inner.set_bitrate(opus::Bitrate::Bits(bitrate)).map_err(backend)?;
         inner.set_vbr_constraint(true).map_err(backend)?;
         inner.set_complexity(10).map_err(backend)?;
@@ -75,10 +74,7 @@ impl AudioEncoder for OpusEncoder {
         }
         let start = out.len();
         out.resize(start + MAX_PACKET, 0);
-        let n = self
-            .inner
-            .encode(pcm, &mut out[start..])
-            .map_err(|e| EncodeError::Backend(format!("libopus: {e}")))?;
+        let n = self.inner.encode(pcm, &mut out[start..]).map_err(|e| EncodeError::Backend(format!("libopus: {e}")))?;
         out.truncate(start + n);
         Ok(n)
     }
@@ -91,9 +87,7 @@ mod tests {
     #[test]
     fn same_input_gives_same_packets() {
         let settings = AudioSettings { sample_rate: 48_000, channels: 2, bitrate_bps: 128_000 };
-        let pcm: Vec<i16> = (0..FRAME_SAMPLES * 2 * 10)
-            .map(|i| ((i as f64 * 0.05).sin() * 8000.0) as i16)
-            .collect();
+        let pcm: Vec<i16> = (0..FRAME_SAMPLES * 2 * 10).map(|i| ((i as f64 * 0.05).sin() * 8000.0) as i16).collect();
         let run = || {
             let mut enc = OpusEncoder::open(&settings).expect("open");
             let mut out = Vec::new();
