@@ -27,13 +27,16 @@ pub enum Which {
     /// Pipeline throughput against the bare encoder.
     Pipeline {
         /// Frames to encode (whole segments are best).
-        #[arg(long, default_value_t = 240)]
+        #[arg(long, default_value_t = 500)]
         frames: u64,
         /// Use the appliance's full default ladder (1080p source) instead of the demo ladder.
         #[arg(long)]
         full_ladder: bool,
     },
 }
+
+/// Interleaved measurement rounds.
+const ROUNDS: u32 = 5;
 
 /// Replays pre-rendered frames (copying each into the pool, as DMA would).
 struct MemoryCapture {
@@ -118,46 +121,56 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
-    let t0 = Instant::now();
-    let per_rendition: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = ladder
-            .iter()
-            .zip(&scaled)
-            .map(|(r, frames_r)| {
-                let factory = Arc::clone(&factory);
-                s.spawn(move || bare_encode(factory.as_ref(), r, rate, seg_frames, frames_r))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(Ok(0.0))).collect::<Result<Vec<_>, _>>()
-    })?;
-    let baseline_s = t0.elapsed().as_secs_f64();
-    let baseline_fps = frames as f64 / baseline_s;
-    for (r, secs) in ladder.iter().zip(&per_rendition) {
+    let pictures = Arc::new(pictures);
+    let audio = Arc::new(audio);
+    let mut best_baseline = 0.0f64;
+    let mut best_pipeline = 0.0f64;
+    let mut best_per_rendition = vec![f64::MAX; ladder.len()];
+    // Interleaved rounds, best of each: this machine is noisy, and the best
+    // run is the one least disturbed by everything else.
+    for round in 1..=ROUNDS {
+        let t0 = Instant::now();
+        let per_rendition: Vec<f64> = std::thread::scope(|s| {
+            let handles: Vec<_> = ladder
+                .iter()
+                .zip(&scaled)
+                .map(|(r, frames_r)| {
+                    let factory = Arc::clone(&factory);
+                    s.spawn(move || bare_encode(factory.as_ref(), r, rate, seg_frames, frames_r))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(Ok(0.0))).collect::<Result<Vec<_>, _>>()
+        })?;
+        let baseline_fps = frames as f64 / t0.elapsed().as_secs_f64();
+        for (best, secs) in best_per_rendition.iter_mut().zip(&per_rendition) {
+            *best = best.min(*secs);
+        }
+
+        let device = MemoryCapture {
+            pictures: Arc::clone(&pictures),
+            audio: Arc::clone(&audio),
+            format: SourceFormat { width: w, height: h, rate, audio_channels: config.audio.channels, live: false },
+            next: 0,
+        };
+        let t1 = Instant::now();
+        let limits = RunLimits { frames: Some(frames), ..RunLimits::default() };
+        let summary = pipeline::run_with_device(&config, Box::new(device), Arc::clone(&factory), &limits)?;
+        let pipeline_fps = summary.frames as f64 / t1.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&out);
+        println!(
+            "round {round}: bare encoder {baseline_fps:.1} fps, pipeline {pipeline_fps:.1} fps (ratio {:.3}), segments {:?}",
+            pipeline_fps / baseline_fps,
+            summary.packager.written
+        );
+        best_baseline = best_baseline.max(baseline_fps);
+        best_pipeline = best_pipeline.max(pipeline_fps);
+    }
+    for (r, secs) in ladder.iter().zip(&best_per_rendition) {
         println!("  bare encoder {:>6} {}x{}: {:8.1} fps", r.name, r.width, r.height, frames as f64 / secs);
     }
-    println!("baseline (bare encoder, pre-scaled, {} threads): {baseline_fps:.1} fps", ladder.len());
-
-    let device = MemoryCapture {
-        pictures: Arc::new(pictures),
-        audio: Arc::new(audio),
-        format: SourceFormat { width: w, height: h, rate, audio_channels: config.audio.channels, live: true },
-        next: 0,
-    };
-    let t1 = Instant::now();
-    let summary = pipeline::run_with_device(
-        &config,
-        Box::new(device),
-        factory,
-        &RunLimits { frames: Some(frames), ..RunLimits::default() },
-    )?;
-    let pipeline_s = t1.elapsed().as_secs_f64();
-    let pipeline_fps = summary.frames as f64 / pipeline_s;
-    let _ = std::fs::remove_dir_all(&out);
-    println!(
-        "pipeline (copy-in + fingerprint + scale + encode + audio + package): {pipeline_fps:.1} fps, segments {:?}",
-        summary.packager.written
-    );
-    println!("pipeline/bare-encoder throughput ratio: {:.3}", pipeline_fps / baseline_fps);
+    println!("baseline (bare encoder, pre-scaled frames, {} threads), best: {best_baseline:.1} fps", ladder.len());
+    println!("pipeline (copy-in, fingerprint, scale, encode, audio, package), best: {best_pipeline:.1} fps");
+    println!("pipeline/bare-encoder throughput ratio: {:.3}", best_pipeline / best_baseline);
     Ok(())
 }
 

@@ -190,7 +190,7 @@ pub fn run_video(
 }
 
 /// Opens a fresh audio encoder.
-pub type OpenAudio = dyn Fn(&AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError>;
+pub type OpenAudio = dyn Fn(&AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError> + Sync;
 
 /// Settings for the audio worker.
 #[derive(Debug, Clone)]
@@ -217,8 +217,65 @@ impl AudioJob {
     }
 }
 
-/// Runs the audio track: keeps a window of PCM and encodes each segment
-/// with a fresh encoder that starts `warmup_packets` before the boundary.
+/// The input of one audio segment, cut out of the PCM window.
+struct AudioWindow {
+    index: i64,
+    first_packet: i64,
+    last_packet: i64,
+    /// Sample index (per channel) of `pcm[0]`.
+    start: i64,
+    pcm: Vec<i16>,
+}
+
+/// Encodes one segment's window with a fresh encoder: warm-up packets
+/// first (dropped), then the segment's packets.
+fn encode_audio_segment(job: &AudioJob, open: &OpenAudio, w: &AudioWindow) -> Result<EncodedSegment, EncodeError> {
+    let ch = usize::from(job.settings.channels);
+    let pf = job.grid.audio_frame as usize;
+    let mut encoder = open(&job.settings)?;
+    let mut hasher = Sha256::new();
+    let mut samples = Vec::with_capacity((w.last_packet - w.first_packet).max(0) as usize);
+    let mut packets = Vec::with_capacity(64 * 1024);
+    let mut frame = vec![0i16; pf * ch];
+    for p in w.first_packet - i64::from(job.warmup_packets)..w.last_packet {
+        let from = p * pf as i64 + job.lookahead as i64;
+        for (k, slot) in frame.chunks_exact_mut(ch).enumerate() {
+            let idx = from + k as i64 - w.start;
+            match usize::try_from(idx).ok().map(|i| i * ch).filter(|&at| at + ch <= w.pcm.len()) {
+                Some(at) => slot.copy_from_slice(&w.pcm[at..at + ch]),
+                None => slot.fill(0), // past the end of the input: silence
+            }
+        }
+        for v in &frame {
+            hasher.update(v.to_le_bytes());
+        }
+        let before = packets.len();
+        let n = encoder.encode(&frame, &mut packets)?;
+        if p < w.first_packet {
+            packets.truncate(before); // warm-up packet: dropped
+        } else {
+            samples.push(fmp4::Sample { size: u32::try_from(n).unwrap_or(0), duration: pf as u32, sync: true });
+        }
+    }
+    Ok(EncodedSegment {
+        track: TrackId::Audio,
+        index: w.index,
+        first_unit: w.first_packet,
+        base_time: u64::try_from(w.first_packet).unwrap_or(0) * pf as u64,
+        samples,
+        payload: packets,
+        input_sha256: hasher.finalize().into(),
+        params: None,
+        start_tai_ns: i128::from(w.first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
+        mean_luma: None,
+    })
+}
+
+/// Runs the audio track: keeps a window of PCM and hands each complete
+/// segment's input to an encoder thread, which encodes it with a fresh
+/// encoder starting `warmup_packets` before the boundary. Encoding a whole
+/// segment is bursty; doing it off this thread keeps frames (and their pool
+/// slots) moving.
 pub fn run_audio(
     job: AudioJob,
     open: &OpenAudio,
@@ -226,17 +283,35 @@ pub fn run_audio(
     output: Sender<EncodedSegment>,
 ) -> Result<u64, WorkerError> {
     let err = |source| WorkerError { rendition: "audio".into(), source };
+    let (win_tx, win_rx) = crossbeam_channel::bounded::<AudioWindow>(4);
+    std::thread::scope(|scope| {
+        let encoder = scope.spawn(|| {
+            let mut emitted = 0u64;
+            for w in win_rx {
+                let seg = encode_audio_segment(&job, open, &w).map_err(err)?;
+                if output.send(seg).is_err() {
+                    break;
+                }
+                emitted += 1;
+            }
+            Ok(emitted)
+        });
+        gather_audio(&job, input, &win_tx);
+        drop(win_tx);
+        encoder.join().unwrap_or_else(|_| Err(err(EncodeError::Backend("audio encoder thread panicked".into()))))
+    })
+}
+
+fn gather_audio(job: &AudioJob, input: Receiver<Work>, windows: &Sender<AudioWindow>) {
     let ch = usize::from(job.settings.channels);
     let pf = job.grid.audio_frame as usize;
     let mut pcm: Vec<i16> = Vec::with_capacity(48_000 * ch * 8);
     let mut pcm_start: Option<i64> = None; // sample index of pcm[0]
     let mut next_seg = job.first_segment;
-    let mut packets = Vec::with_capacity(64 * 1024);
-    let mut emitted = 0u64;
     let mut ended = false;
     let mut inputs = input.into_iter();
     loop {
-        // Encode every segment whose input is complete.
+        // Hand over every segment whose input is complete.
         while let Some(start) = pcm_start {
             let need_from = job.first_input_sample(next_seg);
             let end_packet = job.grid.audio_packet_of_segment(next_seg + 1);
@@ -262,50 +337,18 @@ pub fn run_audio(
             if last_packet <= first_packet {
                 break;
             }
-            let mut encoder = open(&job.settings).map_err(err)?;
-            let mut hasher = Sha256::new();
-            let mut samples = Vec::with_capacity((last_packet - first_packet) as usize);
-            packets.clear();
-            let mut frame = vec![0i16; pf * ch];
-            let warm_from = first_packet - i64::from(job.warmup_packets);
-            for p in warm_from..last_packet {
-                let from = p * pf as i64 + job.lookahead as i64;
-                for (k, slot) in frame.chunks_exact_mut(ch).enumerate() {
-                    let idx = from + k as i64 - start;
-                    if idx >= 0 && ((idx as usize) * ch) < pcm.len() {
-                        let at = idx as usize * ch;
-                        slot.copy_from_slice(&pcm[at..at + ch]);
-                    } else {
-                        slot.fill(0);
-                    }
-                }
-                for s in &frame {
-                    hasher.update(s.to_le_bytes());
-                }
-                let before = packets.len();
-                let n = encoder.encode(&frame, &mut packets).map_err(err)?;
-                if p < first_packet {
-                    packets.truncate(before); // warm-up packet: dropped
-                } else {
-                    samples.push(fmp4::Sample { size: u32::try_from(n).unwrap_or(0), duration: pf as u32, sync: true });
-                }
-            }
-            let seg = EncodedSegment {
-                track: TrackId::Audio,
+            let from = ((need_from - start) as usize) * ch;
+            let to = (((need_to.min(have_to)) - start) as usize) * ch;
+            let window = AudioWindow {
                 index: next_seg,
-                first_unit: first_packet,
-                base_time: u64::try_from(first_packet).unwrap_or(0) * pf as u64,
-                samples,
-                payload: packets.clone(),
-                input_sha256: hasher.finalize().into(),
-                params: None,
-                start_tai_ns: i128::from(first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
-                mean_luma: None,
+                first_packet,
+                last_packet,
+                start: need_from,
+                pcm: pcm[from..to].to_vec(),
             };
-            if output.send(seg).is_err() {
-                return Ok(emitted);
+            if windows.send(window).is_err() {
+                return;
             }
-            emitted += 1;
             next_seg += 1;
             // Drop PCM no later segment needs.
             let keep_from = job.first_input_sample(next_seg);
@@ -346,5 +389,4 @@ pub fn run_audio(
             Some(Work::End) | None => ended = true,
         }
     }
-    Ok(emitted)
 }
