@@ -75,8 +75,20 @@ impl OpenH264Encoder {
             .intra_frame_period(IntraFramePeriod::from_num_frames(settings.gop_frames))
             .num_threads(1)
             .vui(VuiConfig::bt709());
-        let inner = Encoder::with_api_config(OpenH264API::from_source(), config)
+        let mut inner = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| EncodeError::Backend(format!("openh264 init: {e}")))?;
+        // OpenH264 initialises lazily on the first frame and prints warnings
+        // to stderr while doing so (e.g. about frame skipping, which we turn
+        // off on purpose). Only errors are worth an operator's attention.
+        let mut level: u32 = openh264_sys2::WELS_LOG_ERROR as u32;
+        // SAFETY: the encoder exists; TRACE_LEVEL is accepted before
+        // initialisation and reads one u32 through the pointer during the call.
+        let rc = unsafe {
+            inner.raw_api().set_option(openh264_sys2::ENCODER_OPTION_TRACE_LEVEL, (&raw mut level).cast())
+        };
+        if rc != 0 {
+            return Err(EncodeError::Backend(format!("openh264 trace level: error {rc}")));
+        }
         Ok(Self { inner, settings: *settings })
     }
 }
