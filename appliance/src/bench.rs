@@ -101,7 +101,12 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
     config.source.start_frame = Some(start_frame);
 
     println!("bench pipeline: {frames} frames of {w}x{h} @ {rate} fps, segments of {seg_frames} frames");
+    let t = Instant::now();
     let (pictures, audio) = prerender(w, h, rate, config.audio.channels, start_frame, frames as usize);
+    println!(
+        "test source: {:.1} frames/s rendered at {w}x{h} (picture + audio)",
+        frames as f64 / t.elapsed().as_secs_f64()
+    );
     let ladder = pipeline::resolve_ladder(&config, w, h);
     let factory = pipeline::video_factory(&config);
 

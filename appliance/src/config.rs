@@ -227,13 +227,15 @@ pub enum Backend {
     Auto,
     /// OpenH264 software encoder (always present).
     Openh264,
+    /// libx264 software encoder (binaries built with `--features x264`).
+    X264,
 }
 
 /// Encoder settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncoderConfig {
-    /// Backend; `LOCKSTEP_FORCE_PORTABLE=1` forces openh264.
+    /// Backend; `auto` picks the best available at run time.
     pub backend: Backend,
 }
 
@@ -421,6 +423,12 @@ impl Config {
             listen.parse::<SocketAddr>().map_err(|_| {
                 invalid("origin.listen", format!("`{listen}` is not an address like \"127.0.0.1:8080\""))
             })?;
+        }
+        if self.encoder.backend == Backend::X264 && !cfg!(feature = "x264") {
+            return Err(invalid(
+                "encoder.backend",
+                "\"x264\": this binary was built without x264 (rebuild with `--features x264`); allowed: \"auto\", \"openh264\"",
+            ));
         }
         if !(4..=256).contains(&self.pipeline.pool_frames) {
             return Err(invalid("pipeline.pool_frames", "allowed: 4 to 256"));

@@ -136,11 +136,15 @@ pub fn open_source(config: &Config) -> Result<Box<dyn CaptureDevice>, PipelineEr
     })
 }
 
-/// Opens the video encoder backend the config asks for.
-pub fn video_factory(_config: &Config) -> Arc<dyn VideoEncoderFactory> {
-    // Hardware backends (NVENC, QSV) are chosen here when present; the
-    // portable OpenH264 backend is always available.
-    Arc::new(lockstep_openh264::OpenH264Factory)
+/// The video encoder backend the config asks for. `auto` picks the best
+/// available at run time: hardware backends (NVENC, QSV) will be probed
+/// here; the portable OpenH264 backend is always there.
+pub fn video_factory(config: &Config) -> Arc<dyn VideoEncoderFactory> {
+    match config.encoder.backend {
+        #[cfg(feature = "x264")]
+        crate::config::Backend::X264 => Arc::new(lockstep_x264::X264Factory),
+        _ => Arc::new(lockstep_openh264::OpenH264Factory),
+    }
 }
 
 fn open_opus(settings: &AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError> {
@@ -247,6 +251,7 @@ pub fn run_with_device(
         source = %device.describe(),
         clock = %clock.describe(),
         renditions = %ladder.iter().map(|r| format!("{} {}x{} {}k", r.name, r.width, r.height, r.bitrate_bps / 1000)).collect::<Vec<_>>().join(", "),
+        encoder = factory.name(),
         audio = audio_settings.is_some(),
         segment_frames = grid.frames_per_segment,
         first_frame,

@@ -130,15 +130,21 @@ impl Grid {
     }
 }
 
-/// Time of day of frame `n` as `HH:MM:SS:FF` (TAI, non-drop-frame counting
-/// of frames within each second).
-pub fn timecode(rate: Rate, n: i64) -> String {
-    let ns = rate.frame_time_ns(n);
-    let secs = ns.div_euclid(NS_PER_S);
-    let first_of_second = rate.frame_at(secs * NS_PER_S);
-    let ff = (i128::from(n) - i128::from(first_of_second)).max(0);
-    let tod = secs.rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}:{:02}", tod / 3600, (tod / 60) % 60, tod % 60, ff)
+/// Time of day of frame `n`, displayed as `HH:MM:SS:FF` (TAI, frames
+/// counted within each second, no drop-frame).
+#[derive(Debug, Clone, Copy)]
+pub struct Timecode(pub Rate, pub i64);
+
+impl fmt::Display for Timecode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Timecode(rate, n) = *self;
+        let ns = rate.frame_time_ns(n);
+        let secs = ns.div_euclid(NS_PER_S);
+        let first_of_second = rate.frame_at(secs * NS_PER_S);
+        let ff = (i128::from(n) - i128::from(first_of_second)).max(0);
+        let tod = secs.rem_euclid(86_400);
+        write!(f, "{:02}:{:02}:{:02}:{:02}", tod / 3600, (tod / 60) % 60, tod % 60, ff)
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +209,6 @@ mod tests {
     #[test]
     fn timecode_counts_frames_in_the_second() {
         let r = Rate::new(25, 1).expect("rate");
-        assert_eq!(timecode(r, 25 * 3661 + 7), "01:01:01:07");
+        assert_eq!(Timecode(r, 25 * 3661 + 7).to_string(), "01:01:01:07");
     }
 }

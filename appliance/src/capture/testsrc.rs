@@ -18,7 +18,9 @@
 //! frame number sit on every frame.
 
 use crate::capture::pool::FrameBuffers;
-use crate::timeline::{Rate, timecode};
+use std::io::Write as _;
+
+use crate::timeline::{Rate, Timecode};
 
 const CYCLE_S: i64 = 60;
 const TEXTURE: usize = 1024;
@@ -320,14 +322,21 @@ impl TestSource {
     }
 
     fn burn_in(&self, n: i64, buf: &mut FrameBuffers<'_>) {
-        let text = format!("{} #{}", timecode(self.rate, n), n);
+        // Formatted into a stack buffer: no allocation per frame.
+        let mut storage = [0u8; 48];
+        let len = {
+            let mut cursor = std::io::Cursor::new(&mut storage[..]);
+            let _ = write!(cursor, "{} #{}", Timecode(self.rate, n), n);
+            cursor.position() as usize
+        };
+        let text = &storage[..len];
         let scale = (self.height / 60).max(1);
         let (cw, ch) = (4 * scale, 6 * scale);
         let box_w = (text.len() * cw + 2 * scale).min(self.width);
         let x0 = (self.width.saturating_sub(box_w)) / 2;
         let y0 = scale * 2;
         self.rect(buf, x0, y0, box_w, ch + 2 * scale, BLACK);
-        for (i, ch_) in text.bytes().enumerate() {
+        for (i, &ch_) in text.iter().enumerate() {
             let glyph = glyph(ch_);
             for (gy, bits) in glyph.iter().enumerate() {
                 for gx in 0..3 {

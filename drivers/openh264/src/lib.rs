@@ -83,9 +83,8 @@ impl OpenH264Encoder {
         let mut level: u32 = openh264_sys2::WELS_LOG_ERROR as u32;
         // SAFETY: the encoder exists; TRACE_LEVEL is accepted before
         // initialisation and reads one u32 through the pointer during the call.
-        let rc = unsafe {
-            inner.raw_api().set_option(openh264_sys2::ENCODER_OPTION_TRACE_LEVEL, (&raw mut level).cast())
-        };
+        let rc =
+            unsafe { inner.raw_api().set_option(openh264_sys2::ENCODER_OPTION_TRACE_LEVEL, (&raw mut level).cast()) };
         if rc != 0 {
             return Err(EncodeError::Backend(format!("openh264 trace level: error {rc}")));
         }
