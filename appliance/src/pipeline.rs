@@ -347,17 +347,18 @@ pub fn run_with_device(
         })
         .map_err(|_| PipelineError::Panic("analysis"))?;
 
-    if config.pipeline.realtime {
-        crate::rt::enter_realtime();
-    }
-    device.start()?;
     let realtime = config.source.pacing == Pacing::Realtime;
     let stop = limits.stop.clone().unwrap_or_default();
     let mut n = first_frame;
     let mut frames = 0u64;
     let mut dropped = 0u64;
-    let mut capture_result = Ok(());
-    while !stop.load(Ordering::Relaxed) && end_frame.is_none_or(|end| n < end) {
+    let mut capture_result = device.start();
+    // After every other thread and child process exists: they must not
+    // inherit the real-time policy.
+    if config.pipeline.realtime && capture_result.is_ok() {
+        crate::rt::enter_realtime();
+    }
+    while capture_result.is_ok() && !stop.load(Ordering::Relaxed) && end_frame.is_none_or(|end| n < end) {
         if realtime {
             let due = rate.frame_time_ns(n);
             clock.sleep_until(due);

@@ -37,43 +37,31 @@ fn bad_config_names_the_key() {
     assert!(stderr(&out).contains("/nonexistent/lockstep.toml"), "{}", stderr(&out));
 }
 
+/// Runs the demo on `input`; asserts it fails and that stderr names every
+/// word in `words`.
+fn assert_input_refused(input: &Path, out: &Path, words: &[&str]) {
+    let o = demo_on(input, out);
+    assert!(!o.status.success(), "{} was accepted", input.display());
+    let e = stderr(&o);
+    for w in words {
+        assert!(e.contains(w), "error does not say `{w}`: {e}");
+    }
+}
+
 #[test]
 fn missing_and_unreadable_inputs_are_named() {
     require_tool("ffprobe");
     let dir = tempfile::tempdir().unwrap();
-    let out = lockstep()
-        .args(["demo", "--no-origin", "--fast", "--input", "/nonexistent/clip.mp4", "--out"])
-        .arg(dir.path().join("o"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let e = stderr(&out);
-    assert!(e.contains("/nonexistent/clip.mp4") && e.contains("No such file"), "{e}");
+    let out = dir.path().join("o");
+    assert_input_refused(Path::new("/nonexistent/clip.mp4"), &out, &["/nonexistent/clip.mp4", "No such file"]);
 
     let junk = dir.path().join("junk.mp4");
     std::fs::write(&junk, b"this is not a video file at all").unwrap();
-    let out = lockstep()
-        .args(["demo", "--no-origin", "--fast", "--input"])
-        .arg(&junk)
-        .arg("--out")
-        .arg(dir.path().join("o"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let e = stderr(&out);
-    assert!(e.contains("junk.mp4") && e.contains("ffmpeg cannot read it"), "{e}");
+    assert_input_refused(&junk, &out, &["junk.mp4", "ffmpeg cannot read it"]);
 
     let y4m = dir.path().join("bad.y4m");
     std::fs::write(&y4m, b"YUV4MPEG2 W64 H64 F25:1 C444\nFRAME\n").unwrap();
-    let out = lockstep()
-        .args(["demo", "--no-origin", "--fast", "--input"])
-        .arg(&y4m)
-        .arg("--out")
-        .arg(dir.path().join("o"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("bad.y4m"), "{}", stderr(&out));
+    assert_input_refused(&y4m, &out, &["bad.y4m", "C444"]);
 }
 
 /// Mounts a tmpfs of `size` at `dir`; unmounted on drop.

@@ -28,18 +28,6 @@ fn make_clip(path: &Path, lavfi: &str, rate: &str, frames: u32, audio: bool) {
     assert!(ok.success(), "ffmpeg could not make the test clip");
 }
 
-fn demo_on(input: &Path, out: &Path) -> std::process::Output {
-    let o = lockstep()
-        .args(["demo", "--no-origin", "--fast", "--input"])
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
-    o
-}
-
 fn total_frames(track: &Path) -> usize {
     let segs = playlist_segments(track);
     let all = concat(track, &segs, &track.join("all.mp4.check"));

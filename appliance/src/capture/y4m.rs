@@ -52,7 +52,9 @@ pub fn parse_header(line: &[u8]) -> Result<Y4mHeader, Y4mError> {
     }
     let (mut width, mut height, mut rate) = (None, None, None);
     for word in words.filter(|w| !w.is_empty()) {
-        let (tag, value) = word.split_at(1);
+        // Tags are one ASCII letter; a word starting with anything else
+        // (including a multi-byte character) is an unknown tag, ignored.
+        let Some((tag, value)) = word.split_at_checked(1) else { continue };
         match tag {
             "W" => width = value.parse::<u32>().ok().filter(|&w| (2..=8192).contains(&w)),
             "H" => height = value.parse::<u32>().ok().filter(|&h| (2..=8192).contains(&h)),
@@ -141,6 +143,13 @@ mod tests {
             let e = parse_header(bad).expect_err("must fail");
             assert!(e.to_string().contains(word), "{e}");
         }
+    }
+
+    #[test]
+    fn non_ascii_words_do_not_panic() {
+        // Found by fuzz/fuzz_targets/y4m_header.rs.
+        let header = "YUV4MPEG2 W4 H2 F25:1 \u{26f}EG3".as_bytes();
+        assert!(parse_header(header).is_ok());
     }
 
     #[test]

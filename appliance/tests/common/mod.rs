@@ -45,6 +45,19 @@ pub fn run_config(dir: &Path, text: &str, extra: &[&str]) -> Output {
     out
 }
 
+/// Runs `lockstep demo` on a file, as fast as possible, without an origin.
+pub fn demo_on(input: &Path, out: &Path) -> Output {
+    let o = lockstep()
+        .args(["demo", "--no-origin", "--fast", "--input"])
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    eprintln!("--- lockstep stderr ---\n{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
 /// Manifest entries of a track directory.
 pub fn manifest(track: &Path) -> Vec<ManifestEntry> {
     read_manifest(&track.join("manifest.jsonl")).unwrap()
