@@ -134,6 +134,7 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
     // Interleaved rounds, best of each: this machine is noisy, and the best
     // run is the one least disturbed by everything else.
     for round in 1..=ROUNDS {
+        let c0 = cpu_seconds();
         let t0 = Instant::now();
         let per_rendition: Vec<f64> = std::thread::scope(|s| {
             let handles: Vec<_> = ladder
@@ -147,6 +148,7 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
             handles.into_iter().map(|h| h.join().unwrap_or(Ok(0.0))).collect::<Result<Vec<_>, _>>()
         })?;
         let baseline_fps = frames as f64 / t0.elapsed().as_secs_f64();
+        let baseline_cpu = cpu_seconds() - c0;
         for (best, secs) in best_per_rendition.iter_mut().zip(&per_rendition) {
             *best = best.min(*secs);
         }
@@ -157,13 +159,17 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
             format: SourceFormat { width: w, height: h, rate, audio_channels: config.audio.channels, live: false },
             next: 0,
         };
+        let c1 = cpu_seconds();
         let t1 = Instant::now();
         let limits = RunLimits { frames: Some(frames), ..RunLimits::default() };
         let summary = pipeline::run_with_device(&config, Box::new(device), Arc::clone(&factory), &limits)?;
         let pipeline_fps = summary.frames as f64 / t1.elapsed().as_secs_f64();
+        let pipeline_cpu = cpu_seconds() - c1;
         let _ = std::fs::remove_dir_all(&out);
         println!(
-            "round {round}: bare encoder {baseline_fps:.1} fps, pipeline {pipeline_fps:.1} fps (ratio {:.3}), segments {:?}",
+            "round {round}: bare encoder {baseline_fps:.1} fps ({:.2} ms CPU/frame), pipeline {pipeline_fps:.1} fps ({:.2} ms CPU/frame), ratio {:.3}, segments {:?}",
+            baseline_cpu * 1000.0 / frames as f64,
+            pipeline_cpu * 1000.0 / frames as f64,
             pipeline_fps / baseline_fps,
             summary.packager.written
         );
@@ -177,6 +183,19 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
     println!("pipeline (copy-in, fingerprint, scale, encode, audio, package), best: {best_pipeline:.1} fps");
     println!("pipeline/bare-encoder throughput ratio: {:.3}", best_pipeline / best_baseline);
     Ok(())
+}
+
+/// User + system CPU time of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes a full rusage into the pointer on success.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call.
+    let u = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
