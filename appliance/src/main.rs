@@ -52,6 +52,21 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Analyse a file (any format ffmpeg reads): per-segment complexity,
+    /// content type and scene cuts, without encoding.
+    Analyze {
+        /// The file.
+        input: PathBuf,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV (one line per segment).
+        #[arg(long)]
+        csv: bool,
+        /// Segment length in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        segment_seconds: f64,
+    },
     /// Check a configuration file and print what is wrong.
     CheckConfig {
         /// TOML configuration.
@@ -139,6 +154,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             eprintln!("lockstep demo: Ctrl-C stops");
             report(pipeline::run(&config, &limits(&l)?)?)
+        }
+        Command::Analyze { input, json, csv, segment_seconds } => {
+            anyhow::ensure!(
+                segment_seconds > 0.0 && segment_seconds <= 600.0,
+                "--segment-seconds must be between 0 and 600"
+            );
+            let terminal = std::io::stderr().is_terminal();
+            let started = std::time::Instant::now();
+            let mut progress = |frames: u64| {
+                if terminal {
+                    let fps = frames as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    eprint!("\ranalysing: {frames} frames ({fps:.0} fps)   ");
+                }
+            };
+            let report = lockstep::analysis::report::analyze_file(&input, segment_seconds, &mut progress)?;
+            if terminal {
+                eprintln!();
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if csv {
+                print!("{}", lockstep::analysis::report::to_csv(&report));
+            } else {
+                print!("{}", lockstep::analysis::report::to_table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;

@@ -12,6 +12,7 @@ use std::thread;
 use crossbeam_channel::{Sender, bounded};
 use lockstep_encoder_api::{AudioEncoder, AudioSettings, EncodeError, VideoEncoderFactory, VideoSettings};
 
+use crate::analysis::video::VideoAnalyzer;
 use crate::capture::pool::{FrameLayout, FrameMeta, FramePool};
 use crate::capture::{CaptureDevice, CaptureError, Captured, FileCapture, TestCapture};
 use crate::clock::{MediaClock, SystemClock};
@@ -333,10 +334,12 @@ pub fn run_with_device(
     let analysis = thread::Builder::new()
         .name("analysis".into())
         .spawn(move || {
+            let mut analyzer = VideoAnalyzer::new(format.width, format.height);
             for frame in cap_rx {
                 let f = crate::analysis::analyse(&frame);
+                let features = crate::analysis::luma_view(&frame).map(|v| analyzer.analyse(v)).unwrap_or_default();
                 for tx in &worker_txs {
-                    if tx.send(Work::Frame { frame: frame.clone(), hash: f.hash, luma: f.mean_luma }).is_err() {
+                    if tx.send(Work::Frame { frame: frame.clone(), hash: f.hash, features }).is_err() {
                         return;
                     }
                 }

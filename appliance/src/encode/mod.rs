@@ -13,6 +13,7 @@ use lockstep_encoder_api::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::analysis::segment::SegmentAccumulator;
 use crate::capture::pool::FrameRef;
 use crate::package::{EncodedSegment, TrackId, avc, fmp4};
 use crate::timeline::Grid;
@@ -26,8 +27,8 @@ pub enum Work {
         frame: FrameRef,
         /// SHA-256 of the picture (input fingerprint).
         hash: [u8; 32],
-        /// Mean luma (analysis hook).
-        luma: f32,
+        /// Picture features (content analysis).
+        features: crate::analysis::video::VideoFeatures,
     },
     /// No more frames.
     End,
@@ -78,7 +79,7 @@ struct OpenSegment {
     payload: Vec<u8>,
     params: avc::ParameterSets,
     hasher: Sha256,
-    luma_sum: f64,
+    analysis: SegmentAccumulator,
 }
 
 /// Runs a rendition: scale (when the size differs), encode, emit segments.
@@ -107,13 +108,13 @@ pub fn run_video(
             input_sha256: seg.hasher.finalize().into(),
             params: Some(seg.params),
             start_tai_ns: job.grid.rate.frame_time_ns(first),
-            mean_luma: Some((seg.luma_sum / f64::from(seg.frames.max(1))) as f32),
+            analysis: Some(seg.analysis.finish()),
         };
         output.send(seg_out).is_ok()
     };
     for work in input {
-        let (frame, hash, luma) = match work {
-            Work::Frame { frame, hash, luma } => (frame, hash, luma),
+        let (frame, hash, features) = match work {
+            Work::Frame { frame, hash, features } => (frame, hash, features),
             Work::End => break,
         };
         let n = frame.meta().number;
@@ -139,7 +140,7 @@ pub fn run_video(
                 payload: Vec::with_capacity(1 << 20),
                 params: avc::ParameterSets::default(),
                 hasher: Sha256::new(),
-                luma_sum: 0.0,
+                analysis: SegmentAccumulator::default(),
             });
         }
         let Some(seg) = open.as_mut() else { continue };
@@ -167,7 +168,7 @@ pub fn run_video(
             sync: coded.kind == PictureKind::Idr,
         });
         seg.hasher.update(hash);
-        seg.luma_sum += f64::from(luma);
+        seg.analysis.add(n, &features);
         seg.frames += 1;
         seg.next_frame += 1;
         if i64::from(seg.frames) == f
@@ -267,7 +268,7 @@ fn encode_audio_segment(job: &AudioJob, open: &OpenAudio, w: &AudioWindow) -> Re
         input_sha256: hasher.finalize().into(),
         params: None,
         start_tai_ns: i128::from(w.first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
-        mean_luma: None,
+        analysis: None,
     })
 }
 

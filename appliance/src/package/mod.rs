@@ -48,8 +48,8 @@ pub struct EncodedSegment {
     pub params: Option<avc::ParameterSets>,
     /// TAI ns of the first sample (for EXT-X-PROGRAM-DATE-TIME).
     pub start_tai_ns: i128,
-    /// Mean luma of the segment's input frames (analysis hook), video only.
-    pub mean_luma: Option<f32>,
+    /// Content analysis of the segment's input frames (video only).
+    pub analysis: Option<crate::analysis::segment::SegmentAnalysis>,
 }
 
 impl EncodedSegment {
@@ -105,9 +105,9 @@ pub struct ManifestEntry {
     pub program_date_time: String,
     /// Appliance that produced it.
     pub producer: String,
-    /// Mean luma of the input (video).
+    /// Content analysis of the input (video): complexity, cuts, content type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mean_luma: Option<f32>,
+    pub analysis: Option<serde_json::Value>,
 }
 
 /// Packaging settings.
@@ -251,7 +251,7 @@ impl Packager {
             input_sha256: hex::encode(seg.input_sha256),
             program_date_time: program_date_time.clone(),
             producer: cfg.producer.clone(),
-            mean_luma: seg.mean_luma,
+            analysis: seg.analysis.as_ref().and_then(|a| serde_json::to_value(a).ok()),
         };
         let mut line = serde_json::to_string(&entry).unwrap_or_default();
         line.push('\n');

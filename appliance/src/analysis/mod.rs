@@ -1,9 +1,13 @@
-//! Analysis hook: the stage between capture and encode.
+//! Content analysis: the stage between capture and encode.
 //!
 //! It reads each frame in place through `ndarray` views over the pool
 //! buffer (no copy), fingerprints it (SHA-256 of the picture, the input
-//! hash neighbours compare) and measures mean luma. Richer content
-//! analysis plugs in here.
+//! hash neighbours compare) and computes picture features ([`video`]),
+//! which encoders aggregate per segment ([`segment`]) into the manifest.
+
+pub mod report;
+pub mod segment;
+pub mod video;
 
 use ndarray::ArrayView2;
 use sha2::{Digest, Sha256};
@@ -19,7 +23,14 @@ pub struct FrameFeatures {
     pub mean_luma: f32,
 }
 
-/// Analyses one frame.
+/// Luma plane of a frame as a 2-D view (rows × stride) over the pool buffer.
+pub fn luma_view(frame: &FrameRef) -> Option<ArrayView2<'_, u8>> {
+    let layout = frame.layout();
+    let (y, _, _) = frame.planes();
+    ArrayView2::from_shape((layout.height as usize, layout.y_stride()), y).ok()
+}
+
+/// Fingerprints one frame (and a quick mean luma).
 pub fn analyse(frame: &FrameRef) -> FrameFeatures {
     let layout = frame.layout();
     let (y, u, v) = frame.planes();
