@@ -33,6 +33,12 @@ pub enum Which {
         #[arg(long)]
         full_ladder: bool,
     },
+    /// Content analysis throughput on one core against ffmpeg's `scdet`.
+    Analysis {
+        /// Frames per size.
+        #[arg(long, default_value_t = 150)]
+        frames: u64,
+    },
 }
 
 /// Interleaved measurement rounds.
@@ -82,6 +88,7 @@ impl CaptureDevice for MemoryCapture {
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Pipeline { frames, full_ladder } => pipeline_bench(frames, full_ladder),
+        Which::Analysis { frames } => analysis_bench(frames),
     }
 }
 
@@ -196,6 +203,67 @@ fn cpu_seconds() -> f64 {
     let u = unsafe { usage.assume_init() };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// Times `VideoAnalyzer` and ffmpeg's `scdet` (one thread each) on the
+/// same frames at 720p and 1080p. ffmpeg's own cost of reading raw frames
+/// is measured with a `null` filter and taken out.
+fn analysis_bench(frames: u64) -> anyhow::Result<()> {
+    use crate::analysis::video::VideoAnalyzer;
+    anyhow::ensure!(frames >= 10, "--frames must be at least 10");
+    // ffmpeg reads the frames LOOPS times, so its filter time stands out
+    // from the cost of reading raw frames.
+    const LOOPS: u64 = 8;
+    let dir = tempfile_dir()?;
+    let rate = Rate::new(25, 1).unwrap_or(Rate { num: 25, den: 1 });
+    let mut last_ratio = 0.0;
+    for (w, h) in [(1280u32, 720u32), (1920, 1080)] {
+        let (pictures, _) = prerender(w, h, rate, 1, 25 * 3600 * 10, frames as usize);
+        let raw = dir.join(format!("frames-{w}x{h}.yuv"));
+        std::fs::write(&raw, pictures.concat())?;
+        let mut best_ours = f64::MAX;
+        for _ in 0..3 {
+            let mut analyzer = VideoAnalyzer::new(w, h);
+            let t = Instant::now();
+            let mut cuts = 0;
+            for p in &pictures {
+                let luma = ndarray::ArrayView2::from_shape((h as usize, w as usize), &p[..(w * h) as usize])?;
+                cuts += usize::from(analyzer.analyse(luma).scene_cut);
+            }
+            std::hint::black_box(cuts);
+            best_ours = best_ours.min(t.elapsed().as_secs_f64());
+        }
+        let ffmpeg = |filter: &str| -> anyhow::Result<f64> {
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let status = std::process::Command::new("ffmpeg")
+                    .args(["-v", "error", "-nostdin", "-threads", "1", "-filter_threads", "1"])
+                    .args(["-stream_loop", &(LOOPS - 1).to_string()])
+                    .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", &format!("{w}x{h}"), "-r", "25", "-i"])
+                    .arg(&raw)
+                    .args(["-vf", filter, "-f", "null", "-"])
+                    .status()?;
+                anyhow::ensure!(status.success(), "ffmpeg failed running {filter}");
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let null_s = ffmpeg("null")?;
+        let scdet_s = (ffmpeg("scdet")? - null_s).max(1e-6);
+        let (ours_fps, scdet_fps) = (frames as f64 / best_ours, (frames * LOOPS) as f64 / scdet_s);
+        println!(
+            "{w}x{h}: lockstep analysis {ours_fps:.0} fps ({:.2} ms/frame, {:.2} % of a core at 30 fps); scdet {scdet_fps:.0} fps (ffmpeg's raw read taken out)",
+            1000.0 / ours_fps,
+            3000.0 / ours_fps
+        );
+        last_ratio = ours_fps / scdet_fps;
+        println!("{w}x{h}: analysis/scdet throughput ratio: {last_ratio:.3}");
+        let _ = std::fs::remove_file(&raw);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("1080p analysis/scdet throughput ratio: {last_ratio:.3}");
+    Ok(())
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
