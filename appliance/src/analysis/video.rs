@@ -76,7 +76,7 @@ impl VideoAnalyzer {
             sh,
             cur: vec![0; sw * sh],
             prev: vec![0; sw * sh],
-            acc: vec![0; sw],
+            acc: vec![0; sw * factor],
             prev_hist: [0; BINS],
             has_prev: false,
             recent: [0.0; HISTORY],
@@ -121,22 +121,36 @@ impl VideoAnalyzer {
 
     fn downscale(&mut self, luma: &ArrayView2<'_, u8>) {
         let k = self.factor;
-        let area = (k * k) as u32;
+        let span = self.sw * k;
         for sy in 0..self.sh {
-            self.acc.fill(0);
-            for r in 0..k {
-                let row = luma.row(sy * k + r);
-                let Some(row) = row.as_slice() else { continue };
-                match k {
-                    1 => sum_cols::<1>(row, &mut self.acc),
-                    2 => sum_cols::<2>(row, &mut self.acc),
-                    3 => sum_cols::<3>(row, &mut self.acc),
-                    _ => sum_cols::<4>(row, &mut self.acc),
+            // Vertical sum of k rows over the whole width (vectorises), then
+            // sums of k adjacent columns.
+            let acc = &mut self.acc[..span];
+            // sy * k + k - 1 < height because sh = height / k.
+            let row = |r: usize| luma.row(sy * k + r).to_slice().map(|s| &s[..span.min(s.len())]);
+            let four = if k == 4 { [row(0), row(1), row(2), row(3)] } else { [None, None, None, None] };
+            match four {
+                [Some(a), Some(b), Some(c), Some(d)] => {
+                    for ((((o, &p0), &p1), &p2), &p3) in acc.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                        *o = u16::from(p0) + u16::from(p1) + u16::from(p2) + u16::from(p3);
+                    }
+                }
+                _ => {
+                    acc.fill(0);
+                    for r in 0..k {
+                        let Some(src) = row(r) else { continue };
+                        for (a, &p) in acc.iter_mut().zip(src) {
+                            *a += u16::from(p);
+                        }
+                    }
                 }
             }
             let out = &mut self.cur[sy * self.sw..(sy + 1) * self.sw];
-            for (o, &a) in out.iter_mut().zip(&self.acc) {
-                *o = ((u32::from(a) + area / 2) / area) as u8;
+            match k {
+                1 => average_cols::<1>(acc, out),
+                2 => average_cols::<2>(acc, out),
+                3 => average_cols::<3>(acc, out),
+                _ => average_cols::<4>(acc, out),
             }
         }
     }
@@ -254,10 +268,12 @@ impl VideoAnalyzer {
     }
 }
 
-/// Adds groups of `K` columns of `row` into `acc`.
-fn sum_cols<const K: usize>(row: &[u8], acc: &mut [u16]) {
-    for (a, chunk) in acc.iter_mut().zip(row.chunks_exact(K)) {
-        *a += chunk.iter().map(|&p| u16::from(p)).sum::<u16>();
+/// Averages groups of `K` sums of `K` rows into `out` (rounded).
+fn average_cols<const K: usize>(acc: &[u16], out: &mut [u8]) {
+    let area = (K * K) as u32;
+    for (o, c) in out.iter_mut().zip(acc.chunks_exact(K)) {
+        let sum: u32 = c.iter().map(|&v| u32::from(v)).sum();
+        *o = ((sum + area / 2) / area) as u8;
     }
 }
 
