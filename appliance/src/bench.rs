@@ -221,7 +221,12 @@ fn analysis_bench(frames: u64) -> anyhow::Result<()> {
         let (pictures, _) = prerender(w, h, rate, 1, 25 * 3600 * 10, frames as usize);
         let raw = dir.join(format!("frames-{w}x{h}.yuv"));
         std::fs::write(&raw, pictures.concat())?;
-        let mut best_ours = f64::MAX;
+        // Cold: frames come from memory, as ffmpeg's raw read gives them to
+        // scdet. Hot: each frame is copied just before it is analysed
+        // (untimed), as capture and the fingerprint leave it in the
+        // pipeline and as ffmpeg's demuxer leaves it for the filter.
+        let (mut best_cold, mut best_hot) = (f64::MAX, f64::MAX);
+        let mut staging = vec![0u8; (w * h) as usize];
         for _ in 0..3 {
             let mut analyzer = VideoAnalyzer::new(w, h);
             let t = Instant::now();
@@ -230,8 +235,18 @@ fn analysis_bench(frames: u64) -> anyhow::Result<()> {
                 let luma = ndarray::ArrayView2::from_shape((h as usize, w as usize), &p[..(w * h) as usize])?;
                 cuts += usize::from(analyzer.analyse(luma).scene_cut);
             }
+            best_cold = best_cold.min(t.elapsed().as_secs_f64());
+            let mut analyzer = VideoAnalyzer::new(w, h);
+            let mut hot = 0.0;
+            for p in &pictures {
+                staging.copy_from_slice(&p[..(w * h) as usize]);
+                let luma = ndarray::ArrayView2::from_shape((h as usize, w as usize), &staging[..])?;
+                let t = Instant::now();
+                cuts += usize::from(analyzer.analyse(luma).scene_cut);
+                hot += t.elapsed().as_secs_f64();
+            }
+            best_hot = best_hot.min(hot);
             std::hint::black_box(cuts);
-            best_ours = best_ours.min(t.elapsed().as_secs_f64());
         }
         let ffmpeg = |filter: &str| -> anyhow::Result<f64> {
             let mut best = f64::MAX;
@@ -252,20 +267,25 @@ fn analysis_bench(frames: u64) -> anyhow::Result<()> {
         let null_s = ffmpeg("null")?;
         let scdet_total_s = ffmpeg("scdet")?;
         let scdet_s = (scdet_total_s - null_s).max(1e-6);
-        let (ours_fps, scdet_fps) = (frames as f64 / best_ours, (frames * LOOPS) as f64 / scdet_s);
+        let (cold_fps, hot_fps) = (frames as f64 / best_cold, frames as f64 / best_hot);
+        let (scdet_fps, scdet_read_fps) = ((frames * LOOPS) as f64 / scdet_s, (frames * LOOPS) as f64 / scdet_total_s);
         println!(
-            "{w}x{h}: lockstep analysis {ours_fps:.0} fps ({:.2} ms/frame, {:.2} % of a core at 30 fps); \
-             scdet {scdet_fps:.0} fps with ffmpeg's raw read taken out, {:.0} fps with it",
-            1000.0 / ours_fps,
-            3000.0 / ours_fps,
-            (frames * LOOPS) as f64 / scdet_total_s
+            "{w}x{h}: lockstep analysis {cold_fps:.0} fps from memory ({:.2} ms/frame, {:.2} % of a core at 30 fps), \
+             {hot_fps:.0} fps on cache-hot frames; scdet {scdet_read_fps:.0} fps with ffmpeg's raw read, \
+             {scdet_fps:.0} fps with the read taken out",
+            1000.0 / cold_fps,
+            3000.0 / cold_fps,
         );
-        last_ratio = ours_fps / scdet_fps;
-        println!("{w}x{h}: analysis/scdet throughput ratio: {last_ratio:.3}");
+        println!(
+            "{w}x{h}: analysis/scdet throughput ratio: {:.3} (both reading frames from memory), {:.3} (both on hot frames)",
+            cold_fps / scdet_read_fps,
+            hot_fps / scdet_fps
+        );
+        last_ratio = cold_fps / scdet_read_fps;
         let _ = std::fs::remove_file(&raw);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("1080p analysis/scdet throughput ratio: {last_ratio:.3}");
+    println!("1080p analysis/scdet throughput ratio (frames from memory): {last_ratio:.3}");
     Ok(())
 }
 
