@@ -124,6 +124,33 @@ fn limits(args: &LimitArgs) -> anyhow::Result<RunLimits> {
     Ok(RunLimits { frames: args.frames, duration_s: args.duration, stop: Some(stop_flag()?) })
 }
 
+/// The daemon's listeners on a channel: for now a journal line per
+/// analysed segment (debug level); the swarm and admin API subscribe here.
+fn taps() -> pipeline::Taps {
+    let (tx, mut rx) = tokio::sync::broadcast::channel::<std::sync::Arc<lockstep::analysis::stage::SegmentReport>>(64);
+    let spawned = std::thread::Builder::new().name("analysis-log".into()).spawn(move || {
+        loop {
+            match rx.blocking_recv() {
+                Ok(r) => tracing::debug!(
+                    segment = r.index,
+                    timecode = %r.timecode,
+                    complexity = r.analysis.complexity,
+                    content = r.analysis.content.name(),
+                    cuts = r.analysis.scene_cuts.len(),
+                    skipped = r.analysis.frames_skipped,
+                    "segment analysed"
+                ),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::debug!(n, "analysis log lagged"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("analysis log not started: {e}");
+    }
+    pipeline::Taps { analysis: Some(tx), metrics: Default::default() }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, limits: l } => {
@@ -132,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(listen) => Some(origin::start(listen, config.output.dir.clone())?),
                 None => None,
             };
-            report(pipeline::run(&config, &limits(&l)?)?)
+            report(pipeline::run(&config, &limits(&l)?, &taps())?)
         }
         Command::Demo { out, input, listen, no_origin, fast, limits: l } => {
             let mut config = Config::embedded_demo();
@@ -153,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("lockstep demo: playlist at http://{}/{}/master.m3u8", o.addr, config.channel.id);
             }
             eprintln!("lockstep demo: Ctrl-C stops");
-            report(pipeline::run(&config, &limits(&l)?)?)
+            report(pipeline::run(&config, &limits(&l)?, &taps())?)
         }
         Command::Analyze { input, json, csv, segment_seconds } => {
             anyhow::ensure!(

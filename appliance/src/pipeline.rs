@@ -1,6 +1,7 @@
 //! One channel's data plane: capture → analysis → encode → package.
 //!
-//! Threads: capture (paced by the media clock), analysis, one encoder per
+//! Threads: capture (paced by the media clock), fingerprint, content
+//! analysis (beside the encoders, never blocking them), one encoder per
 //! rendition, one audio encoder, one packager. Frames move between them as
 //! pool indices over bounded channels; a slow stage applies back-pressure
 //! to capture instead of growing memory.
@@ -12,8 +13,8 @@ use std::thread;
 use crossbeam_channel::{Sender, bounded};
 use lockstep_encoder_api::{AudioEncoder, AudioSettings, EncodeError, VideoEncoderFactory, VideoSettings};
 
-use crate::analysis::video::VideoAnalyzer;
-use crate::capture::pool::{FrameLayout, FrameMeta, FramePool};
+use crate::analysis::stage::{self, AnalysisMetrics, Analyzer, SegmentReport};
+use crate::capture::pool::{FrameLayout, FrameMeta, FramePool, FrameRef};
 use crate::capture::{CaptureDevice, CaptureError, Captured, FileCapture, TestCapture};
 use crate::clock::{MediaClock, SystemClock};
 use crate::config::{Config, Pacing, SourceKind};
@@ -54,6 +55,43 @@ pub struct RunLimits {
     pub duration_s: Option<f64>,
     /// Set to stop (Ctrl-C).
     pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// Frames the analysis stage may queue.
+const ANALYSIS_QUEUE: usize = 4;
+
+/// Who listens to a running channel besides its files.
+#[derive(Debug, Clone, Default)]
+pub struct Taps {
+    /// Per-segment content analysis, as soon as a segment's last frame is
+    /// analysed (swarm, admin API). A slow subscriber loses old reports
+    /// (`RecvError::Lagged`); the data plane never waits for it.
+    pub analysis: Option<tokio::sync::broadcast::Sender<Arc<SegmentReport>>>,
+    /// Analysis counters.
+    pub metrics: Arc<AnalysisMetrics>,
+}
+
+/// What the packager thread receives.
+enum ToPackager {
+    Segment(package::EncodedSegment),
+    Analysis(i64, crate::analysis::segment::SegmentAnalysis),
+}
+
+/// The encoders' side of the packager queue.
+#[derive(Clone)]
+pub struct SegmentSink(Sender<ToPackager>);
+
+impl std::fmt::Debug for SegmentSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SegmentSink({} queued)", self.0.len())
+    }
+}
+
+impl SegmentSink {
+    /// Hands a segment to the packager; false once it has stopped.
+    pub fn send(&self, seg: package::EncodedSegment) -> bool {
+        self.0.send(ToPackager::Segment(seg)).is_ok()
+    }
 }
 
 /// What a run did.
@@ -153,9 +191,9 @@ fn open_opus(settings: &AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeEr
 }
 
 /// Runs the configured channel until the source ends or a limit is hit.
-pub fn run(config: &Config, limits: &RunLimits) -> Result<RunSummary, PipelineError> {
+pub fn run(config: &Config, limits: &RunLimits, taps: &Taps) -> Result<RunSummary, PipelineError> {
     let device = open_source(config)?;
-    run_with_device(config, device, video_factory(config), limits)
+    run_with_device(config, device, video_factory(config), limits, taps)
 }
 
 /// Runs the channel on a given device and encoder backend.
@@ -164,6 +202,7 @@ pub fn run_with_device(
     mut device: Box<dyn CaptureDevice>,
     factory: Arc<dyn VideoEncoderFactory>,
     limits: &RunLimits,
+    taps: &Taps,
 ) -> Result<RunSummary, PipelineError> {
     let clock = SystemClock::new(config.clock.utc_tai_offset_s);
     let format = device.format();
@@ -198,6 +237,7 @@ pub fn run_with_device(
         lookahead,
         first_segment,
         silence_before_start: !format.live,
+        partial_at_end: !format.live,
     };
     let first_segment = if format.live {
         let mut s = grid.next_boundary_segment(first_frame);
@@ -209,7 +249,8 @@ pub fn run_with_device(
     } else {
         grid.segment_of(first_frame)
     };
-    let end_frame = stop_frame(&grid, first_frame, limits, format.live);
+    let tail = if audio_settings.is_some() { (lookahead as f64 * rate.fps() / 48_000.0).ceil() as i64 } else { 0 };
+    let end_frame = stop_frame(&grid, first_frame, limits, format.live, tail);
 
     let root = config.output.dir.join(&config.channel.id);
     let mut specs: Vec<TrackSpec> = ladder
@@ -269,16 +310,36 @@ pub fn run_with_device(
         audio_channels: format.audio_channels,
         max_audio_samples: max_audio,
     };
-    let pool = FramePool::new(layout, config.pipeline.pool_frames);
+    // The analysis stage may hold its queue plus the frame in hand; those
+    // slots come on top of the configured pool so encoders never wait for it.
+    let pool = FramePool::new(layout, config.pipeline.pool_frames + ANALYSIS_QUEUE as u32 + 1);
     let depth = config.pipeline.pool_frames as usize;
-    let (seg_tx, seg_rx) = bounded::<package::EncodedSegment>(64);
+    let (pkg_tx, pkg_rx) = bounded::<ToPackager>(64);
+    let metrics = Arc::clone(&taps.metrics);
+    let channel_id = config.channel.id.clone();
 
     let packager_thread = thread::Builder::new()
         .name("package".into())
         .spawn(move || {
-            for seg in seg_rx {
-                if let Err(e) = packager.add(seg) {
-                    tracing::error!("{e}; continuing, files already written are intact");
+            let metrics_path = packager.root().join("metrics.prom");
+            for msg in pkg_rx {
+                match msg {
+                    ToPackager::Segment(seg) => {
+                        if let Err(e) = packager.add(seg) {
+                            tracing::error!("{e}; continuing, files already written are intact");
+                        }
+                    }
+                    ToPackager::Analysis(index, analysis) => {
+                        packager.add_analysis(index, &analysis);
+                        // Metrics once a segment, next to the playlists (a
+                        // Prometheus textfile until the admin API serves them).
+                        let mut text = String::new();
+                        metrics.render(&channel_id, &mut text);
+                        packager.stats().render(&channel_id, &mut text);
+                        if let Err(e) = packager.write_file(&metrics_path, text.as_bytes()) {
+                            tracing::warn!("metrics: {e}");
+                        }
+                    }
                 }
             }
             if let Err(e) = packager.finish() {
@@ -287,6 +348,7 @@ pub fn run_with_device(
             packager.stats()
         })
         .map_err(|_| PipelineError::Panic("package"))?;
+    let seg_tx = SegmentSink(pkg_tx.clone());
 
     let mut worker_txs: Vec<Sender<Work>> = Vec::new();
     let mut workers = Vec::new();
@@ -306,6 +368,7 @@ pub fn run_with_device(
             },
             grid,
             first_segment,
+            partial_at_end: !format.live,
         };
         let out = seg_tx.clone();
         let factory = Arc::clone(&factory);
@@ -330,16 +393,43 @@ pub fn run_with_device(
     }
     drop(seg_tx);
 
-    let (cap_tx, cap_rx) = bounded::<crate::capture::pool::FrameRef>(depth);
+    let realtime = config.source.pacing == Pacing::Realtime;
+    // Content analysis beside the encoders: frames are lent to it through a
+    // short queue that never blocks; a full queue or a slow stage means
+    // pictures left out, counted in the metrics and the segment's analysis.
+    let (ana_tx, ana_rx) = bounded::<FrameRef>(ANALYSIS_QUEUE);
+    let analyzer = Analyzer::new(grid, format.width, format.height, format.audio_channels);
+    let (metrics, bus) = (Arc::clone(&taps.metrics), taps.analysis.clone());
     let analysis = thread::Builder::new()
         .name("analysis".into())
         .spawn(move || {
-            let mut analyzer = VideoAnalyzer::new(format.width, format.height);
+            stage::run(analyzer, ana_rx, if realtime { ANALYSIS_QUEUE } else { 0 }, &metrics, |report| {
+                let _ = pkg_tx.send(ToPackager::Analysis(report.index, report.analysis.clone()));
+                if let Some(bus) = &bus {
+                    let _ = bus.send(Arc::new(report)); // no subscriber is not an error
+                }
+            });
+        })
+        .map_err(|_| PipelineError::Panic("analysis"))?;
+
+    // The fingerprint (input hash, part of the timeline contract) runs in
+    // line: every encoder needs it.
+    let (cap_tx, cap_rx) = bounded::<FrameRef>(depth);
+    let skipped = Arc::clone(&taps.metrics);
+    let fingerprint = thread::Builder::new()
+        .name("fingerprint".into())
+        .spawn(move || {
             for frame in cap_rx {
                 let f = crate::analysis::analyse(&frame);
-                let features = crate::analysis::luma_view(&frame).map(|v| analyzer.analyse(v)).unwrap_or_default();
+                // Real time: never wait for analysis. Files and fast runs:
+                // analyse every frame, the result is the same on every run.
+                if !realtime {
+                    let _ = ana_tx.send(frame.clone());
+                } else if ana_tx.try_send(frame.clone()).is_err() {
+                    skipped.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                }
                 for tx in &worker_txs {
-                    if tx.send(Work::Frame { frame: frame.clone(), hash: f.hash, features }).is_err() {
+                    if tx.send(Work::Frame { frame: frame.clone(), hash: f.hash }).is_err() {
                         return;
                     }
                 }
@@ -348,9 +438,8 @@ pub fn run_with_device(
                 let _ = tx.send(Work::End);
             }
         })
-        .map_err(|_| PipelineError::Panic("analysis"))?;
+        .map_err(|_| PipelineError::Panic("fingerprint"))?;
 
-    let realtime = config.source.pacing == Pacing::Realtime;
     let stop = limits.stop.clone().unwrap_or_default();
     let mut n = first_frame;
     let mut frames = 0u64;
@@ -394,6 +483,7 @@ pub fn run_with_device(
     }
     device.stop();
     drop(cap_tx);
+    fingerprint.join().map_err(|_| PipelineError::Panic("fingerprint"))?;
     analysis.join().map_err(|_| PipelineError::Panic("analysis"))?;
     let mut worker_error = None;
     for w in workers {
@@ -411,11 +501,14 @@ pub fn run_with_device(
     Ok(RunSummary { frames, frames_dropped: dropped, first_frame, first_segment, packager: stats, root })
 }
 
-fn stop_frame(grid: &Grid, first: i64, limits: &RunLimits, live: bool) -> Option<i64> {
+/// Where capture stops. A live run with a duration ends on a segment
+/// boundary plus `tail` frames, which give the last audio segment its
+/// encoder lookahead (the incomplete segment they start is not published).
+fn stop_frame(grid: &Grid, first: i64, limits: &RunLimits, live: bool, tail: i64) -> Option<i64> {
     let by_frames = limits.frames.map(|f| first + i64::try_from(f).unwrap_or(i64::MAX));
     let by_time = limits.duration_s.map(|d| {
         let end = first + (d * grid.rate.fps()).ceil() as i64;
-        if live { grid.first_frame(grid.next_boundary_segment(end)) } else { end }
+        if live { grid.first_frame(grid.next_boundary_segment(end)) + tail } else { end }
     });
     match (by_frames, by_time) {
         (Some(a), Some(b)) => Some(a.min(b)),

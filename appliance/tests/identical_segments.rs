@@ -12,11 +12,11 @@ use common::*;
 
 const TRACKS: [&str; 3] = ["180p", "90p", "audio"];
 
-/// Segments of a track, without the last one: a run's final segment is cut
-/// by its stop (audio is padded with silence past the end of the input).
+/// Every published segment of a track. A live appliance that stops
+/// mid-segment does not publish the incomplete segment, so all of them
+/// must match the other appliance's.
 fn segment_files(root: &Path, track: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut segs = playlist_segments(&root.join(track));
-    segs.pop();
+    let segs = playlist_segments(&root.join(track));
     segs.into_iter()
         .map(|s| {
             let bytes = std::fs::read(root.join(track).join(&s)).unwrap();

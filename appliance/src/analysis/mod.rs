@@ -5,8 +5,10 @@
 //! hash neighbours compare) and computes picture features ([`video`]),
 //! which encoders aggregate per segment ([`segment`]) into the manifest.
 
+pub mod audio;
 pub mod report;
 pub mod segment;
+pub mod stage;
 pub mod video;
 
 use ndarray::ArrayView2;

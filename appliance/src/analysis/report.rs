@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::analysis::segment::{SegmentAccumulator, SegmentAnalysis};
-use crate::analysis::video::VideoAnalyzer;
+use crate::analysis::segment::SegmentAnalysis;
+use crate::analysis::stage::Analyzer;
 use crate::capture::pool::{FrameLayout, FrameMeta, FramePool};
 use crate::capture::{CaptureDevice, CaptureError, Captured, FileCapture};
+use crate::timeline::Grid;
 
 /// One segment of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +42,8 @@ pub struct Report {
     pub segment_frames: u32,
     /// Every scene cut (frame numbers from the start of the file).
     pub scene_cuts: Vec<i64>,
+    /// Whether the file's audio was analysed.
+    pub audio: bool,
     /// Per-segment results.
     pub segments: Vec<ReportSegment>,
 }
@@ -48,56 +51,52 @@ pub struct Report {
 /// Analyses `path` in segments of `segment_seconds`; `progress` is called
 /// with the frame count from time to time.
 pub fn analyze_file(path: &Path, segment_seconds: f64, progress: &mut dyn FnMut(u64)) -> Result<Report, CaptureError> {
-    let mut device = FileCapture::open(path, false, 0)?;
+    let mut device = FileCapture::open(path, false, 2)?;
     let format = device.format();
     let seg_frames = (segment_seconds * format.rate.fps()).round().max(1.0) as u32;
-    let layout = FrameLayout { width: format.width, height: format.height, audio_channels: 0, max_audio_samples: 0 };
+    let grid = Grid { rate: format.rate, frames_per_segment: seg_frames, sample_rate: 48_000, audio_frame: 960 };
+    let max_audio_samples = (48_000 * u64::from(format.rate.den)).div_ceil(u64::from(format.rate.num)) as usize + 1;
+    let layout = FrameLayout {
+        width: format.width,
+        height: format.height,
+        audio_channels: format.audio_channels,
+        max_audio_samples,
+    };
     let pool = FramePool::new(layout, 1);
-    let mut analyzer = VideoAnalyzer::new(format.width, format.height);
-    let mut acc = SegmentAccumulator::default();
-    let mut segments = Vec::new();
-    let mut cuts = Vec::new();
+    let mut analyzer = Analyzer::new(grid, format.width, format.height, format.audio_channels);
+    let mut reports = Vec::new();
     device.start()?;
     let mut n: i64 = 0;
     let mut last_report = Instant::now();
-    let finish = |acc: &SegmentAccumulator, n: i64, segments: &mut Vec<ReportSegment>| {
-        let index = segments.len() as u64;
-        let first_frame = index as i64 * i64::from(seg_frames);
-        debug_assert!(first_frame < n);
-        segments.push(ReportSegment {
-            index,
-            first_frame,
-            start_s: first_frame as f64 / format.rate.fps(),
-            analysis: acc.finish(),
-        });
-    };
     loop {
         let mut writer = pool.acquire();
-        match device.read(n, 0, 0, &mut writer.buffers())? {
+        let first_sample = format.rate.audio_sample_at(n, 48_000);
+        let samples = usize::try_from(format.rate.audio_sample_at(n + 1, 48_000) - first_sample).unwrap_or(0);
+        match device.read(n, first_sample, samples, &mut writer.buffers())? {
             Captured::End => break,
             Captured::Frame => {}
         }
-        let frame = writer.publish(FrameMeta { number: n, audio_len: 0, captured_tai_ns: 0 });
-        let f = crate::analysis::luma_view(&frame).map(|v| analyzer.analyse(v)).unwrap_or_default();
-        if f.scene_cut {
-            cuts.push(n);
-        }
-        acc.add(n, &f);
+        let audio_len = samples * usize::from(format.audio_channels);
+        let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: 0 });
+        analyzer.frame(&frame, true, &mut reports);
         n += 1;
-        if n % i64::from(seg_frames) == 0 {
-            finish(&acc, n, &mut segments);
-            acc = SegmentAccumulator::default();
-        }
         if last_report.elapsed().as_millis() >= 250 {
             progress(n as u64);
             last_report = Instant::now();
         }
     }
     device.stop();
-    if n % i64::from(seg_frames) != 0 {
-        finish(&acc, n, &mut segments);
-    }
+    reports.extend(analyzer.finish());
     progress(n as u64);
+    let segments: Vec<ReportSegment> = reports
+        .into_iter()
+        .map(|r| ReportSegment {
+            index: u64::try_from(r.index).unwrap_or(0),
+            first_frame: r.first_frame,
+            start_s: r.first_frame as f64 / format.rate.fps(),
+            analysis: r.analysis,
+        })
+        .collect();
     Ok(Report {
         input: path.display().to_string(),
         width: format.width,
@@ -105,7 +104,8 @@ pub fn analyze_file(path: &Path, segment_seconds: f64, progress: &mut dyn FnMut(
         fps: format.rate.fps(),
         frames: n as u64,
         segment_frames: seg_frames,
-        scene_cuts: cuts,
+        scene_cuts: segments.iter().flat_map(|s| s.analysis.scene_cuts.iter().copied()).collect(),
+        audio: format.audio_channels > 0,
         segments,
     })
 }
@@ -113,7 +113,7 @@ pub fn analyze_file(path: &Path, segment_seconds: f64, progress: &mut dyn FnMut(
 /// The report as CSV, one line per segment.
 pub fn to_csv(report: &Report) -> String {
     let mut s = String::from(
-        "segment,first_frame,start_s,frames,complexity,spatial,temporal,motion,motion_variance,mean_luma,low_light,noise,content,confidence,scene_cuts\n",
+        "segment,first_frame,start_s,frames,complexity,spatial,temporal,motion,motion_variance,mean_luma,low_light,noise,content,confidence,scene_cuts,loudness_dbfs,silence,spectral_flux,mix_complexity,audio_complexity\n",
     );
     for seg in &report.segments {
         let a = &seg.analysis;
@@ -121,7 +121,7 @@ pub fn to_csv(report: &Report) -> String {
         let content =
             serde_json::to_value(a.content).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         s.push_str(&format!(
-            "{},{},{:.3},{},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.3},{},{:.2},{}\n",
+            "{},{},{:.3},{},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.3},{},{:.2},{},{}\n",
             seg.index,
             seg.first_frame,
             seg.start_s,
@@ -136,7 +136,11 @@ pub fn to_csv(report: &Report) -> String {
             a.noise,
             content,
             a.confidence,
-            cuts.join(" ")
+            cuts.join(" "),
+            a.audio.as_ref().map_or(",,,,".into(), |au| format!(
+                "{:.2},{:.2},{:.4},{:.3},{:.3}",
+                au.loudness_dbfs, au.silence, au.flux, au.mix_complexity, au.complexity
+            ))
         ));
     }
     s
@@ -153,14 +157,23 @@ pub fn to_table(report: &Report) -> String {
         report.frames,
         report.scene_cuts.len()
     );
-    s.push_str("segment   start(s)  complexity  spatial  temporal  motion  content      conf  cuts\n");
+    s.push_str("segment   start(s)  complexity  spatial  temporal  motion  content      conf  audio(dBFS, cplx)  cuts\n");
     for seg in &report.segments {
         let a = &seg.analysis;
         let content =
             serde_json::to_value(a.content).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         s.push_str(&format!(
-            "{:>7}  {:>9.2}  {:>10.3}  {:>7.2}  {:>8.2}  {:>6.2}  {:<11}  {:>4.2}  {:?}\n",
-            seg.index, seg.start_s, a.complexity, a.spatial, a.temporal, a.motion, content, a.confidence, a.scene_cuts
+            "{:>7}  {:>9.2}  {:>10.3}  {:>7.2}  {:>8.2}  {:>6.2}  {:<11}  {:>4.2}  {:>17}  {:?}\n",
+            seg.index,
+            seg.start_s,
+            a.complexity,
+            a.spatial,
+            a.temporal,
+            a.motion,
+            content,
+            a.confidence,
+            a.audio.as_ref().map_or("-".into(), |au| format!("{:.1}, {:.2}", au.loudness_dbfs, au.complexity)),
+            a.scene_cuts
         ));
     }
     s

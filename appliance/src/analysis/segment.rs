@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::analysis::audio::{self, AudioSegment, AudioWindow};
 use crate::analysis::video::VideoFeatures;
 
 /// Content-type labels.
@@ -19,11 +20,29 @@ pub enum ContentType {
     Mixed,
 }
 
+impl ContentType {
+    /// Every label, in a fixed order.
+    pub const ALL: [ContentType; 4] = [Self::HighMotion, Self::Synthetic, Self::Static, Self::Mixed];
+
+    /// The label as written in manifests and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HighMotion => "high_motion",
+            Self::Synthetic => "synthetic",
+            Self::Static => "static",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
 /// What analysis says about one segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SegmentAnalysis {
-    /// Frames analysed.
+    /// Frames whose picture was analysed.
     pub frames: u32,
+    /// Frames of the segment left out because analysis fell behind
+    /// (subsampling); 0 normally.
+    pub frames_skipped: u32,
     /// Mean spatial complexity (mean |dx| + |dy| on the analysis picture).
     pub spatial: f32,
     /// Mean motion-compensated difference (temporal complexity).
@@ -46,6 +65,9 @@ pub struct SegmentAnalysis {
     pub content: ContentType,
     /// Confidence in the label, 0–1.
     pub confidence: f32,
+    /// Audio features, when the channel has audio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioSegment>,
 }
 
 /// Sums frame features over a segment.
@@ -60,6 +82,8 @@ pub struct SegmentAccumulator {
     low_light: u32,
     noise: f64,
     cuts: Vec<i64>,
+    skipped: u32,
+    audio: Vec<AudioWindow>,
 }
 
 impl SegmentAccumulator {
@@ -78,6 +102,16 @@ impl SegmentAccumulator {
         }
     }
 
+    /// Counts frames whose picture was not analysed.
+    pub fn skip(&mut self, frames: u32) {
+        self.skipped += frames;
+    }
+
+    /// Adds audio windows that ended in this segment.
+    pub fn add_audio(&mut self, windows: &[AudioWindow]) {
+        self.audio.extend_from_slice(windows);
+    }
+
     /// The segment's analysis.
     pub fn finish(&self) -> SegmentAnalysis {
         let n = f64::from(self.frames.max(1));
@@ -87,6 +121,7 @@ impl SegmentAccumulator {
         let (content, confidence) = classify(temporal, motion, noise, self.cuts.len());
         SegmentAnalysis {
             frames: self.frames,
+            frames_skipped: self.skipped,
             spatial,
             temporal,
             motion,
@@ -98,6 +133,7 @@ impl SegmentAccumulator {
             complexity: complexity(spatial, temporal, self.cuts.len() as f32 / n as f32),
             content,
             confidence,
+            audio: audio::summarise(&self.audio),
         }
     }
 }

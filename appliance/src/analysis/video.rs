@@ -92,6 +92,14 @@ impl VideoAnalyzer {
 
     /// Analyses one luma plane (`height` rows of `stride` bytes).
     pub fn analyse(&mut self, luma: ArrayView2<'_, u8>) -> VideoFeatures {
+        self.analyse_after(luma, 1)
+    }
+
+    /// Analyses a luma plane that follows the previous one by `gap` frames
+    /// (frames in between were skipped): motion vectors are divided by the
+    /// gap; differences stay as measured (an upper bound).
+    pub fn analyse_after(&mut self, luma: ArrayView2<'_, u8>, gap: u32) -> VideoFeatures {
+        let g = gap.max(1) as f32;
         std::mem::swap(&mut self.cur, &mut self.prev);
         self.downscale(&luma);
         let mut f = VideoFeatures::default();
@@ -108,8 +116,8 @@ impl VideoAnalyzer {
             f.sad = mean_abs_diff(&self.cur, &self.prev);
             let (mc, mv_mean, mv_var) = self.motion();
             f.mc_sad = mc;
-            f.mv_mean = mv_mean * self.factor as f32;
-            f.mv_var = mv_var * (self.factor * self.factor) as f32;
+            f.mv_mean = mv_mean * self.factor as f32 / g;
+            f.mv_var = mv_var * (self.factor * self.factor) as f32 / (g * g);
             f.hist_delta =
                 hist.iter().zip(&self.prev_hist).map(|(&a, &b)| a.abs_diff(b)).sum::<u32>() as f32 / (2.0 * n);
             self.scene_cut(&mut f);

@@ -210,9 +210,14 @@ fn is_y4m(path: &Path) -> Result<Option<y4m::Y4mHeader>, CaptureError> {
         return Ok(None);
     }
     let mut reader = BufReader::new(File::open(path).map_err(open_err)?);
-    let header = y4m::read_header(&mut reader)
-        .map_err(|e| CaptureError::Unreadable { path: path.to_path_buf(), message: e.to_string() })?;
-    Ok(Some(header))
+    match y4m::read_header(&mut reader) {
+        Ok(header) => Ok(Some(header)),
+        Err(y4m::Y4mError::Unsupported(why)) => {
+            tracing::info!(path = %path.display(), "{why}; decoding through ffmpeg");
+            Ok(None)
+        }
+        Err(e) => Err(CaptureError::Unreadable { path: path.to_path_buf(), message: e.to_string() }),
+    }
 }
 
 impl FileCapture {

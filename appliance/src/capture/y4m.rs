@@ -16,6 +16,10 @@ pub enum Y4mError {
     /// Not a Y4M stream or a bad parameter.
     #[error("Y4M header: {0}")]
     Header(String),
+    /// A valid stream in a format this reader does not take (10-bit,
+    /// 4:2:2, interlaced): ffmpeg decodes it instead.
+    #[error("Y4M header: {0}")]
+    Unsupported(String),
     /// A frame did not start with "FRAME".
     #[error("Y4M frame {0}: missing FRAME marker (stream is corrupt or truncated)")]
     FrameMarker(u64),
@@ -66,12 +70,10 @@ pub fn parse_header(line: &[u8]) -> Result<Y4mHeader, Y4mError> {
                 }
             }
             "I" if !matches!(value, "p" | "?") => {
-                return Err(Y4mError::Header(format!("interlacing `I{value}` not supported; deinterlace first")));
+                return Err(Y4mError::Unsupported(format!("interlacing `I{value}` not read directly")));
             }
             "C" if !matches!(value, "420" | "420jpeg" | "420paldv" | "420mpeg2") => {
-                return Err(Y4mError::Header(format!(
-                    "colour space `C{value}` not supported; 8-bit 4:2:0 only (decode other files through ffmpeg)"
-                )));
+                return Err(Y4mError::Unsupported(format!("colour space `C{value}` not read directly (8-bit 4:2:0 only)")));
             }
             _ => {}
         }

@@ -13,22 +13,20 @@ use lockstep_encoder_api::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::analysis::segment::SegmentAccumulator;
 use crate::capture::pool::FrameRef;
 use crate::package::{EncodedSegment, TrackId, avc, fmp4};
+use crate::pipeline::SegmentSink;
 use crate::timeline::Grid;
 
-/// Work for an encoder: a frame with its analysis results, or the end.
+/// Work for an encoder: a fingerprinted frame, or the end.
 #[derive(Debug)]
 pub enum Work {
-    /// One analysed frame.
+    /// One frame.
     Frame {
         /// The frame in the pool.
         frame: FrameRef,
         /// SHA-256 of the picture (input fingerprint).
         hash: [u8; 32],
-        /// Picture features (content analysis).
-        features: crate::analysis::video::VideoFeatures,
     },
     /// No more frames.
     End,
@@ -68,6 +66,10 @@ pub struct VideoJob {
     pub grid: Grid,
     /// First segment to publish.
     pub first_segment: i64,
+    /// Publish an incomplete last segment at the end of input (files).
+    /// Live sources never do: another appliance has the complete segment
+    /// under the same index, and the two must stay interchangeable.
+    pub partial_at_end: bool,
 }
 
 struct OpenSegment {
@@ -79,7 +81,6 @@ struct OpenSegment {
     payload: Vec<u8>,
     params: avc::ParameterSets,
     hasher: Sha256,
-    analysis: SegmentAccumulator,
 }
 
 /// Runs a rendition: scale (when the size differs), encode, emit segments.
@@ -87,7 +88,7 @@ pub fn run_video(
     job: VideoJob,
     factory: &dyn VideoEncoderFactory,
     input: Receiver<Work>,
-    output: Sender<EncodedSegment>,
+    output: SegmentSink,
 ) -> Result<u64, WorkerError> {
     let err = |source| WorkerError { rendition: job.name.clone(), source };
     let (_, ticks) = video_timescale(&job.grid);
@@ -96,7 +97,7 @@ pub fn run_video(
     let mut open: Option<OpenSegment> = None;
     let mut annexb = Vec::with_capacity(1 << 20);
     let mut emitted = 0u64;
-    let finish = |seg: OpenSegment, output: &Sender<EncodedSegment>| -> bool {
+    let finish = |seg: OpenSegment, output: &SegmentSink| -> bool {
         let first = job.grid.first_frame(seg.index);
         let seg_out = EncodedSegment {
             track: TrackId::Video(job.position),
@@ -108,13 +109,12 @@ pub fn run_video(
             input_sha256: seg.hasher.finalize().into(),
             params: Some(seg.params),
             start_tai_ns: job.grid.rate.frame_time_ns(first),
-            analysis: Some(seg.analysis.finish()),
         };
-        output.send(seg_out).is_ok()
+        output.send(seg_out)
     };
     for work in input {
-        let (frame, hash, features) = match work {
-            Work::Frame { frame, hash, features } => (frame, hash, features),
+        let (frame, hash) = match work {
+            Work::Frame { frame, hash } => (frame, hash),
             Work::End => break,
         };
         let n = frame.meta().number;
@@ -140,7 +140,6 @@ pub fn run_video(
                 payload: Vec::with_capacity(1 << 20),
                 params: avc::ParameterSets::default(),
                 hasher: Sha256::new(),
-                analysis: SegmentAccumulator::default(),
             });
         }
         let Some(seg) = open.as_mut() else { continue };
@@ -168,7 +167,6 @@ pub fn run_video(
             sync: coded.kind == PictureKind::Idr,
         });
         seg.hasher.update(hash);
-        seg.analysis.add(n, &features);
         seg.frames += 1;
         seg.next_frame += 1;
         if i64::from(seg.frames) == f
@@ -183,9 +181,12 @@ pub fn run_video(
     // End of input: a final partial segment (file end, stop) is published.
     if let Some(seg) = open.take()
         && seg.frames > 0
-        && finish(seg, &output)
     {
-        emitted += 1;
+        if !job.partial_at_end {
+            tracing::info!(rendition = %job.name, segment = seg.index, frames = seg.frames, "stopped mid-segment; incomplete segment not published");
+        } else if finish(seg, &output) {
+            emitted += 1;
+        }
     }
     Ok(emitted)
 }
@@ -208,6 +209,9 @@ pub struct AudioJob {
     pub first_segment: i64,
     /// Samples before the source's first sample count as silence (files).
     pub silence_before_start: bool,
+    /// Publish an incomplete last segment at the end of input (see
+    /// [`VideoJob::partial_at_end`]).
+    pub partial_at_end: bool,
 }
 
 impl AudioJob {
@@ -268,7 +272,6 @@ fn encode_audio_segment(job: &AudioJob, open: &OpenAudio, w: &AudioWindow) -> Re
         input_sha256: hasher.finalize().into(),
         params: None,
         start_tai_ns: i128::from(w.first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
-        analysis: None,
     })
 }
 
@@ -281,7 +284,7 @@ pub fn run_audio(
     job: AudioJob,
     open: &OpenAudio,
     input: Receiver<Work>,
-    output: Sender<EncodedSegment>,
+    output: SegmentSink,
 ) -> Result<u64, WorkerError> {
     let err = |source| WorkerError { rendition: "audio".into(), source };
     let (win_tx, win_rx) = crossbeam_channel::bounded::<AudioWindow>(4);
@@ -290,7 +293,7 @@ pub fn run_audio(
             let mut emitted = 0u64;
             for w in win_rx {
                 let seg = encode_audio_segment(&job, open, &w).map_err(err)?;
-                if output.send(seg).is_err() {
+                if !output.send(seg) {
                     break;
                 }
                 emitted += 1;
@@ -324,7 +327,10 @@ fn gather_audio(job: &AudioJob, input: Receiver<Work>, windows: &Sender<AudioWin
                 continue;
             }
             let complete = have_to >= need_to;
-            if !complete && !ended {
+            if !complete && (!ended || !job.partial_at_end) {
+                if ended {
+                    tracing::info!(segment = next_seg, "stopped mid-segment; incomplete audio segment not published");
+                }
                 break;
             }
             let first_packet = job.grid.audio_packet_of_segment(next_seg);

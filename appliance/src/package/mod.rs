@@ -48,8 +48,6 @@ pub struct EncodedSegment {
     pub params: Option<avc::ParameterSets>,
     /// TAI ns of the first sample (for EXT-X-PROGRAM-DATE-TIME).
     pub start_tai_ns: i128,
-    /// Content analysis of the segment's input frames (video only).
-    pub analysis: Option<crate::analysis::segment::SegmentAnalysis>,
 }
 
 impl EncodedSegment {
@@ -139,6 +137,8 @@ struct TrackState {
     discontinuity_sequence: u64,
     manifest_lines: usize,
     manifest_kept: VecDeque<String>,
+    /// A video entry waiting for its segment's content analysis.
+    pending: Option<ManifestEntry>,
     written: u64,
 }
 
@@ -151,6 +151,26 @@ pub struct PackagerStats {
     pub write_errors: u64,
     /// The last write error, if any.
     pub last_error: Option<String>,
+    /// Video manifest entries written without content analysis because it
+    /// came too late.
+    pub late_analyses: u64,
+}
+
+impl PackagerStats {
+    /// Prometheus text exposition, labelled with the channel.
+    pub fn render(&self, channel: &str, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP lockstep_segments_written_total Segments written per track.\n# TYPE lockstep_segments_written_total counter");
+        for (track, n) in &self.written {
+            let _ = writeln!(out, "lockstep_segments_written_total{{channel=\"{channel}\",track=\"{track}\"}} {n}");
+        }
+        for (name, help, v) in [
+            ("lockstep_segment_write_errors_total", "Segment store writes that failed.", self.write_errors),
+            ("lockstep_analysis_late_total", "Manifest entries written without content analysis (it came too late).", self.late_analyses),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{channel=\"{channel}\"}} {v}");
+        }
+    }
 }
 
 /// Writes segments, manifests and playlists.
@@ -161,7 +181,13 @@ pub struct Packager {
     master_written: bool,
     errors: u64,
     last_error: Option<String>,
+    /// Content analysis of recent segments, by index.
+    analyses: std::collections::BTreeMap<i64, serde_json::Value>,
+    late_analyses: u64,
 }
+
+/// Segments of content analysis kept for segments still to come.
+const ANALYSES_KEPT: usize = 8;
 
 impl std::fmt::Debug for Packager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,10 +212,30 @@ impl Packager {
                 discontinuity_sequence: 0,
                 manifest_lines: 0,
                 manifest_kept: VecDeque::new(),
+                pending: None,
                 written: 0,
             });
         }
-        Ok(Self { config, tracks, store: Store::new(), master_written: false, errors: 0, last_error: None })
+        Ok(Self {
+            config,
+            tracks,
+            store: Store::new(),
+            master_written: false,
+            errors: 0,
+            last_error: None,
+            analyses: std::collections::BTreeMap::new(),
+            late_analyses: 0,
+        })
+    }
+
+    /// The channel's output root.
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    /// Writes a file through the store (atomically).
+    pub fn write_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.store.write_atomic(path, bytes)
     }
 
     /// The store's I/O path.
@@ -203,6 +249,26 @@ impl Packager {
             written: self.tracks.iter().map(|t| (t.spec.name.clone(), t.written)).collect(),
             write_errors: self.errors,
             last_error: self.last_error.clone(),
+            late_analyses: self.late_analyses,
+        }
+    }
+
+    /// Takes a segment's content analysis. Video manifest entries carry it;
+    /// an entry whose analysis has not arrived waits for it, at most until
+    /// the track's next segment (then it is written without).
+    pub fn add_analysis(&mut self, index: i64, analysis: &crate::analysis::segment::SegmentAnalysis) {
+        let Ok(value) = serde_json::to_value(analysis) else { return };
+        self.analyses.insert(index, value);
+        while self.analyses.len() > ANALYSES_KEPT {
+            self.analyses.pop_first();
+        }
+        for ti in 0..self.tracks.len() {
+            if self.tracks[ti].pending.as_ref().is_some_and(|e| e.index == index) {
+                let result = self.flush_pending(ti);
+                if let Err(e) = self.count(result) {
+                    tracing::error!("{e}; continuing, files already written are intact");
+                }
+            }
         }
     }
 
@@ -210,11 +276,51 @@ impl Packager {
     /// segment is left out of the playlist and earlier files stay intact.
     pub fn add(&mut self, seg: EncodedSegment) -> Result<(), StoreError> {
         let result = self.write_segment(seg);
+        self.count(result)
+    }
+
+    fn count(&mut self, result: Result<(), StoreError>) -> Result<(), StoreError> {
         if let Err(e) = &result {
             self.errors += 1;
             self.last_error = Some(e.to_string());
         }
         result
+    }
+
+    /// Writes the track's waiting manifest entry (with its analysis if it
+    /// has arrived).
+    fn flush_pending(&mut self, ti: usize) -> Result<(), StoreError> {
+        let Some(mut entry) = self.tracks[ti].pending.take() else { return Ok(()) };
+        entry.analysis = self.analyses.get(&entry.index).cloned();
+        if entry.analysis.is_none() {
+            self.late_analyses += 1;
+            tracing::warn!(segment = entry.index, track = %self.tracks[ti].spec.name, "content analysis late; manifest entry written without it");
+        }
+        self.append_manifest(ti, &entry)
+    }
+
+    fn append_manifest(&mut self, ti: usize, entry: &ManifestEntry) -> Result<(), StoreError> {
+        let cfg = &self.config;
+        let t = &mut self.tracks[ti];
+        let mut line = serde_json::to_string(entry).unwrap_or_default();
+        line.push('\n');
+        let manifest = t.dir.join("manifest.jsonl");
+        self.store.append(&manifest, line.as_bytes())?;
+        t.manifest_lines += 1;
+        if cfg.archive {
+            return Ok(());
+        }
+        t.manifest_kept.push_back(line);
+        let keep = 2 * cfg.window;
+        while t.manifest_kept.len() > keep {
+            t.manifest_kept.pop_front();
+        }
+        if t.manifest_lines > 4 * cfg.window {
+            let text: String = t.manifest_kept.iter().map(String::as_str).collect();
+            self.store.write_atomic(&manifest, text.as_bytes())?;
+            t.manifest_lines = t.manifest_kept.len();
+        }
+        Ok(())
     }
 
     fn track_index(&self, id: TrackId) -> Option<usize> {
@@ -251,14 +357,8 @@ impl Packager {
             input_sha256: hex::encode(seg.input_sha256),
             program_date_time: program_date_time.clone(),
             producer: cfg.producer.clone(),
-            analysis: seg.analysis.as_ref().and_then(|a| serde_json::to_value(a).ok()),
+            analysis: None,
         };
-        let mut line = serde_json::to_string(&entry).unwrap_or_default();
-        line.push('\n');
-        let manifest = t.dir.join("manifest.jsonl");
-        self.store.append(&manifest, line.as_bytes())?;
-        t.manifest_lines += 1;
-        t.manifest_kept.push_back(line);
         t.written += 1;
         if t.entries.back().is_some_and(|e| e.index >= seg.index) {
             // Out-of-order index (clock stepped back): start a new run.
@@ -281,17 +381,17 @@ impl Packager {
                     let _ = std::fs::remove_file(t.dir.join(name));
                 }
             }
-            let keep = 2 * cfg.window;
-            while t.manifest_kept.len() > keep {
-                t.manifest_kept.pop_front();
-            }
-            if t.manifest_lines > 4 * cfg.window {
-                let text: String = t.manifest_kept.iter().map(String::as_str).collect();
-                self.store.write_atomic(&manifest, text.as_bytes())?;
-                t.manifest_lines = t.manifest_kept.len();
+        }
+        let video = matches!(t.spec.id, TrackId::Video(_));
+        // The previous entry waited long enough.
+        self.flush_pending(ti)?;
+        if video {
+            self.tracks[ti].pending = Some(entry);
+            if self.analyses.contains_key(&seg.index) {
+                self.flush_pending(ti)?;
             }
         } else {
-            t.manifest_kept.clear();
+            self.append_manifest(ti, &entry)?;
         }
         self.write_playlist(ti, false)?;
         if !self.master_written && self.tracks.iter().all(|t| t.track.is_some()) {
@@ -372,9 +472,11 @@ impl Packager {
         Ok(())
     }
 
-    /// Marks every playlist ended (EXT-X-ENDLIST).
+    /// Writes waiting manifest entries and marks every playlist ended
+    /// (EXT-X-ENDLIST).
     pub fn finish(&mut self) -> Result<(), StoreError> {
         for ti in 0..self.tracks.len() {
+            self.flush_pending(ti)?;
             if !self.tracks[ti].entries.is_empty() {
                 self.write_playlist(ti, true)?;
             }
