@@ -169,7 +169,13 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
         let c1 = cpu_seconds();
         let t1 = Instant::now();
         let limits = RunLimits { frames: Some(frames), ..RunLimits::default() };
-        let summary = pipeline::run_with_device(&config, Box::new(device), Arc::clone(&factory), &limits, &pipeline::Taps::default())?;
+        let summary = pipeline::run_with_device(
+            &config,
+            Box::new(device),
+            Arc::clone(&factory),
+            &limits,
+            &pipeline::Taps::default(),
+        )?;
         let pipeline_fps = summary.frames as f64 / t1.elapsed().as_secs_f64();
         let pipeline_cpu = cpu_seconds() - c1;
         let _ = std::fs::remove_dir_all(&out);

@@ -194,7 +194,9 @@ mod tests {
     }
 
     fn sine(freq: f32, amp: f32, len: usize) -> Vec<i16> {
-        (0..len).map(|i| (amp * 32_767.0 * (2.0 * std::f32::consts::PI * freq * i as f32 / 48_000.0).sin()) as i16).collect()
+        (0..len)
+            .map(|i| (amp * 32_767.0 * (2.0 * std::f32::consts::PI * freq * i as f32 / 48_000.0).sin()) as i16)
+            .collect()
     }
 
     fn noise(amp: f32, len: usize) -> Vec<i16> {

@@ -157,7 +157,9 @@ pub fn to_table(report: &Report) -> String {
         report.frames,
         report.scene_cuts.len()
     );
-    s.push_str("segment   start(s)  complexity  spatial  temporal  motion  content      conf  audio(dBFS, cplx)  cuts\n");
+    s.push_str(
+        "segment   start(s)  complexity  spatial  temporal  motion  content      conf  audio(dBFS, cplx)  cuts\n",
+    );
     for seg in &report.segments {
         let a = &seg.analysis;
         let content =

@@ -92,20 +92,61 @@ impl AnalysisMetrics {
         let f = |a: &AtomicU32| f32::from_bits(a.load(Ordering::Relaxed));
         let content = ContentType::ALL.get(self.content.load(Ordering::Relaxed) as usize).copied();
         let rows: [(&str, &str, &str, f64); 8] = [
-            ("lockstep_analysis_frames_total", "counter", "Pictures analysed.", self.frames_analysed.load(Ordering::Relaxed) as f64),
-            ("lockstep_analysis_frames_skipped_total", "counter", "Pictures left out because analysis fell behind.", self.frames_skipped.load(Ordering::Relaxed) as f64),
-            ("lockstep_analysis_subsample_step", "gauge", "1 = every picture analysed, N = every Nth.", f64::from(self.subsample_step.load(Ordering::Relaxed).max(1))),
-            ("lockstep_analysis_segments_total", "counter", "Segments analysed.", self.segments.load(Ordering::Relaxed) as f64),
-            ("lockstep_analysis_scene_cuts_total", "counter", "Scene cuts detected.", self.scene_cuts.load(Ordering::Relaxed) as f64),
-            ("lockstep_analysis_complexity_ratio", "gauge", "Complexity score of the last segment, 0-1.", f64::from(f(&self.complexity))),
-            ("lockstep_analysis_audio_loudness_dbfs", "gauge", "RMS level of the last segment's audio, dBFS.", f64::from(f(&self.loudness_dbfs))),
-            ("lockstep_analysis_audio_complexity_ratio", "gauge", "Audio complexity of the last segment, 0-1.", f64::from(f(&self.audio_complexity))),
+            (
+                "lockstep_analysis_frames_total",
+                "counter",
+                "Pictures analysed.",
+                self.frames_analysed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "lockstep_analysis_frames_skipped_total",
+                "counter",
+                "Pictures left out because analysis fell behind.",
+                self.frames_skipped.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "lockstep_analysis_subsample_step",
+                "gauge",
+                "1 = every picture analysed, N = every Nth.",
+                f64::from(self.subsample_step.load(Ordering::Relaxed).max(1)),
+            ),
+            (
+                "lockstep_analysis_segments_total",
+                "counter",
+                "Segments analysed.",
+                self.segments.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "lockstep_analysis_scene_cuts_total",
+                "counter",
+                "Scene cuts detected.",
+                self.scene_cuts.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "lockstep_analysis_complexity_ratio",
+                "gauge",
+                "Complexity score of the last segment, 0-1.",
+                f64::from(f(&self.complexity)),
+            ),
+            (
+                "lockstep_analysis_audio_loudness_dbfs",
+                "gauge",
+                "RMS level of the last segment's audio, dBFS.",
+                f64::from(f(&self.loudness_dbfs)),
+            ),
+            (
+                "lockstep_analysis_audio_complexity_ratio",
+                "gauge",
+                "Audio complexity of the last segment, 0-1.",
+                f64::from(f(&self.audio_complexity)),
+            ),
         ];
         for (name, kind, help, value) in rows {
             if value.is_nan() {
                 continue;
             }
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{channel=\"{channel}\"}} {value}");
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{channel=\"{channel}\"}} {value}");
         }
         let _ = writeln!(
             out,
@@ -113,7 +154,8 @@ impl AnalysisMetrics {
         );
         for c in ContentType::ALL {
             let on = u8::from(Some(c) == content && self.segments.load(Ordering::Relaxed) > 0);
-            let _ = writeln!(out, "lockstep_analysis_content_info{{channel=\"{channel}\",content=\"{}\"}} {on}", c.name());
+            let _ =
+                writeln!(out, "lockstep_analysis_content_info{{channel=\"{channel}\",content=\"{}\"}} {on}", c.name());
         }
     }
 }
@@ -172,7 +214,8 @@ impl Analyzer {
         // at their first frame, and frames before `n` were lost.
         let first = if self.started { self.grid.first_frame(s) } else { self.grid.first_frame(s).max(n) };
         self.started = true;
-        let open = self.open.get_or_insert_with(|| Open { index: s, next_frame: first, acc: SegmentAccumulator::default() });
+        let open =
+            self.open.get_or_insert_with(|| Open { index: s, next_frame: first, acc: SegmentAccumulator::default() });
         // Frames that never reached the stage (a full queue) count as skipped.
         open.acc.skip(u32::try_from(n - open.next_frame).unwrap_or(0));
         open.next_frame = n + 1;
@@ -366,5 +409,59 @@ mod tests {
         assert!(text.contains("lockstep_analysis_frames_total{channel=\"news\"} 10"), "{text}");
         assert!(!text.contains("loudness"), "no audio yet: NaN gauges are left out: {text}");
         assert!(text.lines().all(|l| l.starts_with('#') || l.split(' ').count() == 2), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod programme {
+    use super::*;
+    use crate::capture::pool::{FrameLayout, FrameMeta, FramePool};
+    use crate::capture::testsrc::{Section, TestSource, section_at};
+    use crate::timeline::Rate;
+
+    /// Held-out check of the content-type rules (designed on lavfi clips):
+    /// the built-in programme's sections, 2 s segments at 640x360.
+    #[test]
+    fn the_test_programme_is_labelled_by_section() {
+        let rate = Rate { num: 25, den: 1 };
+        let grid = Grid { rate, frames_per_segment: 50, sample_rate: 48_000, audio_frame: 960 };
+        let (w, h) = (640, 360);
+        let pool = FramePool::new(FrameLayout { width: w, height: h, audio_channels: 0, max_audio_samples: 0 }, 2);
+        let src = TestSource::new(w, h, rate, 0);
+        let mut a = Analyzer::new(grid, w, h, 0);
+        let mut out = Vec::new();
+        let start = 25 * 3600 * 10; // a whole minute: the programme's cycle
+        for n in start..start + 25 * 60 {
+            let mut wr = pool.acquire();
+            src.render(n, &mut wr.buffers());
+            let f = wr.publish(FrameMeta { number: n, audio_len: 0, captured_tai_ns: 0 });
+            a.frame(&f, true, &mut out);
+        }
+        // The programme is rendered, so its still shot is also clean
+        // graphics (either label is right there), and its field section
+        // is a slow pan (1–2 px per frame) over clean graphics.
+        let expected = |s: Section| match s {
+            Section::Objects | Section::Field => Some(&[ContentType::Synthetic][..]),
+            Section::TalkingHead => Some(&[ContentType::Static, ContentType::Synthetic][..]),
+            Section::HighMotion => Some(&[ContentType::HighMotion][..]),
+            Section::Cuts => Some(&[ContentType::Mixed][..]),
+            Section::LowLight => None, // dark and still or moving: no single right answer
+        };
+        let (mut right, mut total) = (0, 0);
+        for r in &out {
+            let second = r.first_frame / 25;
+            let (a, b) = (section_at(second), section_at(second + 1));
+            let Some(want) = expected(a).filter(|_| a == b) else { continue };
+            total += 1;
+            right += usize::from(want.contains(&r.analysis.content));
+            let x = &r.analysis;
+            eprintln!(
+                "{a:?}: {:?} (expected {want:?}; difference {:.2}, temporal {:.2}, motion {:.2}, flat {:.2})",
+                x.content, x.difference, x.temporal, x.motion, x.flat
+            );
+        }
+        eprintln!("test programme: {right}/{total} segments labelled as their section");
+        assert!(total >= 20);
+        assert!(right * 10 >= total * 9, "{right}/{total}");
     }
 }

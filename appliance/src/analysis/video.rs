@@ -28,6 +28,17 @@ pub struct VideoFeatures {
     pub sad: f32,
     /// Mean absolute difference after block motion compensation, 0–255.
     pub mc_sad: f32,
+    /// Mean motion-compensated residual above the dead zone (2 levels per
+    /// pixel), per pixel: the part of the residual an encoder has to code.
+    pub residual: f32,
+    /// Share of blocks whose motion-compensated residual exceeds the dead zone.
+    pub active_blocks: f32,
+    /// Mean over blocks of log2(1 + residual above the dead zone per
+    /// pixel): grows like the bits an encoder spends on the residual.
+    pub coded: f32,
+    /// Share of small-picture pixels with no gradient at all (clean
+    /// synthetic pictures have many, camera pictures with noise few), 0–1.
+    pub flat: f32,
     /// Mean motion-vector length, in full-resolution pixels.
     pub mv_mean: f32,
     /// Motion-vector variance (x and y summed), in full-resolution pixels².
@@ -42,6 +53,20 @@ pub struct VideoFeatures {
     pub low_light: bool,
     /// Noise estimate (standard deviation of luma noise, Immerkær).
     pub noise: f32,
+}
+
+/// Residual per pixel an encoder's quantiser drops anyway (levels).
+const DEAD_ZONE: u32 = 2;
+
+/// Result of the motion search.
+#[derive(Debug, Clone, Copy)]
+struct Motion {
+    mc_sad: f32,
+    residual: f32,
+    active_blocks: f32,
+    coded: f32,
+    mv_mean: f32,
+    mv_var: f32,
 }
 
 /// Stateful analyser for one picture size (keeps the previous frame).
@@ -60,6 +85,10 @@ pub struct VideoAnalyzer {
     recent: [f32; HISTORY],
     recent_len: usize,
     frames_since_cut: u32,
+    /// Motion vectors of the last search, one per block (row-major).
+    mvs: Vec<(isize, isize)>,
+    /// Mean vector of the previous picture (a search predictor).
+    global: (isize, isize),
 }
 
 impl VideoAnalyzer {
@@ -82,6 +111,8 @@ impl VideoAnalyzer {
             recent: [0.0; HISTORY],
             recent_len: 0,
             frames_since_cut: 0,
+            mvs: vec![(0, 0); (sw / BLOCK) * (sh / BLOCK)],
+            global: (0, 0),
         }
     }
 
@@ -106,16 +137,21 @@ impl VideoAnalyzer {
         let (hist, mean_luma) = self.histogram();
         let n = (self.sw * self.sh) as f32;
         f.mean_luma = mean_luma;
-        let (spatial, edges) = self.gradient();
+        let (spatial, edges, flat) = self.gradient();
         f.spatial = spatial;
         f.edge_density = edges;
+        f.flat = flat;
         f.noise = luma.as_slice().map_or(0.0, |data| noise_estimate(data, luma.ncols(), self.width, self.height));
         let dark_share = hist[..BINS / 4].iter().sum::<u32>() as f32 / n; // luma < 64
         f.low_light = f.mean_luma < 60.0 && dark_share > 0.6;
         if self.has_prev {
             f.sad = mean_abs_diff(&self.cur, &self.prev);
-            let (mc, mv_mean, mv_var) = self.motion();
+            let m = self.motion();
+            let (mc, mv_mean, mv_var) = (m.mc_sad, m.mv_mean, m.mv_var);
             f.mc_sad = mc;
+            f.residual = m.residual;
+            f.active_blocks = m.active_blocks;
+            f.coded = m.coded;
             f.mv_mean = mv_mean * self.factor as f32 / g;
             f.mv_var = mv_var * (self.factor * self.factor) as f32 / (g * g);
             f.hist_delta =
@@ -186,39 +222,53 @@ impl VideoAnalyzer {
         (bins, sum as f32 / self.cur.len().max(1) as f32)
     }
 
-    /// Mean |dx| + |dy| and the share of pixels above the edge threshold.
-    fn gradient(&self) -> (f32, f32) {
+    /// Mean |dx| + |dy|, the share of pixels above the edge threshold and
+    /// the share of pixels with no gradient.
+    fn gradient(&self) -> (f32, f32, f32) {
         let (w, h) = (self.sw, self.sh);
         if w < 2 || h < 2 {
-            return (0.0, 0.0);
+            return (0.0, 0.0, 1.0);
         }
         let mut total = 0u64;
         let mut edges = 0u32;
+        let mut flat = 0u32;
         for y in 0..h - 1 {
             let row = &self.cur[y * w..(y + 1) * w];
             let below = &self.cur[(y + 1) * w..(y + 2) * w];
-            let (mut t, mut e) = (0u32, 0u32);
+            let (mut t, mut e, mut z) = (0u32, 0u32, 0u32);
             for ((&p, &right), &down) in row[..w - 1].iter().zip(&row[1..]).zip(&below[..w - 1]) {
                 let g = u16::from(p.abs_diff(right)) + u16::from(p.abs_diff(down));
                 t += u32::from(g);
                 e += u32::from(g > 24);
+                z += u32::from(g == 0);
             }
             total += u64::from(t);
             edges += e;
+            flat += z;
         }
         let n = ((w - 1) * (h - 1)) as f32;
-        (total as f32 / n, edges as f32 / n)
+        (total as f32 / n, edges as f32 / n, flat as f32 / n)
     }
 
-    /// Block motion search (small diamond, two steps) on the small picture:
-    /// motion-compensated mean abs difference, mean and variance of vectors.
-    fn motion(&self) -> (f32, f32, f32) {
+    /// Block motion search on the small picture: motion-compensated
+    /// difference and residual, mean and variance of vectors.
+    fn motion(&mut self) -> Motion {
         let (w, h) = (self.sw, self.sh);
         let (bx, by) = (w / BLOCK, h / BLOCK);
         if bx == 0 || by == 0 {
-            return (mean_abs_diff(&self.cur, &self.prev), 0.0, 0.0);
+            let d = mean_abs_diff(&self.cur, &self.prev);
+            return Motion {
+                mc_sad: d,
+                residual: (d - DEAD_ZONE as f32).max(0.0),
+                active_blocks: f32::from(u8::from(d > DEAD_ZONE as f32)),
+                coded: (1.0 + (d - DEAD_ZONE as f32).max(0.0)).log2(),
+                mv_mean: 0.0,
+                mv_var: 0.0,
+            };
         }
         let mut total = 0u64;
+        let (mut excess, mut active, mut coded) = (0u64, 0u32, 0f32);
+        let dead = DEAD_ZONE * (BLOCK * BLOCK) as u32;
         let (mut sx, mut sy, mut sxx, mut syy, mut slen) = (0f64, 0f64, 0f64, 0f64, 0f64);
         for j in 0..by {
             for i in 0..bx {
@@ -227,19 +277,50 @@ impl VideoAnalyzer {
                 let mut best_cost = self.block_sad(x0, y0, 0, 0);
                 // A block that already matches within one level per pixel
                 // (noise on the small picture) is taken as still.
-                let still = best_cost <= (BLOCK * BLOCK) as u32;
-                for step in [4isize, 2, 1].into_iter().filter(|_| !still) {
-                    let centre = best;
-                    for (dx, dy) in [(step, 0), (-step, 0), (0, step), (0, -step)] {
-                        let (mx, my) = (centre.0 + dx, centre.1 + dy);
-                        let cost = self.block_sad(x0, y0, mx, my);
-                        if cost < best_cost {
+                if best_cost > (BLOCK * BLOCK) as u32 {
+                    // Leaving the zero vector needs a clear gain (noise
+                    // alone gives small random ones). Start from the best
+                    // predictor (left and upper neighbours' vectors, the
+                    // previous picture's mean vector: how encoders follow
+                    // pans faster than their search range), then a diamond
+                    // of shrinking steps and a last look at ±1 around zero.
+                    let zero_cost = best_cost;
+                    let bar = zero_cost - zero_cost / 8;
+                    let left = if i > 0 { self.mvs[j * bx + i - 1] } else { (0, 0) };
+                    let up = if j > 0 { self.mvs[(j - 1) * bx + i] } else { (0, 0) };
+                    for p in [left, up, self.global] {
+                        if p != (0, 0) && p != best {
+                            let cost = self.block_sad(x0, y0, p.0, p.1);
+                            if cost < best_cost.min(bar) {
+                                best_cost = cost;
+                                best = p;
+                            }
+                        }
+                    }
+                    for step in [8isize, 4, 2, 1] {
+                        let centre = best;
+                        for (dx, dy) in [(step, 0), (-step, 0), (0, step), (0, -step)] {
+                            let (mx, my) = (centre.0 + dx, centre.1 + dy);
+                            let cost = self.block_sad(x0, y0, mx, my);
+                            if cost < best_cost.min(if best == (0, 0) { bar } else { u32::MAX }) {
+                                best_cost = cost;
+                                best = (mx, my);
+                            }
+                        }
+                    }
+                    for (dx, dy) in [(1isize, 0isize), (-1, 0), (0, 1), (0, -1)] {
+                        let cost = self.block_sad(x0, y0, dx, dy);
+                        if cost < best_cost.min(bar) {
                             best_cost = cost;
-                            best = (mx, my);
+                            best = (dx, dy);
                         }
                     }
                 }
+                self.mvs[j * bx + i] = best;
                 total += u64::from(best_cost);
+                excess += u64::from(best_cost.saturating_sub(dead));
+                coded += (1.0 + best_cost.saturating_sub(dead) as f32 / (BLOCK * BLOCK) as f32).log2();
+                active += u32::from(best_cost > dead);
                 let (fx, fy) = (best.0 as f64, best.1 as f64);
                 sx += fx;
                 sy += fy;
@@ -249,8 +330,17 @@ impl VideoAnalyzer {
             }
         }
         let blocks = (bx * by) as f64;
+        self.global = ((sx / blocks).round() as isize, (sy / blocks).round() as isize);
         let var = (sxx / blocks - (sx / blocks).powi(2)) + (syy / blocks - (sy / blocks).powi(2));
-        (total as f32 / (blocks as f32 * (BLOCK * BLOCK) as f32), (slen / blocks) as f32, var.max(0.0) as f32)
+        let pixels = blocks as f32 * (BLOCK * BLOCK) as f32;
+        Motion {
+            mc_sad: total as f32 / pixels,
+            residual: excess as f32 / pixels,
+            active_blocks: active as f32 / blocks as f32,
+            coded: coded / blocks as f32,
+            mv_mean: (slen / blocks) as f32,
+            mv_var: var.max(0.0) as f32,
+        }
     }
 
     /// SAD of the block at (x0, y0) in the current picture against the

@@ -73,7 +73,9 @@ pub fn parse_header(line: &[u8]) -> Result<Y4mHeader, Y4mError> {
                 return Err(Y4mError::Unsupported(format!("interlacing `I{value}` not read directly")));
             }
             "C" if !matches!(value, "420" | "420jpeg" | "420paldv" | "420mpeg2") => {
-                return Err(Y4mError::Unsupported(format!("colour space `C{value}` not read directly (8-bit 4:2:0 only)")));
+                return Err(Y4mError::Unsupported(format!(
+                    "colour space `C{value}` not read directly (8-bit 4:2:0 only)"
+                )));
             }
             _ => {}
         }

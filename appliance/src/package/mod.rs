@@ -160,13 +160,20 @@ impl PackagerStats {
     /// Prometheus text exposition, labelled with the channel.
     pub fn render(&self, channel: &str, out: &mut String) {
         use std::fmt::Write;
-        let _ = writeln!(out, "# HELP lockstep_segments_written_total Segments written per track.\n# TYPE lockstep_segments_written_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP lockstep_segments_written_total Segments written per track.\n# TYPE lockstep_segments_written_total counter"
+        );
         for (track, n) in &self.written {
             let _ = writeln!(out, "lockstep_segments_written_total{{channel=\"{channel}\",track=\"{track}\"}} {n}");
         }
         for (name, help, v) in [
             ("lockstep_segment_write_errors_total", "Segment store writes that failed.", self.write_errors),
-            ("lockstep_analysis_late_total", "Manifest entries written without content analysis (it came too late).", self.late_analyses),
+            (
+                "lockstep_analysis_late_total",
+                "Manifest entries written without content analysis (it came too late).",
+                self.late_analyses,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{channel=\"{channel}\"}} {v}");
         }
