@@ -374,7 +374,17 @@ impl CaptureDevice for FileCapture {
         match reader {
             FileReader::Y4m { reader: r, line, index } => {
                 // The pool slot is contiguous Y, U, V: read straight into it.
-                let got = y4m::read_frame(r, *index, buf.y, line).map_err(|e| err(e.to_string()))?;
+                // A file cut short ends at its last whole frame: what came
+                // before it is kept.
+                let truncated = |i: u64| {
+                    tracing::warn!(path = %self.path.display(), frame = i, "Y4M file ends inside a frame; input ends at the last whole frame");
+                    Ok(Captured::End)
+                };
+                let got = match y4m::read_frame(r, *index, buf.y, line) {
+                    Ok(got) => got,
+                    Err(y4m::Y4mError::Truncated(i)) => return truncated(i),
+                    Err(e) => return Err(err(e.to_string())),
+                };
                 if !got {
                     if self.looping && *index > 0 {
                         self.reader = Some(self.open_reader()?);
@@ -382,9 +392,11 @@ impl CaptureDevice for FileCapture {
                     }
                     return Ok(Captured::End);
                 }
-                r.read_exact(buf.u)
-                    .and_then(|()| r.read_exact(buf.v))
-                    .map_err(|e| err(format!("frame {index}: {e}")))?;
+                match r.read_exact(buf.u).and_then(|()| r.read_exact(buf.v)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return truncated(*index),
+                    Err(e) => return Err(err(format!("frame {index}: {e}"))),
+                }
                 *index += 1;
                 Ok(Captured::Frame)
             }

@@ -20,6 +20,9 @@ pub enum Y4mError {
     /// 4:2:2, interlaced): ffmpeg decodes it instead.
     #[error("Y4M header: {0}")]
     Unsupported(String),
+    /// The stream ends inside frame `0` (a file cut short).
+    #[error("Y4M frame {0} is truncated")]
+    Truncated(u64),
     /// A frame did not start with "FRAME".
     #[error("Y4M frame {0}: missing FRAME marker (stream is corrupt or truncated)")]
     FrameMarker(u64),
@@ -117,7 +120,7 @@ pub fn read_frame<R: BufRead>(r: &mut R, index: u64, out: &mut [u8], line: &mut 
         return Err(Y4mError::FrameMarker(index));
     }
     r.read_exact(out).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Y4mError::Header(format!("frame {index} is truncated")),
+        std::io::ErrorKind::UnexpectedEof => Y4mError::Truncated(index),
         _ => Y4mError::Io(e),
     })?;
     Ok(true)
