@@ -257,3 +257,24 @@ mod tests {
         assert!(run(&[1, 2, 3], 2).is_empty(), "an odd sample count is ignored, not a panic");
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// Cost of one 100 ms window (stereo):
+    /// `cargo test --release -p lockstep --lib audio_window_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing printout for docs/analysis.md, not a check"]
+    fn audio_window_cost() {
+        let samples: Vec<i16> = (0..48_000 * 2 * 10).map(|i: usize| ((i * 7919) % 20_000) as i16 - 10_000).collect();
+        let mut a = AudioAnalyzer::new(2);
+        let mut out = Vec::new();
+        let t = std::time::Instant::now();
+        for chunk in samples.chunks(1920 * 2) {
+            a.push(chunk, &mut out);
+        }
+        let per = t.elapsed().as_secs_f64() / out.len() as f64;
+        println!("{} windows, {:.1} µs per 100 ms window ({:.3} % of a core)", out.len(), per * 1e6, per * 1e3);
+    }
+}
