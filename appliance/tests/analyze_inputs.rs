@@ -128,50 +128,20 @@ fn odd_sizes_ten_bit_and_empty_audio_are_analysed() {
         assert!(spatial > 1.0, "{name}: the picture must survive the conversion: {spatial}");
     }
     // An audio stream without a single sample: analysed as silence.
-    let path = ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            &testsrc("320x240", 2),
-            "-f",
-            "lavfi",
-            "-i",
-            "anullsrc=r=48000:cl=stereo",
-            "-filter_complex",
-            "[1:a]atrim=end_sample=0[a]",
-            "-map",
-            "0:v",
-            "-map",
-            "[a]",
-            "-c:v",
-            "libx264",
-            "-c:a",
-            "pcm_s16le",
-        ],
-        &d.join("no-samples.mkv"),
-    );
-    let r = report(&path);
+    let src = testsrc("320x240", 2);
+    let silent = "-f lavfi -i anullsrc=r=48000:cl=stereo -filter_complex [1:a]atrim=end_sample=0[a] \
+                  -map 0:v -map [a] -c:v libx264 -c:a pcm_s16le";
+    let mut args = vec!["-f", "lavfi", "-i", src.as_str()];
+    args.extend(silent.split_whitespace());
+    let r = report(&ffmpeg(&args, &d.join("no-samples.mkv")));
     assert_eq!(r["frames"], 50);
     let audio = &r["segments"][0]["audio"];
     assert_eq!(audio["silence"], 1.0, "{r}");
     assert_eq!(audio["complexity"], 0.0);
     // And audio with sound is measured.
-    let tone = ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            &testsrc("320x240", 2),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=1000:d=2",
-            "-c:v",
-            "libx264",
-        ],
-        &d.join("tone.mkv"),
-    );
+    let mut args = vec!["-f", "lavfi", "-i", src.as_str()];
+    args.extend("-f lavfi -i sine=frequency=1000:d=2 -c:v libx264".split_whitespace());
+    let tone = ffmpeg(&args, &d.join("tone.mkv"));
     let r = report(&tone);
     let loudness = r["segments"][0]["audio"]["loudness_dbfs"].as_f64().unwrap();
     assert!((-30.0..-10.0).contains(&loudness), "ffmpeg's sine peaks at −18 dBFS: −21 dBFS RMS: {loudness}");

@@ -59,9 +59,14 @@ fn missing_and_unreadable_inputs_are_named() {
     std::fs::write(&junk, b"this is not a video file at all").unwrap();
     assert_input_refused(&junk, &out, &["junk.mp4", "ffmpeg cannot read it"]);
 
+    // 4:4:4 Y4M goes to ffmpeg, which finds no whole frame in it.
     let y4m = dir.path().join("bad.y4m");
     std::fs::write(&y4m, b"YUV4MPEG2 W64 H64 F25:1 C444\nFRAME\n").unwrap();
-    assert_input_refused(&y4m, &out, &["bad.y4m", "C444"]);
+    assert_input_refused(&y4m, &out, &["bad.y4m", "no frame could be read"]);
+    // A Y4M header and nothing else.
+    let bare = dir.path().join("bare.y4m");
+    std::fs::write(&bare, b"YUV4MPEG2 W64 H64 F25:1 C420\n").unwrap();
+    assert_input_refused(&bare, &out, &["bare.y4m", "no frame could be read"]);
 }
 
 /// Mounts a tmpfs of `size` at `dir`; unmounted on drop.

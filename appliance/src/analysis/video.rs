@@ -3,7 +3,7 @@
 //! The full-resolution luma plane is read once (the downscale pass, through
 //! an `ndarray` view over the pool buffer, no copy) plus a sparse sample of
 //! rows for the noise estimate. Everything else works on the small picture
-//! (about 400 pixels wide), so the cost per frame is a few hundred
+//! (320 to 800 pixels wide), so the cost per frame is a few hundred
 //! microseconds at 1080p. Formulas: docs/analysis.md.
 
 use ndarray::ArrayView2;
@@ -95,7 +95,13 @@ impl VideoAnalyzer {
     /// An analyser for `width`×`height` luma planes.
     pub fn new(width: u32, height: u32) -> Self {
         let (w, h) = (width as usize, height as usize);
-        let factor = (w / 400).clamp(1, 4);
+        // Powers of two (the 4× reduction has a SIMD path): 720p and 1080p
+        // both analyse at a quarter of their width.
+        let factor = match w {
+            0..800 => 1,
+            800..1200 => 2,
+            _ => 4,
+        };
         let (sw, sh) = ((w / factor).max(1), (h / factor).max(1));
         Self {
             factor,
@@ -192,7 +198,6 @@ impl VideoAnalyzer {
             match k {
                 1 => average_cols::<1>(acc, out),
                 2 => average_cols::<2>(acc, out),
-                3 => average_cols::<3>(acc, out),
                 _ => average_cols::<4>(acc, out),
             }
         }

@@ -27,6 +27,12 @@ pub enum CaptureError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The input has no frame that could be read.
+    #[error("input file {path}: no frame could be read (empty, cut short or corrupt)")]
+    NoFrames {
+        /// File.
+        path: PathBuf,
+    },
     /// ffmpeg/ffprobe could not read the input.
     #[error("input file {path}: ffmpeg cannot read it: {message}")]
     Unreadable {
@@ -193,6 +199,7 @@ pub struct FileCapture {
     reader: Option<FileReader>,
     y4m: bool,
     audio_scratch: Vec<u8>,
+    frames_read: u64,
 }
 
 impl std::fmt::Debug for FileCapture {
@@ -250,6 +257,7 @@ impl FileCapture {
             reader: None,
             y4m: direct.is_some(),
             audio_scratch: Vec::new(),
+            frames_read: 0,
         })
     }
 
@@ -336,30 +344,9 @@ fn child_error(child: &mut Child) -> String {
     err.lines().last().unwrap_or("").trim().to_string()
 }
 
-impl CaptureDevice for FileCapture {
-    fn describe(&self) -> String {
-        let f = self.format;
-        format!(
-            "file {} ({}x{} @ {} fps, {}{})",
-            self.path.display(),
-            f.width,
-            f.height,
-            f.rate,
-            if self.y4m { "Y4M read directly" } else { "decoded by ffmpeg" },
-            if f.audio_channels > 0 { ", with audio" } else { ", no audio" }
-        )
-    }
-
-    fn format(&self) -> SourceFormat {
-        self.format
-    }
-
-    fn start(&mut self) -> Result<(), CaptureError> {
-        self.reader = Some(self.open_reader()?);
-        Ok(())
-    }
-
-    fn read(
+impl FileCapture {
+    /// The next frame of the file (a loop restarts it).
+    fn read_next(
         &mut self,
         _n: i64,
         _first: i64,
@@ -388,7 +375,7 @@ impl CaptureDevice for FileCapture {
                 if !got {
                     if self.looping && *index > 0 {
                         self.reader = Some(self.open_reader()?);
-                        return self.read(_n, _first, samples, buf);
+                        return self.read_next(_n, _first, samples, buf);
                     }
                     return Ok(Captured::End);
                 }
@@ -443,6 +430,48 @@ impl CaptureDevice for FileCapture {
                 Ok(Captured::Frame)
             }
         }
+    }
+}
+
+impl CaptureDevice for FileCapture {
+    fn describe(&self) -> String {
+        let f = self.format;
+        format!(
+            "file {} ({}x{} @ {} fps, {}{})",
+            self.path.display(),
+            f.width,
+            f.height,
+            f.rate,
+            if self.y4m { "Y4M read directly" } else { "decoded by ffmpeg" },
+            if f.audio_channels > 0 { ", with audio" } else { ", no audio" }
+        )
+    }
+
+    fn format(&self) -> SourceFormat {
+        self.format
+    }
+
+    fn start(&mut self) -> Result<(), CaptureError> {
+        self.reader = Some(self.open_reader()?);
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        n: i64,
+        first: i64,
+        samples: usize,
+        buf: &mut FrameBuffers<'_>,
+    ) -> Result<Captured, CaptureError> {
+        let got = self.read_next(n, first, samples, buf)?;
+        match got {
+            Captured::Frame => self.frames_read += 1,
+            Captured::End if self.frames_read == 0 => {
+                return Err(CaptureError::NoFrames { path: self.path.clone() });
+            }
+            Captured::End => {}
+        }
+        Ok(got)
     }
 
     fn stop(&mut self) {
