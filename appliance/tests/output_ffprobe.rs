@@ -22,9 +22,11 @@ fn output_is_valid_cmaf_hls_on_the_epoch_grid() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     // A live source joins one segment early: the first (partial) segment
-    // only warms the audio encoder and is not published.
+    // only warms the audio encoder and is not published. One frame past
+    // the last segment gives its audio the encoder's lookahead (the
+    // segment that frame starts is incomplete and not published).
     let cfg = config(&out, 320, 180, Some((START_SEG - 1) * SEG + 17), &[("180p", 180, 400), ("90p", 90, 150)]);
-    let run = run_config(dir.path(), &cfg, &["--frames", &((SEGMENTS + 1) * SEG - 17).to_string()]);
+    let run = run_config(dir.path(), &cfg, &["--frames", &((SEGMENTS + 1) * SEG - 17 + 1).to_string()]);
     assert!(run.status.success(), "lockstep failed");
     let root = out.join("ch");
 
