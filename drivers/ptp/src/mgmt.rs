@@ -44,7 +44,9 @@ impl DataSet {
     }
 
     fn from_id(id: u16) -> Option<Self> {
-        [Self::CurrentDataSet, Self::ParentDataSet, Self::PortDataSet, Self::TimeStatusNp].into_iter().find(|d| d.id() == id)
+        [Self::CurrentDataSet, Self::ParentDataSet, Self::PortDataSet, Self::TimeStatusNp]
+            .into_iter()
+            .find(|d| d.id() == id)
     }
 }
 
@@ -127,11 +129,7 @@ pub struct ClockIdentity(pub [u8; 8]);
 impl std::fmt::Display for ClockIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}{:02x}{:02x}.{:02x}{:02x}.{:02x}{:02x}{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
-        )
+        write!(f, "{:02x}{:02x}{:02x}.{:02x}{:02x}.{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7])
     }
 }
 
@@ -584,7 +582,10 @@ pub(crate) mod tests {
         d.extend_from_slice(&0i64.to_be_bytes());
         d.extend_from_slice(&[1, 3, 0, 1, 0, 2]);
         let Response::Port(p) = decode(&response(DataSet::PortDataSet, &d)).expect("port").response else { panic!() };
-        assert_eq!((p.state, p.announce_receipt_timeout, p.delay_mechanism, p.version), (PortState::Uncalibrated, 3, 1, 2));
+        assert_eq!(
+            (p.state, p.announce_receipt_timeout, p.delay_mechanism, p.version),
+            (PortState::Uncalibrated, 3, 1, 2)
+        );
     }
 
     #[test]
