@@ -2,9 +2,11 @@
 //!
 //! [`mgmt`] encodes and decodes the PTP management messages ptp4l answers
 //! on its UNIX socket (what `pmc` sends); [`Pmc`] is a client over that
-//! socket.
+//! socket. [`servo`] turns offset measurements into disciplined time with
+//! a lock state and an error estimate.
 
 pub mod mgmt;
+pub mod servo;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
