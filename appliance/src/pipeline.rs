@@ -420,7 +420,7 @@ pub fn run_with_device(
         .name("fingerprint".into())
         .spawn(move || {
             for frame in cap_rx {
-                let f = crate::analysis::analyse(&frame);
+                let hash = crate::analysis::fingerprint(&frame);
                 // Real time: never wait for analysis. Files and fast runs:
                 // analyse every frame, the result is the same on every run.
                 if !realtime {
@@ -429,7 +429,7 @@ pub fn run_with_device(
                     skipped.frames_skipped.fetch_add(1, Ordering::Relaxed);
                 }
                 for tx in &worker_txs {
-                    if tx.send(Work::Frame { frame: frame.clone(), hash: f.hash }).is_err() {
+                    if tx.send(Work::Frame { frame: frame.clone(), hash }).is_err() {
                         return;
                     }
                 }

@@ -118,8 +118,7 @@ pub fn to_csv(report: &Report) -> String {
     for seg in &report.segments {
         let a = &seg.analysis;
         let cuts: Vec<String> = a.scene_cuts.iter().map(i64::to_string).collect();
-        let content =
-            serde_json::to_value(a.content).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let content = a.content.name();
         s.push_str(&format!(
             "{},{},{:.3},{},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.3},{},{:.2},{},{}\n",
             seg.index,
@@ -162,8 +161,7 @@ pub fn to_table(report: &Report) -> String {
     );
     for seg in &report.segments {
         let a = &seg.analysis;
-        let content =
-            serde_json::to_value(a.content).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let content = a.content.name();
         s.push_str(&format!(
             "{:>7}  {:>9.2}  {:>10.3}  {:>7.2}  {:>8.2}  {:>6.2}  {:<11}  {:>4.2}  {:>17}  {:?}\n",
             seg.index,
