@@ -102,6 +102,12 @@ impl Default for ApplianceConfig {
 pub enum ClockSource {
     /// The system clock (NTP/chrony-disciplined) plus the TAI offset.
     System,
+    /// Offsets ptp4l reports over its management socket (software
+    /// timestamping, or hardware timestamping with `phc`/`interface` set).
+    Ptp4l,
+    /// A PTP hardware clock kept on time by something else (ptp4l without
+    /// a reachable socket, ts2phc from GNSS).
+    Phc,
 }
 
 /// Media clock settings.
@@ -110,13 +116,109 @@ pub enum ClockSource {
 pub struct ClockConfig {
     /// Where media time comes from.
     pub source: ClockSource,
-    /// TAI − UTC in seconds (37 since 2017).
+    /// TAI − UTC in seconds (37 since 2017). With `source = "ptp4l"` the
+    /// grandmaster's announced offset wins when it marks it valid.
     pub utc_tai_offset_s: i64,
+    /// ptp4l's management socket (its `uds_address`).
+    pub ptp4l_socket: PathBuf,
+    /// PTP domain ptp4l runs in.
+    pub domain: u8,
+    /// PTP hardware clock device (`/dev/ptp0`): for `source = "phc"`, or
+    /// with `ptp4l` when ptp4l uses hardware timestamping.
+    pub phc: Option<PathBuf>,
+    /// Network interface whose PTP hardware clock to use (instead of `phc`).
+    pub interface: Option<String>,
+    /// How often the source is read, ms.
+    pub poll_interval_ms: u32,
+    /// How long start-up waits for the clock to lock before it starts on
+    /// the system clock (and slews once locked), s.
+    pub lock_wait_s: f64,
+    /// Locked when the estimated error is below this, ns.
+    pub lock_threshold_ns: f64,
+    /// Standard deviation of one offset measurement, ns.
+    pub measurement_noise_ns: f64,
+    /// No measurement for this long: holdover, ms.
+    pub holdover_after_ms: u32,
+    /// Largest correction rate, parts per million of elapsed time.
+    pub max_slew_ppm: f64,
+    /// Deliberate errors for tests and drills.
+    pub fault: ClockFaultConfig,
 }
 
 impl Default for ClockConfig {
     fn default() -> Self {
-        Self { source: ClockSource::System, utc_tai_offset_s: 37 }
+        Self {
+            source: ClockSource::System,
+            utc_tai_offset_s: 37,
+            ptp4l_socket: PathBuf::from("/var/run/ptp4l"),
+            domain: 0,
+            phc: None,
+            interface: None,
+            poll_interval_ms: 250,
+            lock_wait_s: 15.0,
+            lock_threshold_ns: 10_000.0,
+            measurement_noise_ns: 1_000.0,
+            holdover_after_ms: 2_000,
+            max_slew_ppm: 500.0,
+            fault: ClockFaultConfig::default(),
+        }
+    }
+}
+
+/// Errors injected into the media clock on purpose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockFaultConfig {
+    /// Constant offset added to media time, ns.
+    pub offset_ns: i64,
+    /// Frequency error: media time gains this many ppm from start.
+    pub frequency_ppm: f64,
+    /// A step added `step_after_s` after start, ns (negative: back).
+    pub step_ns: i64,
+    /// When the step happens, s after the clock starts.
+    pub step_after_s: f64,
+}
+
+impl ClockConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(-100..=100).contains(&self.utc_tai_offset_s) {
+            return Err(invalid("clock.utc_tai_offset_s", "must be between -100 and 100 (37 since 2017)"));
+        }
+        if !(10..=10_000).contains(&self.poll_interval_ms) {
+            return Err(invalid("clock.poll_interval_ms", "must be between 10 and 10000"));
+        }
+        if self.holdover_after_ms < 2 * self.poll_interval_ms {
+            return Err(invalid("clock.holdover_after_ms", "must be at least twice clock.poll_interval_ms"));
+        }
+        if !(0.0..=600.0).contains(&self.lock_wait_s) {
+            return Err(invalid("clock.lock_wait_s", "must be between 0 and 600"));
+        }
+        if !(10.0..=1e9).contains(&self.lock_threshold_ns) {
+            return Err(invalid("clock.lock_threshold_ns", "must be between 10 and 1e9"));
+        }
+        if !(1.0..=1e9).contains(&self.measurement_noise_ns) {
+            return Err(invalid("clock.measurement_noise_ns", "must be between 1 and 1e9"));
+        }
+        if !(1.0..=100_000.0).contains(&self.max_slew_ppm) {
+            return Err(invalid("clock.max_slew_ppm", "must be between 1 and 100000"));
+        }
+        if self.phc.is_some() && self.interface.is_some() {
+            return Err(invalid("clock.interface", "set clock.phc or clock.interface, not both"));
+        }
+        if self.source == ClockSource::Phc && self.phc.is_none() && self.interface.is_none() {
+            return Err(invalid("clock.phc", "source = \"phc\" needs clock.phc (a /dev/ptpN) or clock.interface"));
+        }
+        let f = &self.fault;
+        if !(-1_000.0..=1_000.0).contains(&f.frequency_ppm) {
+            return Err(invalid("clock.fault.frequency_ppm", "must be between -1000 and 1000"));
+        }
+        if !(0.0..=1e6).contains(&f.step_after_s) {
+            return Err(invalid("clock.fault.step_after_s", "must be between 0 and 1e6"));
+        }
+        if f.offset_ns.abs() > 3_600_000_000_000 || f.step_ns.abs() > 3_600_000_000_000 {
+            return Err(invalid("clock.fault", "offset_ns and step_ns must be within one hour"));
+        }
+        Ok(())
     }
 }
 
@@ -356,6 +458,7 @@ impl Config {
 
     /// Checks every value; called by the loaders.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.clock.validate()?;
         if self.appliance.id.is_empty() || self.appliance.id.len() > 64 {
             return Err(invalid("appliance.id", "must be 1 to 64 characters"));
         }

@@ -67,6 +67,22 @@ enum Command {
         #[arg(long, default_value_t = 2.0)]
         segment_seconds: f64,
     },
+    /// Run the configured media clock and print its time and quality
+    /// (what operators watch; see docs/time.md).
+    Clock {
+        /// TOML configuration (default: the embedded one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Time between lines, ms.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a configuration file and print what is wrong.
     CheckConfig {
         /// TOML configuration.
@@ -208,6 +224,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Clock { config, seconds, interval_ms, json } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::embedded_default(),
+            };
+            watch_clock(&config, seconds, interval_ms, json)
+        }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
             println!("{}: ok ({} renditions, source {:?})", config.display(), c.renditions.len(), c.source.kind);
@@ -222,6 +245,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `lockstep clock`: the media clock's reading and quality, once per interval.
+fn watch_clock(config: &Config, seconds: Option<f64>, interval_ms: u64, json: bool) -> anyhow::Result<ExitCode> {
+    use lockstep::clock::{Clock, MediaClock};
+    anyhow::ensure!((1..=60_000).contains(&interval_ms), "--interval-ms must be between 1 and 60000");
+    let stop = stop_flag()?;
+    let rate = config.source_rate()?;
+    let clock = Clock::open(&config.clock)?;
+    let started = std::time::Instant::now();
+    let until = seconds.map(std::time::Duration::from_secs_f64);
+    let mut out = std::io::stdout().lock();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && until.is_none_or(|u| started.elapsed() < u) {
+        let (local, tai) = clock.read();
+        let q = clock.quality();
+        let frame = rate.frame_at(tai);
+        let line = if json {
+            serde_json::json!({
+                "local_ns": local,
+                "tai_ns": i64::try_from(tai).unwrap_or(i64::MAX),
+                "frame": frame,
+                "quality": q,
+            })
+            .to_string()
+        } else {
+            format!(
+                "TAI {}.{:09} frame {frame} | {} error {} offset {:.0} ns freq {:+.1} ppb | gm {} | {}{}",
+                tai.div_euclid(1_000_000_000),
+                tai.rem_euclid(1_000_000_000),
+                q.state.name(),
+                q.error_ns.map_or("?".into(), |e| format!("{e:.0} ns")),
+                q.offset_ns,
+                q.frequency_ppb,
+                q.grandmaster.as_deref().unwrap_or("-"),
+                q.source,
+                q.last_error.as_deref().map(|e| format!(" | {e}")).unwrap_or_default(),
+            )
+        };
+        use std::io::Write;
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(summary: RunSummary) -> anyhow::Result<ExitCode> {

@@ -16,7 +16,7 @@ use lockstep_encoder_api::{AudioEncoder, AudioSettings, EncodeError, VideoEncode
 use crate::analysis::stage::{self, AnalysisMetrics, Analyzer, SegmentReport};
 use crate::capture::pool::{FrameLayout, FrameMeta, FramePool, FrameRef};
 use crate::capture::{CaptureDevice, CaptureError, Captured, FileCapture, TestCapture};
-use crate::clock::{MediaClock, SystemClock};
+use crate::clock::{Clock, ClockError, MediaClock};
 use crate::config::{Config, Pacing, SourceKind};
 use crate::encode::{self, AudioJob, VideoJob, Work, WorkerError};
 use crate::package::store::StoreError;
@@ -41,6 +41,9 @@ pub enum PipelineError {
     /// An encoder could not be opened.
     #[error("encoder: {0}")]
     Encoder(#[from] EncodeError),
+    /// The media clock could not start.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
     /// A pipeline thread died.
     #[error("internal: pipeline thread `{0}` panicked")]
     Panic(&'static str),
@@ -204,7 +207,7 @@ pub fn run_with_device(
     limits: &RunLimits,
     taps: &Taps,
 ) -> Result<RunSummary, PipelineError> {
-    let clock = SystemClock::new(config.clock.utc_tai_offset_s);
+    let clock = Arc::new(Clock::open(&config.clock)?);
     let format = device.format();
     let rate = format.rate;
     let fps_segment = (config.channel.segment_seconds * rate.fps()).round().max(1.0) as u32;
@@ -284,7 +287,7 @@ pub fn run_with_device(
             window: config.output.window_segments as usize,
             segment_seconds: grid.segment_seconds(),
             frame_rate: rate.fps(),
-            utc_tai_offset_s: config.clock.utc_tai_offset_s,
+            utc_tai_offset_s: clock.utc_tai_offset_s(),
             producer: config.appliance.id.clone(),
         },
         specs,
@@ -317,6 +320,7 @@ pub fn run_with_device(
     let (pkg_tx, pkg_rx) = bounded::<ToPackager>(64);
     let metrics = Arc::clone(&taps.metrics);
     let channel_id = config.channel.id.clone();
+    let clock_for_metrics = Arc::clone(&clock);
 
     let packager_thread = thread::Builder::new()
         .name("package".into())
@@ -336,6 +340,7 @@ pub fn run_with_device(
                         let mut text = String::new();
                         metrics.render(&channel_id, &mut text);
                         packager.stats().render(&channel_id, &mut text);
+                        clock_for_metrics.quality().render(&channel_id, &mut text);
                         if let Err(e) = packager.write_file(&metrics_path, text.as_bytes()) {
                             tracing::warn!("metrics: {e}");
                         }

@@ -2,6 +2,7 @@
 //! with ffprobe/ffmpeg.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -123,4 +124,44 @@ pub fn decode_errors(file: &Path) -> String {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Tracks of the two-rendition test ladder.
+pub const TRACKS: [&str; 3] = ["180p", "90p", "audio"];
+
+/// Every published segment of a track. A live appliance that stops
+/// mid-segment does not publish the incomplete segment, so all of them
+/// must match the other appliance's.
+pub fn segment_files(root: &Path, track: &str) -> BTreeMap<String, Vec<u8>> {
+    let segs = playlist_segments(&root.join(track));
+    segs.into_iter()
+        .map(|s| {
+            let bytes = std::fs::read(root.join(track).join(&s)).unwrap();
+            (s, bytes)
+        })
+        .collect()
+}
+
+/// The segments both channel roots published are byte-identical, and
+/// there are at least `at_least` of them per track.
+pub fn assert_overlap_identical(a: &Path, b: &Path, at_least: usize) {
+    for track in TRACKS {
+        let (sa, sb) = (segment_files(a, track), segment_files(b, track));
+        let common: Vec<&String> = sa.keys().filter(|k| sb.contains_key(*k)).collect();
+        assert!(
+            common.len() >= at_least,
+            "{track}: only {} overlapping segments ({:?} vs {:?})",
+            common.len(),
+            sa.keys(),
+            sb.keys()
+        );
+        for k in common {
+            assert!(sa[k] == sb[k], "{track}/{k} differs between the two appliances");
+        }
+        assert_eq!(
+            std::fs::read(a.join(track).join("init.mp4")).unwrap(),
+            std::fs::read(b.join(track).join("init.mp4")).unwrap(),
+            "{track}: init segments differ"
+        );
+    }
 }

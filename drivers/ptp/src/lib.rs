@@ -3,10 +3,15 @@
 //! [`mgmt`] encodes and decodes the PTP management messages ptp4l answers
 //! on its UNIX socket (what `pmc` sends); [`Pmc`] is a client over that
 //! socket. [`servo`] turns offset measurements into disciplined time with
-//! a lock state and an error estimate.
+//! a lock state and an error estimate. [`phc`] opens PTP hardware clocks
+//! (`/dev/ptpN`), measures them against the system clock and finds the
+//! clock behind a network interface.
 
 pub mod mgmt;
+pub mod phc;
 pub mod servo;
+#[cfg(feature = "testbed")]
+pub mod testbed;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -26,7 +31,7 @@ pub enum PmcError {
         source: std::io::Error,
     },
     /// No answer in time (ptp4l not running, or another domain).
-    #[error("ptp4l at {path} did not answer {set:?} within {timeout:?}")]
+    #[error("ptp4l at {path} did not answer {set:?} within {timeout:?} ({malformed} malformed replies dropped)")]
     Timeout {
         /// ptp4l's socket.
         path: PathBuf,
@@ -34,6 +39,8 @@ pub enum PmcError {
         set: DataSet,
         /// How long we waited.
         timeout: Duration,
+        /// Undecodable datagrams received meanwhile.
+        malformed: u64,
     },
     /// The answer could not be decoded or was a refusal.
     #[error("ptp4l at {path}: {source}")]
@@ -92,6 +99,7 @@ impl Pmc {
         let deadline = Instant::now() + self.timeout;
         let mut answers = Vec::new();
         let mut buf = [0u8; 1500];
+        let malformed_before = self.malformed;
         loop {
             // After the first answer, wait briefly for the other ports'.
             let until =
@@ -119,7 +127,8 @@ impl Pmc {
             }
         }
         if answers.is_empty() {
-            return Err(PmcError::Timeout { path: self.server.clone(), set, timeout: self.timeout });
+            let malformed = self.malformed - malformed_before;
+            return Err(PmcError::Timeout { path: self.server.clone(), set, timeout: self.timeout, malformed });
         }
         Ok(answers)
     }

@@ -28,6 +28,8 @@ pub enum DataSet {
     ParentDataSet,
     /// portDS of the port(s): identity, state, intervals.
     PortDataSet,
+    /// timePropertiesDS: the grandmaster's TAI − UTC offset and timescale.
+    TimePropertiesDataSet,
     /// linuxptp's TIME_STATUS_NP: the servo's view of the master offset.
     TimeStatusNp,
 }
@@ -38,13 +40,14 @@ impl DataSet {
         match self {
             Self::CurrentDataSet => 0x2001,
             Self::ParentDataSet => 0x2002,
+            Self::TimePropertiesDataSet => 0x2003,
             Self::PortDataSet => 0x2004,
             Self::TimeStatusNp => 0xC000,
         }
     }
 
     fn from_id(id: u16) -> Option<Self> {
-        [Self::CurrentDataSet, Self::ParentDataSet, Self::PortDataSet, Self::TimeStatusNp]
+        [Self::CurrentDataSet, Self::ParentDataSet, Self::TimePropertiesDataSet, Self::PortDataSet, Self::TimeStatusNp]
             .into_iter()
             .find(|d| d.id() == id)
     }
@@ -287,6 +290,25 @@ pub struct PortDataSet {
     pub version: u8,
 }
 
+/// TIME_PROPERTIES_DATA_SET: what the grandmaster announces about its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeProperties {
+    /// TAI − UTC in seconds, as announced.
+    pub current_utc_offset_s: i16,
+    /// Whether `current_utc_offset_s` is known to be right.
+    pub utc_offset_valid: bool,
+    /// The grandmaster's time is TAI (PTP timescale), not arbitrary.
+    pub ptp_timescale: bool,
+    /// A leap second is announced at the end of this UTC day (+1 / −1 / 0).
+    pub leap: i8,
+    /// Time traceable to a primary reference.
+    pub time_traceable: bool,
+    /// Frequency traceable to a primary reference.
+    pub frequency_traceable: bool,
+    /// IEEE 1588 timeSource (0x20 GNSS, 0xA0 internal oscillator, …).
+    pub time_source: u8,
+}
+
 /// A decoded RESPONSE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Response {
@@ -298,6 +320,8 @@ pub enum Response {
     Parent(ParentDataSet),
     /// PORT_DATA_SET.
     Port(PortDataSet),
+    /// TIME_PROPERTIES_DATA_SET.
+    TimeProperties(TimeProperties),
 }
 
 /// A RESPONSE with who sent it.
@@ -483,6 +507,25 @@ pub fn decode(buf: &[u8]) -> Result<Message, MgmtError> {
                 gm_identity: t.clock("grandmasterIdentity")?,
             })
         }
+        DataSet::TimePropertiesDataSet => {
+            let current_utc_offset_s = t.u16("currentUtcOffset")? as i16;
+            let flags = t.u8("flags")?;
+            let leap = match (flags & 1 != 0, flags & 2 != 0) {
+                (true, false) => 1,
+                (false, true) => -1,
+                (false, false) => 0,
+                (true, true) => return Err(MgmtError::Value("flags (leap61 and leap59 both set)")),
+            };
+            Response::TimeProperties(TimeProperties {
+                current_utc_offset_s,
+                utc_offset_valid: flags & 4 != 0,
+                ptp_timescale: flags & 8 != 0,
+                leap,
+                time_traceable: flags & 16 != 0,
+                frequency_traceable: flags & 32 != 0,
+                time_source: t.u8("timeSource")?,
+            })
+        }
         DataSet::PortDataSet => {
             let port = t.port("portIdentity")?;
             let state = PortState::from_u8(t.u8("portState")?).ok_or(MgmtError::Value("portState"))?;
@@ -582,6 +625,16 @@ pub(crate) mod tests {
         d.extend_from_slice(&0i64.to_be_bytes());
         d.extend_from_slice(&[1, 3, 0, 1, 0, 2]);
         let Response::Port(p) = decode(&response(DataSet::PortDataSet, &d)).expect("port").response else { panic!() };
+        let d = [0, 37, 0b0000_1100, 0xA0];
+        let Response::TimeProperties(tp) =
+            decode(&response(DataSet::TimePropertiesDataSet, &d)).expect("time properties").response
+        else {
+            panic!()
+        };
+        assert_eq!((tp.current_utc_offset_s, tp.utc_offset_valid, tp.ptp_timescale, tp.leap), (37, true, true, 0));
+        assert_eq!(tp.time_source, 0xA0);
+        let both_leaps = [0, 37, 3, 0xA0];
+        assert!(decode(&response(DataSet::TimePropertiesDataSet, &both_leaps)).is_err());
         assert_eq!(
             (p.state, p.announce_receipt_timeout, p.delay_mechanism, p.version),
             (PortState::Uncalibrated, 3, 1, 2)

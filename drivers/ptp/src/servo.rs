@@ -7,6 +7,11 @@
 //! (what ptp4l reports as `master_offset`), frequencies dimensionless
 //! (1e-6 = 1 ppm).
 
+/// Measurements this many standard deviations off the prediction are outliers.
+pub const OUTLIER_SIGMA: f64 = 6.0;
+/// Outliers in a row that mean the reference stepped.
+pub const STEP_AFTER: u32 = 3;
+
 /// Lock state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockState {
@@ -18,6 +23,21 @@ pub enum ClockState {
     Locked,
     /// Measurements stopped: running on the last frequency estimate.
     Holdover,
+}
+
+impl ClockState {
+    /// Lower-case name, for logs, metrics and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Freerun => "freerun",
+            Self::Locking => "locking",
+            Self::Locked => "locked",
+            Self::Holdover => "holdover",
+        }
+    }
+
+    /// Every state, in the order of their metric values.
+    pub const ALL: [Self; 4] = [Self::Freerun, Self::Locking, Self::Locked, Self::Holdover];
 }
 
 /// Tuning.
@@ -70,6 +90,10 @@ pub struct ClockQualityReport {
     pub since_last_ns: i64,
     /// Grandmaster changes seen.
     pub grandmaster_changes: u32,
+    /// Steps of the reference taken over (see [`Discipline::measure`]).
+    pub steps: u32,
+    /// Single outlying measurements left out.
+    pub outliers: u64,
 }
 
 /// Kalman filter state.
@@ -105,8 +129,16 @@ pub struct Discipline {
     last_measurement: Option<i64>,
     grandmaster: Option<[u8; 8]>,
     grandmaster_changes: u32,
+    /// Running mean of squared innovations (clipped at the outlier bound):
+    /// the measurement noise actually seen, when it exceeds the configured one.
+    innovation_var: f64,
+    innovations_seen: u32,
+    /// Outliers in a row, and totals.
+    outliers_in_row: u32,
+    outliers: u64,
+    steps: u32,
     /// Last output (local, disciplined) pair, for monotonic slewing.
-    last_out: Option<(i64, f64)>,
+    last_out: Option<(i64, i64)>,
 }
 
 impl Discipline {
@@ -119,6 +151,11 @@ impl Discipline {
             last_measurement: None,
             grandmaster: None,
             grandmaster_changes: 0,
+            innovation_var: cfg.measurement_noise_ns.powi(2),
+            innovations_seen: 0,
+            outliers_in_row: 0,
+            outliers: 0,
+            steps: 0,
             last_out: None,
         }
     }
@@ -127,6 +164,13 @@ impl Discipline {
     /// reference, from grandmaster `gm`. A different grandmaster restarts
     /// locking (its time may differ); the frequency estimate is kept, as it
     /// describes the local oscillator.
+    ///
+    /// The measurement noise is the configured one or, when larger, the
+    /// one the innovations show (a running mean of their squares).
+    /// A measurement further than [`OUTLIER_SIGMA`] standard deviations
+    /// from the prediction is left out (a delayed packet); [`STEP_AFTER`]
+    /// of them in a row mean the reference stepped: the offset is taken
+    /// over, locking restarts, the frequency estimate is kept.
     pub fn measure(&mut self, t: i64, offset_ns: f64, gm: [u8; 8]) {
         if self.grandmaster.is_some_and(|g| g != gm) {
             self.grandmaster_changes += 1;
@@ -136,28 +180,42 @@ impl Discipline {
             }
         }
         self.grandmaster = Some(gm);
-        let r = self.cfg.measurement_noise_ns.powi(2);
-        match &mut self.filter {
-            None => {
-                // First sample: offset known to the measurement noise, frequency
-                // to ±100 ppm.
-                self.filter = Some(Filter { t, x: [offset_ns, 0.0], p: [[r, 0.0], [0.0, 1e-8]] });
-            }
-            Some(f) => {
-                let (x, p) = f.predict(t, &self.cfg);
-                let s = p[0][0] + r;
-                let k = [p[0][0] / s, p[1][0] / s];
-                let innovation = offset_ns - x[0];
-                f.x = [x[0] + k[0] * innovation, x[1] + k[1] * innovation];
-                f.p = [
-                    [(1.0 - k[0]) * p[0][0], (1.0 - k[0]) * p[0][1]],
-                    [p[1][0] - k[1] * p[0][0], p[1][1] - k[1] * p[0][1]],
-                ];
-                f.t = t;
-            }
-        }
-        self.samples = self.samples.saturating_add(1);
         self.last_measurement = Some(t);
+        let r = self.cfg.measurement_noise_ns.powi(2);
+        let Some(f) = &mut self.filter else {
+            // First sample: offset known to the measurement noise, frequency
+            // to ±100 ppm.
+            self.filter = Some(Filter { t, x: [offset_ns, 0.0], p: [[r, 0.0], [0.0, 1e-8]] });
+            self.samples = 1;
+            return;
+        };
+        let (x, p) = f.predict(t, &self.cfg);
+        let r = r.max(self.innovation_var - p[0][0]);
+        let s = p[0][0] + r;
+        let innovation = offset_ns - x[0];
+        let bound = OUTLIER_SIGMA * s.sqrt();
+        // A plain mean over the first 32 innovations, then a running one.
+        self.innovations_seen = self.innovations_seen.saturating_add(1);
+        let weight = 1.0 / f64::from(self.innovations_seen.min(32));
+        self.innovation_var += (innovation.powi(2).min(bound * bound) - self.innovation_var) * weight;
+        if innovation.abs() > bound {
+            self.outliers_in_row += 1;
+            if self.outliers_in_row < STEP_AFTER {
+                self.outliers += 1;
+                return;
+            }
+            self.steps += 1;
+            self.outliers_in_row = 0;
+            self.samples = 1;
+            *f = Filter { t, x: [offset_ns, x[1]], p: [[r, 0.0], [0.0, p[1][1]]] };
+            return;
+        }
+        self.outliers_in_row = 0;
+        let k = [p[0][0] / s, p[1][0] / s];
+        f.x = [x[0] + k[0] * innovation, x[1] + k[1] * innovation];
+        f.p = [[(1.0 - k[0]) * p[0][0], (1.0 - k[0]) * p[0][1]], [p[1][0] - k[1] * p[0][0], p[1][1] - k[1] * p[0][1]]];
+        f.t = t;
+        self.samples = self.samples.saturating_add(1);
     }
 
     /// State, estimates and error at local time `t`.
@@ -171,6 +229,8 @@ impl Discipline {
                 error_ns: f64::INFINITY,
                 since_last_ns,
                 grandmaster_changes: self.grandmaster_changes,
+                steps: self.steps,
+                outliers: self.outliers,
             };
         };
         let (x, p) = f.predict(t, &self.cfg);
@@ -189,6 +249,8 @@ impl Discipline {
             error_ns,
             since_last_ns,
             grandmaster_changes: self.grandmaster_changes,
+            steps: self.steps,
+            outliers: self.outliers,
         }
     }
 
@@ -196,13 +258,15 @@ impl Discipline {
     /// never going backwards and never running faster or slower than the
     /// local clock by more than `max_slew`: a correction (relock after
     /// holdover, a new grandmaster) is slewed in, not stepped. Call with
-    /// non-decreasing `t`.
-    pub fn now(&mut self, t: i64) -> f64 {
-        let target = t as f64 - self.quality(t).offset_ns;
+    /// non-decreasing `t`. Integer nanoseconds: an `f64` of nanoseconds
+    /// since 1970 would only resolve 256 ns.
+    pub fn now(&mut self, t: i64) -> i64 {
+        let target = t - self.quality(t).offset_ns.round() as i64;
         let out = match self.last_out {
             Some((lt, lo)) if t >= lt => {
-                let dl = (t - lt) as f64;
-                target.clamp(lo + dl * (1.0 - self.cfg.max_slew), lo + dl * (1.0 + self.cfg.max_slew))
+                let dl = t - lt;
+                let give = (dl as f64 * self.cfg.max_slew) as i64;
+                target.clamp(lo + dl - give, lo + dl + give)
             }
             Some((_, lo)) => lo, // local clock went back: hold
             None => target,
@@ -296,7 +360,7 @@ mod tests {
             }
             let now = d.now(t);
             assert!(now > last, "time went backwards at {t}: {now} after {last}");
-            let rate = (now - last) / (S / 8) as f64;
+            let rate = (now - last) as f64 / (S / 8) as f64;
             assert!((rate - 1.0).abs() <= 500e-6 + 1e-9, "slew limited: rate {rate}");
             last = now;
         }
@@ -305,14 +369,110 @@ mod tests {
         assert_eq!(q.state, ClockState::Locked, "{q:?}");
         // 5 ms at 500 ppm takes 10 s: after 30 s the output has caught up.
         let target = t as f64 - q.offset_ns;
-        assert!((last - target).abs() < 5_000.0, "{last} vs {target}");
+        assert!((last as f64 - target).abs() < 5_000.0, "{last} vs {target}");
     }
 
     #[test]
     fn freerun_time_is_the_local_clock() {
         let mut d = Discipline::new(ServoConfig::default());
-        assert_eq!(d.now(5 * S), (5 * S) as f64);
-        assert_eq!(d.now(6 * S), (6 * S) as f64);
-        assert_eq!(d.now(5 * S), (6 * S) as f64, "a local clock going back holds the output");
+        assert_eq!(d.now(5 * S), 5 * S);
+        assert_eq!(d.now(6 * S), 6 * S);
+        assert_eq!(d.now(5 * S), 6 * S, "a local clock going back holds the output");
+    }
+
+    /// Convergence on synthetic offset series: noise, frequency errors in
+    /// ppm, a step. Prints time to lock and the residual error of
+    /// disciplined time once locked (docs/time.md quotes these).
+    #[test]
+    fn convergence_on_synthetic_series() {
+        struct Case {
+            name: &'static str,
+            offset_ns: f64,
+            ppm: f64,
+            noise_ns: f64,
+            step_ns: f64,
+            /// Every 25th measurement 200 µs late (a queued packet).
+            spikes: bool,
+        }
+        let cases = [
+            Case { name: "quiet, 1 ppm", offset_ns: 10_000.0, ppm: 1.0, noise_ns: 100.0, step_ns: 0.0, spikes: false },
+            Case {
+                name: "sw timestamps, 20 ppm",
+                offset_ns: 50_000.0,
+                ppm: 20.0,
+                noise_ns: 1_500.0,
+                step_ns: 0.0,
+                spikes: false,
+            },
+            Case {
+                name: "noisy, -80 ppm",
+                offset_ns: -200_000.0,
+                ppm: -80.0,
+                noise_ns: 5_000.0,
+                step_ns: 0.0,
+                spikes: false,
+            },
+            Case {
+                name: "step of 1 ms at 60 s",
+                offset_ns: 0.0,
+                ppm: 5.0,
+                noise_ns: 1_500.0,
+                step_ns: 1_000_000.0,
+                spikes: false,
+            },
+            Case {
+                name: "4% late packets",
+                offset_ns: 20_000.0,
+                ppm: 10.0,
+                noise_ns: 1_000.0,
+                step_ns: 0.0,
+                spikes: true,
+            },
+        ];
+        eprintln!(
+            "{:<24} {:>10} {:>14} {:>14} {:>12} {:>6} {:>8}",
+            "series", "lock s", "rms error ns", "max error ns", "freq err ppb", "steps", "outliers"
+        );
+        for (k, c) in cases.iter().enumerate() {
+            let mut d = Discipline::new(ServoConfig::default());
+            let mut n = Noise(100 + k as u64);
+            let truth = |t: i64| {
+                let step = if t >= 60 * S { c.step_ns } else { 0.0 };
+                c.offset_ns + c.ppm * 1e-6 * t as f64 + step
+            };
+            let (mut lock_at, mut sq, mut count, mut max) = (None, 0.0, 0u32, 0.0f64);
+            let mut t = 0;
+            let mut i = 0;
+            while t <= 120 * S {
+                i += 1;
+                let late = if c.spikes && i % 25 == 0 { 200_000.0 } else { 0.0 };
+                d.measure(t, truth(t) + n.next(c.noise_ns * 3f64.sqrt()) + late, GM);
+                let q = d.quality(t);
+                if q.state == ClockState::Locked && lock_at.is_none() {
+                    lock_at = Some(t);
+                }
+                // Residual of the estimate once locked, outside the 10 s after a step.
+                if lock_at.is_some() && !(c.step_ns != 0.0 && (60 * S..70 * S).contains(&t)) {
+                    let e = q.offset_ns - truth(t);
+                    sq += e * e;
+                    count += 1;
+                    max = max.max(e.abs());
+                }
+                t += S / 8;
+            }
+            let lock_s = lock_at.map_or(f64::NAN, |t| t as f64 * 1e-9);
+            let rms = (sq / f64::from(count.max(1))).sqrt();
+            let freq_err = (d.quality(t).frequency - c.ppm * 1e-6) * 1e9;
+            let t = t - S / 8;
+            let q = d.quality(t);
+            eprintln!(
+                "{:<24} {lock_s:>10.2} {rms:>14.0} {max:>14.0} {freq_err:>12.1} {:>6} {:>8}",
+                c.name, q.steps, q.outliers
+            );
+            assert_eq!(q.steps, u32::from(c.step_ns != 0.0), "{}: steps taken over", c.name);
+            assert!(lock_s < 10.0, "{}: locked after {lock_s} s", c.name);
+            assert!(rms < c.noise_ns, "{}: residual {rms} ns not below the measurement noise", c.name);
+            assert!(freq_err.abs() < 200.0, "{}: frequency off by {freq_err} ppb", c.name);
+        }
     }
 }
