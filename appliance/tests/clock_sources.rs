@@ -133,3 +133,29 @@ fn the_pipeline_exports_clock_quality() {
     assert_eq!(states.iter().filter(|l| l.ends_with(" 1")).count(), 1, "{metrics}");
     assert!(metrics.contains("lockstep_clock_fallback{channel=\"ch\"} 0"), "{metrics}");
 }
+
+#[test]
+fn a_missing_phc_or_an_interface_without_one_is_named() {
+    for (cfg, expect) in [
+        (ClockConfig { phc: Some("/dev/ptp99".into()), ..ClockConfig::default() }, "/dev/ptp99"),
+        (
+            ClockConfig { interface: Some("lo".into()), ..ClockConfig::default() },
+            "interface lo has no PTP hardware clock",
+        ),
+        (ClockConfig { interface: Some("lockstep-none0".into()), ..ClockConfig::default() }, "lockstep-none0"),
+    ] {
+        let cfg = ClockConfig {
+            source: ClockSource::Phc,
+            poll_interval_ms: 20,
+            holdover_after_ms: 100,
+            lock_wait_s: 0.2,
+            ..cfg
+        };
+        let clock = Clock::open(&cfg).unwrap();
+        let q = clock.quality();
+        assert!(q.fallback && q.state == ClockState::Freerun, "{q:?}");
+        let e = q.last_error.unwrap_or_default();
+        assert!(e.contains(expect), "error names {expect}: {e}");
+        assert!(q.source.contains("PHC"), "{}", q.source);
+    }
+}
