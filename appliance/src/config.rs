@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::timeline::Rate;
 
@@ -51,7 +51,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// Whole appliance configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Identity of this unit.
@@ -80,10 +80,92 @@ pub struct Config {
     /// Buffering between pipeline stages.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// Membership in a swarm of appliances.
+    #[serde(default)]
+    pub swarm: SwarmConfig,
+}
+
+/// Swarm membership and state exchange (docs/swarm.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmConfig {
+    /// Join a swarm.
+    pub enabled: bool,
+    /// UDP address the swarm traffic uses.
+    pub bind: SocketAddr,
+    /// Address peers reach this node at, if not `bind` (NAT, 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    /// Nodes to announce to at start (any members; others are learnt).
+    pub seeds: Vec<SocketAddr>,
+    /// File with the fleet key: 64 hex digits, mode 600.
+    pub fleet_key_file: Option<PathBuf>,
+    /// How often each node sends its Encoding State Packet, ms.
+    pub state_interval_ms: u32,
+    /// SWIM probe period, ms.
+    pub probe_period_ms: u32,
+    /// A suspected member is declared down after this long, ms.
+    pub suspect_after_ms: u32,
+    /// Expected swarm size (sizes gossip fan-out).
+    pub expected_nodes: u32,
+    /// Preferred neighbours kept per node (3–7).
+    pub neighbours: u32,
+    /// Where the node writes its view of the swarm (JSON), if anywhere.
+    pub status_file: Option<PathBuf>,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: SocketAddr::from(([0, 0, 0, 0], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            fleet_key_file: None,
+            state_interval_ms: 500,
+            probe_period_ms: 500,
+            suspect_after_ms: 1_500,
+            expected_nodes: 16,
+            neighbours: 5,
+            status_file: None,
+        }
+    }
+}
+
+impl SwarmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.fleet_key_file.is_none() {
+            return Err(invalid(
+                "swarm.fleet_key_file",
+                "required when swarm.enabled = true (swarm traffic is always authenticated)",
+            ));
+        }
+        if self.advertise.is_none() && self.bind.ip().is_unspecified() {
+            return Err(invalid("swarm.advertise", "required when swarm.bind is a wildcard address"));
+        }
+        if !(50..=10_000).contains(&self.state_interval_ms) {
+            return Err(invalid("swarm.state_interval_ms", "must be between 50 and 10000"));
+        }
+        if !(100..=10_000).contains(&self.probe_period_ms) {
+            return Err(invalid("swarm.probe_period_ms", "must be between 100 and 10000"));
+        }
+        if self.suspect_after_ms < self.probe_period_ms {
+            return Err(invalid("swarm.suspect_after_ms", "must be at least swarm.probe_period_ms"));
+        }
+        if !(2..=1000).contains(&self.expected_nodes) {
+            return Err(invalid("swarm.expected_nodes", "must be between 2 and 1000"));
+        }
+        if !(3..=7).contains(&self.neighbours) {
+            return Err(invalid("swarm.neighbours", "must be between 3 and 7"));
+        }
+        Ok(())
+    }
 }
 
 /// Identity of this unit.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplianceConfig {
     /// Unit name, unique in a fleet.
@@ -97,7 +179,7 @@ impl Default for ApplianceConfig {
 }
 
 /// Media clock source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockSource {
     /// The system clock (NTP/chrony-disciplined) plus the TAI offset.
@@ -111,7 +193,7 @@ pub enum ClockSource {
 }
 
 /// Media clock settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClockConfig {
     /// Where media time comes from.
@@ -166,7 +248,7 @@ impl Default for ClockConfig {
 }
 
 /// Errors injected into the media clock on purpose.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClockFaultConfig {
     /// Constant offset added to media time, ns.
@@ -223,7 +305,7 @@ impl ClockConfig {
 }
 
 /// Channel settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Channel id: names the output directory; `[a-z0-9_-]`.
@@ -238,7 +320,7 @@ fn default_segment_seconds() -> f64 {
 }
 
 /// Kinds of source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// The built-in deterministic test pattern and tone generator.
@@ -248,7 +330,7 @@ pub enum SourceKind {
 }
 
 /// Pacing of a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pacing {
     /// One frame per frame period of the media clock (live).
@@ -258,7 +340,7 @@ pub enum Pacing {
 }
 
 /// Source settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Which source.
@@ -301,7 +383,7 @@ fn default_pacing() -> Pacing {
 }
 
 /// Audio settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AudioConfig {
     /// Encode an audio track (when the source has audio).
@@ -322,7 +404,7 @@ impl Default for AudioConfig {
 }
 
 /// Encoder backend choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     /// The best available at run time (hardware when present).
@@ -334,7 +416,7 @@ pub enum Backend {
 }
 
 /// Encoder settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncoderConfig {
     /// Backend; `auto` picks the best available at run time.
@@ -348,7 +430,7 @@ impl Default for EncoderConfig {
 }
 
 /// One rung of the ABR ladder.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenditionConfig {
     /// Name; becomes the directory ("720p").
@@ -363,7 +445,7 @@ pub struct RenditionConfig {
 }
 
 /// Playlist window mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputMode {
     /// Live sliding window; old segments deleted.
@@ -373,7 +455,7 @@ pub enum OutputMode {
 }
 
 /// Output settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Root of the segment store.
@@ -394,7 +476,7 @@ fn default_window() -> u32 {
 }
 
 /// Built-in HTTP origin.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
     /// Listen address ("127.0.0.1:8080"); absent = no origin.
@@ -402,7 +484,7 @@ pub struct OriginConfig {
 }
 
 /// Buffering between stages.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Frame buffers in the capture pool.
@@ -459,6 +541,7 @@ impl Config {
     /// Checks every value; called by the loaders.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.clock.validate()?;
+        self.swarm.validate()?;
         if self.appliance.id.is_empty() || self.appliance.id.len() > 64 {
             return Err(invalid("appliance.id", "must be 1 to 64 characters"));
         }

@@ -32,15 +32,22 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Run the demo: built-in test source, light ladder, HTTP origin.
+    /// Run the demo: a local swarm of appliances on the built-in test
+    /// source (light ladder), each with its HTTP origin.
     Demo {
-        /// Output directory.
+        /// Output directory (node k writes under node-k/ when --nodes > 1).
         #[arg(long, default_value = "lockstep-demo")]
         out: PathBuf,
+        /// Appliance processes (1 runs a single appliance in this process).
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Swarm UDP port of node 1 (node k uses the k-1 next ports).
+        #[arg(long, default_value_t = 7946)]
+        swarm_port: u16,
         /// Encode this file instead of the built-in source.
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Origin listen address.
+        /// Origin listen address (node k listens on the k-1 next ports).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// Do not start the HTTP origin.
@@ -80,6 +87,14 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
         /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the outputs of the nodes of a demo swarm (hashes, alignment, gaps).
+    Verify {
+        /// The demo's output directory (holding node-1/, node-2/, ...).
+        dir: PathBuf,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -164,7 +179,8 @@ fn taps() -> pipeline::Taps {
     if let Err(e) = spawned {
         tracing::warn!("analysis log not started: {e}");
     }
-    pipeline::Taps { analysis: Some(tx), metrics: Default::default() }
+    let (segments, _) = tokio::sync::broadcast::channel(256);
+    pipeline::Taps { analysis: Some(tx), segments: Some(segments), ..Default::default() }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -175,9 +191,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(listen) => Some(origin::start(listen, config.output.dir.clone())?),
                 None => None,
             };
-            report(pipeline::run(&config, &limits(&l)?, &taps())?)
+            let taps = taps();
+            let _swarm = lockstep::swarm::join(&config, &taps)?;
+            report(pipeline::run(&config, &limits(&l)?, &taps)?)
         }
-        Command::Demo { out, input, listen, no_origin, fast, limits: l } => {
+        Command::Demo { out, nodes, swarm_port, input, listen, no_origin, fast, limits: l } if nodes != 1 => {
+            let listen = listen
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--listen `{listen}` is not an address like 127.0.0.1:8080"))?;
+            let l = limits(&l)?;
+            let d = lockstep::demo::SwarmDemo {
+                out,
+                input,
+                listen,
+                swarm_port,
+                nodes,
+                no_origin,
+                fast,
+                duration: l.duration_s,
+                frames: l.frames,
+            };
+            let stop = l.stop.unwrap_or_default();
+            Ok(if lockstep::demo::run(&d, &stop)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Demo { out, input, listen, no_origin, fast, limits: l, .. } => {
             let mut config = Config::embedded_demo();
             config.output.dir = out;
             if let Some(path) = input {
@@ -230,6 +267,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Config::embedded_default(),
             };
             watch_clock(&config, seconds, interval_ms, json)
+        }
+        Command::Verify { dir, json } => {
+            let report = lockstep::demo::verify(&dir)?;
+            let conflicts: usize = report.values().map(|r| r.conflicts.len()).sum();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for (track, r) in &report {
+                    let nodes: Vec<String> =
+                        r.nodes.iter().map(|(n, (a, b, c))| format!("{n} {c} segs {a}..{b}")).collect();
+                    println!(
+                        "{track}: {} | shared {} | conflicts {:?} | gaps {:?}",
+                        nodes.join(", "),
+                        r.shared,
+                        r.conflicts,
+                        r.gaps
+                    );
+                }
+                println!("{} conflicting indices", conflicts);
+            }
+            Ok(if conflicts == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;

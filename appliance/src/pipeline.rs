@@ -72,6 +72,46 @@ pub struct Taps {
     pub analysis: Option<tokio::sync::broadcast::Sender<Arc<SegmentReport>>>,
     /// Analysis counters.
     pub metrics: Arc<AnalysisMetrics>,
+    /// Every segment as it is published (the swarm gossips the hashes).
+    pub segments: Option<tokio::sync::broadcast::Sender<Arc<PublishedSegment>>>,
+    /// Live status of the channel.
+    pub status: Arc<ChannelStatus>,
+}
+
+/// A segment the packager published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedSegment {
+    /// Track name (rendition or `audio`).
+    pub track: String,
+    /// Segment index.
+    pub index: i64,
+    /// SHA-256 of the file.
+    pub sha256: [u8; 32],
+    /// SHA-256 of the input it was made from.
+    pub input_sha256: [u8; 32],
+}
+
+/// Live status of a running channel, for the swarm and the admin API.
+#[derive(Debug, Default)]
+pub struct ChannelStatus {
+    /// Frame number last captured.
+    pub frame: std::sync::atomic::AtomicI64,
+    /// Segment writes that failed.
+    pub write_errors: std::sync::atomic::AtomicU64,
+    /// From capture of a video segment's last frame to its publication, µs.
+    pub encode_latency_us: std::sync::atomic::AtomicU64,
+    /// Media clock quality, refreshed every segment.
+    pub clock: std::sync::Mutex<Option<crate::clock::ClockQuality>>,
+}
+
+fn hash32(hex_text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(b) = hex::decode(hex_text)
+        && b.len() == 32
+    {
+        out.copy_from_slice(&b);
+    }
+    out
 }
 
 /// What the packager thread receives.
@@ -321,6 +361,8 @@ pub fn run_with_device(
     let metrics = Arc::clone(&taps.metrics);
     let channel_id = config.channel.id.clone();
     let clock_for_metrics = Arc::clone(&clock);
+    let (status, segment_bus) = (Arc::clone(&taps.status), taps.segments.clone());
+    let rate_for_latency = rate;
 
     let packager_thread = thread::Builder::new()
         .name("package".into())
@@ -331,6 +373,7 @@ pub fn run_with_device(
                     ToPackager::Segment(seg) => {
                         if let Err(e) = packager.add(seg) {
                             tracing::error!("{e}; continuing, files already written are intact");
+                            status.write_errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     ToPackager::Analysis(index, analysis) => {
@@ -340,10 +383,27 @@ pub fn run_with_device(
                         let mut text = String::new();
                         metrics.render(&channel_id, &mut text);
                         packager.stats().render(&channel_id, &mut text);
-                        clock_for_metrics.quality().render(&channel_id, &mut text);
+                        let quality = clock_for_metrics.quality();
+                        quality.render(&channel_id, &mut text);
+                        *status.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(quality);
                         if let Err(e) = packager.write_file(&metrics_path, text.as_bytes()) {
                             tracing::warn!("metrics: {e}");
                         }
+                    }
+                }
+                for (track, entry) in packager.take_published() {
+                    if track != "audio" {
+                        let end = rate_for_latency.frame_time_ns(entry.first_unit + i64::from(entry.samples));
+                        let latency = (clock_for_metrics.now_tai_ns() - end).max(0) / 1_000;
+                        status.encode_latency_us.store(u64::try_from(latency).unwrap_or(0), Ordering::Relaxed);
+                    }
+                    if let Some(bus) = &segment_bus {
+                        let _ = bus.send(Arc::new(PublishedSegment {
+                            track,
+                            index: entry.index,
+                            sha256: hash32(&entry.sha256),
+                            input_sha256: hash32(&entry.input_sha256),
+                        }));
                     }
                 }
             }
@@ -480,6 +540,7 @@ pub fn run_with_device(
         }
         let audio_len = if format.audio_channels > 0 { samples * usize::from(format.audio_channels) } else { 0 };
         let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: clock.now_tai_ns() });
+        taps.status.frame.store(n, Ordering::Relaxed);
         if cap_tx.send(frame).is_err() {
             break; // a downstream stage stopped; its error is reported below
         }

@@ -191,6 +191,8 @@ pub struct Packager {
     /// Content analysis of recent segments, by index.
     analyses: std::collections::BTreeMap<i64, serde_json::Value>,
     late_analyses: u64,
+    /// Manifest entries written since the last [`Packager::take_published`].
+    published: Vec<(String, ManifestEntry)>,
 }
 
 /// Segments of content analysis kept for segments still to come.
@@ -232,6 +234,7 @@ impl Packager {
             last_error: None,
             analyses: std::collections::BTreeMap::new(),
             late_analyses: 0,
+            published: Vec::new(),
         })
     }
 
@@ -306,6 +309,12 @@ impl Packager {
         self.append_manifest(ti, &entry)
     }
 
+    /// Segments published (manifest entry written) since the last call,
+    /// with their track names.
+    pub fn take_published(&mut self) -> Vec<(String, ManifestEntry)> {
+        std::mem::take(&mut self.published)
+    }
+
     fn append_manifest(&mut self, ti: usize, entry: &ManifestEntry) -> Result<(), StoreError> {
         let cfg = &self.config;
         let t = &mut self.tracks[ti];
@@ -314,6 +323,7 @@ impl Packager {
         let manifest = t.dir.join("manifest.jsonl");
         self.store.append(&manifest, line.as_bytes())?;
         t.manifest_lines += 1;
+        self.published.push((t.spec.name.clone(), entry.clone()));
         if cfg.archive {
             return Ok(());
         }

@@ -49,7 +49,7 @@ pub fn run_config(dir: &Path, text: &str, extra: &[&str]) -> Output {
 /// Runs `lockstep demo` on a file, as fast as possible, without an origin.
 pub fn demo_on(input: &Path, out: &Path) -> Output {
     let o = lockstep()
-        .args(["demo", "--no-origin", "--fast", "--input"])
+        .args(["demo", "--nodes", "1", "--no-origin", "--fast", "--input"])
         .arg(input)
         .arg("--out")
         .arg(out)

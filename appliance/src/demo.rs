@@ -1,0 +1,235 @@
+//! `lockstep demo --nodes N`: a local swarm of N appliance processes on
+//! loopback, each with its own origin and output directory, sharing a
+//! fleet key made for the run; and `lockstep verify DIR`, which compares
+//! what the nodes wrote.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{Config, Pacing, SourceKind};
+use crate::package::read_manifest;
+use crate::swarm::wire::FleetKey;
+
+/// How to run the demo swarm.
+#[derive(Debug, Clone)]
+pub struct SwarmDemo {
+    /// Output root: node k writes under `out/node-k/`.
+    pub out: PathBuf,
+    /// A file instead of the built-in source.
+    pub input: Option<PathBuf>,
+    /// Origin of node 1; node k listens on the next ports.
+    pub listen: SocketAddr,
+    /// Swarm UDP port of node 1; node k uses the next ports.
+    pub swarm_port: u16,
+    /// Nodes.
+    pub nodes: u32,
+    /// No origins.
+    pub no_origin: bool,
+    /// As fast as possible.
+    pub fast: bool,
+    /// `--duration` for every node.
+    pub duration: Option<f64>,
+    /// `--frames` for every node.
+    pub frames: Option<u64>,
+}
+
+/// The configuration of node `k` (1-based).
+pub fn node_config(d: &SwarmDemo, k: u32, root: &Path) -> anyhow::Result<Config> {
+    let mut c = Config::embedded_demo();
+    let port = |base: u16, k: u32| base.checked_add(u16::try_from(k - 1).unwrap_or(u16::MAX));
+    c.appliance.id = format!("node-{k}");
+    c.output.dir = root.join(format!("node-{k}"));
+    if let Some(path) = &d.input {
+        c.source.kind = SourceKind::File;
+        c.source.path = Some(std::fs::canonicalize(path).with_context(|| format!("input {}", path.display()))?);
+    }
+    if d.fast {
+        c.source.pacing = Pacing::Fast;
+    }
+    c.origin.listen = if d.no_origin {
+        None
+    } else {
+        let p = port(d.listen.port(), k).context("origin port out of range")?;
+        Some(SocketAddr::new(d.listen.ip(), p).to_string())
+    };
+    let swarm_addr = |k: u32| port(d.swarm_port, k).map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    c.swarm.enabled = true;
+    c.swarm.bind = swarm_addr(k).context("swarm port out of range")?;
+    c.swarm.seeds = (1..=d.nodes).filter(|&j| j != k).filter_map(swarm_addr).collect();
+    c.swarm.fleet_key_file = Some(root.join("fleet.key"));
+    c.swarm.status_file = Some(c.output.dir.join("swarm.json"));
+    c.swarm.expected_nodes = d.nodes.max(2);
+    c.validate()?;
+    Ok(c)
+}
+
+/// Runs the demo swarm until every node stops or `stop` is set.
+pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
+    anyhow::ensure!((2..=16).contains(&d.nodes), "--nodes must be between 1 and 16");
+    std::fs::create_dir_all(&d.out).with_context(|| format!("output {}", d.out.display()))?;
+    let root = std::fs::canonicalize(&d.out)?;
+    let key_path = root.join("fleet.key");
+    write_private(&key_path, &FleetKey::generate().to_hex())?;
+    let exe = std::env::current_exe().context("cannot find the lockstep binary")?;
+    let mut children: Vec<(u32, Child)> = Vec::new();
+    for k in 1..=d.nodes {
+        let config = node_config(d, k, &root)?;
+        std::fs::create_dir_all(&config.output.dir)?;
+        let path = config.output.dir.join("lockstep.toml");
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["run", "--config"]).arg(&path);
+        if let Some(s) = d.duration {
+            cmd.arg("--duration").arg(s.to_string());
+        }
+        if let Some(f) = d.frames {
+            cmd.arg("--frames").arg(f.to_string());
+        }
+        let child = cmd.spawn().with_context(|| format!("starting node {k}"))?;
+        let origin = match &config.origin.listen {
+            Some(l) => format!("http://{l}/{}/master.m3u8", config.channel.id),
+            None => "none".into(),
+        };
+        eprintln!(
+            "lockstep demo: node-{k} pid {} origin {origin} swarm {} output {}",
+            child.id(),
+            config.swarm.bind,
+            config.output.dir.display()
+        );
+        children.push((k, child));
+    }
+    eprintln!(
+        "lockstep demo: {} nodes; Ctrl-C stops them; `lockstep verify {}` compares their output",
+        d.nodes,
+        root.display()
+    );
+    let mut ok = true;
+    let mut signalled = false;
+    while !children.is_empty() {
+        if stop.load(Ordering::Relaxed) && !signalled {
+            for (_, c) in &children {
+                if let Ok(pid) = i32::try_from(c.id()) {
+                    // SAFETY: plain kill(2) on a child this process started and has not reaped.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+            signalled = true;
+        }
+        let mut still = Vec::new();
+        for (k, mut c) in children {
+            match c.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("lockstep demo: node-{k} exited with {status}");
+                        ok = false;
+                    }
+                }
+                Ok(None) => still.push((k, c)),
+                Err(e) => {
+                    eprintln!("lockstep demo: node-{k}: {e}");
+                    ok = false;
+                }
+            }
+        }
+        children = still;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(ok)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("fleet key {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// What `lockstep verify` found for one track.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TrackReport {
+    /// Node → (first index, last index, segments).
+    pub nodes: BTreeMap<String, (i64, i64, usize)>,
+    /// Indices published by more than one node.
+    pub shared: usize,
+    /// Of those, indices whose bytes differ between nodes.
+    pub conflicts: Vec<i64>,
+    /// Node → indices missing inside its own range.
+    pub gaps: BTreeMap<String, Vec<i64>>,
+}
+
+/// Compares the manifests of every node under `dir` (`node-*/<channel>/<track>/manifest.jsonl`).
+pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
+    let mut by_track: BTreeMap<String, BTreeMap<String, BTreeMap<i64, String>>> = BTreeMap::new();
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    nodes.sort();
+    for node in nodes {
+        let name = node.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for channel in std::fs::read_dir(&node)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()) {
+            for track in std::fs::read_dir(&channel)?.filter_map(Result::ok).map(|e| e.path()) {
+                let manifest = track.join("manifest.jsonl");
+                if !manifest.exists() {
+                    continue;
+                }
+                let key = format!(
+                    "{}/{}",
+                    channel.file_name().unwrap_or_default().to_string_lossy(),
+                    track.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let entries = read_manifest(&manifest).with_context(|| format!("{}", manifest.display()))?;
+                let hashes = entries.into_iter().map(|e| (e.index, e.sha256)).collect();
+                by_track.entry(key).or_default().insert(name.clone(), hashes);
+            }
+        }
+    }
+    anyhow::ensure!(
+        !by_track.is_empty(),
+        "no node output under {} (want node-*/<channel>/<track>/manifest.jsonl)",
+        dir.display()
+    );
+    let mut out = BTreeMap::new();
+    for (track, per_node) in by_track {
+        let mut r = TrackReport::default();
+        let mut all: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
+        for (node, hashes) in &per_node {
+            let (first, last) =
+                (hashes.keys().next().copied().unwrap_or(0), hashes.keys().last().copied().unwrap_or(0));
+            r.nodes.insert(node.clone(), (first, last, hashes.len()));
+            let gaps: Vec<i64> = (first..=last).filter(|i| !hashes.contains_key(i)).collect();
+            if !gaps.is_empty() {
+                r.gaps.insert(node.clone(), gaps);
+            }
+            for (i, h) in hashes {
+                all.entry(*i).or_default().push(h);
+            }
+        }
+        for (i, hs) in all {
+            if hs.len() > 1 {
+                r.shared += 1;
+                if hs.iter().any(|h| *h != hs[0]) {
+                    r.conflicts.push(i);
+                }
+            }
+        }
+        out.insert(track, r);
+    }
+    Ok(out)
+}

@@ -1,0 +1,258 @@
+//! Encoding State Packets: what each node tells the swarm about itself,
+//! twice a second, and the confidence score it computes from it.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Hashes of one segment index as this node produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentHashes {
+    /// Segment index on the shared timeline.
+    pub index: i64,
+    /// SHA-256 of the input frames (video) of that segment.
+    pub input: [u8; 32],
+    /// (track name, SHA-256 of the segment file), every track published.
+    pub tracks: Vec<(String, [u8; 32])>,
+}
+
+/// Resource use of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Load {
+    /// Machine CPU busy, 0–1, since the last packet.
+    pub cpu: f32,
+    /// This process's CPU share of the machine, 0–1 (the encoders).
+    pub process_cpu: f32,
+    /// Memory in use, 0–1 of total.
+    pub memory: f32,
+}
+
+/// The media clock as the node reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockSummary {
+    /// `freerun`, `locking`, `locked`, `holdover`.
+    pub state: String,
+    /// Estimated error, ns (`None`: unknown).
+    pub error_ns: Option<f64>,
+}
+
+/// One node's Encoding State Packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncodingState {
+    /// Appliance id (`appliance.id`).
+    pub node: String,
+    /// Boot id of the sending process.
+    pub boot: u64,
+    /// Swarm address.
+    pub addr: SocketAddr,
+    /// Origin base URL, if it serves one.
+    pub origin: Option<String>,
+    /// Channel encoded.
+    pub channel: String,
+    /// Media time when sent, TAI ns (gives one-way latency on a shared clock).
+    pub sent_tai_ns: i64,
+    /// Current frame number.
+    pub frame: i64,
+    /// Timecode of the last analysed segment.
+    pub timecode: String,
+    /// Complexity of the last analysed segment, 0–1.
+    pub complexity: f32,
+    /// Recent segments, oldest first.
+    pub segments: Vec<SegmentHashes>,
+    /// Capture of a segment's last frame to its publication, ms.
+    pub encode_latency_ms: f32,
+    /// Mean one-way latency to this node's neighbours, ms.
+    pub neighbour_latency_ms: f32,
+    /// Mean jitter of that latency, ms.
+    pub neighbour_jitter_ms: f32,
+    /// Resource use.
+    pub load: Load,
+    /// Media clock.
+    pub clock: ClockSummary,
+    /// Errors in the last minute (segment writes, capture).
+    pub recent_errors: u32,
+    /// Seconds since the process started.
+    pub uptime_s: u64,
+    /// The node hears no peer although it has been in a swarm.
+    pub isolated: bool,
+    /// Self-assessed stability, 0–1 ([`confidence`]).
+    pub confidence: f32,
+    /// The node's encoder weight, 0–1, as it updates it each round
+    /// (`election::update_weight`).
+    pub weight: f32,
+    /// The leader of its group as this node computes it.
+    pub leader: Option<String>,
+}
+
+/// What the confidence score is made of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfidenceInputs<'a> {
+    /// Clock state name.
+    pub clock_state: &'a str,
+    /// Clock error estimate, ns.
+    pub clock_error_ns: Option<f64>,
+    /// One frame, ns.
+    pub frame_ns: f64,
+    /// Machine CPU busy, 0–1.
+    pub cpu: f32,
+    /// Errors in the last minute.
+    pub recent_errors: u32,
+    /// Capture-to-publish latency, ms.
+    pub encode_latency_ms: f32,
+    /// Segment length, ms.
+    pub segment_ms: f32,
+    /// Isolated from the swarm.
+    pub isolated: bool,
+}
+
+/// Confidence score: the product of five factors, each 0–1, so any one
+/// weakness pulls the score down (docs/swarm.md):
+///
+/// - clock: locked 1; locking 0.7; free-running 0.6 (no PTP; same for all
+///   nodes of a lab swarm); holdover 0.9 falling linearly to 0.3 as the
+///   error estimate grows to a quarter frame;
+/// - CPU headroom: 1 up to 85 % busy, falling linearly to 0.5 at 100 %;
+/// - errors: 1 / (1 + errors in the last minute);
+/// - latency: 1 while a segment is published within one segment length
+///   of its end, else segment length / latency;
+/// - isolation: 0.5 when the node hears no peer.
+pub fn confidence(i: &ConfidenceInputs<'_>) -> f32 {
+    let quarter_frame = i.frame_ns / 4.0;
+    let clock = match i.clock_state {
+        "locked" => 1.0,
+        "locking" => 0.7,
+        "holdover" => {
+            let e = i.clock_error_ns.unwrap_or(quarter_frame).clamp(0.0, quarter_frame);
+            0.9 - 0.6 * (e / quarter_frame) as f32
+        }
+        _ => 0.6,
+    };
+    let cpu = if i.cpu <= 0.85 { 1.0 } else { 1.0 - 0.5 * ((i.cpu.min(1.0) - 0.85) / 0.15) };
+    let errors = 1.0 / (1.0 + i.recent_errors as f32);
+    let latency = if i.encode_latency_ms <= i.segment_ms || i.encode_latency_ms <= 0.0 {
+        1.0
+    } else {
+        i.segment_ms / i.encode_latency_ms
+    };
+    let isolation = if i.isolated { 0.5 } else { 1.0 };
+    (clock * cpu * errors * latency * isolation).clamp(0.0, 1.0)
+}
+
+/// Samples machine and process CPU and memory from /proc.
+#[derive(Debug, Default)]
+pub struct LoadSampler {
+    last_machine: Option<(u64, u64)>,
+    last_process: Option<(u64, std::time::Instant)>,
+}
+
+impl LoadSampler {
+    /// Load since the previous call (0 on the first).
+    pub fn sample(&mut self) -> Load {
+        let mut load = Load::default();
+        if let Some((busy, total)) = machine_ticks() {
+            if let Some((b0, t0)) = self.last_machine
+                && total > t0
+            {
+                load.cpu = (busy.saturating_sub(b0)) as f32 / (total - t0) as f32;
+            }
+            self.last_machine = Some((busy, total));
+        }
+        let now = std::time::Instant::now();
+        if let Some(ticks) = process_ticks() {
+            if let Some((p0, at)) = self.last_process {
+                let hz = 100.0; // USER_HZ on Linux
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f32;
+                let secs = now.duration_since(at).as_secs_f32().max(1e-3);
+                load.process_cpu = ((ticks.saturating_sub(p0)) as f32 / hz / secs / cores).min(1.0);
+            }
+            self.last_process = Some((ticks, now));
+        }
+        load.memory = memory_used().unwrap_or(0.0);
+        load
+    }
+}
+
+/// (busy, total) jiffies of all CPUs from /proc/stat.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// utime + stime of this process, jiffies.
+fn process_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = text.rsplit_once(')')?.1;
+    let v: Vec<&str> = rest.split_whitespace().collect();
+    Some(v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?)
+}
+
+fn memory_used() -> Option<f32> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse::<f64>().ok());
+    let (total, available) = (field("MemTotal:")?, field("MemAvailable:")?);
+    Some((1.0 - available / total.max(1.0)) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ConfidenceInputs<'static> {
+        ConfidenceInputs {
+            clock_state: "locked",
+            clock_error_ns: Some(500.0),
+            frame_ns: 40e6,
+            cpu: 0.5,
+            recent_errors: 0,
+            encode_latency_ms: 800.0,
+            segment_ms: 2000.0,
+            isolated: false,
+        }
+    }
+
+    #[test]
+    fn a_healthy_locked_node_is_fully_confident() {
+        assert_eq!(confidence(&inputs()), 1.0);
+    }
+
+    #[test]
+    fn each_weakness_lowers_the_score() {
+        let base = confidence(&inputs());
+        let cases = [
+            ConfidenceInputs { clock_state: "holdover", clock_error_ns: Some(5e6), ..inputs() },
+            ConfidenceInputs { clock_state: "locking", ..inputs() },
+            ConfidenceInputs { cpu: 0.97, ..inputs() },
+            ConfidenceInputs { recent_errors: 2, ..inputs() },
+            ConfidenceInputs { encode_latency_ms: 5000.0, ..inputs() },
+            ConfidenceInputs { isolated: true, ..inputs() },
+        ];
+        for c in cases {
+            let v = confidence(&c);
+            assert!(v < base && v > 0.0, "{c:?}: {v}");
+        }
+        let holdover =
+            |e: f64| confidence(&ConfidenceInputs { clock_state: "holdover", clock_error_ns: Some(e), ..inputs() });
+        assert!(holdover(1e6) > holdover(5e6) && holdover(5e6) > holdover(20e6), "falls with the error estimate");
+        assert!((holdover(20e6) - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn load_is_read_from_proc() {
+        let mut s = LoadSampler::default();
+        let _ = s.sample();
+        let mut x = 0u64;
+        for i in 0..3_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let l = s.sample();
+        assert!((0.0..=1.0).contains(&l.cpu) && (0.0..=1.0).contains(&l.process_cpu), "{l:?}");
+        assert!(l.memory > 0.0 && l.memory < 1.0, "{l:?}");
+    }
+}

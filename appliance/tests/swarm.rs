@@ -1,0 +1,246 @@
+//! The swarm with separate processes on loopback: a demo swarm whose
+//! nodes agree byte for byte and on their leader; a killed leader detected
+//! and replaced; forged, truncated, random, replayed and newer-version
+//! packets dropped and counted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use lockstep::swarm::wire::{FleetKey, Kind, Sealer};
+use lockstep::swarm::{Settings, Swarm};
+
+/// A free UDP/TCP port block start (ports `p..p+n` were free a moment ago).
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let p = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if p < 60_000
+            && (0..n).all(|i| {
+                UdpSocket::bind(("127.0.0.1", p + i)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()
+            })
+        {
+            return p;
+        }
+    }
+}
+
+fn view(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+#[test]
+fn a_demo_swarm_agrees_on_bytes_and_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let (web, swarm) = (free_ports(3), free_ports(3));
+    let run = common::lockstep()
+        .args(["demo", "--nodes", "3", "--duration", "7", "--listen"])
+        .arg(format!("127.0.0.1:{web}"))
+        .args(["--swarm-port", &swarm.to_string(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    for k in 1..=3 {
+        assert!(stderr.contains(&format!("node-{k} pid ")), "one line per node: {stderr}");
+    }
+    // Every index produced by more than one node is byte-identical.
+    let verify = common::lockstep().arg("verify").arg(&out).arg("--json").output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    for (track, r) in report.as_object().unwrap() {
+        assert!(r["shared"].as_u64().unwrap() >= 2, "{track}: {r}");
+        assert_eq!(r["conflicts"].as_array().unwrap().len(), 0, "{track}: {r}");
+        assert_eq!(r["nodes"].as_object().unwrap().len(), 3, "{track}: {r}");
+    }
+    // Each node saw the two others, healthy, through authenticated packets
+    // only, and all name the same leader.
+    let views: Vec<serde_json::Value> =
+        (1..=3).map(|k| view(&out.join(format!("node-{k}/swarm.json"))).expect("swarm.json")).collect();
+    for v in &views {
+        let peers = v["peers"].as_object().unwrap();
+        assert_eq!(peers.len(), 2, "{v}");
+        assert!(peers.values().all(|p| p["healthy"] == true), "{v}");
+        assert!(v["packets"]["accepted"].as_u64().unwrap() > 10, "{v}");
+        assert_eq!(v["packets"]["auth"], 0);
+        assert_eq!(v["isolated"], false);
+    }
+    let leaders: Vec<&serde_json::Value> = views.iter().map(|v| &v["leader"]).collect();
+    assert!(leaders[0].is_string() && leaders.iter().all(|l| *l == leaders[0]), "leaders {leaders:?}");
+}
+
+/// A light appliance process in the swarm.
+fn node(dir: &Path, k: u16, ports: (u16, u16), key: &Path) -> Child {
+    let seeds: Vec<String> = (0..3).filter(|&j| j != k).map(|j| format!("\"127.0.0.1:{}\"", ports.1 + j)).collect();
+    let out = dir.join(format!("n{k}"));
+    std::fs::create_dir_all(&out).unwrap();
+    let text = format!(
+        "[appliance]\nid = \"n{k}\"\n[channel]\nid = \"ch\"\n[source]\nkind = \"test\"\nwidth = 160\nheight = 90\nfps = \"25\"\n\
+         [audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
+         [output]\ndir = \"{}\"\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
+         [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\nstatus_file = \"{}\"\n",
+        out.display(),
+        ports.0 + k,
+        ports.1 + k,
+        seeds.join(", "),
+        key.display(),
+        out.join("swarm.json").display()
+    );
+    let config = out.join("lockstep.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(out.join("stderr.log")).unwrap();
+    // A bounded run, in case the test dies before it kills the node.
+    common::lockstep().args(["run", "--duration", "60", "--config"]).arg(&config).stderr(log).spawn().unwrap()
+}
+
+/// Nodes killed (SIGKILL) and reaped when the test ends, even by a panic.
+struct Nodes(Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_killed_leader_is_detected_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    let ports = (free_ports(3), free_ports(3));
+    let mut nodes = Nodes((0..3).map(|k| node(dir.path(), k, ports, &key)).collect());
+    let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
+    // Wait for all three to see each other and agree on a leader.
+    let started = Instant::now();
+    let leader = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no agreement: {:?}",
+            (0..3).map(status).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let views: Vec<serde_json::Value> = (0..3).filter_map(status).collect();
+        if views.len() == 3
+            && views.iter().all(|v| {
+                v["peers"].as_object().is_some_and(|p| p.len() == 2 && p.values().all(|x| x["healthy"] == true))
+            })
+            && views.iter().all(|v| v["leader"].is_string() && v["leader"] == views[0]["leader"])
+        {
+            break views[0]["leader"].as_str().unwrap().to_string();
+        }
+    };
+    eprintln!("swarm formed in {:.1} s; leader {leader}", started.elapsed().as_secs_f64());
+    let victim: usize = leader.trim_start_matches('n').parse().unwrap();
+    nodes.0[victim].kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    let (mut detected, mut reelected) = (None, None);
+    while detected.is_none() || reelected.is_none() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "not detected/re-elected: {:?}",
+            (0..3).map(status).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let others: Vec<serde_json::Value> = (0..3).filter(|&k| k != victim).filter_map(status).collect();
+        if detected.is_none() && others.iter().all(|v| v["peers"][&leader]["healthy"] != true) {
+            detected = Some(killed.elapsed());
+        }
+        if reelected.is_none()
+            && others.iter().all(|v| {
+                v["leader"].is_string() && v["leader"] != leader.as_str() && v["leader"] == others[0]["leader"]
+            })
+        {
+            reelected = Some(killed.elapsed());
+        }
+    }
+    let (d, r) = (detected.unwrap(), reelected.unwrap());
+    eprintln!(
+        "kill -9 of the leader: unhealthy everywhere after {:.2} s, new leader agreed after {:.2} s",
+        d.as_secs_f64(),
+        r.as_secs_f64()
+    );
+    assert!(d < Duration::from_secs(5) && r < Duration::from_secs(5));
+}
+
+#[test]
+fn bad_packets_are_dropped_and_counted() {
+    let key = FleetKey::generate();
+    let port = free_ports(1);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let swarm = Swarm::start(Settings {
+        node: "target".into(),
+        bind: addr,
+        advertise: addr,
+        seeds: Vec::new(),
+        key: key.clone(),
+        state_interval: Duration::from_millis(100),
+        probe_period: Duration::from_millis(300),
+        suspect_after: Duration::from_millis(900),
+        expected_nodes: 3,
+        neighbours: 3,
+        channel: "ch".into(),
+        origin: None,
+        frame_ns: 40e6,
+        segment_ms: 2000.0,
+        status_file: None,
+    })
+    .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now_ms = || lockstep::clock::realtime_ns() / 1_000_000;
+    let ours = Sealer::new(&key);
+    let forger = Sealer::new(&FleetKey::generate());
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |n: usize| {
+        (0..n)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let valid = ours.seal(Kind::Membership, b"not a SWIM message", now_ms());
+    let sends: Vec<Vec<u8>> = vec![
+        random(200),
+        random(3),
+        valid[..40].to_vec(),
+        forger.seal(Kind::State, b"forged", now_ms()),
+        ours.seal_with(9, Kind::State, 1_000, b"from the future", now_ms()),
+        ours.seal(Kind::State, b"sent long ago", now_ms() - 120_000),
+        valid.clone(),
+        valid,
+    ];
+    for p in &sends {
+        sock.send_to(p, addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let counts = loop {
+        let c: std::collections::BTreeMap<&str, u64> = swarm.stats().snapshot().into_iter().collect();
+        if c.values().sum::<u64>() >= sends.len() as u64 || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("{counts:?}");
+    assert_eq!(counts["malformed"], 3, "random, short and truncated: {counts:?}");
+    assert_eq!(counts["auth"], 1, "{counts:?}");
+    assert_eq!(counts["version"], 1, "{counts:?}");
+    assert_eq!(counts["stale"], 1, "{counts:?}");
+    assert_eq!(counts["replay"], 1, "{counts:?}");
+    assert_eq!(counts["accepted"], 1, "{counts:?}");
+    // The node kept running: its rounds after the drops report them.
+    std::thread::sleep(Duration::from_millis(300));
+    let v = swarm.view();
+    assert_eq!((v.packets["replay"], v.packets["auth"]), (1, 1), "{:?}", v.packets);
+    swarm.stop();
+}
