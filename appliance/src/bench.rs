@@ -39,6 +39,12 @@ pub enum Which {
         #[arg(long, default_value_t = 150)]
         frames: u64,
     },
+    /// Swarm gossip convergence and leader failure detection on loopback.
+    Swarm {
+        /// Nodes.
+        #[arg(long, default_value_t = 16)]
+        nodes: usize,
+    },
 }
 
 /// Interleaved measurement rounds.
@@ -89,6 +95,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Pipeline { frames, full_ladder } => pipeline_bench(frames, full_ladder),
         Which::Analysis { frames } => analysis_bench(frames),
+        Which::Swarm { nodes } => crate::swarm::bench::run(nodes),
     }
 }
 

@@ -7,6 +7,7 @@
 //! One thread per node runs the protocol over one UDP socket; the data
 //! plane never waits for it.
 
+pub mod bench;
 pub mod election;
 pub mod state;
 pub mod wire;
@@ -411,12 +412,13 @@ impl Node {
                 }
                 self.drain();
             }
-            Kind::State => match postcard::from_bytes::<EncodingState>(&opened.payload) {
-                Ok(state) if state.node != self.settings.node => self.peer_state(state),
-                Ok(_) => {}
-                Err(e) => {
+            Kind::State => match state::decode(&opened.payload) {
+                Some(state) if state.node != self.settings.node => self.peer_state(state),
+                Some(_) => {}
+                None => {
+                    // Authenticated yet undecodable: a peer with a bug.
                     self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("undecodable state packet: {e}");
+                    tracing::debug!("undecodable state packet");
                 }
             },
         }
@@ -663,7 +665,7 @@ impl Node {
     }
 
     fn send_state(&mut self, me: &EncodingState, members: &[NodeId]) {
-        let Ok(payload) = postcard::to_allocvec(me) else { return };
+        let payload = state::encode(me);
         let packet = self.sealer.seal(Kind::State, &payload, realtime_ns() / 1_000_000);
         for m in members {
             let _ = self.socket.send_to(&packet, m.addr);

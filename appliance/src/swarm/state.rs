@@ -84,6 +84,16 @@ pub struct EncodingState {
     pub leader: Option<String>,
 }
 
+/// Decodes a state packet's payload (postcard); `None` when malformed.
+pub fn decode(payload: &[u8]) -> Option<EncodingState> {
+    postcard::from_bytes(payload).ok()
+}
+
+/// Encodes a state packet's payload.
+pub fn encode(state: &EncodingState) -> Vec<u8> {
+    postcard::to_allocvec(state).unwrap_or_default()
+}
+
 /// What the confidence score is made of.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConfidenceInputs<'a> {
