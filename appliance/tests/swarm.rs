@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 use lockstep::swarm::wire::{FleetKey, Kind, Sealer};
 use lockstep::swarm::{Settings, Swarm};
 
+/// The tests that run appliance processes in real time take turns: on a
+/// 2-core machine, running them at once would starve their encoders.
+static REAL_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    REAL_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A free UDP/TCP port block start (ports `p..p+n` were free a moment ago).
 fn free_ports(n: u16) -> u16 {
     loop {
@@ -35,6 +43,7 @@ fn view(path: &Path) -> Option<serde_json::Value> {
 
 #[test]
 fn a_demo_swarm_agrees_on_bytes_and_leader() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let (web, swarm) = (free_ports(3), free_ports(3));
@@ -77,13 +86,18 @@ fn a_demo_swarm_agrees_on_bytes_and_leader() {
 
 /// A light appliance process in the swarm.
 fn node(dir: &Path, k: u16, ports: (u16, u16), key: &Path) -> Child {
+    node_with(dir, k, ports, key, "")
+}
+
+/// A node with extra `[output]` keys.
+fn node_with(dir: &Path, k: u16, ports: (u16, u16), key: &Path, output: &str) -> Child {
     let seeds: Vec<String> = (0..3).filter(|&j| j != k).map(|j| format!("\"127.0.0.1:{}\"", ports.1 + j)).collect();
     let out = dir.join(format!("n{k}"));
     std::fs::create_dir_all(&out).unwrap();
     let text = format!(
         "[appliance]\nid = \"n{k}\"\n[channel]\nid = \"ch\"\n[source]\nkind = \"test\"\nwidth = 160\nheight = 90\nfps = \"25\"\n\
          [audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
-         [output]\ndir = \"{}\"\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
+         [output]\ndir = \"{}\"\n{output}[origin]\nlisten = \"127.0.0.1:{}\"\n\
          [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\nstatus_file = \"{}\"\n",
         out.display(),
         ports.0 + k,
@@ -113,6 +127,7 @@ impl Drop for Nodes {
 
 #[test]
 fn a_killed_leader_is_detected_and_replaced() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("fleet.key");
     std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
@@ -243,4 +258,90 @@ fn bad_packets_are_dropped_and_counted() {
     let v = swarm.view();
     assert_eq!((v.packets["replay"], v.packets["auth"]), (1, 1), "{:?}", v.packets);
     swarm.stop();
+}
+
+#[test]
+fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
+    let _turn = one_at_a_time();
+    common::require_tool("ffprobe");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    let ports = (free_ports(3), free_ports(3));
+    let window = "window_segments = 30\n";
+    let mut nodes = Nodes(vec![node_with(dir.path(), 0, ports, &key, window)]);
+    std::thread::sleep(Duration::from_secs(5));
+    nodes.0.push(node_with(dir.path(), 1, ports, &key, window));
+    let (a, b) = (dir.path().join("n0/ch/90p"), dir.path().join("n1/ch/90p"));
+    let combined = dir.path().join("n1/combined/ch/90p");
+    let indices = |text: &str| -> Vec<i64> {
+        text.lines().filter_map(|l| l.strip_prefix("seg-")?.strip_suffix(".m4s")?.parse().ok()).collect()
+    };
+    // B's combined output gains segments from before B started, from A.
+    let started = Instant::now();
+    let first_own = loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "B never caught up");
+        std::thread::sleep(Duration::from_millis(200));
+        let own = std::fs::read_to_string(b.join("manifest.jsonl")).unwrap_or_default();
+        let Some(first_own) = own
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["index"].as_i64())
+            .min()
+        else {
+            continue;
+        };
+        let have = indices(&std::fs::read_to_string(combined.join("playlist.m3u8")).unwrap_or_default());
+        if have.iter().any(|&i| i < first_own) {
+            break first_own;
+        }
+    };
+    eprintln!(
+        "B caught up on segments before its first own one ({first_own}) after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    nodes.0[0].kill().unwrap(); // kill -9 of A
+    let killed_at = std::fs::read_to_string(a.join("manifest.jsonl")).unwrap().lines().count();
+    std::thread::sleep(Duration::from_secs(7));
+
+    let text = std::fs::read_to_string(combined.join("playlist.m3u8")).unwrap();
+    let have = indices(&text);
+    assert!(!text.contains("#EXT-X-DISCONTINUITY"), "{text}");
+    assert!(have.windows(2).all(|w| w[1] == w[0] + 1), "no missing index: {have:?}");
+    let last_a = common::manifest(&a).iter().map(|e| e.index).max().unwrap();
+    assert!(
+        have.first().unwrap() < &first_own && have.last().unwrap() > &(last_a + 1),
+        "spans catch-up and failover: {have:?}, A's last {last_a} ({killed_at} entries)"
+    );
+    // What came from A is A's bytes; what B made itself equals A's where both exist.
+    for i in &have {
+        let f = format!("seg-{i}.m4s");
+        let bytes = std::fs::read(combined.join(&f)).unwrap();
+        let theirs = std::fs::read(a.join(&f)).ok();
+        let own = std::fs::read(b.join(&f)).ok();
+        let same = |x: &Option<Vec<u8>>| x.as_ref().is_none_or(|x| *x == bytes);
+        assert!(
+            same(&theirs) && same(&own),
+            "{f}: combined {} bytes, A's {:?}, B's {:?}; B's log:\n{}",
+            bytes.len(),
+            theirs.as_ref().map(Vec::len),
+            own.as_ref().map(Vec::len),
+            std::fs::read_to_string(dir.path().join("n1/stderr.log")).unwrap_or_default()
+        );
+    }
+    // The combined stream decodes across the catch-up and the failure with
+    // continuous timestamps and every frame.
+    let segs = common::playlist_segments(&combined);
+    let file = common::concat(&combined, &segs, &dir.path().join("combined.mp4"));
+    let packets = common::packets(&file);
+    assert_eq!(packets.len(), segs.len() * 50, "{} segments", segs.len());
+    let step = packets[1].1 - packets[0].1;
+    assert!(packets.windows(2).all(|w| w[1].1 - w[0].1 == step), "DTS continuous");
+    assert_eq!(common::decode_errors(&file), "");
+    eprintln!(
+        "combined output: {} segments, {} frames, continuous across catch-up and kill -9",
+        segs.len(),
+        packets.len()
+    );
 }

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod election;
+pub mod replicate;
 pub mod state;
 pub mod wire;
 
@@ -753,5 +754,19 @@ pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Res
         }
     });
     spawned.map_err(SwarmError::Thread)?;
+    if config.origin.listen.is_some() {
+        let target = replicate::Target {
+            own: config.output.dir.join(&config.channel.id),
+            combined: config.output.dir.join("combined").join(&config.channel.id),
+            channel: config.channel.id.clone(),
+            window: config.output.window_segments as usize,
+            target_duration: config.channel.segment_seconds.ceil() as u32,
+        };
+        let weak = Arc::downgrade(&swarm);
+        std::thread::Builder::new()
+            .name("replicate".into())
+            .spawn(move || replicate::run(&weak, &target))
+            .map_err(SwarmError::Thread)?;
+    }
     Ok(Some(swarm))
 }

@@ -1,0 +1,189 @@
+//! Segment replication and the combined output: for every recent
+//! (segment index, track) the swarm selected a replica for, this node puts
+//! a verified copy under `<output.dir>/combined/<channel>/<track>/`: its
+//! own file when its bytes are the selected ones, else the file fetched
+//! from the selected node's origin. A fetched segment is checked twice
+//! before it is written: the producer's manifest entry must carry the hash
+//! the producer gossiped, and the bytes must hash to it. Nothing partial
+//! or unverified is ever published; playlists list only what is on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Weak;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::Swarm;
+use crate::package::hls::{self, Entry, MediaPlaylist};
+use crate::package::{ManifestEntry, read_manifest};
+
+/// What the replicator needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The node's own channel output (`<output.dir>/<channel>`).
+    pub own: PathBuf,
+    /// The combined output (`<output.dir>/combined/<channel>`).
+    pub combined: PathBuf,
+    /// Channel id (path on the peers' origins).
+    pub channel: String,
+    /// Segments kept in each combined playlist.
+    pub window: usize,
+    /// EXT-X-TARGETDURATION.
+    pub target_duration: u32,
+}
+
+/// Per-track state of the combined output.
+#[derive(Debug, Default)]
+struct Track {
+    entries: BTreeMap<i64, ManifestEntry>,
+    init: bool,
+}
+
+/// Runs until the swarm is dropped.
+pub fn run(swarm: &Weak<Swarm>, target: &Target) {
+    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().new_agent();
+    let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
+    let mut master = false;
+    while let Some(s) = swarm.upgrade() {
+        let view = s.view();
+        drop(s);
+        let mut manifests: BTreeMap<(String, String), Vec<ManifestEntry>> = BTreeMap::new();
+        for (index, per_track) in &view.selection {
+            for (track, node) in per_track {
+                let t = tracks.entry(track.clone()).or_default();
+                if t.entries.contains_key(index) {
+                    continue;
+                }
+                let Some(hash) = gossiped_hash(&view, node, *index, track) else { continue };
+                match place(&agent, &view, target, track, *index, node, &hash, &mut manifests) {
+                    Ok(entry) => {
+                        if !t.init {
+                            t.init = copy_own(target, &format!("{track}/init.mp4"));
+                        }
+                        t.entries.insert(*index, entry);
+                        while t.entries.len() > target.window {
+                            if let Some((old, e)) = t.entries.pop_first() {
+                                let _ = std::fs::remove_file(target.combined.join(track).join(&e.file));
+                                tracing::trace!(segment = old, "combined: segment left the window");
+                            }
+                        }
+                        write_playlist(target, track, t);
+                    }
+                    Err(e) => tracing::warn!(segment = index, track = %track, from = %node, "combined output: {e}"),
+                }
+            }
+        }
+        if !master && !tracks.is_empty() {
+            master = copy_own(target, "master.m3u8");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The hash `node` gossiped for (index, track).
+fn gossiped_hash(view: &super::View, node: &str, index: i64, track: &str) -> Option<[u8; 32]> {
+    let state = if view.node == node { view.me.as_ref()? } else { &view.peers.get(node)?.state };
+    let seg = state.segments.iter().find(|s| s.index == index)?;
+    seg.tracks.iter().find(|(t, _)| t == track).map(|(_, h)| *h)
+}
+
+/// Puts a verified copy of (index, track) into the combined output.
+#[allow(clippy::too_many_arguments)]
+fn place(
+    agent: &ureq::Agent,
+    view: &super::View,
+    target: &Target,
+    track: &str,
+    index: i64,
+    node: &str,
+    hash: &[u8; 32],
+    manifests: &mut BTreeMap<(String, String), Vec<ManifestEntry>>,
+) -> Result<ManifestEntry, String> {
+    let want = hex::encode(hash);
+    let file = format!("seg-{index}.m4s");
+    let dest = target.combined.join(track).join(&file);
+    // Our own bytes, when they are the selected ones.
+    if let Ok(own) = read_manifest(&target.own.join(track).join("manifest.jsonl"))
+        && let Some(e) = own.into_iter().find(|e| e.index == index && e.sha256 == want)
+        && let Ok(bytes) = std::fs::read(target.own.join(track).join(&e.file))
+        && hex::encode(Sha256::digest(&bytes)) == want
+    {
+        write_atomic(&dest, &bytes)?;
+        return Ok(e);
+    }
+    let origin = if view.node == node {
+        return Err("own segment missing or changed".into());
+    } else {
+        view.peers.get(node).and_then(|p| p.state.origin.clone()).ok_or("the selected node serves no origin")?
+    };
+    let base = format!("{origin}/{}/{track}", target.channel);
+    let key = (node.to_string(), track.to_string());
+    if !manifests.contains_key(&key) {
+        let text = get(agent, &format!("{base}/manifest.jsonl"))?;
+        let entries = String::from_utf8_lossy(&text).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        manifests.insert(key.clone(), entries);
+    }
+    let entry = manifests[&key]
+        .iter()
+        .find(|e| e.index == index)
+        .cloned()
+        .ok_or_else(|| format!("{node}'s manifest has no entry for segment {index} yet"))?;
+    if entry.sha256 != want {
+        return Err(format!("{node}'s manifest hash differs from the one it gossiped; not used"));
+    }
+    let bytes = get(agent, &format!("{base}/{}", entry.file))?;
+    let got = hex::encode(Sha256::digest(&bytes));
+    if got != want {
+        return Err(format!("fetched bytes hash to {got}, manifest says {want}; not used"));
+    }
+    write_atomic(&dest, &bytes)?;
+    tracing::debug!(segment = index, track, from = node, "combined output: segment replicated");
+    Ok(entry)
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, String> {
+    let mut response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| format!("GET {url}: {e}"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().ok_or("no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Copies a file of the node's own output into the combined output
+/// (init segments and the multivariant playlist are the same on every node).
+fn copy_own(target: &Target, rel: &str) -> bool {
+    std::fs::read(target.own.join(rel)).is_ok_and(|b| write_atomic(&target.combined.join(rel), &b).is_ok())
+}
+
+fn write_playlist(target: &Target, track: &str, t: &Track) {
+    let entries: Vec<Entry> = t
+        .entries
+        .values()
+        .map(|e| Entry {
+            index: e.index,
+            uri: e.file.clone(),
+            duration: e.duration,
+            program_date_time: e.program_date_time.clone(),
+        })
+        .collect();
+    let text = hls::media_playlist(
+        &MediaPlaylist {
+            target_duration: target.target_duration,
+            archive: false,
+            ended: false,
+            discontinuity_sequence: 0,
+            map_uri: "init.mp4",
+        },
+        &entries,
+    );
+    if let Err(e) = write_atomic(&target.combined.join(track).join("playlist.m3u8"), text.as_bytes()) {
+        tracing::warn!("combined playlist: {e}");
+    }
+}
