@@ -344,4 +344,36 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
         segs.len(),
         packets.len()
     );
+
+    // A restarts: it rejoins, fills the segments it missed into its own
+    // combined output from B, and is weighted back in gradually.
+    let log = dir.path().join("n0/stderr.log");
+    std::fs::rename(&log, dir.path().join("n0/stderr-1.log")).unwrap();
+    nodes.0[0] = node_with(dir.path(), 0, ports, &key, window);
+    let restarted = Instant::now();
+    let a_combined = dir.path().join("n0/combined/ch/90p");
+    let mut weights = Vec::new();
+    loop {
+        assert!(restarted.elapsed() < Duration::from_secs(30), "A did not catch up: {:?}", weights);
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(v) = view(&dir.path().join("n1/swarm.json"))
+            && let Some(w) = v["peers"]["n0"]["weight"].as_f64()
+            && v["peers"]["n0"]["healthy"] == true
+        {
+            weights.push(w);
+        }
+        let have = indices(&std::fs::read_to_string(a_combined.join("playlist.m3u8")).unwrap_or_default());
+        if have.contains(&(last_a + 1)) && weights.len() >= 4 {
+            break;
+        }
+    }
+    eprintln!("A back after {:.1} s; its weight as B sees it: {weights:?}", restarted.elapsed().as_secs_f64());
+    assert!(weights.windows(2).all(|w| w[1] >= w[0] - 1e-6), "weighted back in monotonically: {weights:?}");
+    assert!(weights[0] < 0.5, "gradually, from low: {weights:?}");
+    let text = std::fs::read_to_string(combined.join("playlist.m3u8")).unwrap();
+    let have = indices(&text);
+    assert!(
+        !text.contains("#EXT-X-DISCONTINUITY") && have.windows(2).all(|w| w[1] == w[0] + 1),
+        "B's combined output after A's return: {have:?}"
+    );
 }
