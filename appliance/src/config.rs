@@ -46,6 +46,9 @@ pub enum ConfigError {
     },
 }
 
+/// Allowed video bitrates, kbit/s.
+pub const BITRATE_KBPS: std::ops::RangeInclusive<u32> = 50..=100_000;
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
@@ -83,6 +86,73 @@ pub struct Config {
     /// Membership in a swarm of appliances.
     #[serde(default)]
     pub swarm: SwarmConfig,
+    /// Admin page and REST API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin page and REST API (docs/admin.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address ("127.0.0.1:9080"); absent = no admin page or API.
+    pub listen: Option<String>,
+    /// File with the argon2 hash of the admin password, written by
+    /// `lockstep passwd` (no password is built in).
+    pub password_file: Option<PathBuf>,
+    /// File of API token hashes (`lockstep token`), one per line.
+    pub tokens_file: Option<PathBuf>,
+    /// PEM certificate chain; with `tls_key`, the API speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Audit log of changes and logins (JSON lines); default
+    /// `<output.dir>/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
+    /// Lifetime of a login session, minutes.
+    pub session_minutes: u32,
+    /// Failed logins allowed per client address per minute.
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            password_file: None,
+            tokens_file: None,
+            tls_cert: None,
+            tls_key: None,
+            audit_log: None,
+            session_minutes: 480,
+            login_attempts_per_minute: 5,
+        }
+    }
+}
+
+impl AdminConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(listen) = &self.listen else { return Ok(()) };
+        listen
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("admin.listen", format!("`{listen}` is not an address like \"127.0.0.1:9080\"")))?;
+        if self.password_file.is_none() && self.tokens_file.is_none() {
+            return Err(invalid(
+                "admin.password_file",
+                "required with admin.listen (set a password with `lockstep passwd --file PATH`); there is no default password",
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("admin.tls_key", "set both admin.tls_cert and admin.tls_key, or neither"));
+        }
+        if !(1..=10_080).contains(&self.session_minutes) {
+            return Err(invalid("admin.session_minutes", "allowed: 1 to 10080 (a week)"));
+        }
+        if !(1..=1000).contains(&self.login_attempts_per_minute) {
+            return Err(invalid("admin.login_attempts_per_minute", "allowed: 1 to 1000"));
+        }
+        Ok(())
+    }
 }
 
 /// Swarm membership and state exchange (docs/swarm.md).
@@ -542,6 +612,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.clock.validate()?;
         self.swarm.validate()?;
+        self.admin.validate()?;
         if self.appliance.id.is_empty() || self.appliance.id.len() > 64 {
             return Err(invalid("appliance.id", "must be 1 to 64 characters"));
         }
@@ -595,7 +666,7 @@ impl Config {
             if let Some(w) = r.width {
                 check_even_dim(&key("width"), w, 16, 3840)?;
             }
-            if !(50..=100_000).contains(&r.bitrate_kbps) {
+            if !BITRATE_KBPS.contains(&r.bitrate_kbps) {
                 return Err(invalid(key("bitrate_kbps"), "allowed: 50 to 100000"));
             }
         }

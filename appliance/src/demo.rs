@@ -38,7 +38,12 @@ pub struct SwarmDemo {
     pub duration: Option<f64>,
     /// `--frames` for every node.
     pub frames: Option<u64>,
+    /// Admin page and API of node 1 (node k on the next ports); `None`: none.
+    pub admin: Option<SocketAddr>,
 }
+
+/// Name of the file holding the demo's admin password (mode 600).
+pub const PASSWORD_FILE: &str = "admin-password";
 
 /// The configuration of node `k` (1-based).
 pub fn node_config(d: &SwarmDemo, k: u32, root: &Path) -> anyhow::Result<Config> {
@@ -66,6 +71,11 @@ pub fn node_config(d: &SwarmDemo, k: u32, root: &Path) -> anyhow::Result<Config>
     c.swarm.fleet_key_file = Some(root.join("fleet.key"));
     c.swarm.status_file = Some(c.output.dir.join("swarm.json"));
     c.swarm.expected_nodes = d.nodes.max(2);
+    if let Some(admin) = d.admin {
+        let p = port(admin.port(), k).context("admin port out of range")?;
+        c.admin.listen = Some(SocketAddr::new(admin.ip(), p).to_string());
+        c.admin.password_file = Some(root.join("admin.passwd"));
+    }
     c.validate()?;
     Ok(c)
 }
@@ -77,6 +87,12 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     let root = std::fs::canonicalize(&d.out)?;
     let key_path = root.join("fleet.key");
     write_private(&key_path, &FleetKey::generate().to_hex())?;
+    if d.admin.is_some() {
+        // A password made for the run; no password is built in.
+        let password = hex::encode(crate::admin::auth::random_bytes::<12>()?);
+        write_private(&root.join(PASSWORD_FILE), &format!("{password}\n"))?;
+        crate::admin::auth::set_password(&root.join("admin.passwd"), &password)?;
+    }
     let exe = std::env::current_exe().context("cannot find the lockstep binary")?;
     let mut children: Vec<(u32, Child)> = Vec::new();
     for k in 1..=d.nodes {
@@ -97,13 +113,17 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
             Some(l) => format!("http://{l}/{}/master.m3u8", config.channel.id),
             None => "none".into(),
         };
+        let admin = config.admin.listen.as_ref().map_or_else(|| "none".into(), |l| format!("http://{l}/"));
         eprintln!(
-            "lockstep demo: node-{k} pid {} origin {origin} swarm {} output {}",
+            "lockstep demo: node-{k} pid {} origin {origin} admin {admin} swarm {} output {}",
             child.id(),
             config.swarm.bind,
             config.output.dir.display()
         );
         children.push((k, child));
+    }
+    if d.admin.is_some() {
+        eprintln!("lockstep demo: admin password (made for this run) in {}", root.join(PASSWORD_FILE).display());
     }
     eprintln!(
         "lockstep demo: {} nodes; Ctrl-C stops them; `lockstep verify {}` compares their output",
@@ -153,7 +173,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("fleet key {}", path.display()))?;
+        .with_context(|| format!("{}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -183,8 +203,19 @@ pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
     nodes.sort();
     for node in nodes {
         let name = node.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for channel in std::fs::read_dir(&node)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()) {
-            for track in std::fs::read_dir(&channel)?.filter_map(Result::ok).map(|e| e.path()) {
+        // Directories that vanish or cannot be read while the nodes run
+        // are skipped: only manifests are compared.
+        let dirs = |p: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+        for channel in dirs(&node) {
+            for track in dirs(&channel) {
                 let manifest = track.join("manifest.jsonl");
                 if !manifest.exists() {
                     continue;

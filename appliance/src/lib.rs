@@ -2,11 +2,14 @@
 //!
 //! The binary (`main.rs`) is a thin command-line front end over these.
 
+pub mod admin;
 pub mod analysis;
 pub mod bench;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod demo;
 pub mod encode;
 pub mod origin;

@@ -53,6 +53,12 @@ enum Command {
         /// Do not start the HTTP origin.
         #[arg(long)]
         no_origin: bool,
+        /// Admin page and API of node 1 (node k listens on the k-1 next ports).
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        admin: String,
+        /// Do not start the admin page and API.
+        #[arg(long)]
+        no_admin: bool,
         /// Encode as fast as possible instead of in real time.
         #[arg(long)]
         fast: bool,
@@ -97,6 +103,23 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Set the admin password: reads it from standard input (one line) and
+    /// writes its argon2 hash to FILE (mode 600), for `admin.password_file`.
+    Passwd {
+        /// The password hash file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Add an API token (for automation and Prometheus) to FILE, for
+    /// `admin.tokens_file`; prints the token once, keeps only its hash.
+    Token {
+        /// The token hash file.
+        #[arg(long)]
+        file: PathBuf,
+        /// A name for the token (shown in the audit log).
+        #[arg(long)]
+        name: String,
     },
     /// Check a configuration file and print what is wrong.
     CheckConfig {
@@ -155,50 +178,45 @@ fn limits(args: &LimitArgs) -> anyhow::Result<RunLimits> {
     Ok(RunLimits { frames: args.frames, duration_s: args.duration, stop: Some(stop_flag()?) })
 }
 
-/// The daemon's listeners on a channel: for now a journal line per
-/// analysed segment (debug level); the swarm and admin API subscribe here.
-fn taps() -> pipeline::Taps {
-    let (tx, mut rx) = tokio::sync::broadcast::channel::<std::sync::Arc<lockstep::analysis::stage::SegmentReport>>(64);
-    let spawned = std::thread::Builder::new().name("analysis-log".into()).spawn(move || {
-        loop {
-            match rx.blocking_recv() {
-                Ok(r) => tracing::debug!(
-                    segment = r.index,
-                    timecode = %r.timecode,
-                    complexity = r.analysis.complexity,
-                    content = r.analysis.content.name(),
-                    cuts = r.analysis.scene_cuts.len(),
-                    skipped = r.analysis.frames_skipped,
-                    "segment analysed"
-                ),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::debug!(n, "analysis log lagged"),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!("analysis log not started: {e}");
-    }
-    let (segments, _) = tokio::sync::broadcast::channel(256);
-    pipeline::Taps { analysis: Some(tx), segments: Some(segments), ..Default::default() }
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, limits: l } => {
             let config = Config::load(&config)?;
-            let _origin = match &config.origin.listen {
-                Some(listen) => Some(origin::start(listen, config.output.dir.clone())?),
-                None => None,
-            };
-            let taps = taps();
-            let _swarm = lockstep::swarm::join(&config, &taps)?;
-            report(pipeline::run(&config, &limits(&l)?, &taps)?)
+            match lockstep::daemon::run(&config, &limits(&l)?)? {
+                Some(summary) => report(summary),
+                None => {
+                    eprintln!("lockstep: stopped (the channel was not running)");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
-        Command::Demo { out, nodes, swarm_port, input, listen, no_origin, fast, limits: l } if nodes != 1 => {
+        Command::Passwd { file } => {
+            let password = read_password()?;
+            lockstep::admin::auth::set_password(&file, &password)?;
+            eprintln!("admin password hash written to {} (mode 600)", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { file, name } => {
+            let token = lockstep::admin::auth::add_token(&file, &name)?;
+            eprintln!("token `{name}` added to {}; it is shown once:", file.display());
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { out, nodes, swarm_port, input, listen, no_origin, admin, no_admin, fast, limits: l }
+            if nodes != 1 =>
+        {
             let listen = listen
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--listen `{listen}` is not an address like 127.0.0.1:8080"))?;
+            let admin = if no_admin {
+                None
+            } else {
+                Some(
+                    admin
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("--admin `{admin}` is not an address like 127.0.0.1:9080"))?,
+                )
+            };
             let l = limits(&l)?;
             let d = lockstep::demo::SwarmDemo {
                 out,
@@ -210,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fast,
                 duration: l.duration_s,
                 frames: l.frames,
+                admin,
             };
             let stop = l.stop.unwrap_or_default();
             Ok(if lockstep::demo::run(&d, &stop)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -227,13 +246,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.validate()?;
             std::fs::create_dir_all(&config.output.dir)?;
             let root = std::fs::canonicalize(&config.output.dir)?;
-            let origin = if no_origin { None } else { Some(origin::start(&listen, root.clone())?) };
+            let origin = if no_origin { None } else { Some(origin::start(&listen, root.clone(), Default::default())?) };
             eprintln!("lockstep demo: writing to {}", root.join(&config.channel.id).display());
             if let Some(o) = &origin {
                 eprintln!("lockstep demo: playlist at http://{}/{}/master.m3u8", o.addr, config.channel.id);
             }
             eprintln!("lockstep demo: Ctrl-C stops");
-            report(pipeline::run(&config, &limits(&l)?, &taps())?)
+            report(pipeline::run(&config, &limits(&l)?, &lockstep::daemon::taps())?)
         }
         Command::Analyze { input, json, csv, segment_seconds } => {
             anyhow::ensure!(
@@ -347,6 +366,49 @@ fn watch_clock(config: &Config, seconds: Option<f64>, interval_ms: u64, json: bo
         std::thread::sleep(std::time::Duration::from_millis(interval_ms));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The password for `lockstep passwd`: one line of standard input (asked
+/// for twice on a terminal, without echo).
+fn read_password() -> anyhow::Result<String> {
+    let terminal = std::io::stdin().is_terminal();
+    let read = |prompt: &str| -> anyhow::Result<String> {
+        if terminal {
+            eprint!("{prompt}");
+            set_echo(false);
+        }
+        let mut line = String::new();
+        let got = std::io::stdin().read_line(&mut line);
+        if terminal {
+            set_echo(true);
+            eprintln!();
+        }
+        got?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let password = read("new admin password: ")?;
+    if terminal {
+        anyhow::ensure!(read("again: ")? == password, "the passwords differ; nothing written");
+    }
+    Ok(password)
+}
+
+/// Turns terminal echo of standard input on or off.
+fn set_echo(on: bool) {
+    let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: fd 0 is standard input; `t` is filled by tcgetattr and only
+    // used when it succeeded.
+    unsafe {
+        if libc::tcgetattr(0, t.as_mut_ptr()) == 0 {
+            let mut t = t.assume_init();
+            if on {
+                t.c_lflag |= libc::ECHO;
+            } else {
+                t.c_lflag &= !libc::ECHO;
+            }
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+    }
 }
 
 fn report(summary: RunSummary) -> anyhow::Result<ExitCode> {

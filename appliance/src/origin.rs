@@ -1,13 +1,22 @@
 //! A small HTTP origin serving the segment store (playlists and segments).
-//! The admin API and page join it on the same server later.
+//! Public by design (players fetch from it); the admin page and API have
+//! their own listener (`crate::admin`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
 use tower_http::services::ServeDir;
+
+/// Responses of the origin by status class (1xx..5xx).
+#[derive(Debug, Default)]
+pub struct OriginMetrics {
+    /// Counts per class.
+    pub by_class: [std::sync::atomic::AtomicU64; 5],
+}
 
 /// A running origin.
 #[derive(Debug)]
@@ -18,9 +27,15 @@ pub struct Origin {
 }
 
 /// Content types HLS players expect, set after the file service answered.
-async fn hls_types(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn hls_types(
+    axum::extract::State(metrics): axum::extract::State<Arc<OriginMetrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let path = req.uri().path().to_owned();
     let mut res = next.run(req).await;
+    let class = (res.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+    metrics.by_class[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let kind = if path.ends_with(".m3u8") {
         Some("application/vnd.apple.mpegurl")
     } else if path.ends_with(".m4s") {
@@ -40,7 +55,7 @@ async fn hls_types(req: axum::extract::Request, next: axum::middleware::Next) ->
 }
 
 /// Binds `listen` and serves `root` on a background thread.
-pub fn start(listen: &str, root: PathBuf) -> std::io::Result<Origin> {
+pub fn start(listen: &str, root: PathBuf, metrics: Arc<OriginMetrics>) -> std::io::Result<Origin> {
     let addr: SocketAddr =
         listen.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
     let std_listener = std::net::TcpListener::bind(addr)
@@ -59,7 +74,7 @@ pub fn start(listen: &str, root: PathBuf) -> std::io::Result<Origin> {
             let app = Router::new()
                 .route("/healthz", get(|| async { "ok\n" }))
                 .fallback_service(ServeDir::new(root))
-                .layer(axum::middleware::from_fn(hls_types));
+                .layer(axum::middleware::from_fn_with_state(metrics, hls_types));
             match tokio::net::TcpListener::from_std(std_listener) {
                 Ok(listener) => {
                     if let Err(e) = axum::serve(listener, app).await {

@@ -76,10 +76,12 @@ pub struct Taps {
     pub segments: Option<tokio::sync::broadcast::Sender<Arc<PublishedSegment>>>,
     /// Live status of the channel.
     pub status: Arc<ChannelStatus>,
+    /// Live changes (bitrates), shared with the swarm and the admin API.
+    pub control: Arc<crate::control::LiveControl>,
 }
 
 /// A segment the packager published.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublishedSegment {
     /// Track name (rendition or `audio`).
     pub track: String,
@@ -89,6 +91,10 @@ pub struct PublishedSegment {
     pub sha256: [u8; 32],
     /// SHA-256 of the input it was made from.
     pub input_sha256: [u8; 32],
+    /// File size.
+    pub bytes: u64,
+    /// Media duration, seconds.
+    pub duration_s: f64,
 }
 
 /// Live status of a running channel, for the swarm and the admin API.
@@ -102,6 +108,37 @@ pub struct ChannelStatus {
     pub encode_latency_us: std::sync::atomic::AtomicU64,
     /// Media clock quality, refreshed every segment.
     pub clock: std::sync::Mutex<Option<crate::clock::ClockQuality>>,
+    /// The pipeline is running.
+    pub running: AtomicBool,
+    /// Frames per segment of the running grid (0 before the first run).
+    pub segment_frames: std::sync::atomic::AtomicU32,
+    /// Frames captured since the daemon started.
+    pub frames_captured: std::sync::atomic::AtomicU64,
+    /// Frames skipped because capture fell behind real time.
+    pub frames_dropped: std::sync::atomic::AtomicU64,
+    /// The source as the running pipeline opened it.
+    pub source: std::sync::Mutex<Option<SourceInfo>>,
+    /// The ladder resolved against the source size.
+    pub ladder: std::sync::Mutex<Vec<ResolvedRendition>>,
+}
+
+/// The source of a running channel.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    /// What it is, in words.
+    pub description: String,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Frame rate (`num/den`).
+    pub fps: String,
+    /// A live source (paced by the clock) rather than a file.
+    pub live: bool,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn hash32(hex_text: &str) -> [u8; 32] {
@@ -253,6 +290,14 @@ pub fn run_with_device(
     let fps_segment = (config.channel.segment_seconds * rate.fps()).round().max(1.0) as u32;
     let grid = Grid { rate, frames_per_segment: fps_segment, sample_rate: 48_000, audio_frame: 960 };
     let ladder = resolve_ladder(config, format.width, format.height);
+    *lock(&taps.status.ladder) = ladder.clone();
+    *lock(&taps.status.source) = Some(SourceInfo {
+        description: device.describe(),
+        width: format.width,
+        height: format.height,
+        fps: format!("{}/{}", rate.num, rate.den),
+        live: format.live,
+    });
     let audio_settings = (format.audio_channels > 0).then_some(AudioSettings {
         sample_rate: 48_000,
         channels: format.audio_channels,
@@ -385,7 +430,7 @@ pub fn run_with_device(
                         packager.stats().render(&channel_id, &mut text);
                         let quality = clock_for_metrics.quality();
                         quality.render(&channel_id, &mut text);
-                        *status.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(quality);
+                        *lock(&status.clock) = Some(quality);
                         if let Err(e) = packager.write_file(&metrics_path, text.as_bytes()) {
                             tracing::warn!("metrics: {e}");
                         }
@@ -403,6 +448,8 @@ pub fn run_with_device(
                             index: entry.index,
                             sha256: hash32(&entry.sha256),
                             input_sha256: hash32(&entry.input_sha256),
+                            bytes: entry.bytes,
+                            duration_s: entry.duration,
                         }));
                     }
                 }
@@ -434,6 +481,7 @@ pub fn run_with_device(
             grid,
             first_segment,
             partial_at_end: !format.live,
+            control: Arc::clone(&taps.control),
         };
         let out = seg_tx.clone();
         let factory = Arc::clone(&factory);
@@ -510,6 +558,8 @@ pub fn run_with_device(
     let mut frames = 0u64;
     let mut dropped = 0u64;
     let mut capture_result = device.start();
+    taps.status.segment_frames.store(grid.frames_per_segment, Ordering::Relaxed);
+    taps.status.running.store(capture_result.is_ok(), Ordering::Relaxed);
     // After every other thread and child process exists: they must not
     // inherit the real-time policy.
     if config.pipeline.realtime && capture_result.is_ok() {
@@ -523,6 +573,7 @@ pub fn run_with_device(
             let now = rate.frame_at(clock.now_tai_ns());
             if format.live && now - n > i64::from(grid.frames_per_segment) {
                 dropped += u64::try_from(now - n).unwrap_or(0);
+                taps.status.frames_dropped.fetch_add(u64::try_from(now - n).unwrap_or(0), Ordering::Relaxed);
                 tracing::warn!(behind = now - n, "capture fell behind real time; frames dropped");
                 n = now;
             }
@@ -541,6 +592,7 @@ pub fn run_with_device(
         let audio_len = if format.audio_channels > 0 { samples * usize::from(format.audio_channels) } else { 0 };
         let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: clock.now_tai_ns() });
         taps.status.frame.store(n, Ordering::Relaxed);
+        taps.status.frames_captured.fetch_add(1, Ordering::Relaxed);
         if cap_tx.send(frame).is_err() {
             break; // a downstream stage stopped; its error is reported below
         }
@@ -548,6 +600,7 @@ pub fn run_with_device(
         n += 1;
     }
     device.stop();
+    taps.status.running.store(false, Ordering::Relaxed);
     drop(cap_tx);
     fingerprint.join().map_err(|_| PipelineError::Panic("fingerprint"))?;
     analysis.join().map_err(|_| PipelineError::Panic("analysis"))?;

@@ -131,6 +131,7 @@ fn a_killed_leader_is_detected_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("fleet.key");
     std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let ports = (free_ports(3), free_ports(3));
     let mut nodes = Nodes((0..3).map(|k| node(dir.path(), k, ports, &key)).collect());
     let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
@@ -267,6 +268,7 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("fleet.key");
     std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let ports = (free_ports(3), free_ports(3));
     let window = "window_segments = 30\n";
     let mut nodes = Nodes(vec![node_with(dir.path(), 0, ports, &key, window)]);
@@ -376,4 +378,149 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
         !text.contains("#EXT-X-DISCONTINUITY") && have.windows(2).all(|w| w[1] == w[0] + 1),
         "B's combined output after A's return: {have:?}"
     );
+}
+
+/// A network namespace joined to this one by a veth pair, removed on drop.
+struct Netns {
+    name: String,
+    host_dev: String,
+}
+
+impl Netns {
+    fn new(tag: u32) -> Self {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let (name, host_dev, peer) = (format!("lsw{tag}"), format!("lswh{tag}"), format!("lswn{tag}"));
+        run(&["netns", "add", &name]);
+        let ns = Self { name, host_dev };
+        run(&["link", "add", &ns.host_dev, "type", "veth", "peer", "name", &peer, "netns", &ns.name]);
+        let net = tag % 250;
+        run(&["addr", "add", &format!("10.78.{net}.1/24"), "dev", &ns.host_dev]);
+        run(&["link", "set", &ns.host_dev, "up"]);
+        run(&["-n", &ns.name, "addr", "add", &format!("10.78.{net}.2/24"), "dev", &peer]);
+        run(&["-n", &ns.name, "link", "set", &peer, "up"]);
+        run(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn link(&self, up: bool) {
+        let out = std::process::Command::new("ip")
+            .args(["link", "set", &self.host_dev, if up { "up" } else { "down" }])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_dev]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A node at `ip` (inside namespace `ns` if given) seeded with `seed`.
+fn node_at(dir: &Path, name: &str, ip: &str, seed: &str, key: &Path, ns: Option<&str>) -> Child {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let text = format!(
+        "[appliance]\nid = \"{name}\"\n[channel]\nid = \"ch\"\n[source]\nkind = \"test\"\nwidth = 160\nheight = 90\nfps = \"25\"\n\
+         [audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
+         [output]\ndir = \"{}\"\nwindow_segments = 60\n[origin]\nlisten = \"{ip}:8080\"\n\
+         [swarm]\nenabled = true\nbind = \"{ip}:7946\"\nseeds = [\"{seed}:7946\"]\nfleet_key_file = \"{}\"\nstatus_file = \"{}\"\n",
+        out.display(),
+        key.display(),
+        out.join("swarm.json").display()
+    );
+    let config = out.join("lockstep.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(out.join("stderr.log")).unwrap();
+    let exe = env!("CARGO_BIN_EXE_lockstep");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, exe]);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
+    cmd.args(["run", "--duration", "90", "--config"]).arg(&config).stderr(log).spawn().unwrap()
+}
+
+#[test]
+fn a_cut_off_node_keeps_producing_flags_itself_isolated_and_converges() {
+    assert!(common::is_root(), "this test creates a network namespace and needs root (CI runs as root)");
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let tag = std::process::id() % 100_000;
+    let ns = Netns::new(tag);
+    let net = tag % 250;
+    let (ip_a, ip_b) = (format!("10.78.{net}.1"), format!("10.78.{net}.2"));
+    let _nodes = Nodes(vec![
+        node_at(dir.path(), "na", &ip_a, &ip_b, &key, None),
+        node_at(dir.path(), "nb", &ip_b, &ip_a, &key, Some(&ns.name)),
+    ]);
+    let b_view = || view(&dir.path().join("nb/swarm.json"));
+    let peer_healthy = |v: &serde_json::Value, peer: &str| v["peers"][peer]["healthy"] == true;
+    let wait = |what: &str, limit: u64, ok: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !ok() {
+            let log = |n: &str| std::fs::read_to_string(dir.path().join(n).join("stderr.log")).unwrap_or_default();
+            let tail = |t: String| t.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+            assert!(
+                started.elapsed() < Duration::from_secs(limit),
+                "{what} not within {limit} s\n--- na\n{}\n--- nb\n{}",
+                tail(log("na")),
+                tail(log("nb"))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started.elapsed()
+    };
+    wait("swarm formed", 30, &|| b_view().is_some_and(|v| peer_healthy(&v, "na") && v["isolated"] == false));
+    std::thread::sleep(Duration::from_secs(2));
+
+    ns.link(false);
+    let own_segments =
+        || std::fs::read_to_string(dir.path().join("nb/ch/90p/manifest.jsonl")).unwrap_or_default().lines().count();
+    let before = own_segments();
+    let t = wait("isolation flagged", 15, &|| b_view().is_some_and(|v| v["isolated"] == true));
+    eprintln!("link down: B flagged itself isolated after {:.1} s", t.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(own_segments() > before, "B keeps producing while cut off");
+
+    ns.link(true);
+    let t = wait("convergence after healing", 30, &|| {
+        b_view().is_some_and(|v| peer_healthy(&v, "na") && v["isolated"] == false)
+            && view(&dir.path().join("na/swarm.json")).is_some_and(|v| peer_healthy(&v, "nb") && v["isolated"] == false)
+    });
+    eprintln!("link up: converged after {:.1} s", t.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Never a conflicting segment: own outputs agree wherever both have an
+    // index, and so do the combined outputs.
+    let verify = common::lockstep().arg("verify").arg(dir.path()).arg("--json").output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let (ca, cb) = (dir.path().join("na/combined/ch/90p"), dir.path().join("nb/combined/ch/90p"));
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&ca).unwrap().filter_map(Result::ok) {
+        let f = entry.file_name();
+        if f.to_string_lossy().ends_with(".m4s")
+            && let Ok(theirs) = std::fs::read(cb.join(&f))
+        {
+            assert!(std::fs::read(entry.path()).unwrap() == theirs, "{f:?} differs between the combined outputs");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "only {compared} combined segments in common");
 }

@@ -70,6 +70,8 @@ pub struct VideoJob {
     /// Live sources never do: another appliance has the complete segment
     /// under the same index, and the two must stay interchangeable.
     pub partial_at_end: bool,
+    /// Live changes (bitrate), applied at the segment they name.
+    pub control: std::sync::Arc<crate::control::LiveControl>,
 }
 
 struct OpenSegment {
@@ -130,7 +132,11 @@ pub fn run_video(
             if n != job.grid.first_frame(s) {
                 continue; // joined mid-segment: wait for the next boundary
             }
-            let encoder = factory.open(&job.settings).map_err(err)?;
+            let mut settings = job.settings;
+            if let Some(kbps) = job.control.bitrate_kbps(&job.name, s) {
+                settings.bitrate_bps = kbps.saturating_mul(1000);
+            }
+            let encoder = factory.open(&settings).map_err(err)?;
             open = Some(OpenSegment {
                 index: s,
                 next_frame: n,

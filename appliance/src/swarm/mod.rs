@@ -133,6 +133,8 @@ pub struct Local {
     pub clock: Option<ClockSummary>,
     /// When errors happened (last minute kept).
     pub errors: VecDeque<Instant>,
+    /// Live ladder changes known here.
+    pub ladder: Vec<crate::control::LadderChange>,
 }
 
 impl Local {
@@ -299,6 +301,7 @@ struct Node {
     started: Instant,
     ever_joined: bool,
     last_drop_log: Option<Instant>,
+    last_seed_announce: Instant,
 }
 
 fn foca_config(s: &Settings) -> foca::Config {
@@ -349,18 +352,13 @@ impl Node {
             started: Instant::now(),
             ever_joined: false,
             last_drop_log: None,
+            last_seed_announce: Instant::now(),
         }
     }
 
     fn run(mut self) {
         tracing::info!(node = %self.settings.node, addr = %self.settings.advertise, seeds = self.settings.seeds.len(), "joining the swarm");
-        for seed in self.settings.seeds.clone() {
-            if seed != self.settings.advertise {
-                let target = NodeId { addr: seed, name: String::new(), incarnation: 0 };
-                let _ = self.foca.announce(target, &mut self.runtime);
-            }
-        }
-        self.drain();
+        self.announce_to_seeds();
         let mut next_round = Instant::now();
         let mut buf = vec![0u8; 65_536];
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -481,13 +479,31 @@ impl Node {
         }
     }
 
+    /// Announces to every seed. At start, and again every 2 s while no
+    /// member is reachable: after a partition longer than foca keeps down
+    /// members, the seeds are the way back.
+    fn announce_to_seeds(&mut self) {
+        for seed in self.settings.seeds.clone() {
+            if seed != self.settings.advertise {
+                let target = NodeId { addr: seed, name: String::new(), incarnation: 0 };
+                let _ = self.foca.announce(target, &mut self.runtime);
+            }
+        }
+        self.last_seed_announce = Instant::now();
+        self.drain();
+    }
+
     fn alive_members(&self) -> Vec<NodeId> {
         self.foca.iter_members().map(|m| m.id().clone()).collect()
     }
 
     /// One round: health, decisions, own state out, view written.
     fn round(&mut self) {
-        let members = self.alive_members();
+        let mut members = self.alive_members();
+        if members.is_empty() && self.last_seed_announce.elapsed() >= Duration::from_secs(2) {
+            self.announce_to_seeds();
+            members = self.alive_members();
+        }
         let stale_after = self.settings.state_interval * 3;
         for p in self.peers.values_mut() {
             p.alive = members.iter().any(|m| m.name == p.state.node);
@@ -636,6 +652,7 @@ impl Node {
             confidence,
             weight: self.own_weight,
             leader: self.leader.clone(),
+            ladder: local.ladder.clone(),
         }
     }
 
@@ -688,6 +705,29 @@ fn write_view(path: &std::path::Path, view: &View) {
     }
 }
 
+/// Takes the ladder changes peers advertise that this node does not know.
+/// A change for a rendition this node lacks, or out of range, is ignored
+/// (logged): the ladders differ, and hash agreement will say so.
+fn adopt_ladder_changes(view: &View, control: &crate::control::LiveControl, renditions: &[String]) {
+    for peer in view.peers.values().filter(|p| p.alive) {
+        for change in &peer.state.ladder {
+            if !renditions.contains(&change.rendition) || !crate::config::BITRATE_KBPS.contains(&change.bitrate_kbps) {
+                tracing::debug!(peer = %peer.state.node, rendition = %change.rendition, "ladder change not applicable here");
+                continue;
+            }
+            if control.add(change.clone()) {
+                tracing::info!(
+                    rendition = %change.rendition,
+                    kbps = change.bitrate_kbps,
+                    from_segment = change.from_segment,
+                    by = %change.origin,
+                    "ladder change from the swarm"
+                );
+            }
+        }
+    }
+}
+
 /// Starts the node `config.swarm` describes (`None` when disabled) and a
 /// thread feeding it what the channel's taps report.
 pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Result<Option<Arc<Swarm>>, SwarmError> {
@@ -720,10 +760,18 @@ pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Res
     let mut analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
     let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
     let status = Arc::clone(&taps.status);
+    let control = Arc::clone(&taps.control);
+    let renditions: Vec<String> = config.renditions.iter().map(|r| r.name.clone()).collect();
     let spawned = std::thread::Builder::new().name("swarm-feed".into()).spawn(move || {
         let mut errors_seen = 0;
+        let mut rounds = 0u64;
         while let Some(swarm) = weak.upgrade() {
+            rounds += 1;
+            if rounds % 3 == 0 {
+                adopt_ladder_changes(&swarm.view(), &control, &renditions);
+            }
             swarm.local(|l| {
+                l.ladder = control.advertised();
                 if let Some(rx) = analyses.as_mut() {
                     while let Ok(r) = rx.try_recv() {
                         l.timecode = r.timecode.clone();

@@ -82,6 +82,8 @@ pub struct EncodingState {
     pub weight: f32,
     /// The leader of its group as this node computes it.
     pub leader: Option<String>,
+    /// Live ladder changes it knows (docs/swarm.md, "Live changes").
+    pub ladder: Vec<crate::control::LadderChange>,
 }
 
 /// Decodes a state packet's payload (postcard); `None` when malformed.

@@ -31,7 +31,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::{Rng, SeedableRng};
 
 /// Protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header bytes (also the associated data).
 pub const HEADER_LEN: usize = 56;
 /// Authentication tag bytes.

@@ -1,0 +1,853 @@
+//! Routes of the admin API and page (the contract: docs/openapi.json).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::auth::{Actor, COOKIE, Login};
+use super::{AppState, lock};
+use crate::config::BITRATE_KBPS;
+use crate::control::{LadderChange, unix_ms};
+use crate::daemon::ChannelCommand;
+
+type Shared = State<Arc<AppState>>;
+
+/// Paths anyone may fetch: the health probe, the page (which asks for the
+/// login) and the login itself.
+const PUBLIC: [&str; 6] = ["/healthz", "/", "/app.js", "/app.css", "/hls.min.js", "/api/v1/login"];
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const APP_CSS: &str = include_str!("page/app.css");
+const HLS_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hls.min.js"));
+
+/// The page's Content-Security-Policy: its own scripts only; media and
+/// playlists from the origins (another port), hls.js workers from blobs.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                   media-src 'self' blob: http: https:; connect-src 'self' http: https:; worker-src blob:; \
+                   frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Longest a channel command may take (stopping finishes the frame in hand).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An error answer: `{"error": "...", "field": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: None }
+    }
+
+    fn field(status: StatusCode, field: &str, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: Some(field.to_string()) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.error });
+        if let Some(f) = self.field {
+            body["field"] = Value::String(f);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Parses a JSON request body strictly: the content type must be JSON,
+/// unknown fields are refused, and errors name the field.
+pub fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !json_type {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    parse_json(body)
+}
+
+/// The JSON half of [`parse_body`] (also the fuzz target's entry).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = inner.to_string();
+                // serde names unknown and missing fields in its message.
+                let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
+                    message.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(f, _)| f.to_string())
+                });
+                let field = match (named, path.as_str()) {
+                    (Some(f), ".") => f,
+                    (Some(f), p) if p == f || p.ends_with(&format!(".{f}")) => p.to_string(),
+                    (Some(f), p) => format!("{p}.{f}"),
+                    (None, p) => p.to_string(),
+                };
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &field, format!("{field}: {message}"))
+            }
+            _ => ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}")),
+        }
+    })?;
+    de.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+fn json(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+/// The API's router with its middleware.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }))
+        .route("/app.js", get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }))
+        .route("/app.css", get(|| async { page(APP_CSS, "text/css; charset=utf-8") }))
+        .route("/hls.min.js", get(hls_js))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/session", get(session))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/channels", get(channels))
+        .route("/api/v1/channels/{id}", get(channel))
+        .route("/api/v1/channels/{id}/renditions/{name}", patch(set_rendition))
+        .route("/api/v1/channels/{id}/start", post(start_channel))
+        .route("/api/v1/channels/{id}/stop", post(stop_channel))
+        .route("/api/v1/sources", get(sources))
+        .route("/api/v1/outputs", get(outputs))
+        .route("/api/v1/swarm", get(swarm))
+        .route("/api/v1/swarm/alignment", get(alignment))
+        .route("/api/v1/analysis", get(analysis))
+        .route("/api/v1/history", get(history))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/events/stream", get(event_stream))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route (see docs/openapi.json)") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+        })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .with_state(state)
+}
+
+fn page(body: &'static str, kind: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn hls_js() -> Response {
+    if HLS_JS.is_empty() {
+        return ApiError::new(StatusCode::NOT_FOUND, "hls.js was not built in (run ./run deps, then rebuild)")
+            .into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=86400")], HLS_JS)
+        .into_response()
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Every request: login required (but for [`PUBLIC`]), CSRF token on
+/// state-changing session requests, security headers, counters.
+async fn guard(State(state): Shared, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let mut res = if PUBLIC.contains(&path.as_str()) {
+        next.run(req).await
+    } else {
+        let headers = req.headers();
+        match state.auth.check(cookie_value(headers, COOKIE), bearer(headers)) {
+            None => ApiError::new(StatusCode::UNAUTHORIZED, "login required (POST /api/v1/login, or an API token)")
+                .into_response(),
+            Some(Actor::Session { csrf })
+                if !matches!(*req.method(), Method::GET | Method::HEAD)
+                    && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(csrf.as_str()) =>
+            {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong X-CSRF-Token header (GET /api/v1/session gives it)",
+                )
+                .into_response()
+            }
+            Some(actor) => {
+                req.extensions_mut().insert(actor);
+                next.run(req).await
+            }
+        }
+    };
+    let class = (res.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+    state.api.by_class[class].fetch_add(1, Ordering::Relaxed);
+    let h = res.headers_mut();
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    if state.tls {
+        h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
+    }
+    if path.starts_with("/api/") && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    password: String,
+}
+
+async fn login(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let LoginBody { password } = parse_body(&headers, &body)?;
+    let worker = Arc::clone(&state);
+    let outcome = tokio::task::spawn_blocking(move || worker.auth.login(from.ip(), &password))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "login check failed"))?;
+    match outcome {
+        Login::Ok { session, csrf } => {
+            state.audit("admin", Some(from), "login", json!({}));
+            let life = state.auth.session_life().as_secs();
+            let secure = if state.tls { "; Secure" } else { "" };
+            let cookie = format!("{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={life}{secure}");
+            let mut res = json(StatusCode::OK, json!({ "csrf_token": csrf, "expires_in_s": life }));
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            Ok(res)
+        }
+        Login::Refused => {
+            state.api.login_failures.fetch_add(1, Ordering::Relaxed);
+            state.audit("-", Some(from), "login-failed", json!({}));
+            Err(ApiError::field(StatusCode::UNAUTHORIZED, "password", "wrong password"))
+        }
+        Login::Limited(retry) => {
+            state.api.login_limited.fetch_add(1, Ordering::Relaxed);
+            let mut res = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed logins from {}; retry in {retry} s", from.ip()),
+            )
+            .into_response();
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            Ok(res)
+        }
+    }
+}
+
+async fn logout(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(session) = cookie_value(&headers, COOKIE) {
+        state.auth.logout(session);
+        state.audit("admin", Some(from), "logout", json!({}));
+    }
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
+}
+
+async fn session(State(state): Shared, axum::Extension(actor): axum::Extension<Actor>) -> Response {
+    let csrf = match &actor {
+        Actor::Session { csrf } => Value::String(csrf.clone()),
+        Actor::Token { .. } => Value::Null,
+    };
+    json(
+        StatusCode::OK,
+        json!({ "actor": actor.name(), "csrf_token": csrf, "expires_in_s": state.auth.session_life().as_secs() }),
+    )
+}
+
+fn current_segment(state: &AppState) -> i64 {
+    let status = &state.ctx.taps.status;
+    let frames = i64::from(status.segment_frames.load(Ordering::Relaxed).max(1));
+    status.frame.load(Ordering::Relaxed).div_euclid(frames)
+}
+
+async fn status(State(state): Shared) -> Response {
+    let s = &state.ctx.taps.status;
+    let view = state.ctx.swarm.as_ref().map(|sw| sw.view());
+    let clock = lock(&s.clock).clone();
+    let swarm = match &view {
+        Some(v) => json!({
+            "enabled": true,
+            "leader": v.leader,
+            "isolated": v.isolated,
+            "members": v.peers.values().filter(|p| p.alive).count() + 1,
+            "healthy": v.peers.values().filter(|p| p.healthy).count() + 1,
+        }),
+        None => json!({ "enabled": false, "leader": null, "isolated": false, "members": 1, "healthy": 1 }),
+    };
+    json(
+        StatusCode::OK,
+        json!({
+            "appliance": state.ctx.config.appliance.id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "image_version": image_version(),
+            "uptime_s": state.started.elapsed().as_secs(),
+            "channel": {
+                "id": state.ctx.config.channel.id,
+                "running": s.running.load(Ordering::Relaxed),
+                "frame": s.frame.load(Ordering::Relaxed),
+                "segment": current_segment(&state),
+            },
+            "clock": clock,
+            "encode_latency_ms": s.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "write_errors": s.write_errors.load(Ordering::Relaxed),
+            "frames_captured": s.frames_captured.load(Ordering::Relaxed),
+            "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
+            "swarm": swarm,
+        }),
+    )
+}
+
+/// The image version stamped into an appliance image, if this runs in one.
+fn image_version() -> Option<String> {
+    std::fs::read_to_string("/usr/lib/lockstep/image-version").ok().map(|s| s.trim().to_string())
+}
+
+fn check_channel(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let ours = &state.ctx.config.channel.id;
+    if id != ours {
+        return Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "id",
+            format!("no channel `{id}` here (this appliance runs `{ours}`)"),
+        ));
+    }
+    Ok(())
+}
+
+fn channel_json(state: &AppState) -> Value {
+    let config = &state.ctx.config;
+    let s = &state.ctx.taps.status;
+    let segment = current_segment(state);
+    let control = &state.ctx.taps.control;
+    let resolved = lock(&s.ladder).clone();
+    let segments = lock(&state.segments);
+    let renditions: Vec<Value> = config
+        .renditions
+        .iter()
+        .map(|r| {
+            let size = resolved.iter().find(|x| x.name == r.name);
+            let recent: Vec<&super::SegmentRow> = segments.get(&r.name).map(|v| v.iter().collect()).unwrap_or_default();
+            let last: Vec<f64> = recent.iter().rev().take(2).map(|x| x.kbps).collect();
+            let measured = (!last.is_empty()).then(|| last.iter().sum::<f64>() / last.len() as f64);
+            json!({
+                "name": r.name,
+                "width": size.map(|x| x.width),
+                "height": size.map_or(r.height, |x| x.height),
+                "configured_kbps": r.bitrate_kbps,
+                "bitrate_kbps": control.bitrate_kbps(&r.name, segment).unwrap_or(r.bitrate_kbps),
+                "measured_kbps": measured,
+                "pending": control.pending(segment).into_iter().filter(|c| c.rendition == r.name).collect::<Vec<_>>(),
+                "recent": recent.iter().rev().take(10).rev().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
+    let id = &config.channel.id;
+    json!({
+        "id": id,
+        "running": s.running.load(Ordering::Relaxed),
+        "segment_seconds": config.channel.segment_seconds,
+        "current_segment": segment,
+        "source": source_json(state),
+        "renditions": renditions,
+        "audio": { "enabled": config.audio.enabled, "bitrate_kbps": config.audio.bitrate_kbps },
+        "playlists": {
+            "own": format!("/{id}/master.m3u8"),
+            "combined": combined.then(|| format!("/combined/{id}/master.m3u8")),
+        },
+        "origin": state.ctx.origin.map(|a| format!("http://{a}")),
+    })
+}
+
+fn source_json(state: &AppState) -> Value {
+    let config = &state.ctx.config;
+    let info = lock(&state.ctx.taps.status.source).clone();
+    json!({
+        "channel": config.channel.id,
+        "kind": match config.source.kind { crate::config::SourceKind::Test => "test", crate::config::SourceKind::File => "file" },
+        "path": config.source.path,
+        "description": info.as_ref().map(|i| i.description.clone()),
+        "width": info.as_ref().map(|i| i.width),
+        "height": info.as_ref().map(|i| i.height),
+        "fps": info.as_ref().map_or_else(|| config.source.fps.clone(), |i| i.fps.clone()),
+        "live": info.as_ref().map(|i| i.live),
+    })
+}
+
+async fn channels(State(state): Shared) -> Response {
+    json(StatusCode::OK, Value::Array(vec![channel_json(&state)]))
+}
+
+async fn channel(State(state): Shared, Path(id): Path<String>) -> ApiResult {
+    check_channel(&state, &id)?;
+    Ok(json(StatusCode::OK, channel_json(&state)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenditionPatch {
+    bitrate_kbps: u32,
+}
+
+/// The segment a change made now applies from on every node.
+fn apply_from(state: &AppState) -> i64 {
+    current_segment(state) + crate::control::lead_segments(state.ctx.config.channel.segment_seconds)
+}
+
+async fn set_rendition(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    check_channel(&state, &id)?;
+    if !state.ctx.config.renditions.iter().any(|r| r.name == name) {
+        let names: Vec<&str> = state.ctx.config.renditions.iter().map(|r| r.name.as_str()).collect();
+        return Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("no rendition `{name}` (the ladder has {})", names.join(", ")),
+        ));
+    }
+    let RenditionPatch { bitrate_kbps } = parse_body(&headers, &body)?;
+    if !BITRATE_KBPS.contains(&bitrate_kbps) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bitrate_kbps",
+            format!("bitrate_kbps {bitrate_kbps}: allowed {} to {}", BITRATE_KBPS.start(), BITRATE_KBPS.end()),
+        ));
+    }
+    let change = LadderChange {
+        from_segment: apply_from(&state),
+        revision: unix_ms(),
+        origin: state.ctx.config.appliance.id.clone(),
+        rendition: name.clone(),
+        bitrate_kbps,
+    };
+    state.ctx.taps.control.add(change.clone());
+    let detail = json!({ "rendition": name, "bitrate_kbps": bitrate_kbps, "from_segment": change.from_segment });
+    state.audit(&actor.name(), Some(from), "set-bitrate", detail.clone());
+    state.events.push(
+        "ladder",
+        Some(&state.ctx.config.appliance.id),
+        format!("{name}: {bitrate_kbps} kbit/s from segment {} (by {})", change.from_segment, actor.name()),
+    );
+    let mut body = detail;
+    body["swarm_wide"] = Value::Bool(state.ctx.swarm.is_some());
+    Ok(json(StatusCode::ACCEPTED, body))
+}
+
+async fn command(state: Arc<AppState>, actor: Actor, from: SocketAddr, id: String, cmd: ChannelCommand) -> ApiResult {
+    check_channel(&state, &id)?;
+    let supervisor = state.ctx.supervisor.clone();
+    let running = tokio::task::spawn_blocking(move || supervisor.send(cmd, COMMAND_TIMEOUT))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "channel command failed"))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    state.audit(&actor.name(), Some(from), cmd.name(), json!({ "channel": id }));
+    Ok(json(StatusCode::OK, json!({ "running": running })))
+}
+
+async fn start_channel(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    command(state, actor, from, id, ChannelCommand::Start).await
+}
+
+async fn stop_channel(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    command(state, actor, from, id, ChannelCommand::Stop).await
+}
+
+async fn sources(State(state): Shared) -> Response {
+    json(StatusCode::OK, Value::Array(vec![source_json(&state)]))
+}
+
+/// Free bytes on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs the
+    // call fills in; it is read only when the call succeeded.
+    let ok = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call above.
+    ok.then(|| unsafe { st.assume_init() }).map(|st| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+async fn outputs(State(state): Shared) -> Response {
+    let config = &state.ctx.config;
+    let id = &config.channel.id;
+    let origin = state.ctx.origin.map(|a| format!("http://{a}"));
+    let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
+    json(
+        StatusCode::OK,
+        json!([{
+            "channel": id,
+            "dir": config.output.dir.join(id),
+            "mode": match config.output.mode { crate::config::OutputMode::Archive => "archive", _ => "live" },
+            "window_segments": config.output.window_segments,
+            "free_bytes": free_bytes(&config.output.dir),
+            "origin": origin,
+            "playlists": {
+                "own": format!("/{id}/master.m3u8"),
+                "combined": combined.then(|| format!("/combined/{id}/master.m3u8")),
+            },
+            "write_errors": state.ctx.taps.status.write_errors.load(Ordering::Relaxed),
+        }]),
+    )
+}
+
+fn member_json(
+    state: &crate::swarm::state::EncodingState,
+    me: bool,
+    alive: bool,
+    healthy: bool,
+    leader: bool,
+) -> Value {
+    json!({
+        "node": state.node,
+        "self": me,
+        "alive": alive,
+        "healthy": healthy,
+        "leader": leader,
+        "weight": state.weight,
+        "confidence": state.confidence,
+        "clock": state.clock,
+        "load": state.load,
+        "frame": state.frame,
+        "timecode": state.timecode,
+        "complexity": state.complexity,
+        "uptime_s": state.uptime_s,
+        "recent_errors": state.recent_errors,
+        "origin": state.origin,
+        "encode_latency_ms": state.encode_latency_ms,
+        "isolated": state.isolated,
+    })
+}
+
+async fn swarm(State(state): Shared) -> Response {
+    let Some(sw) = state.ctx.swarm.as_ref() else {
+        return json(
+            StatusCode::OK,
+            json!({ "enabled": false, "node": state.ctx.config.appliance.id, "leader": null, "group": [], "isolated": false, "members": [], "packets": {} }),
+        );
+    };
+    let v = sw.view();
+    let mut members: Vec<Value> = v
+        .peers
+        .values()
+        .map(|p| {
+            let mut m = member_json(&p.state, false, p.alive, p.healthy, v.leader.as_deref() == Some(&p.state.node));
+            m["weight"] = json!(p.weight);
+            m["latency_ms"] = json!(p.latency_ms);
+            m["jitter_ms"] = json!(p.jitter_ms);
+            m["state_age_ms"] = json!(p.state_age_ms);
+            m["neighbour"] = json!(p.neighbour);
+            m
+        })
+        .collect();
+    if let Some(me) = &v.me {
+        let mut m = member_json(me, true, true, !v.isolated, v.leader.as_deref() == Some(&me.node));
+        m["latency_ms"] = json!(me.neighbour_latency_ms);
+        m["jitter_ms"] = json!(me.neighbour_jitter_ms);
+        m["state_age_ms"] = json!(0);
+        members.push(m);
+    }
+    members.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    json(
+        StatusCode::OK,
+        json!({
+            "enabled": true,
+            "node": v.node,
+            "leader": v.leader,
+            "group": v.group,
+            "isolated": v.isolated,
+            "members": members,
+            "packets": v.packets,
+        }),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+fn limit(
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let Query(Limit { limit }) =
+        q.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "limit", format!("query: {}", e.body_text())))?;
+    match limit.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n),
+        n => Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "limit", format!("limit {n}: allowed 1 to {max}"))),
+    }
+}
+
+async fn alignment(
+    State(state): Shared,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let n = limit(q, 12, 200)?;
+    let Some(sw) = state.ctx.swarm.as_ref() else {
+        return Ok(json(StatusCode::OK, json!({ "nodes": [state.ctx.config.appliance.id], "rows": [] })));
+    };
+    let v = sw.view();
+    // Every node's hash per (index, track), from its state packets.
+    let mut hashes: BTreeMap<(i64, String), BTreeMap<String, String>> = BTreeMap::new();
+    let states = v.peers.values().map(|p| &p.state).chain(v.me.iter());
+    let mut nodes: Vec<String> = Vec::new();
+    for s in states {
+        nodes.push(s.node.clone());
+        for seg in &s.segments {
+            for (track, h) in &seg.tracks {
+                hashes.entry((seg.index, track.clone())).or_default().insert(s.node.clone(), hex::encode(&h[..6]));
+            }
+        }
+    }
+    nodes.sort();
+    let mut rows = Vec::new();
+    for ((index, track), by_node) in hashes.iter().rev() {
+        if rows.len() >= n * 8 {
+            break;
+        }
+        let chosen = v.selection.get(index).and_then(|t| t.get(track)).cloned();
+        let first = by_node.values().next();
+        let agree = by_node.values().all(|h| Some(h) == first);
+        rows.push(json!({ "index": index, "track": track, "chosen": chosen, "agree": agree, "hashes": by_node }));
+    }
+    // `limit` counts indices: keep every track of the newest `n`.
+    let indices: Vec<i64> = {
+        let mut i: Vec<i64> = hashes.keys().map(|(i, _)| *i).collect();
+        i.dedup();
+        i.into_iter().rev().take(n).collect()
+    };
+    rows.retain(|r| r["index"].as_i64().is_some_and(|i| indices.contains(&i)));
+    Ok(json(StatusCode::OK, json!({ "nodes": nodes, "rows": rows })))
+}
+
+async fn analysis(
+    State(state): Shared,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let n = limit(q, 120, super::ANALYSIS_KEPT)?;
+    let rows = lock(&state.analysis);
+    let skip = rows.len().saturating_sub(n);
+    Ok(json(StatusCode::OK, json!(rows.iter().skip(skip).collect::<Vec<_>>())))
+}
+
+async fn history(State(state): Shared) -> Response {
+    json(StatusCode::OK, json!({ "samples": state.history.all() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Since {
+    since: Option<u64>,
+}
+
+async fn events(State(state): Shared, q: Result<Query<Since>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+    let Query(Since { since }) =
+        q.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "since", format!("query: {}", e.body_text())))?;
+    Ok(json(StatusCode::OK, json!(state.events.since(since.unwrap_or(0)))))
+}
+
+async fn event_stream(State(state): Shared) -> Response {
+    let rx = state.events.subscribe();
+    let tick = tokio::time::interval(Duration::from_secs(1));
+    let stream = futures_util::stream::unfold((rx, tick), |(mut rx, mut tick)| async move {
+        let event = tokio::select! {
+            e = rx.recv() => match e {
+                Ok(e) => SseEvent::default().event("log").json_data(&e).unwrap_or_default(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}"))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            },
+            _ = tick.tick() => SseEvent::default().event("tick").data(format!("{{\"t_ms\":{}}}", unix_ms())),
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, tick)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Prometheus text: what the pipeline writes each segment (analysis,
+/// packager, clock) plus live pipeline, swarm, origin and API counters.
+async fn metrics(State(state): Shared) -> Response {
+    use std::fmt::Write;
+    let config = &state.ctx.config;
+    let ch = &config.channel.id;
+    let mut text = std::fs::read_to_string(config.output.dir.join(ch).join("metrics.prom")).unwrap_or_default();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(text, "{name} {v}");
+            } else {
+                let _ = writeln!(text, "{name}{{{labels}}} {v}");
+            }
+        }
+    };
+    let s = &state.ctx.taps.status;
+    let c = format!("channel=\"{ch}\"");
+    metric(
+        "lockstep_channel_running",
+        "gauge",
+        "1 while the channel's pipeline runs.",
+        &[(c.clone(), f64::from(u8::from(s.running.load(Ordering::Relaxed))))],
+    );
+    metric(
+        "lockstep_frames_captured_total",
+        "counter",
+        "Frames captured since the daemon started.",
+        &[(c.clone(), s.frames_captured.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "lockstep_frames_dropped_total",
+        "counter",
+        "Frames skipped because capture fell behind real time.",
+        &[(c.clone(), s.frames_dropped.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "lockstep_encode_latency_seconds",
+        "gauge",
+        "Capture of a segment's last frame to its publication.",
+        &[(c.clone(), s.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6)],
+    );
+    if let Some(sw) = state.ctx.swarm.as_ref() {
+        let v = sw.view();
+        let me = &config.appliance.id;
+        metric(
+            "lockstep_swarm_members",
+            "gauge",
+            "Members this node sees alive, itself included.",
+            &[(String::new(), (v.peers.values().filter(|p| p.alive).count() + 1) as f64)],
+        );
+        metric(
+            "lockstep_swarm_healthy_members",
+            "gauge",
+            "Members healthy, itself included.",
+            &[(String::new(), (v.peers.values().filter(|p| p.healthy).count() + 1) as f64)],
+        );
+        metric(
+            "lockstep_swarm_leader",
+            "gauge",
+            "1 when this node leads its group.",
+            &[(String::new(), f64::from(u8::from(v.leader.as_deref() == Some(me))))],
+        );
+        metric(
+            "lockstep_swarm_isolated",
+            "gauge",
+            "1 when this node hears no peer.",
+            &[(String::new(), f64::from(u8::from(v.isolated)))],
+        );
+        let weights: Vec<(String, f64)> =
+            v.weights.iter().map(|(n, w)| (format!("node=\"{n}\""), f64::from(*w))).collect();
+        metric("lockstep_swarm_weight_ratio", "gauge", "Encoder weight of each node, 0-1.", &weights);
+        let mut confidence: Vec<(String, f64)> =
+            v.peers.values().map(|p| (format!("node=\"{}\"", p.state.node), f64::from(p.state.confidence))).collect();
+        if let Some(m) = &v.me {
+            confidence.push((format!("node=\"{me}\""), f64::from(m.confidence)));
+        }
+        metric("lockstep_swarm_confidence_ratio", "gauge", "Confidence score of each node, 0-1.", &confidence);
+        let packets: Vec<(String, f64)> =
+            v.packets.iter().map(|(k, n)| (format!("outcome=\"{k}\""), *n as f64)).collect();
+        metric("lockstep_swarm_packets_total", "counter", "Swarm packets received, by outcome.", &packets);
+    }
+    let o = &state.ctx.origin_metrics;
+    let classes = |counts: &[std::sync::atomic::AtomicU64; 5]| -> Vec<(String, f64)> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("code=\"{}xx\"", i + 1), n.load(Ordering::Relaxed) as f64))
+            .collect()
+    };
+    metric(
+        "lockstep_origin_requests_total",
+        "counter",
+        "Origin HTTP responses by status class.",
+        &classes(&o.by_class),
+    );
+    metric(
+        "lockstep_api_requests_total",
+        "counter",
+        "Admin API responses by status class.",
+        &classes(&state.api.by_class),
+    );
+    metric(
+        "lockstep_api_login_failures_total",
+        "counter",
+        "Failed admin logins.",
+        &[(String::new(), state.api.login_failures.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "lockstep_api_logins_limited_total",
+        "counter",
+        "Logins refused by the rate limit.",
+        &[(String::new(), state.api.login_limited.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "lockstep_events_total",
+        "counter",
+        "Events recorded in the admin event log.",
+        &[(String::new(), state.events.count() as f64)],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}

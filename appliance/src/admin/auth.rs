@@ -1,0 +1,368 @@
+//! Who may use the admin API: the admin password (argon2 hash in a file),
+//! login sessions with CSRF tokens, API tokens for automation, and the
+//! limit on failed logins.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sha2::{Digest, Sha256};
+
+/// Name of the session cookie.
+pub const COOKIE: &str = "lockstep_session";
+
+/// Why credentials could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A credentials file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// A credentials file holds something else.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// `n` random bytes from the kernel.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn argon2() -> argon2::Argon2<'static> {
+    // OWASP's argon2id baseline (19 MiB, 2 passes): ~30 ms a login here.
+    argon2::Argon2::default()
+}
+
+/// The argon2id hash (PHC string) of a password.
+pub fn hash_password(password: &str) -> std::io::Result<String> {
+    let salt =
+        SaltString::encode_b64(&random_bytes::<16>()?).map_err(|e| std::io::Error::other(format!("salt: {e}")))?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| std::io::Error::other(format!("argon2: {e}")))
+}
+
+/// Writes a file readable by its owner only, replacing it atomically.
+pub fn write_private(path: &Path, text: &str) -> Result<(), AuthError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| AuthError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Stores the hash of `password` in `path` (`lockstep passwd`).
+pub fn set_password(path: &Path, password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < 8 {
+        return Err(AuthError::Format {
+            path: path.to_path_buf(),
+            reason: "the password needs 8 characters or more".into(),
+        });
+    }
+    let hash = hash_password(password).map_err(|source| AuthError::Io { path: path.to_path_buf(), source })?;
+    write_private(path, &format!("{hash}\n"))
+}
+
+/// Makes a new API token named `name`, appends its hash to `path` and
+/// returns the token (shown once; only its hash is kept).
+pub fn add_token(path: &Path, name: &str) -> Result<String, AuthError> {
+    let format = |reason: &str| AuthError::Format { path: path.to_path_buf(), reason: reason.into() };
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(format("a token name is 1-64 of a-z, A-Z, 0-9, '-', '_', '.'"));
+    }
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(AuthError::Io { path: path.to_path_buf(), source }),
+    };
+    if parse_tokens(&existing).iter().any(|(_, n)| n == name) {
+        return Err(format(&format!("a token named `{name}` exists")));
+    }
+    let bytes = random_bytes::<32>().map_err(|source| AuthError::Io { path: path.to_path_buf(), source })?;
+    let token = format!("lst_{}", hex::encode(bytes));
+    let line = format!("{} {name}\n", hex::encode(Sha256::digest(token.as_bytes())));
+    write_private(path, &(existing + &line))?;
+    Ok(token)
+}
+
+fn parse_tokens(text: &str) -> Vec<([u8; 32], String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (hash, name) = l.trim().split_once(' ').unwrap_or((l.trim(), "token"));
+            let bytes: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
+            Some((bytes, name.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A login session (the admin).
+    Session {
+        /// Its CSRF token.
+        csrf: String,
+    },
+    /// An API token.
+    Token {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl Actor {
+    /// Name written to the audit log.
+    pub fn name(&self) -> String {
+        match self {
+            Actor::Session { .. } => "admin".into(),
+            Actor::Token { name } => format!("token:{name}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    csrf: String,
+    expires: Instant,
+}
+
+/// Credentials and live sessions.
+#[derive(Debug)]
+pub struct Auth {
+    password_hash: Option<String>,
+    tokens: Vec<([u8; 32], String)>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    session_life: Duration,
+    attempts_per_minute: usize,
+}
+
+/// Sessions kept at most (the oldest go first).
+const MAX_SESSIONS: usize = 256;
+
+/// Result of a login attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// Session token (cookie value) and CSRF token.
+    Ok {
+        /// Cookie value.
+        session: String,
+        /// CSRF token.
+        csrf: String,
+    },
+    /// Wrong password.
+    Refused,
+    /// Too many failures from this address: retry after this many seconds.
+    Limited(u64),
+}
+
+impl Auth {
+    /// Loads the credentials the config names.
+    pub fn load(config: &crate::config::AdminConfig) -> Result<Self, AuthError> {
+        let password_hash = match &config.password_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
+                let hash = text.trim().to_string();
+                PasswordHash::new(&hash).map_err(|e| AuthError::Format {
+                    path: path.clone(),
+                    reason: format!(
+                        "not an argon2 password hash ({e}); write one with `lockstep passwd --file {}`",
+                        path.display()
+                    ),
+                })?;
+                warn_if_readable(path);
+                Some(hash)
+            }
+            None => None,
+        };
+        let tokens = match &config.tokens_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
+                warn_if_readable(path);
+                parse_tokens(&text)
+            }
+            None => Vec::new(),
+        };
+        Ok(Self {
+            password_hash,
+            tokens,
+            sessions: Mutex::default(),
+            failures: Mutex::default(),
+            session_life: Duration::from_secs(u64::from(config.session_minutes) * 60),
+            attempts_per_minute: config.login_attempts_per_minute as usize,
+        })
+    }
+
+    /// Session lifetime.
+    pub fn session_life(&self) -> Duration {
+        self.session_life
+    }
+
+    /// Checks a password from `ip` (slow: argon2; call off the event loop).
+    pub fn login(&self, ip: IpAddr, password: &str) -> Login {
+        let now = Instant::now();
+        {
+            let mut failures = lock(&self.failures);
+            let recent = failures.entry(ip).or_default();
+            while recent.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+                recent.pop_front();
+            }
+            if recent.len() >= self.attempts_per_minute {
+                let oldest = recent.front().copied().unwrap_or(now);
+                return Login::Limited(60u64.saturating_sub(now.duration_since(oldest).as_secs()).max(1));
+            }
+        }
+        let ok = self
+            .password_hash
+            .as_deref()
+            .and_then(|h| PasswordHash::new(h).ok())
+            .is_some_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok());
+        if !ok {
+            lock(&self.failures).entry(ip).or_default().push_back(now);
+            return Login::Refused;
+        }
+        lock(&self.failures).remove(&ip);
+        let (Ok(session), Ok(csrf)) = (random_bytes::<32>(), random_bytes::<24>()) else {
+            return Login::Refused;
+        };
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        {
+            sessions.remove(&oldest);
+        }
+        let csrf = hex::encode(csrf);
+        sessions
+            .insert(Sha256::digest(session).into(), Session { csrf: csrf.clone(), expires: now + self.session_life });
+        Login::Ok { session: hex::encode(session), csrf }
+    }
+
+    /// Ends a session.
+    pub fn logout(&self, session: &str) {
+        if let Ok(raw) = hex::decode(session) {
+            lock(&self.sessions).remove(&<[u8; 32]>::from(Sha256::digest(raw)));
+        }
+    }
+
+    /// The actor behind a session cookie or a bearer token, if valid.
+    pub fn check(&self, cookie: Option<&str>, bearer: Option<&str>) -> Option<Actor> {
+        if let Some(token) = bearer {
+            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            // Compared by hash: equal-time in what matters (the token).
+            return self.tokens.iter().find(|(h, _)| *h == hash).map(|(_, name)| Actor::Token { name: name.clone() });
+        }
+        let raw = hex::decode(cookie?).ok()?;
+        let key: [u8; 32] = Sha256::digest(raw).into();
+        let now = Instant::now();
+        let mut sessions = lock(&self.sessions);
+        match sessions.get(&key) {
+            Some(s) if s.expires > now => Some(Actor::Session { csrf: s.csrf.clone() }),
+            Some(_) => {
+                sessions.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+fn warn_if_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "credentials file readable by others; chmod 600 it");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth_with(password: &str, dir: &Path) -> Auth {
+        let path = dir.join("admin.passwd");
+        set_password(&path, password).unwrap();
+        let config = crate::config::AdminConfig {
+            listen: Some("127.0.0.1:0".into()),
+            password_file: Some(path),
+            login_attempts_per_minute: 3,
+            ..Default::default()
+        };
+        Auth::load(&config).unwrap()
+    }
+
+    #[test]
+    fn a_password_logs_in_and_the_session_carries_a_csrf_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth_with("correct horse", dir.path());
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let Login::Ok { session, csrf } = auth.login(ip, "correct horse") else { panic!("login refused") };
+        assert_eq!(auth.check(Some(&session), None), Some(Actor::Session { csrf }));
+        assert_eq!(auth.check(Some("00"), None), None);
+        auth.logout(&session);
+        assert_eq!(auth.check(Some(&session), None), None, "logged out");
+    }
+
+    #[test]
+    fn failed_logins_are_limited_per_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth_with("correct horse", dir.path());
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..3 {
+            assert_eq!(auth.login(a, "wrong"), Login::Refused);
+        }
+        assert!(matches!(auth.login(a, "correct horse"), Login::Limited(s) if (1..=60).contains(&s)));
+        assert!(matches!(auth.login(b, "correct horse"), Login::Ok { .. }), "another address is not limited");
+    }
+
+    #[test]
+    fn short_passwords_and_bad_hash_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        assert!(set_password(&path, "short").unwrap_err().to_string().contains("8 characters"));
+        std::fs::write(&path, "admin\n").unwrap();
+        let config = crate::config::AdminConfig { password_file: Some(path), ..Default::default() };
+        let e = Auth::load(&config).unwrap_err().to_string();
+        assert!(e.contains("not an argon2 password hash") && e.contains("lockstep passwd"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_kept_as_hashes_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let token = add_token(&path, "prometheus").unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains(&token), "only the hash is stored");
+        assert!(add_token(&path, "prometheus").is_err(), "names are unique");
+        let config = crate::config::AdminConfig { tokens_file: Some(path), ..Default::default() };
+        let auth = Auth::load(&config).unwrap();
+        assert_eq!(auth.check(None, Some(&token)), Some(Actor::Token { name: "prometheus".into() }));
+        assert_eq!(auth.check(None, Some("lst_00")), None);
+    }
+}

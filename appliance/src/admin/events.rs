@@ -1,0 +1,188 @@
+//! What happened (elections, failovers, nodes lost and back, isolation,
+//! ladder changes, channel start/stop, errors) and what was measured over
+//! time (weights, CPU, complexity), for the page's log and charts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::control::unix_ms;
+use crate::swarm::View;
+
+/// Events kept.
+const EVENTS_KEPT: usize = 1000;
+/// History samples kept (one a second: ten minutes).
+const SAMPLES_KEPT: usize = 600;
+
+/// One event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Increasing id (`/api/v1/events?since=`).
+    pub id: u64,
+    /// Unix time, ms.
+    pub t_ms: u64,
+    /// `election`, `failover`, `node-down`, `node-up`, `isolated`,
+    /// `rejoined`, `ladder`, `channel`, `error`, `login`.
+    pub kind: &'static str,
+    /// The node it is about, if one.
+    pub node: Option<String>,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// The event log, with a live feed for the event stream.
+#[derive(Debug)]
+pub struct EventLog {
+    events: Mutex<VecDeque<Event>>,
+    next: AtomicU64,
+    feed: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self { events: Mutex::default(), next: AtomicU64::new(1), feed: tokio::sync::broadcast::channel(256).0 }
+    }
+}
+
+impl EventLog {
+    /// Records an event (and logs it).
+    pub fn push(&self, kind: &'static str, node: Option<&str>, message: String) {
+        tracing::info!(kind, node = node.unwrap_or("-"), "{message}");
+        let e = Event {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            t_ms: unix_ms(),
+            kind,
+            node: node.map(str::to_string),
+            message,
+        };
+        let mut events = lock(&self.events);
+        events.push_back(e.clone());
+        while events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+        let _ = self.feed.send(e); // nobody listening is fine
+    }
+
+    /// Events with an id above `since`, oldest first.
+    pub fn since(&self, since: u64) -> Vec<Event> {
+        lock(&self.events).iter().filter(|e| e.id > since).cloned().collect()
+    }
+
+    /// Live events.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.feed.subscribe()
+    }
+
+    /// Events recorded so far.
+    pub fn count(&self) -> u64 {
+        self.next.load(Ordering::Relaxed) - 1
+    }
+}
+
+/// One sample of the charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Unix time, ms.
+    pub t_ms: u64,
+    /// Encoder weight per node.
+    pub weights: BTreeMap<String, f32>,
+    /// Machine CPU busy per node, 0–1.
+    pub cpu: BTreeMap<String, f32>,
+    /// Complexity of this node's last analysed segment.
+    pub complexity: f32,
+    /// This node's capture-to-publish latency, ms.
+    pub encode_latency_ms: f32,
+}
+
+/// Chart history.
+#[derive(Debug, Default)]
+pub struct History(Mutex<VecDeque<Sample>>);
+
+impl History {
+    /// Adds a sample.
+    pub fn push(&self, s: Sample) {
+        let mut h = lock(&self.0);
+        h.push_back(s);
+        while h.len() > SAMPLES_KEPT {
+            h.pop_front();
+        }
+    }
+
+    /// All samples, oldest first.
+    pub fn all(&self) -> Vec<Sample> {
+        lock(&self.0).iter().cloned().collect()
+    }
+}
+
+/// Swarm events found by comparing two views of the swarm.
+#[derive(Debug, Default)]
+pub struct ViewDiff {
+    leader: Option<String>,
+    healthy: BTreeMap<String, bool>,
+    isolated: bool,
+    chosen: BTreeMap<String, (i64, String)>,
+    seen: bool,
+}
+
+impl ViewDiff {
+    /// Records in `log` what changed since the last view.
+    pub fn update(&mut self, view: &View, log: &EventLog) {
+        if view.leader != self.leader && (self.seen || view.leader.is_some()) {
+            match &view.leader {
+                Some(l) => log.push("election", Some(l), format!("{l} leads the group")),
+                None => log.push("election", None, "the group has no leader".into()),
+            }
+            self.leader = view.leader.clone();
+        }
+        for (node, peer) in &view.peers {
+            let was = self.healthy.insert(node.clone(), peer.healthy);
+            match (was, peer.healthy) {
+                (Some(true), false) => {
+                    log.push("node-down", Some(node), format!("{node} is unhealthy or gone; its weight drains to 0"))
+                }
+                (Some(false) | None, true) => log.push("node-up", Some(node), format!("{node} is healthy")),
+                _ => {}
+            }
+        }
+        if view.isolated != self.isolated {
+            if view.isolated {
+                log.push(
+                    "isolated",
+                    Some(&view.node),
+                    format!("{} hears no peer: isolated, producing on its own", view.node),
+                );
+            } else {
+                log.push("rejoined", Some(&view.node), format!("{} hears the swarm again", view.node));
+            }
+            self.isolated = view.isolated;
+        }
+        // Failover: the chosen replica of the newest selected index changes
+        // to another node while the previous one is no longer healthy.
+        if let Some((index, tracks)) = view.selection.iter().next_back() {
+            let mut moved: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+            for (track, node) in tracks {
+                let before = self.chosen.insert(track.clone(), (*index, node.clone()));
+                if let Some((_, previous)) = before
+                    && previous != *node
+                    && view.peers.get(&previous).is_some_and(|p| !p.healthy)
+                {
+                    moved.entry((previous, node.clone())).or_default().push(track);
+                }
+            }
+            for ((from, to), tracks) in moved {
+                log.push(
+                    "failover",
+                    Some(&to),
+                    format!("segments from {to} instead of {from} from index {index} ({})", tracks.join(", ")),
+                );
+            }
+        }
+        self.seen = true;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,320 @@
+//! The admin page and REST API (docs/admin.md, docs/api.md, docs/openapi.json).
+//!
+//! Served by axum on its own listener (`[admin] listen`), on its own
+//! threads: it reads the data plane's shared status and sends it typed
+//! commands over bounded queues with timeouts, so a busy or stuck client
+//! never slows the pipeline down.
+
+pub mod api;
+pub mod auth;
+pub mod events;
+mod tls;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::daemon::Supervisor;
+use crate::origin::OriginMetrics;
+use crate::pipeline::Taps;
+use crate::swarm::Swarm;
+
+use auth::Auth;
+use events::{EventLog, History, Sample, ViewDiff};
+
+/// What the admin API works on.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The daemon's configuration.
+    pub config: Config,
+    /// The channel's shared status, controls and feeds.
+    pub taps: Taps,
+    /// The swarm node, when in a swarm.
+    pub swarm: Option<Arc<Swarm>>,
+    /// Starts and stops the channel.
+    pub supervisor: Supervisor,
+    /// The origin's address, when it runs.
+    pub origin: Option<SocketAddr>,
+    /// The origin's counters.
+    pub origin_metrics: Arc<OriginMetrics>,
+}
+
+/// A running admin server.
+#[derive(Debug)]
+pub struct Admin {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// Its event log.
+    pub events: Arc<EventLog>,
+    _threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// One analysed segment, as the timeline shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalysisRow {
+    /// Segment index.
+    pub index: i64,
+    /// Timecode of its first frame.
+    pub timecode: String,
+    /// Complexity, 0–1.
+    pub complexity: f32,
+    /// Content type.
+    pub content: &'static str,
+    /// Scene cuts in it.
+    pub scene_cuts: usize,
+    /// Pictures the analysis left out.
+    pub frames_skipped: u32,
+}
+
+/// One published segment of a track.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentRow {
+    /// Segment index.
+    pub index: i64,
+    /// File size.
+    pub bytes: u64,
+    /// Bitrate it came out at, kbit/s.
+    pub kbps: f64,
+}
+
+/// Counters of the API itself.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    /// Requests by status class (1xx..5xx).
+    pub by_class: [AtomicU64; 5],
+    /// Failed logins.
+    pub login_failures: AtomicU64,
+    /// Logins refused by the rate limit.
+    pub login_limited: AtomicU64,
+}
+
+/// The client's address, for the login limit and the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct AppState {
+    ctx: Context,
+    auth: Auth,
+    events: Arc<EventLog>,
+    history: History,
+    analysis: Mutex<VecDeque<AnalysisRow>>,
+    segments: Mutex<BTreeMap<String, VecDeque<SegmentRow>>>,
+    api: ApiMetrics,
+    audit: Mutex<Option<std::fs::File>>,
+    tls: bool,
+    started: Instant,
+}
+
+/// Analysed segments kept for the timeline.
+const ANALYSIS_KEPT: usize = 600;
+/// Published segments kept per track.
+const SEGMENTS_KEPT: usize = 30;
+
+impl AppState {
+    /// Appends a line to the audit log: who changed what, from where.
+    fn audit(&self, actor: &str, from: Option<SocketAddr>, action: &str, detail: serde_json::Value) {
+        let line = serde_json::json!({
+            "t_ms": crate::control::unix_ms(),
+            "actor": actor,
+            "from": from.map(|a| a.ip().to_string()),
+            "action": action,
+            "detail": detail,
+        });
+        tracing::info!(actor, action, %detail, "audit");
+        if let Some(f) = lock(&self.audit).as_mut()
+            && writeln!(f, "{line}").and_then(|()| f.flush()).is_err()
+        {
+            tracing::warn!("audit log not written");
+        }
+    }
+}
+
+/// Starts the admin server `ctx.config.admin` describes.
+pub fn start(ctx: Context) -> anyhow::Result<Admin> {
+    let admin = &ctx.config.admin;
+    let listen = admin.listen.clone().unwrap_or_default();
+    let addr: SocketAddr = listen.parse().map_err(|_| anyhow::anyhow!("admin.listen `{listen}` is not an address"))?;
+    let auth = Auth::load(admin)?;
+    let tls = match (&admin.tls_cert, &admin.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let audit_path = admin.audit_log.clone().unwrap_or_else(|| ctx.config.output.dir.join("audit.jsonl"));
+    if let Some(parent) = audit_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let audit = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&audit_path)
+            .map_err(|e| anyhow::anyhow!("admin audit log {}: {e}", audit_path.display()))?
+    };
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("admin API cannot listen on {addr}: {e}"))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let events = Arc::new(EventLog::default());
+    let tls_on = tls.is_some();
+    let state = Arc::new(AppState {
+        ctx,
+        auth,
+        events: Arc::clone(&events),
+        history: History::default(),
+        analysis: Mutex::default(),
+        segments: Mutex::default(),
+        api: ApiMetrics::default(),
+        audit: Mutex::new(Some(audit)),
+        tls: tls.is_some(),
+        started: Instant::now(),
+    });
+    let watcher = {
+        let state = Arc::clone(&state);
+        std::thread::Builder::new().name("admin-watch".into()).spawn(move || watch(&state))?
+    };
+    let server = std::thread::Builder::new().name("admin".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("admin-io")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("admin runtime: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("admin listener: {e}");
+                    return;
+                }
+            };
+            let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
+            let served = match tls {
+                Some(config) => axum::serve(tls::TlsListener::new(listener, config), app).await,
+                None => axum::serve(listener, app).await,
+            };
+            if let Err(e) = served {
+                tracing::error!("admin API stopped: {e}");
+            }
+        });
+    })?;
+    tracing::info!(%addr, tls = tls_on, "admin page and API listening");
+    Ok(Admin { addr, events, _threads: vec![watcher, server] })
+}
+
+/// Follows the channel and the swarm: feeds the timeline, the charts and
+/// the event log.
+fn watch(state: &Arc<AppState>) {
+    let taps = &state.ctx.taps;
+    let mut analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
+    let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
+    let mut diff = ViewDiff::default();
+    let mut running = false;
+    let mut write_errors = 0;
+    let mut last_sample = Instant::now() - Duration::from_secs(1);
+    loop {
+        if let Some(rx) = analyses.as_mut() {
+            while let Ok(r) = rx.try_recv() {
+                let mut rows = lock(&state.analysis);
+                rows.push_back(AnalysisRow {
+                    index: r.index,
+                    timecode: r.timecode.clone(),
+                    complexity: r.analysis.complexity,
+                    content: r.analysis.content.name(),
+                    scene_cuts: r.analysis.scene_cuts.len(),
+                    frames_skipped: r.analysis.frames_skipped,
+                });
+                while rows.len() > ANALYSIS_KEPT {
+                    rows.pop_front();
+                }
+            }
+        }
+        if let Some(rx) = segments.as_mut() {
+            while let Ok(p) = rx.try_recv() {
+                let mut tracks = lock(&state.segments);
+                let rows = tracks.entry(p.track.clone()).or_default();
+                let kbps = if p.duration_s > 0.0 { p.bytes as f64 * 8.0 / p.duration_s / 1000.0 } else { 0.0 };
+                rows.push_back(SegmentRow { index: p.index, bytes: p.bytes, kbps });
+                while rows.len() > SEGMENTS_KEPT {
+                    rows.pop_front();
+                }
+            }
+        }
+        let now_running = taps.status.running.load(Ordering::Relaxed);
+        if now_running != running {
+            let channel = &state.ctx.config.channel.id;
+            let what = if now_running { "started" } else { "stopped" };
+            state.events.push("channel", Some(&state.ctx.config.appliance.id), format!("channel {channel} {what}"));
+            running = now_running;
+        }
+        let errors = taps.status.write_errors.load(Ordering::Relaxed);
+        if errors > write_errors {
+            state.events.push(
+                "error",
+                Some(&state.ctx.config.appliance.id),
+                format!("{} segment writes failed (total {errors}); see the journal", errors - write_errors),
+            );
+            write_errors = errors;
+        }
+        let view = state.ctx.swarm.as_ref().map(|s| s.view());
+        if let Some(view) = &view {
+            diff.update(view, &state.events);
+        }
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            last_sample = Instant::now();
+            state.history.push(sample(state, view.as_ref()));
+        }
+        if Arc::strong_count(state) == 1 {
+            return; // the server is gone
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn sample(state: &AppState, view: Option<&crate::swarm::View>) -> Sample {
+    let me = &state.ctx.config.appliance.id;
+    let complexity = lock(&state.analysis).back().map_or(0.0, |r| r.complexity);
+    let latency = state.ctx.taps.status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1000.0;
+    let (mut weights, mut cpu) = (BTreeMap::new(), BTreeMap::new());
+    if let Some(view) = view {
+        weights = view.weights.clone();
+        for (node, p) in &view.peers {
+            cpu.insert(node.clone(), p.state.load.cpu);
+        }
+        if let Some(m) = &view.me {
+            cpu.insert(me.clone(), m.load.cpu);
+        }
+    }
+    Sample { t_ms: crate::control::unix_ms(), weights, cpu, complexity, encode_latency_ms: latency }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

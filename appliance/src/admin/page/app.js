@@ -1,0 +1,1428 @@
+/* Lockstep admin console — plain ES2020, no framework, no build step.
+ *
+ * Flow: GET /session decides between the login form and the console. In the
+ * console an EventSource delivers `log` events and a `tick` once a second;
+ * each tick refreshes the fast endpoints (status, swarm, channel, alignment)
+ * and every fifth tick the slow ones (analysis, history). If the stream
+ * fails we poll every 2 s and try the stream again later. Any 401 returns
+ * to the login form.
+ *
+ * Everything the server sends is put into the page with textContent (via
+ * el()), never as HTML.
+ */
+'use strict';
+
+(() => {
+  // ------------------------------------------------------------ constants
+
+  const API = '/api/v1';
+  const CSRF_STORAGE_KEY = 'lockstep.csrf';
+  const ALIGNMENT_LIMIT = 12;
+  const ANALYSIS_LIMIT = 120;
+  const SLOW_EVERY_TICKS = 5;
+  const POLL_INTERVAL_MS = 2000;
+  const SLOW_EVERY_POLLS = 3; // ≈ every 6 s while polling
+  const SSE_RETRY_MS = 15000;
+  const MAX_EVENTS = 500;
+  const BITRATE_MIN_KBPS = 50;
+  const BITRATE_MAX_KBPS = 100000;
+  const MEASURED_OVERSHOOT = 1.25; // measured above current × this → amber
+  const HLS_RETRY_MS = 3000;
+  const HLS_MIME = 'application/vnd.apple.mpegurl';
+  const TOAST_MS = 6000;
+  const SHORT_HASH_LEN = 8;
+  const DASH = '—';
+
+  const NODE_COLOURS = ['#5aa9ff', '#b48cff', '#3cc8c8', '#ff7eb6', '#d8c27a', '#8fa3bf', '#ff9d76', '#7fd1a8'];
+
+  // Clock states (docs/time.md): freerun, locking, locked, holdover.
+  const CLOCK_TONE = { locked: 'ok', locking: 'warn', holdover: 'warn', freerun: 'bad' };
+
+  const EVENT_TONE = {
+    election: 'info', failover: 'warn', 'node-down': 'bad', 'node-up': 'ok',
+    isolated: 'bad', rejoined: 'ok', ladder: 'info', channel: 'neutral',
+    error: 'bad', login: 'neutral',
+  };
+
+  // ------------------------------------------------------------ state
+
+  const state = {
+    inApp: false,
+    gen: 0,              // bumped on login/logout; stale responses are dropped
+    csrf: null,
+    mode: 'connecting',  // live | polling | offline | connecting
+    status: null,
+    swarm: null,
+    channel: null,
+    channelId: null,
+    analysis: [],
+    history: [],
+    events: new Map(),   // key → event
+    lastEventId: 0,
+    es: null,
+    pollTimer: null,
+    pollCount: 0,
+    sseRetryTimer: null,
+    ticks: 0,
+    fastBusy: false,
+    slowBusy: false,
+    actionSeq: 0,        // bumped when start/stop completes (see refreshFast)
+    channelBusy: false,
+    renditionRows: new Map(), // name → row handles
+    localPending: new Map(),  // name → {bitrate_kbps, from_segment} after a 202
+    nodeColours: new Map(),
+    preview: { source: 'combined', url: null, active: false, hls: null, retryTimer: null, mediaRecovered: false },
+  };
+
+  // ------------------------------------------------------------ DOM helpers
+
+  const $ = (id) => document.getElementById(id);
+
+  /** Creates an element. props: class, text, dataset, style, on<event>, or attributes. */
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    if (props) {
+      for (const [key, value] of Object.entries(props)) {
+        if (value == null || value === false) continue;
+        if (key === 'class') node.className = value;
+        else if (key === 'text') node.textContent = String(value);
+        else if (key === 'dataset') Object.assign(node.dataset, value);
+        else if (key === 'style') Object.assign(node.style, value);
+        else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+        else node.setAttribute(key, value === true ? '' : String(value));
+      }
+    }
+    for (const child of children.flat()) {
+      if (child == null || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function setPill(id, tone, text, title) {
+    const pill = $(id);
+    pill.className = `pill tone-${tone}`;
+    pill.textContent = text;
+    pill.title = title || '';
+  }
+
+  function toast(message, tone = 'info') {
+    const box = el('div', { class: `toast tone-${tone}`, role: 'status', text: message });
+    $('toasts').append(box);
+    setTimeout(() => box.remove(), TOAST_MS);
+  }
+
+  // ------------------------------------------------------------ formatting
+
+  const isNum = (v) => typeof v === 'number' && Number.isFinite(v);
+  const fmtInt = (v) => (isNum(v) ? Math.round(v).toLocaleString('en-US') : DASH);
+  const fmtKbps = (v) => (isNum(v) ? `${fmtInt(v)} kbit/s` : DASH);
+  const fmtPct = (v) => (isNum(v) ? `${Math.round(v * 100)}%` : DASH);
+  const fmtFixed = (v, digits) => (isNum(v) ? v.toFixed(digits) : DASH);
+
+  function fmtMs(v) {
+    if (!isNum(v)) return DASH;
+    return Math.abs(v) < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`;
+  }
+
+  /** Nanoseconds to a short human value: 850 ns, 1.2 µs, 3.4 ms, 1.20 s. */
+  function fmtNs(ns) {
+    if (!isNum(ns)) return DASH;
+    const a = Math.abs(ns);
+    if (a < 1e3) return `${Math.round(ns)} ns`;
+    if (a < 1e6) return `${(ns / 1e3).toFixed(1)} µs`;
+    if (a < 1e9) return `${(ns / 1e6).toFixed(1)} ms`;
+    return `${(ns / 1e9).toFixed(2)} s`;
+  }
+
+  function fmtDuration(seconds) {
+    if (!isNum(seconds)) return DASH;
+    const s = Math.max(0, Math.floor(seconds));
+    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60), r = s % 60;
+    const pad = (n) => String(n).padStart(2, '0');
+    if (d > 0) return `${d}d ${h}h`;
+    if (h > 0) return `${h}h ${pad(m)}m`;
+    if (m > 0) return `${m}m ${pad(r)}s`;
+    return `${r}s`;
+  }
+
+  function fmtClock(ms) {
+    if (!isNum(ms)) return DASH;
+    return new Date(ms).toLocaleTimeString('en-GB', { hour12: false });
+  }
+
+  // ------------------------------------------------------------ API
+
+  class ApiError extends Error {
+    constructor(status, message, field) {
+      super(message);
+      this.status = status;
+      this.field = field || null;
+    }
+  }
+
+  async function readJson(res) {
+    const text = res.status === 204 ? '' : await res.text();
+    if (!text) return { data: null, text };
+    try {
+      return { data: JSON.parse(text), text };
+    } catch (_) {
+      return { data: null, text };
+    }
+  }
+
+  /**
+   * One request. Mutations carry the CSRF token and a JSON body ({} when the
+   * endpoint takes none). A 401 (except on login itself) ends the session.
+   */
+  async function api(method, path, body, { authRedirect = true } = {}) {
+    const headers = { Accept: 'application/json' };
+    const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
+    if (method !== 'GET') {
+      headers['Content-Type'] = 'application/json';
+      if (state.csrf) headers['X-CSRF-Token'] = state.csrf;
+      init.body = JSON.stringify(body === undefined ? {} : body);
+    }
+    let res;
+    try {
+      res = await fetch(API + path, init);
+    } catch (_) {
+      throw new ApiError(0, 'cannot reach the appliance');
+    }
+    const { data, text } = await readJson(res);
+    if (res.status === 401 && authRedirect) endSession('Your session has ended. Sign in again.');
+    if (!res.ok) {
+      const message = (data && data.error) || text.trim().slice(0, 200) || `HTTP ${res.status}`;
+      throw new ApiError(res.status, message, data && data.field);
+    }
+    return data;
+  }
+
+  const get = (path) => api('GET', path);
+  const channelPath = (id) => `/channels/${encodeURIComponent(id)}`;
+
+  // ------------------------------------------------------------ session
+
+  async function boot() {
+    bindHandlers();
+    try {
+      const session = await api('GET', '/session', undefined, { authRedirect: false });
+      state.csrf = (session && session.csrf_token) || sessionStorage.getItem(CSRF_STORAGE_KEY);
+      enterApp();
+    } catch (err) {
+      showLogin(err.status === 401 ? '' : `Cannot check the session: ${err.message}`);
+    }
+  }
+
+  function showLogin(message) {
+    $('boot').hidden = true;
+    $('app').hidden = true;
+    $('login-view').hidden = false;
+    $('login-error').textContent = message || '';
+    $('password').focus();
+  }
+
+  async function onLoginSubmit(ev) {
+    ev.preventDefault();
+    const input = $('password');
+    const button = $('login');
+    if (!input.value) {
+      $('login-error').textContent = 'Enter the password.';
+      return;
+    }
+    button.disabled = true;
+    $('login-error').textContent = '';
+    try {
+      const res = await api('POST', '/login', { password: input.value }, { authRedirect: false });
+      state.csrf = res && res.csrf_token;
+      if (state.csrf) sessionStorage.setItem(CSRF_STORAGE_KEY, state.csrf);
+      input.value = '';
+      enterApp();
+    } catch (err) {
+      $('login-error').textContent = err.message;
+      input.select();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function enterApp() {
+    state.gen += 1;
+    state.inApp = true;
+    resetView();
+    $('boot').hidden = true;
+    $('login-view').hidden = true;
+    $('app').hidden = false;
+    refreshFast().then(refreshSlow);
+    loadEvents(0);
+    openStream();
+  }
+
+  /** Leaves the console (logout, expiry, any 401) and shows the login form. */
+  function endSession(message) {
+    if (!state.inApp) return;
+    state.inApp = false;
+    state.gen += 1;
+    closeStream();
+    stopPolling();
+    clearTimeout(state.sseRetryTimer);
+    state.sseRetryTimer = null;
+    stopPreview();
+    state.csrf = null;
+    sessionStorage.removeItem(CSRF_STORAGE_KEY);
+    showLogin(message);
+  }
+
+  async function onLogout() {
+    try {
+      await api('POST', '/logout');
+    } catch (_) {
+      // Leaving anyway: the cookie is useless to us without the token.
+    }
+    endSession('');
+  }
+
+  /** Clears everything shown for the previous session. */
+  function resetView() {
+    Object.assign(state, {
+      status: null, swarm: null, channel: null, channelId: null,
+      analysis: [], history: [], lastEventId: 0, ticks: 0, pollCount: 0,
+    });
+    state.events.clear();
+    state.localPending.clear();
+    state.renditionRows.clear();
+    $('members').replaceChildren();
+    $('renditions').replaceChildren();
+    $('alignment').replaceChildren();
+    $('events').replaceChildren();
+    $('channel-stats').replaceChildren();
+    renderCharts();
+  }
+
+  // ------------------------------------------------------------ live updates
+
+  function openStream() {
+    closeStream();
+    if (!window.EventSource) {
+      startPolling();
+      return;
+    }
+    const es = new EventSource(API + '/events/stream', { withCredentials: true });
+    state.es = es;
+    state.ticks = 0;
+    es.addEventListener('open', () => {
+      if (state.es !== es) return;
+      stopPolling();
+      setMode('live');
+      loadEvents(state.lastEventId); // catch up on anything missed while away
+    });
+    es.addEventListener('tick', () => {
+      if (state.es !== es) return;
+      if (state.mode !== 'live') setMode('live');
+      state.ticks += 1;
+      refreshFast();
+      if (state.ticks % SLOW_EVERY_TICKS === 0) refreshSlow();
+    });
+    es.addEventListener('log', (msg) => {
+      try {
+        addEvents([JSON.parse(msg.data)]);
+      } catch (_) {
+        // A malformed event is not worth breaking the stream for.
+      }
+    });
+    es.onerror = () => {
+      if (state.es !== es) return;
+      closeStream();
+      startPolling();
+      scheduleStreamRetry();
+    };
+  }
+
+  function closeStream() {
+    if (state.es) state.es.close();
+    state.es = null;
+  }
+
+  function scheduleStreamRetry() {
+    clearTimeout(state.sseRetryTimer);
+    state.sseRetryTimer = setTimeout(() => {
+      state.sseRetryTimer = null;
+      if (state.inApp) openStream();
+    }, SSE_RETRY_MS);
+  }
+
+  function startPolling() {
+    if (state.pollTimer) return;
+    setMode('polling');
+    state.pollTimer = setInterval(pollOnce, POLL_INTERVAL_MS);
+  }
+
+  function stopPolling() {
+    clearInterval(state.pollTimer);
+    state.pollTimer = null;
+  }
+
+  function pollOnce() {
+    state.pollCount += 1;
+    refreshFast();
+    loadEvents(state.lastEventId);
+    if (state.pollCount % SLOW_EVERY_POLLS === 0) refreshSlow();
+  }
+
+  function setMode(mode) {
+    state.mode = mode;
+    const look = {
+      live: ['ok', 'Live', 'Live updates over the event stream'],
+      polling: ['warn', 'Polling', `Event stream unavailable: polling every ${POLL_INTERVAL_MS / 1000} s`],
+      offline: ['bad', 'Offline', 'Cannot reach the appliance; the data shown is stale'],
+      connecting: ['neutral', 'Connecting', ''],
+    }[mode];
+    setPill('conn-pill', look[0], look[1], look[2]);
+    document.body.classList.toggle('is-offline', mode === 'offline');
+  }
+
+  /** Tracks reachability from the outcome of a batch of requests. */
+  function noteReachability(results) {
+    const failed = results.filter((r) => r.status === 'rejected');
+    const unreachable = failed.length === results.length && failed.every((r) => r.reason.status === 0);
+    if (unreachable) {
+      if (state.mode !== 'offline') setMode('offline');
+    } else if (state.mode === 'offline') {
+      setMode(state.es ? 'live' : 'polling');
+    }
+  }
+
+  function reportFailure(what, result) {
+    if (result.status === 'rejected' && result.reason.status !== 0 && result.reason.status !== 401) {
+      console.warn(`lockstep: ${what}: ${result.reason.message}`);
+    }
+  }
+
+  // ------------------------------------------------------------ refresh
+
+  /** Status, swarm, channel and alignment, in parallel. Skips if one is in flight. */
+  async function refreshFast() {
+    if (state.fastBusy || !state.inApp) return;
+    state.fastBusy = true;
+    const gen = state.gen;
+    const seq = state.actionSeq;
+    try {
+      const id = state.channelId;
+      const results = await Promise.allSettled([
+        get('/status'),
+        get('/swarm'),
+        id ? get(channelPath(id)) : Promise.resolve(null),
+        get(`/swarm/alignment?limit=${ALIGNMENT_LIMIT}`),
+      ]);
+      if (gen !== state.gen) return;
+      noteReachability(results);
+      const [status, swarm, channel, alignment] = results;
+      // A start/stop finished while these were in flight: their running
+      // flags are older than what we know; skip them rather than flicker.
+      const stale = seq !== state.actionSeq;
+      if (status.status === 'fulfilled' && status.value && !stale) renderStatus(status.value);
+      if (swarm.status === 'fulfilled' && swarm.value) state.swarm = swarm.value;
+      if (swarm.status === 'fulfilled' || status.status === 'fulfilled') renderSwarm();
+      if (channel.status === 'fulfilled' && channel.value && !stale) renderChannel(channel.value);
+      if (alignment.status === 'fulfilled' && alignment.value) renderAlignment(alignment.value);
+      [['status', status], ['swarm', swarm], ['channel', channel], ['alignment', alignment]]
+        .forEach(([what, r]) => reportFailure(what, r));
+      // First round: the channel id only became known from the status.
+      if (!id) await discoverChannel(gen);
+    } finally {
+      state.fastBusy = false;
+    }
+  }
+
+  async function discoverChannel(gen) {
+    let id = state.status && state.status.channel && state.status.channel.id;
+    try {
+      if (!id) {
+        const list = await get('/channels');
+        id = Array.isArray(list) && list.length ? list[0].id : null;
+      }
+      if (!id || gen !== state.gen) return;
+      state.channelId = id;
+      const channel = await get(channelPath(id));
+      if (gen === state.gen && channel) renderChannel(channel);
+    } catch (err) {
+      if (err.status !== 401) console.warn(`lockstep: channel: ${err.message}`);
+    }
+  }
+
+  async function refreshChannel() {
+    if (!state.channelId) return;
+    const gen = state.gen;
+    try {
+      const channel = await get(channelPath(state.channelId));
+      if (gen === state.gen && channel) renderChannel(channel);
+    } catch (_) {
+      // The next tick will try again.
+    }
+  }
+
+  /** Analysis and history, in parallel. */
+  async function refreshSlow() {
+    if (state.slowBusy || !state.inApp) return;
+    state.slowBusy = true;
+    const gen = state.gen;
+    try {
+      const [analysis, history] = await Promise.allSettled([
+        get(`/analysis?limit=${ANALYSIS_LIMIT}`),
+        get('/history'),
+      ]);
+      if (gen !== state.gen) return;
+      if (analysis.status === 'fulfilled' && Array.isArray(analysis.value)) state.analysis = analysis.value;
+      if (history.status === 'fulfilled' && history.value) state.history = history.value.samples || [];
+      reportFailure('analysis', analysis);
+      reportFailure('history', history);
+      renderCharts();
+    } finally {
+      state.slowBusy = false;
+    }
+  }
+
+  async function loadEvents(since) {
+    const gen = state.gen;
+    try {
+      const list = await get(`/events?since=${encodeURIComponent(since)}`);
+      if (gen === state.gen && Array.isArray(list)) addEvents(list);
+    } catch (_) {
+      // Polling or the stream will bring them later.
+    }
+  }
+
+  // ------------------------------------------------------------ status + top bar
+
+  function clockTone(clock) {
+    if (!clock) return 'neutral';
+    const tone = CLOCK_TONE[clock.state] || 'warn';
+    return tone === 'ok' && clock.fallback ? 'warn' : tone;
+  }
+
+  function renderStatus(st) {
+    state.status = st;
+    $('appliance-id').textContent = st.appliance || DASH;
+    const version = st.version ? `v${st.version}` : '';
+    $('version').textContent = st.image_version ? `${version} · image ${st.image_version}` : version;
+
+    const ch = st.channel;
+    if (!ch) {
+      setPill('channel-pill', 'neutral', 'No channel');
+    } else if (!ch.running) {
+      setPill('channel-pill', 'warn', `${ch.id} · stopped`, 'Channel is stopped');
+    } else if (st.write_errors > 0) {
+      setPill('channel-pill', 'warn', `${ch.id} · running`, `${st.write_errors} write errors`);
+    } else {
+      setPill('channel-pill', 'ok', `${ch.id} · running`, `Segment ${ch.segment}, frame ${ch.frame}`);
+    }
+
+    const clock = st.clock;
+    if (clock) {
+      const err = isNum(clock.error_ns) ? ` ±${fmtNs(clock.error_ns)}` : '';
+      setPill('clock-pill', clockTone(clock), `Clock ${clock.state}${err}`, clockDetails(clock));
+    }
+    renderStats(st);
+  }
+
+  function clockDetails(c) {
+    return [
+      `source: ${c.source}${c.fallback ? ' (fallback)' : ''}`,
+      `offset: ${fmtNs(c.offset_ns)}`,
+      `frequency: ${fmtFixed(c.frequency_ppb, 1)} ppb`,
+      c.holdover_s ? `holdover: ${fmtDuration(c.holdover_s)}` : null,
+      c.grandmaster ? `grandmaster: ${c.grandmaster}` : null,
+      c.last_error ? `last error: ${c.last_error}` : null,
+    ].filter(Boolean).join('\n');
+  }
+
+  function stat(label, value, tone) {
+    return el('span', { class: 'stat' },
+      el('span', { class: 'stat-label', text: label }),
+      el('span', { class: `stat-value${tone ? ` tone-${tone}-text` : ''}`, text: value }));
+  }
+
+  function renderStats(st) {
+    const ch = st.channel || {};
+    $('channel-stats').replaceChildren(
+      stat('Frame', fmtInt(ch.frame)),
+      stat('Segment', fmtInt(ch.segment)),
+      stat('Encode', fmtMs(st.encode_latency_ms)),
+      stat('Captured', fmtInt(st.frames_captured)),
+      stat('Dropped', fmtInt(st.frames_dropped), st.frames_dropped > 0 ? 'warn' : null),
+      stat('Write errors', fmtInt(st.write_errors), st.write_errors > 0 ? 'bad' : null),
+      stat('Uptime', fmtDuration(st.uptime_s)));
+  }
+
+  // ------------------------------------------------------------ swarm
+
+  /** Stable colour per node: the first sorted batch seen takes the palette in order. */
+  function nodeColour(node) {
+    if (!state.nodeColours.has(node)) {
+      state.nodeColours.set(node, NODE_COLOURS[state.nodeColours.size % NODE_COLOURS.length]);
+    }
+    return state.nodeColours.get(node);
+  }
+
+  function knowNodes(nodes) {
+    [...nodes].sort().forEach(nodeColour);
+  }
+
+  const swatch = (node) => el('span', { class: 'swatch', style: { background: nodeColour(node) } });
+
+  /** The single appliance as a member, for a swarm that is disabled or unreadable. */
+  function selfFromStatus(st) {
+    return {
+      node: st.appliance, self: true, alive: true, healthy: true, leader: false,
+      weight: null, confidence: null,
+      clock: st.clock ? { state: st.clock.state, error_ns: st.clock.error_ns } : null,
+      load: null, latency_ms: null, frame: st.channel ? st.channel.frame : null,
+      uptime_s: st.uptime_s, encode_latency_ms: st.encode_latency_ms,
+    };
+  }
+
+  function renderSwarm() {
+    const sw = state.swarm;
+    const st = state.status;
+    let members;
+    let standalone = false;
+    if (sw && sw.enabled !== false) {
+      members = Array.isArray(sw.members) ? sw.members.slice() : [];
+    } else {
+      // Swarm disabled (or its view unreadable): show just this appliance.
+      standalone = true;
+      const self = sw && Array.isArray(sw.members) && sw.members.find((m) => m.self);
+      members = self ? [self] : st ? [selfFromStatus(st)] : [];
+    }
+    members.sort((a, b) => String(a.node).localeCompare(String(b.node)));
+    knowNodes([...(sw && sw.group) || [], ...members.map((m) => m.node)]);
+
+    const leader = sw ? sw.leader : null;
+    const body = $('members');
+    if (!members.length) {
+      body.replaceChildren(el('tr', null, el('td', { class: 'empty', colspan: 10, text: 'No members reported yet.' })));
+    } else {
+      body.replaceChildren(...members.map((m) => memberRow(m, leader, standalone)));
+    }
+    renderSwarmSummary(sw, members, standalone);
+  }
+
+  function memberHealth(m) {
+    const alive = m.alive !== false;
+    const healthy = alive && m.healthy !== false;
+    if (!alive) return { healthy, tone: 'bad', text: 'down' };
+    if (!healthy) return { healthy, tone: 'warn', text: 'degraded' };
+    return { healthy, tone: 'ok', text: 'healthy' };
+  }
+
+  function memberRow(m, leader, standalone) {
+    const health = memberHealth(m);
+    const isLeader = m.leader === true || (leader != null && m.node === leader);
+    const classes = ['member', m.self && 'is-self', !health.healthy && 'is-unhealthy', m.alive === false && 'is-down'];
+    const load = m.load || {};
+    const cpuTone = load.cpu > 0.95 ? 'bad' : load.cpu > 0.8 ? 'warn' : null;
+    const title = [
+      m.origin && `origin ${m.origin}`,
+      isNum(m.state_age_ms) && `state ${fmtMs(m.state_age_ms)} old`,
+      isNum(m.jitter_ms) && `jitter ${fmtMs(m.jitter_ms)}`,
+      isNum(m.encode_latency_ms) && `encode latency ${fmtMs(m.encode_latency_ms)}`,
+      isNum(load.process_cpu) && `process CPU ${fmtPct(load.process_cpu)}`,
+      isNum(load.memory) && `memory ${fmtPct(load.memory)}`,
+      isNum(m.complexity) && `complexity ${m.complexity.toFixed(2)}`,
+    ].filter(Boolean).join(' · ');
+
+    let role;
+    if (isLeader) role = el('span', { class: 'role-leader', text: 'Leader' });
+    else role = el('span', { class: 'role-member', text: standalone ? 'Standalone' : 'Member' });
+
+    return el('tr', { class: classes.filter(Boolean).join(' '), title, dataset: { node: m.node, healthy: String(health.healthy) } },
+      el('td', null, swatch(m.node), el('span', { class: 'node-id', text: m.node }), m.self ? el('span', { class: 'tag', text: 'self' }) : null),
+      el('td', null, role),
+      el('td', null,
+        el('span', { class: `status tone-${health.tone}`, text: health.text }),
+        m.recent_errors > 0 ? el('span', { class: 'tag bad', title: 'recent errors', text: `${m.recent_errors} err` }) : null),
+      el('td', null, weightCell(m.weight)),
+      el('td', { class: 'num', text: fmtPct(m.confidence) }),
+      el('td', null, clockCell(m.clock)),
+      el('td', { class: `num${cpuTone ? ` tone-${cpuTone}-text` : ''}`, text: fmtPct(load.cpu) }),
+      el('td', { class: 'num', text: m.self && !isNum(m.latency_ms) ? DASH : fmtMs(m.latency_ms) }),
+      el('td', { class: 'num', title: m.timecode || null, text: fmtInt(m.frame) }),
+      el('td', { class: 'num', text: fmtDuration(m.uptime_s) }));
+  }
+
+  function weightCell(weight) {
+    if (!isNum(weight)) return DASH;
+    const pct = Math.max(0, Math.min(1, weight)) * 100;
+    return [
+      el('span', { class: 'meter' }, el('span', { class: 'meter-fill', style: { width: `${pct}%`, display: 'block' } })),
+      el('span', { text: weight.toFixed(2) }),
+    ];
+  }
+
+  function clockCell(clock) {
+    if (!clock) return DASH;
+    const tone = clockTone(clock);
+    return el('span', { class: `status tone-${tone}` },
+      el('span', { text: clock.state || DASH }),
+      isNum(clock.error_ns) ? el('span', { class: 'sub', text: `±${fmtNs(clock.error_ns)}` }) : null);
+  }
+
+  function renderSwarmSummary(sw, members, standalone) {
+    const chips = [];
+    const st = state.status;
+    if (!sw && st && st.swarm && st.swarm.enabled) {
+      chips.push(el('span', { class: 'chip tone-warn', text: 'swarm view unavailable' }));
+    } else if (standalone) {
+      chips.push(el('span', { class: 'chip', text: 'swarm disabled · single appliance' }));
+    } else if (sw) {
+      const healthy = members.filter((m) => memberHealth(m).healthy).length;
+      const tone = healthy === members.length ? 'ok' : healthy === 0 ? 'bad' : 'warn';
+      chips.push(el('span', { class: 'chip', text: sw.leader ? `leader ${sw.leader}` : 'no leader' }));
+      chips.push(el('span', { class: `chip tone-${tone}`, text: `${healthy}/${members.length} healthy` }));
+      if (sw.isolated) chips.push(el('span', { class: 'chip tone-bad', text: 'isolated from the group' }));
+      const forged = sw.packets && sw.packets.forged;
+      if (forged > 0) chips.push(el('span', { class: 'chip tone-warn', text: `${fmtInt(forged)} forged packets` }));
+    }
+    $('swarm-summary').replaceChildren(...chips);
+  }
+
+  // ------------------------------------------------------------ channel
+
+  function renderChannel(ch) {
+    state.channel = ch;
+    state.channelId = ch.id;
+    $('channel-id').textContent = ch.id;
+    const src = ch.source || {};
+    $('channel-source').textContent = [
+      src.description ? `Source: ${src.description}` : src.kind ? `Source: ${src.kind}` : null,
+      src.live === false ? 'not live' : null,
+      isNum(ch.segment_seconds) ? `${ch.segment_seconds} s segments` : null,
+    ].filter(Boolean).join(' · ');
+    updateChannelButtons();
+    renderRenditions(ch);
+    const audio = ch.audio;
+    $('channel-audio').textContent = audio
+      ? (audio.enabled ? `Audio ${fmtKbps(audio.bitrate_kbps)}` : 'Audio off')
+      : '';
+    updatePreview(ch);
+  }
+
+  function updateChannelButtons() {
+    const running = state.channel ? state.channel.running : null;
+    $('channel-start').disabled = state.channelBusy || running !== false;
+    $('channel-stop').disabled = state.channelBusy || running !== true;
+  }
+
+  async function setChannelRunning(run) {
+    const id = state.channelId;
+    if (!id || state.channelBusy) return;
+    state.channelBusy = true;
+    updateChannelButtons();
+    try {
+      const res = await api('POST', `${channelPath(id)}/${run ? 'start' : 'stop'}`);
+      const running = res && typeof res.running === 'boolean' ? res.running : run;
+      if (state.channel) state.channel.running = running;
+      if (state.status && state.status.channel) {
+        state.status.channel.running = running;
+        renderStatus(state.status);
+      }
+      state.actionSeq += 1;
+      if (state.channel) updatePreview(state.channel);
+    } catch (err) {
+      if (err.status !== 401) toast(`Could not ${run ? 'start' : 'stop'} the channel: ${err.message}`, 'bad');
+    } finally {
+      state.channelBusy = false;
+      updateChannelButtons();
+    }
+    refreshChannel();
+  }
+
+  // ------------------------------------------------------------ renditions
+
+  function createRenditionRow(name) {
+    const input = el('input', {
+      class: 'bitrate', type: 'number', min: BITRATE_MIN_KBPS, max: BITRATE_MAX_KBPS, step: 1,
+      inputmode: 'numeric', 'aria-label': `Bitrate for ${name} in kbit/s`,
+    });
+    const apply = el('button', { class: 'btn small apply', type: 'submit', text: 'Apply' });
+    const msg = el('div', { class: 'row-msg', 'aria-live': 'polite' });
+    const note = el('div', { class: 'row-note' });
+    const form = el('form', { class: 'bitrate-form', novalidate: true }, input, apply);
+    const cells = {
+      name: el('td', { class: 'name' }, name, el('span', { class: 'size' })),
+      configured: el('td', { class: 'num' }),
+      current: el('td', { class: 'num' }),
+      measured: el('td', { class: 'num measured' }),
+      // Message and note sit on one line under the whole row (see app.css).
+      control: el('td', { class: 'control' }, form, el('div', { class: 'row-extra' }, msg, note)),
+    };
+    const tr = el('tr', { dataset: { rendition: name } }, ...Object.values(cells));
+    const row = { name, tr, cells, input, apply, msg, note };
+    input.addEventListener('input', () => {
+      input.dataset.dirty = '1';
+      setRowMessage(row, '', '');
+    });
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      applyBitrate(row);
+    });
+    return row;
+  }
+
+  function renderRenditions(ch) {
+    const list = Array.isArray(ch.renditions) ? ch.renditions : [];
+    const body = $('renditions');
+    const seen = new Set();
+    list.forEach((r, i) => {
+      seen.add(r.name);
+      let row = state.renditionRows.get(r.name);
+      if (!row) {
+        row = createRenditionRow(r.name);
+        state.renditionRows.set(r.name, row);
+      }
+      if (body.children[i] !== row.tr) body.insertBefore(row.tr, body.children[i] || null);
+      updateRenditionRow(row, r, ch);
+    });
+    for (const [name, row] of state.renditionRows) {
+      if (!seen.has(name)) {
+        row.tr.remove();
+        state.renditionRows.delete(name);
+      }
+    }
+  }
+
+  function updateRenditionRow(row, r, ch) {
+    const { cells } = row;
+    cells.name.querySelector('.size').textContent = isNum(r.width) && isNum(r.height) ? `${r.width}×${r.height}` : DASH;
+    cells.configured.textContent = fmtInt(r.configured_kbps);
+    cells.current.textContent = fmtInt(r.bitrate_kbps);
+    cells.current.classList.toggle('changed', r.bitrate_kbps !== r.configured_kbps);
+    cells.current.title = r.bitrate_kbps !== r.configured_kbps ? 'changed at run time' : '';
+    cells.measured.textContent = fmtInt(r.measured_kbps);
+    const overshoot = isNum(r.measured_kbps) && isNum(r.bitrate_kbps) && r.measured_kbps > r.bitrate_kbps * MEASURED_OVERSHOOT;
+    cells.measured.classList.toggle('tone-warn-text', overshoot);
+    const recent = Array.isArray(r.recent) ? r.recent : [];
+    cells.measured.title = recent.map((s) => `segment ${s.index}: ${fmtKbps(s.kbps)}`).join('\n');
+
+    const pending = pendingFor(r, ch);
+    setRowNote(row, pending ? pending.text : '');
+    // Keep what the operator is typing; otherwise show the target bitrate.
+    if (!row.input.dataset.dirty && document.activeElement !== row.input) {
+      const target = pending ? pending.bitrate_kbps : r.bitrate_kbps;
+      row.input.value = isNum(target) ? String(target) : '';
+    }
+  }
+
+  function pendingText(bitrate, fromSegment, origin) {
+    const when = isNum(fromSegment) ? `from segment ${fromSegment}` : 'from the next segment';
+    const self = state.status && state.status.appliance;
+    const who = origin && self && origin !== self ? ` (set on ${origin})` : '';
+    return `${fmtKbps(bitrate)} applies ${when} on every node${who}`;
+  }
+
+  /**
+   * The change still waiting to take effect, if any. The server's pending
+   * list wins; our own 202 is remembered as well so that a refresh that was
+   * already in flight when we patched does not hide the note too early.
+   */
+  function pendingFor(r, ch) {
+    const list = Array.isArray(r.pending) ? r.pending : [];
+    if (list.length) {
+      const p = list.reduce((a, b) => ((b.revision || 0) >= (a.revision || 0) ? b : a));
+      return { bitrate_kbps: p.bitrate_kbps, text: pendingText(p.bitrate_kbps, p.from_segment, p.origin) };
+    }
+    const local = state.localPending.get(r.name);
+    if (!local) return null;
+    const reached = isNum(local.from_segment) && isNum(ch.current_segment) && ch.current_segment >= local.from_segment;
+    if (reached || r.bitrate_kbps === local.bitrate_kbps) {
+      state.localPending.delete(r.name);
+      return null;
+    }
+    return { bitrate_kbps: local.bitrate_kbps, text: pendingText(local.bitrate_kbps, local.from_segment, null) };
+  }
+
+  function setRowMessage(row, kind, text) {
+    row.msg.className = `row-msg ${kind}`;
+    row.msg.textContent = text;
+    row.input.setAttribute('aria-invalid', kind === 'error' ? 'true' : 'false');
+    fitRowExtra(row);
+  }
+
+  function setRowNote(row, text) {
+    if (row.note.textContent !== text) row.note.textContent = text;
+    fitRowExtra(row);
+  }
+
+  /** Makes room under the row for the message and note lines. */
+  function fitRowExtra(row) {
+    const lines = (row.msg.textContent ? 1 : 0) + (row.note.textContent ? 1 : 0);
+    row.tr.style.setProperty('--extra-lines', String(lines));
+  }
+
+  function parseBitrate(raw) {
+    const text = String(raw).trim();
+    const value = Number(text);
+    if (text === '' || !Number.isInteger(value) || value < BITRATE_MIN_KBPS || value > BITRATE_MAX_KBPS) return null;
+    return value;
+  }
+
+  async function applyBitrate(row) {
+    const value = parseBitrate(row.input.value);
+    if (value == null) {
+      setRowMessage(row, 'error', `Enter a whole number from ${BITRATE_MIN_KBPS} to ${BITRATE_MAX_KBPS} kbit/s.`);
+      row.input.focus();
+      return;
+    }
+    if (!state.channelId) return;
+    row.apply.disabled = true;
+    setRowMessage(row, 'info', 'Applying…');
+    try {
+      const path = `${channelPath(state.channelId)}/renditions/${encodeURIComponent(row.name)}`;
+      const res = (await api('PATCH', path, { bitrate_kbps: value })) || {};
+      const bitrate = isNum(res.bitrate_kbps) ? res.bitrate_kbps : value;
+      state.localPending.set(row.name, { bitrate_kbps: bitrate, from_segment: res.from_segment });
+      delete row.input.dataset.dirty;
+      setRowMessage(row, '', '');
+      setRowNote(row, pendingText(bitrate, res.from_segment, null));
+      refreshChannel();
+    } catch (err) {
+      if (err.status === 401) return;
+      const prefix = err.field && err.field !== 'bitrate_kbps' ? `${err.field}: ` : '';
+      setRowMessage(row, 'error', prefix + err.message);
+    } finally {
+      row.apply.disabled = false;
+    }
+  }
+
+  // ------------------------------------------------------------ preview
+
+  function showPreviewMessage(text) {
+    const box = $('preview-msg');
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  function joinUrl(origin, path) {
+    if (/^https?:\/\//i.test(path)) return path;
+    return origin.replace(/\/+$/, '') + (path.startsWith('/') ? path : `/${path}`);
+  }
+
+  function previewUrl(ch) {
+    const pl = ch.playlists || {};
+    const path = state.preview.source === 'own' ? pl.own || pl.combined : pl.combined || pl.own;
+    return path ? joinUrl(ch.origin, path) : null;
+  }
+
+  function updateSourceToggle(ch) {
+    const pl = (ch && ch.playlists) || {};
+    const source = state.preview.source === 'own' || !pl.combined ? 'own' : 'combined';
+    $('src-combined').disabled = !pl.combined;
+    $('src-own').disabled = !pl.own;
+    $('src-combined').setAttribute('aria-pressed', String(source === 'combined'));
+    $('src-own').setAttribute('aria-pressed', String(source === 'own'));
+  }
+
+  /** Called on every channel refresh: starts, keeps or stops the player. */
+  function updatePreview(ch) {
+    const p = state.preview;
+    updateSourceToggle(ch);
+    if (!ch.origin) {
+      stopPreview();
+      $('preview-url').textContent = '';
+      showPreviewMessage('Preview unavailable: no origin configured.');
+      return;
+    }
+    const url = previewUrl(ch);
+    $('preview-url').textContent = url || '';
+    $('preview-url').title = url || '';
+    if (!url) {
+      stopPreview();
+      showPreviewMessage('Preview unavailable: the channel has no playlist.');
+      return;
+    }
+    if (!ch.running) {
+      stopPreview();
+      showPreviewMessage('Channel stopped.');
+      return;
+    }
+    if (p.retryTimer) return; // a retry after an error is already scheduled
+    if (p.active && p.url === url) return;
+    startPlayer(url);
+  }
+
+  function startPlayer(url) {
+    const p = state.preview;
+    const video = $('preview');
+    teardownPlayer();
+    p.url = url;
+    p.active = true;
+    p.mediaRecovered = false;
+    const Hls = window.Hls;
+    if (Hls && typeof Hls.isSupported === 'function' && Hls.isSupported()) {
+      showPreviewMessage('Connecting to the stream…');
+      const hls = new Hls({ liveSyncDurationCount: 3 });
+      p.hls = hls;
+      hls.on(Hls.Events.MANIFEST_PARSED, () => playMuted(video));
+      hls.on(Hls.Events.ERROR, (_event, data) => onHlsError(hls, data));
+      hls.loadSource(url);
+      hls.attachMedia(video);
+    } else if (video.canPlayType(HLS_MIME)) {
+      showPreviewMessage('Connecting to the stream…');
+      video.src = url;
+      playMuted(video);
+    } else {
+      showPreviewMessage('This browser cannot play the preview: hls.js is not available and there is no native HLS support.');
+    }
+  }
+
+  function playMuted(video) {
+    video.muted = true;
+    const attempt = video.play();
+    if (attempt && attempt.catch) attempt.catch(() => { /* autoplay refused; controls remain */ });
+  }
+
+  function onHlsError(hls, data) {
+    const p = state.preview;
+    if (!data || !data.fatal || hls !== p.hls) return;
+    if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR && !p.mediaRecovered) {
+      p.mediaRecovered = true;
+      hls.recoverMediaError();
+      return;
+    }
+    scheduleRetry(`Stream unavailable (${data.details || data.type}); retrying…`);
+  }
+
+  /** Drops the player and tries the same URL again after a pause. */
+  function scheduleRetry(message) {
+    const p = state.preview;
+    const url = p.url;
+    teardownPlayer();
+    showPreviewMessage(message);
+    clearTimeout(p.retryTimer);
+    p.retryTimer = setTimeout(() => {
+      p.retryTimer = null;
+      if (state.inApp && state.channel && state.channel.running && url) startPlayer(url);
+    }, HLS_RETRY_MS);
+  }
+
+  function teardownPlayer() {
+    const p = state.preview;
+    const video = $('preview');
+    if (p.hls) {
+      p.hls.destroy();
+      p.hls = null;
+    }
+    if (video.getAttribute('src')) {
+      video.removeAttribute('src');
+      video.load();
+    }
+    p.active = false;
+  }
+
+  function stopPreview() {
+    const p = state.preview;
+    clearTimeout(p.retryTimer);
+    p.retryTimer = null;
+    teardownPlayer();
+    p.url = null;
+  }
+
+  function selectSource(source) {
+    if (state.preview.source === source) return;
+    state.preview.source = source;
+    stopPreview();
+    if (state.channel) updatePreview(state.channel);
+  }
+
+  // ------------------------------------------------------------ alignment
+
+  function renderAlignment(al) {
+    const nodes = Array.isArray(al.nodes) ? al.nodes : [];
+    const rows = Array.isArray(al.rows) ? al.rows : [];
+    knowNodes(nodes);
+    const head = el('thead', null, el('tr', null,
+      el('th', { class: 'num', text: 'Segment' }),
+      el('th', { text: 'Track' }),
+      el('th', { text: 'Match' }),
+      nodes.map((n) => el('th', { class: 'node-col' }, swatch(n), n))));
+    const body = el('tbody');
+    if (!rows.length) {
+      body.append(el('tr', null, el('td', { class: 'empty', colspan: nodes.length + 3, text: 'No segments compared yet.' })));
+    }
+    for (const r of rows) body.append(alignmentRow(r, nodes));
+    $('alignment').replaceChildren(head, body);
+  }
+
+  function alignmentRow(r, nodes) {
+    const hashes = r.hashes || {};
+    const chosenHash = r.chosen ? hashes[r.chosen] : null;
+    const agree = r.agree !== false;
+    const cells = nodes.map((n) => {
+      const hash = hashes[n];
+      const classes = ['hash'];
+      if (!hash) classes.push('missing');
+      if (n === r.chosen) classes.push('chosen');
+      if (hash && chosenHash && hash !== chosenHash) classes.push('mismatch');
+      const title = hash ? `${n}: ${hash}${n === r.chosen ? ' (chosen)' : ''}` : `${n}: no segment`;
+      return el('td', { class: classes.join(' '), title, text: hash ? String(hash).slice(0, SHORT_HASH_LEN) : DASH });
+    });
+    return el('tr', { class: agree ? 'agree' : 'disagree', dataset: { index: r.index, agree: String(agree) } },
+      el('td', { class: 'num', text: fmtInt(r.index) }),
+      el('td', { text: r.track || DASH }),
+      el('td', null, agree
+        ? el('span', { class: 'status tone-ok', text: 'agree' })
+        : el('span', { class: 'status tone-bad', text: 'differ' })),
+      cells);
+  }
+
+  // ------------------------------------------------------------ events
+
+  const eventKey = (ev) => (ev.id != null ? `#${ev.id}` : `${ev.t_ms}|${ev.kind}|${ev.message}`);
+
+  function addEvents(list) {
+    let added = false;
+    for (const ev of list) {
+      if (!ev || typeof ev !== 'object') continue;
+      const key = eventKey(ev);
+      if (state.events.has(key)) continue;
+      state.events.set(key, ev);
+      if (isNum(ev.id) && ev.id > state.lastEventId) state.lastEventId = ev.id;
+      added = true;
+    }
+    if (added) renderEvents();
+  }
+
+  function sortedEvents() {
+    const order = (ev) => (isNum(ev.id) ? ev.id : Number.MAX_SAFE_INTEGER);
+    return [...state.events.values()].sort((a, b) => order(b) - order(a) || (b.t_ms || 0) - (a.t_ms || 0));
+  }
+
+  function renderEvents() {
+    let list = sortedEvents();
+    if (list.length > MAX_EVENTS) {
+      list.slice(MAX_EVENTS).forEach((ev) => state.events.delete(eventKey(ev)));
+      list = list.slice(0, MAX_EVENTS);
+    }
+    $('events').replaceChildren(...list.map(eventItem));
+    $('events-count').textContent = list.length ? `${list.length} shown` : '';
+    if (!list.length) $('events').append(el('li', { class: 'empty', text: 'No events yet.' }));
+  }
+
+  function eventItem(ev) {
+    const kind = ev.kind || 'event';
+    const tone = EVENT_TONE[kind] || 'neutral';
+    const message = ev.message || '';
+    const showNode = ev.node && !message.includes(ev.node);
+    const stamp = isNum(ev.t_ms) ? new Date(ev.t_ms) : null;
+    return el('li', { class: `event tone-${tone}`, dataset: { kind } },
+      el('time', { datetime: stamp ? stamp.toISOString() : null, title: stamp ? stamp.toLocaleString() : null, text: fmtClock(ev.t_ms) }),
+      el('span', { class: 'badge', text: kind }),
+      el('span', { class: 'msg' }, showNode ? el('span', { class: 'node', text: ev.node }) : null, message));
+  }
+
+  // ------------------------------------------------------------ charts
+
+  const CHART_PAD = { l: 42, r: 10, t: 10, b: 20 };
+  const CHART_GRID = 'rgba(255, 255, 255, 0.07)';
+  const CHART_TEXT = '#8a93a4';
+  const CHART_FONT = '11px system-ui, sans-serif';
+  const BAR_COLOUR = '#4a8fe0';
+  const BAR_HOVER = '#8cc4ff';
+  const TOOLTIP_LINE = 15;
+
+  /** Sizes the backing store to the element and the pixel ratio. */
+  function prepareCanvas(canvas) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth;
+    const h = canvas.clientHeight;
+    const bw = Math.max(1, Math.round(w * dpr));
+    const bh = Math.max(1, Math.round(h * dpr));
+    if (canvas.width !== bw || canvas.height !== bh) {
+      canvas.width = bw;
+      canvas.height = bh;
+    }
+    const ctx = canvas.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    return { ctx, w, h };
+  }
+
+  /**
+   * Draws a chart. spec: xs (x values, evenly spaced), series [{label,
+   * colour, values}], yMax, fmtX, fmtY, bars, marker(i) → colour|null,
+   * tooltip(i) → [{text, colour}], empty (text when there is no data).
+   * The spec is kept on the canvas so hover and resize can redraw it.
+   */
+  function drawChart(canvas, spec) {
+    canvas._spec = spec;
+    const { ctx, w, h } = prepareCanvas(canvas);
+    if (w < 40 || h < 40) return;
+    ctx.font = CHART_FONT;
+    ctx.textBaseline = 'middle';
+    const n = spec.xs.length;
+    if (!n) {
+      ctx.fillStyle = CHART_TEXT;
+      ctx.textAlign = 'center';
+      ctx.fillText(spec.empty || 'No data yet', w / 2, h / 2);
+      return;
+    }
+    const pw = w - CHART_PAD.l - CHART_PAD.r;
+    const ph = h - CHART_PAD.t - CHART_PAD.b;
+    const yMax = spec.yMax || 1;
+    const yAt = (v) => CHART_PAD.t + ph - (Math.max(0, Math.min(v, yMax)) / yMax) * ph;
+    const step = spec.bars ? pw / n : n > 1 ? pw / (n - 1) : 0;
+    const xAt = spec.bars ? (i) => CHART_PAD.l + (i + 0.5) * step : (i) => CHART_PAD.l + (n > 1 ? i * step : pw / 2);
+    const geo = { w, h, pw, ph, n, step, xAt, yAt, yMax };
+
+    drawAxes(ctx, spec, geo);
+    const hover = hoverIndex(canvas, spec, geo);
+    if (spec.bars) drawBars(ctx, spec, geo, hover);
+    else drawLines(ctx, spec, geo);
+    if (hover != null) drawHover(ctx, spec, geo, hover);
+  }
+
+  function drawAxes(ctx, spec, geo) {
+    const ticks = [0, geo.yMax / 2, geo.yMax];
+    ctx.strokeStyle = CHART_GRID;
+    ctx.lineWidth = 1;
+    ctx.fillStyle = CHART_TEXT;
+    ctx.textAlign = 'right';
+    for (const t of ticks) {
+      const y = Math.round(geo.yAt(t)) + 0.5;
+      ctx.beginPath();
+      ctx.moveTo(CHART_PAD.l, y);
+      ctx.lineTo(geo.w - CHART_PAD.r, y);
+      ctx.stroke();
+      ctx.fillText(spec.fmtY(t), CHART_PAD.l - 6, y);
+    }
+    // About five x labels, first and last pinned to the edges.
+    const labels = Math.min(5, geo.n);
+    const used = new Set();
+    const y = geo.h - CHART_PAD.b / 2;
+    for (let k = 0; k < labels; k += 1) {
+      const i = labels === 1 ? geo.n - 1 : Math.round((k * (geo.n - 1)) / (labels - 1));
+      if (used.has(i)) continue;
+      used.add(i);
+      ctx.textAlign = labels > 1 && k === 0 ? 'left' : labels > 1 && k === labels - 1 ? 'right' : 'center';
+      const x = ctx.textAlign === 'left' ? CHART_PAD.l : ctx.textAlign === 'right' ? geo.w - CHART_PAD.r : geo.xAt(i);
+      ctx.fillText(spec.fmtX(spec.xs[i]), x, y);
+    }
+  }
+
+  function drawBars(ctx, spec, geo, hover) {
+    const values = spec.series[0] ? spec.series[0].values : [];
+    const width = Math.max(1, geo.step - (geo.step > 4 ? 1 : 0));
+    const base = geo.yAt(0);
+    values.forEach((v, i) => {
+      if (!isNum(v)) return;
+      const top = geo.yAt(v);
+      ctx.fillStyle = i === hover ? BAR_HOVER : BAR_COLOUR;
+      ctx.fillRect(geo.xAt(i) - width / 2, top, width, Math.max(1, base - top));
+      const mark = spec.marker && spec.marker(i);
+      if (mark) {
+        ctx.fillStyle = mark;
+        ctx.beginPath();
+        ctx.arc(geo.xAt(i), CHART_PAD.t + 2, Math.min(2.5, Math.max(1.5, width / 2)), 0, Math.PI * 2);
+        ctx.fill();
+      }
+    });
+  }
+
+  function drawLines(ctx, spec, geo) {
+    ctx.lineWidth = 1.75;
+    ctx.lineJoin = 'round';
+    for (const s of spec.series) {
+      ctx.strokeStyle = s.colour;
+      ctx.beginPath();
+      let drawing = false;
+      s.values.forEach((v, i) => {
+        if (!isNum(v)) {
+          drawing = false; // gap: the node had no sample
+          return;
+        }
+        if (drawing) ctx.lineTo(geo.xAt(i), geo.yAt(v));
+        else ctx.moveTo(geo.xAt(i), geo.yAt(v));
+        drawing = true;
+      });
+      ctx.stroke();
+    }
+  }
+
+  function hoverIndex(canvas, spec, geo) {
+    const px = canvas._hoverX;
+    if (px == null || px < CHART_PAD.l || px > geo.w - CHART_PAD.r) return null;
+    const rel = px - CHART_PAD.l;
+    const i = spec.bars ? Math.floor(rel / geo.step) : geo.n > 1 ? Math.round(rel / geo.step) : 0;
+    return Math.max(0, Math.min(geo.n - 1, i));
+  }
+
+  function drawHover(ctx, spec, geo, i) {
+    const x = geo.xAt(i);
+    if (!spec.bars) {
+      ctx.strokeStyle = 'rgba(255, 255, 255, 0.25)';
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(Math.round(x) + 0.5, CHART_PAD.t);
+      ctx.lineTo(Math.round(x) + 0.5, CHART_PAD.t + geo.ph);
+      ctx.stroke();
+    }
+    const lines = spec.tooltip ? spec.tooltip(i) : [
+      { text: spec.fmtX(spec.xs[i]) },
+      ...spec.series.map((s) => ({ text: `${s.label}  ${isNum(s.values[i]) ? spec.fmtY(s.values[i]) : DASH}`, colour: s.colour })),
+    ];
+    drawTooltip(ctx, geo, x, lines);
+  }
+
+  function drawTooltip(ctx, geo, x, lines) {
+    const pad = 6;
+    ctx.font = CHART_FONT;
+    const textWidth = Math.max(...lines.map((l) => ctx.measureText(l.text).width + (l.colour ? 12 : 0)));
+    const bw = textWidth + pad * 2;
+    const bh = lines.length * TOOLTIP_LINE + pad * 2 - 3;
+    let bx = x + 12;
+    if (bx + bw > geo.w - 2) bx = x - 12 - bw;
+    bx = Math.max(2, bx);
+    const by = 2;
+    ctx.fillStyle = 'rgba(13, 15, 19, 0.94)';
+    ctx.strokeStyle = '#3a4150';
+    ctx.lineWidth = 1;
+    ctx.fillRect(bx, by, bw, bh);
+    ctx.strokeRect(bx + 0.5, by + 0.5, bw - 1, bh - 1);
+    ctx.textAlign = 'left';
+    lines.forEach((line, k) => {
+      const ty = by + pad + k * TOOLTIP_LINE + 5;
+      let tx = bx + pad;
+      if (line.colour) {
+        ctx.fillStyle = line.colour;
+        ctx.fillRect(tx, ty - 4, 8, 8);
+        tx += 12;
+      }
+      ctx.fillStyle = k === 0 ? '#e4e7ec' : '#c3c8d1';
+      ctx.fillText(line.text, tx, ty);
+    });
+  }
+
+  function redraw(canvas) {
+    if (canvas._spec) drawChart(canvas, canvas._spec);
+  }
+
+  /** Rounds a maximum up so axes read well: at least `floor`. */
+  function niceMax(values, floor) {
+    const max = Math.max(floor, ...values.filter(isNum));
+    if (max <= floor) return floor;
+    const mag = 10 ** Math.floor(Math.log10(max));
+    return Math.ceil(max / mag) * mag;
+  }
+
+  function renderComplexityChart() {
+    const rows = state.analysis;
+    const values = rows.map((a) => a.complexity);
+    drawChart($('chart-complexity'), {
+      xs: rows.map((a) => a.index),
+      series: [{ label: 'complexity', colour: BAR_COLOUR, values }],
+      bars: true,
+      yMax: niceMax(values, 1),
+      fmtX: (x) => `#${x}`,
+      fmtY: (v) => v.toFixed(1),
+      empty: 'No analysed segments yet',
+      marker: (i) => (rows[i].frames_skipped > 0 ? '#f2a93b' : rows[i].scene_cuts > 0 ? '#e4e7ec' : null),
+      tooltip: (i) => {
+        const a = rows[i];
+        return [
+          { text: `segment ${a.index}${a.timecode ? ` · ${a.timecode}` : ''}` },
+          { text: `complexity ${fmtFixed(a.complexity, 2)}` },
+          a.content ? { text: `content ${a.content}` } : null,
+          { text: `scene cuts ${fmtInt(a.scene_cuts)}` },
+          a.frames_skipped > 0 ? { text: `frames skipped ${fmtInt(a.frames_skipped)}` } : null,
+        ].filter(Boolean);
+      },
+    });
+  }
+
+  /** Nodes that appear anywhere in the history, sorted. */
+  function historyNodes(samples) {
+    const nodes = new Set();
+    for (const s of samples) {
+      Object.keys(s.weights || {}).forEach((n) => nodes.add(n));
+      Object.keys(s.cpu || {}).forEach((n) => nodes.add(n));
+    }
+    return [...nodes].sort();
+  }
+
+  function renderHistoryCharts() {
+    const samples = state.history;
+    const nodes = historyNodes(samples);
+    knowNodes(nodes);
+    const xs = samples.map((s) => s.t_ms);
+    const seriesOf = (key) => nodes.map((n) => ({
+      label: n,
+      colour: nodeColour(n),
+      values: samples.map((s) => (s[key] ? s[key][n] : undefined)),
+    }));
+    const weights = seriesOf('weights');
+    const cpu = seriesOf('cpu');
+    const flat = (series) => series.flatMap((s) => s.values);
+    drawChart($('chart-weights'), {
+      xs, series: weights, yMax: niceMax(flat(weights), 1),
+      fmtX: fmtClock, fmtY: (v) => v.toFixed(2), empty: 'No history yet',
+    });
+    drawChart($('chart-cpu'), {
+      xs, series: cpu, yMax: niceMax(flat(cpu), 1),
+      fmtX: fmtClock, fmtY: fmtPct, empty: 'No history yet',
+    });
+    renderLegend(nodes);
+  }
+
+  function renderLegend(historyNodeIds) {
+    const group = (state.swarm && state.swarm.group) || [];
+    const nodes = [...new Set([...group, ...historyNodeIds])].sort();
+    $('node-legend').replaceChildren(...nodes.map((n) =>
+      el('span', { class: 'legend-item' }, swatch(n), n)));
+  }
+
+  function renderCharts() {
+    renderComplexityChart();
+    renderHistoryCharts();
+  }
+
+  function bindChartHover(canvas) {
+    canvas.addEventListener('mousemove', (ev) => {
+      canvas._hoverX = ev.offsetX;
+      redraw(canvas);
+    });
+    canvas.addEventListener('mouseleave', () => {
+      canvas._hoverX = null;
+      redraw(canvas);
+    });
+  }
+
+  // ------------------------------------------------------------ wiring
+
+  function bindHandlers() {
+    $('login-form').addEventListener('submit', onLoginSubmit);
+    $('logout').addEventListener('click', onLogout);
+    $('channel-start').addEventListener('click', () => setChannelRunning(true));
+    $('channel-stop').addEventListener('click', () => setChannelRunning(false));
+    $('src-combined').addEventListener('click', () => selectSource('combined'));
+    $('src-own').addEventListener('click', () => selectSource('own'));
+
+    const video = $('preview');
+    video.addEventListener('playing', () => showPreviewMessage(''));
+    video.addEventListener('error', () => {
+      // Native playback only; hls.js reports through its own events.
+      if (!state.preview.hls && state.preview.active) scheduleRetry('Stream unavailable; retrying…');
+    });
+
+    const canvases = ['chart-complexity', 'chart-weights', 'chart-cpu'].map($);
+    canvases.forEach(bindChartHover);
+    if (window.ResizeObserver) {
+      const observer = new ResizeObserver(() => canvases.forEach(redraw));
+      canvases.forEach((c) => observer.observe(c));
+    } else {
+      window.addEventListener('resize', () => canvases.forEach(redraw));
+    }
+  }
+
+  document.addEventListener('DOMContentLoaded', boot);
+})();
