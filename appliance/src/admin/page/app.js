@@ -31,6 +31,7 @@
   const HLS_MIME = 'application/vnd.apple.mpegurl';
   const TOAST_MS = 6000;
   const SHORT_HASH_LEN = 8;
+  const ALL_TRACKS = '*';
   const DASH = '—';
 
   const NODE_COLOURS = ['#5aa9ff', '#b48cff', '#3cc8c8', '#ff7eb6', '#d8c27a', '#8fa3bf', '#ff9d76', '#7fd1a8'];
@@ -71,6 +72,8 @@
     renditionRows: new Map(), // name → row handles
     localPending: new Map(),  // name → {bitrate_kbps, from_segment} after a 202
     nodeColours: new Map(),
+    alignment: null,
+    alignTrack: ALL_TRACKS,
     preview: { source: 'combined', url: null, active: false, hls: null, retryTimer: null, mediaRecovered: false },
   };
 
@@ -116,6 +119,8 @@
 
   const isNum = (v) => typeof v === 'number' && Number.isFinite(v);
   const fmtInt = (v) => (isNum(v) ? Math.round(v).toLocaleString('en-US') : DASH);
+  // Frame numbers and segment indices are identifiers: no digit grouping.
+  const fmtId = (v) => (isNum(v) ? String(Math.round(v)) : DASH);
   const fmtKbps = (v) => (isNum(v) ? `${fmtInt(v)} kbit/s` : DASH);
   const fmtPct = (v) => (isNum(v) ? `${Math.round(v * 100)}%` : DASH);
   const fmtFixed = (v, digits) => (isNum(v) ? v.toFixed(digits) : DASH);
@@ -546,8 +551,8 @@
   function renderStats(st) {
     const ch = st.channel || {};
     $('channel-stats').replaceChildren(
-      stat('Frame', fmtInt(ch.frame)),
-      stat('Segment', fmtInt(ch.segment)),
+      stat('Frame', fmtId(ch.frame)),
+      stat('Segment', fmtId(ch.segment)),
       stat('Encode', fmtMs(st.encode_latency_ms)),
       stat('Captured', fmtInt(st.frames_captured)),
       stat('Dropped', fmtInt(st.frames_dropped), st.frames_dropped > 0 ? 'warn' : null),
@@ -637,7 +642,9 @@
     else role = el('span', { class: 'role-member', text: standalone ? 'Standalone' : 'Member' });
 
     return el('tr', { class: classes.filter(Boolean).join(' '), title, dataset: { node: m.node, healthy: String(health.healthy) } },
-      el('td', null, swatch(m.node), el('span', { class: 'node-id', text: m.node }), m.self ? el('span', { class: 'tag', text: 'self' }) : null),
+      el('td', null, swatch(m.node), el('span', { class: 'node-id', text: m.node }),
+        m.self ? el('span', { class: 'tag', text: 'self' }) : null,
+        m.isolated ? el('span', { class: 'tag bad', text: 'isolated' }) : null),
       el('td', null, role),
       el('td', null,
         el('span', { class: `status tone-${health.tone}`, text: health.text }),
@@ -647,7 +654,7 @@
       el('td', null, clockCell(m.clock)),
       el('td', { class: `num${cpuTone ? ` tone-${cpuTone}-text` : ''}`, text: fmtPct(load.cpu) }),
       el('td', { class: 'num', text: m.self && !isNum(m.latency_ms) ? DASH : fmtMs(m.latency_ms) }),
-      el('td', { class: 'num', title: m.timecode || null, text: fmtInt(m.frame) }),
+      el('td', { class: 'num', title: m.timecode || null, text: fmtId(m.frame) }),
       el('td', { class: 'num', text: fmtDuration(m.uptime_s) }));
   }
 
@@ -668,6 +675,15 @@
       isNum(clock.error_ns) ? el('span', { class: 'sub', text: `±${fmtNs(clock.error_ns)}` }) : null);
   }
 
+  /** Dropped swarm packets: every counter except `accepted`. */
+  function rejectedPackets(packets) {
+    const entries = Object.entries(packets || {}).filter(([k, v]) => k !== 'accepted' && isNum(v) && v > 0);
+    return {
+      total: entries.reduce((sum, [, v]) => sum + v, 0),
+      detail: entries.map(([k, v]) => `${k}: ${fmtInt(v)}`).join(', '),
+    };
+  }
+
   function renderSwarmSummary(sw, members, standalone) {
     const chips = [];
     const st = state.status;
@@ -681,8 +697,10 @@
       chips.push(el('span', { class: 'chip', text: sw.leader ? `leader ${sw.leader}` : 'no leader' }));
       chips.push(el('span', { class: `chip tone-${tone}`, text: `${healthy}/${members.length} healthy` }));
       if (sw.isolated) chips.push(el('span', { class: 'chip tone-bad', text: 'isolated from the group' }));
-      const forged = sw.packets && sw.packets.forged;
-      if (forged > 0) chips.push(el('span', { class: 'chip tone-warn', text: `${fmtInt(forged)} forged packets` }));
+      const rejected = rejectedPackets(sw.packets);
+      if (rejected.total > 0) {
+        chips.push(el('span', { class: 'chip tone-warn', title: rejected.detail, text: `${fmtInt(rejected.total)} packets rejected` }));
+      }
     }
     $('swarm-summary').replaceChildren(...chips);
   }
@@ -1037,10 +1055,21 @@
 
   // ------------------------------------------------------------ alignment
 
+  /**
+   * Rows come one per (segment, track), newest segment first. "All tracks"
+   * groups a segment's tracks under one index cell; a track filter shows
+   * one track per segment.
+   */
   function renderAlignment(al) {
+    state.alignment = al;
     const nodes = Array.isArray(al.nodes) ? al.nodes : [];
-    const rows = Array.isArray(al.rows) ? al.rows : [];
+    const allRows = Array.isArray(al.rows) ? al.rows : [];
     knowNodes(nodes);
+    renderTrackFilter(allRows);
+    renderAlignmentSummary(allRows);
+    const track = state.alignTrack;
+    const rows = track === ALL_TRACKS ? allRows : allRows.filter((r) => r.track === track);
+
     const head = el('thead', null, el('tr', null,
       el('th', { class: 'num', text: 'Segment' }),
       el('th', { text: 'Track' }),
@@ -1050,11 +1079,20 @@
     if (!rows.length) {
       body.append(el('tr', null, el('td', { class: 'empty', colspan: nodes.length + 3, text: 'No segments compared yet.' })));
     }
-    for (const r of rows) body.append(alignmentRow(r, nodes));
+    // Group consecutive rows of the same segment index.
+    for (let i = 0; i < rows.length;) {
+      let j = i + 1;
+      while (j < rows.length && rows[j].index === rows[i].index) j += 1;
+      const group = rows.slice(i, j);
+      const groupDiffers = group.some((r) => r.agree === false);
+      group.forEach((r, k) => body.append(alignmentRow(r, nodes, k === 0 ? j - i : 0, groupDiffers)));
+      i = j;
+    }
     $('alignment').replaceChildren(head, body);
   }
 
-  function alignmentRow(r, nodes) {
+  /** span > 0: first row of a segment, whose index cell spans `span` rows. */
+  function alignmentRow(r, nodes, span, groupDiffers) {
     const hashes = r.hashes || {};
     const chosenHash = r.chosen ? hashes[r.chosen] : null;
     const agree = r.agree !== false;
@@ -1067,13 +1105,46 @@
       const title = hash ? `${n}: ${hash}${n === r.chosen ? ' (chosen)' : ''}` : `${n}: no segment`;
       return el('td', { class: classes.join(' '), title, text: hash ? String(hash).slice(0, SHORT_HASH_LEN) : DASH });
     });
-    return el('tr', { class: agree ? 'agree' : 'disagree', dataset: { index: r.index, agree: String(agree) } },
-      el('td', { class: 'num', text: fmtInt(r.index) }),
-      el('td', { text: r.track || DASH }),
+    const classes = [agree ? 'agree' : 'disagree', span > 0 && 'group-start'].filter(Boolean).join(' ');
+    return el('tr', { class: classes, dataset: { index: r.index, track: r.track, agree: String(agree) } },
+      span > 0 ? el('td', { class: `num index${groupDiffers ? ' tone-bad-text' : ''}`, rowspan: span, text: fmtId(r.index) }) : null,
+      el('td', { class: 'track', text: r.track || DASH }),
       el('td', null, agree
         ? el('span', { class: 'status tone-ok', text: 'agree' })
         : el('span', { class: 'status tone-bad', text: 'differ' })),
       cells);
+  }
+
+  /** Track buttons; rebuilt only when the set of tracks changes. */
+  function renderTrackFilter(rows) {
+    const tracks = [...new Set(rows.map((r) => r.track).filter(Boolean))];
+    if (state.alignTrack !== ALL_TRACKS && rows.length && !tracks.includes(state.alignTrack)) state.alignTrack = ALL_TRACKS;
+    const box = $('alignment-tracks');
+    const signature = `${tracks.join('\n')}|${state.alignTrack}`;
+    if (box.dataset.signature === signature) return;
+    box.dataset.signature = signature;
+    box.hidden = tracks.length < 2;
+    box.replaceChildren(...[ALL_TRACKS, ...tracks].map((t) => el('button', {
+      type: 'button',
+      'aria-pressed': String(t === state.alignTrack),
+      text: t === ALL_TRACKS ? 'All tracks' : t,
+      onclick: () => {
+        state.alignTrack = t;
+        if (state.alignment) renderAlignment(state.alignment);
+      },
+    })));
+  }
+
+  function renderAlignmentSummary(rows) {
+    const differ = rows.filter((r) => r.agree === false).length;
+    const chip = $('alignment-summary');
+    if (!rows.length) {
+      chip.hidden = true;
+      return;
+    }
+    chip.hidden = false;
+    chip.className = `chip tone-${differ ? 'bad' : 'ok'}`;
+    chip.textContent = differ ? `${differ} of ${rows.length} differ` : 'all agree';
   }
 
   // ------------------------------------------------------------ events
@@ -1196,18 +1267,30 @@
       ctx.stroke();
       ctx.fillText(spec.fmtY(t), CHART_PAD.l - 6, y);
     }
-    // About five x labels, first and last pinned to the edges.
-    const labels = Math.min(5, geo.n);
-    const used = new Set();
+    // About five x labels, first and last pinned to the edges. The last
+    // (newest) always shows; others are left out where they would overlap.
+    const count = Math.min(5, geo.n);
     const y = geo.h - CHART_PAD.b / 2;
-    for (let k = 0; k < labels; k += 1) {
-      const i = labels === 1 ? geo.n - 1 : Math.round((k * (geo.n - 1)) / (labels - 1));
-      if (used.has(i)) continue;
-      used.add(i);
-      ctx.textAlign = labels > 1 && k === 0 ? 'left' : labels > 1 && k === labels - 1 ? 'right' : 'center';
-      const x = ctx.textAlign === 'left' ? CHART_PAD.l : ctx.textAlign === 'right' ? geo.w - CHART_PAD.r : geo.xAt(i);
-      ctx.fillText(spec.fmtX(spec.xs[i]), x, y);
+    const right = geo.w - CHART_PAD.r;
+    const placed = [];
+    for (let k = 0; k < count; k += 1) {
+      const i = count === 1 ? geo.n - 1 : Math.round((k * (geo.n - 1)) / (count - 1));
+      const text = spec.fmtX(spec.xs[i]);
+      const width = ctx.measureText(text).width;
+      let left = geo.xAt(i) - width / 2;
+      if (count > 1 && k === 0) left = CHART_PAD.l;
+      if (k === count - 1 && count > 1) left = right - width;
+      placed.push({ text, left: Math.max(CHART_PAD.l, Math.min(left, right - width)), width });
     }
+    const last = placed[placed.length - 1];
+    let end = -Infinity;
+    ctx.textAlign = 'left';
+    placed.forEach((p, k) => {
+      const isLast = k === placed.length - 1;
+      if (!isLast && (p.left < end + 8 || p.left + p.width + 8 > last.left)) return;
+      ctx.fillText(p.text, p.left, y);
+      end = p.left + p.width;
+    });
   }
 
   function drawBars(ctx, spec, geo, hover) {
@@ -1330,9 +1413,9 @@
       tooltip: (i) => {
         const a = rows[i];
         return [
-          { text: `segment ${a.index}${a.timecode ? ` · ${a.timecode}` : ''}` },
+          { text: `segment ${fmtId(a.index)}${a.timecode ? ` · ${a.timecode}` : ''}` },
           { text: `complexity ${fmtFixed(a.complexity, 2)}` },
-          a.content ? { text: `content ${a.content}` } : null,
+          a.content ? { text: `content ${String(a.content).replace(/_/g, ' ')}` } : null,
           { text: `scene cuts ${fmtInt(a.scene_cuts)}` },
           a.frames_skipped > 0 ? { text: `frames skipped ${fmtInt(a.frames_skipped)}` } : null,
         ].filter(Boolean);

@@ -1,0 +1,553 @@
+//! The admin API against a running daemon: every route of
+//! docs/openapi.json answers as documented, logins and CSRF are enforced,
+//! bad requests get clear 4xx answers, live changes take effect.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// One HTTP/1.1 exchange over a fresh connection.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    // The event stream never ends: read it for a few seconds.
+    let deadline =
+        Instant::now() + if path.ends_with("/stream") { Duration::from_millis(2500) } else { Duration::from_secs(20) };
+    s.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked") {
+        body = dechunk(&body);
+    }
+    Reply { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
+        if n == 0 || b.len() < nl + 2 + n {
+            out.extend_from_slice(&b[(nl + 2).min(b.len())..]);
+            break;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+        b = &b[(nl + 4 + n).min(b.len())..];
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A daemon with the admin API, killed on drop.
+struct Daemon {
+    child: Child,
+    admin: String,
+    dir: PathBuf,
+    password: String,
+    token: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PASSWORD: &str = "rack-unit-7 secret";
+
+fn lockstep_stdin(args: &[&str], input: &str) -> String {
+    let mut child = common::lockstep()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "lockstep {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn start(dir: &Path, extra: &str) -> Daemon {
+    let passwd = dir.join("admin.passwd");
+    lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], &format!("{PASSWORD}\n"));
+    let tokens = dir.join("tokens");
+    let token = lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
+    let (origin, admin) = (free_port(), free_port());
+    let text = format!(
+        "[appliance]\nid = \"unit-1\"\n[channel]\nid = \"ch\"\nsegment_seconds = 1.0\n\
+         [source]\nkind = \"test\"\nwidth = 320\nheight = 180\nfps = \"25\"\n\
+         [audio]\nenabled = false\n\
+         [[renditions]]\nname = \"180p\"\nheight = 180\nbitrate_kbps = 900\n\
+         [[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 200\n\
+         [output]\ndir = \"{}\"\nwindow_segments = 30\n[origin]\nlisten = \"127.0.0.1:{origin}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\nlogin_attempts_per_minute = 5\n{extra}",
+        dir.join("out").display(),
+        passwd.display(),
+        tokens.display(),
+    );
+    let config = dir.join("lockstep.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let child =
+        common::lockstep().args(["run", "--duration", "120", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+    let d =
+        Daemon { child, admin: format!("127.0.0.1:{admin}"), dir: dir.to_path_buf(), password: PASSWORD.into(), token };
+    let started = Instant::now();
+    while TcpStream::connect(&d.admin).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "admin API not up: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Logs in: (cookie header value, CSRF token).
+    fn login(&self) -> (String, String) {
+        let body = serde_json::json!({ "password": self.password }).to_string();
+        let r = http(&self.admin, "POST", "/api/v1/login", &[("Content-Type", "application/json")], body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let cookie = r.header("set-cookie").unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let pair = cookie.split(';').next().unwrap().to_string();
+        (pair, r.json()["csrf_token"].as_str().unwrap().to_string())
+    }
+
+    fn get(&self, path: &str, cookie: &str) -> Reply {
+        http(&self.admin, "GET", path, &[("Cookie", cookie)], b"")
+    }
+
+    fn send(&self, method: &str, path: &str, cookie: &str, csrf: &str, body: &str) -> Reply {
+        let h = [("Cookie", cookie), ("X-CSRF-Token", csrf), ("Content-Type", "application/json")];
+        http(&self.admin, method, path, &h, body.as_bytes())
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, ok: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !ok() {
+            assert!(started.elapsed() < limit, "{what} not within {limit:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn openapi() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// (method, path template) of every operation in the document.
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if ["get", "post", "patch", "put", "delete"].contains(&method.as_str()) {
+                ops.push((method.to_uppercase(), path.clone(), op.clone()));
+            }
+        }
+    }
+    ops
+}
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.rsplit('/').next().unwrap();
+            resolve(doc, &doc["components"]["schemas"][name])
+        }
+        None => schema,
+    }
+}
+
+fn is_public(op: &Value) -> bool {
+    op["security"].as_array().is_some_and(Vec::is_empty)
+}
+
+#[test]
+fn the_document_lists_exactly_the_routes_the_server_has() {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/admin/api.rs")).unwrap();
+    let served: BTreeSet<String> =
+        source.split(".route(\"").skip(1).map(|rest| rest.split('"').next().unwrap().to_string()).collect();
+    let doc = openapi();
+    let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(served, documented, "routes in src/admin/api.rs vs docs/openapi.json");
+}
+
+#[test]
+fn every_documented_route_answers_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    d.wait_for("first segment", Duration::from_secs(20), || {
+        d.get("/api/v1/channels/ch", &cookie).json()["renditions"][0]["measured_kbps"].is_number()
+    });
+    let doc = openapi();
+    let mut ops = operations(&doc);
+    // Log out last, stop before start.
+    ops.sort_by_key(|(m, p, _)| (p.ends_with("/logout"), p.ends_with("/start"), m.clone(), p.clone()));
+    let mut checked = 0;
+    for (method, template, op) in ops {
+        let path = template.replace("{id}", "ch").replace("{name}", "90p");
+        let body = match path.as_str() {
+            "/api/v1/login" => serde_json::json!({ "password": d.password }).to_string(),
+            p if p.contains("/renditions/") => r#"{"bitrate_kbps": 150}"#.to_string(),
+            _ => String::new(),
+        };
+        eprintln!("{method} {path}");
+        if let Ok(Some(status)) = d.child.try_wait() {
+            panic!("the daemon exited ({status}) before {method} {path}:\n{}", d.log());
+        }
+        let r = if method == "GET" { d.get(&path, &cookie) } else { d.send(&method, &path, &cookie, &csrf, &body) };
+        let responses = op["responses"].as_object().unwrap();
+        let expected: u16 = responses.keys().filter_map(|k| k.parse().ok()).filter(|s: &u16| *s < 300).min().unwrap();
+        assert_eq!(r.status, expected, "{method} {path}: {}", r.text());
+        let content = &responses[&expected.to_string()]["content"];
+        if let Some(schema) = content.get("application/json").map(|c| &c["schema"]) {
+            let v = r.json();
+            let schema = resolve(&doc, schema);
+            let (value, schema) = match (&v, schema["type"].as_str()) {
+                (Value::Array(items), Some("array")) => match items.first() {
+                    Some(first) => (first.clone(), resolve(&doc, &schema["items"])),
+                    None => (Value::Null, schema),
+                },
+                _ => (v.clone(), schema),
+            };
+            if let (Value::Object(fields), Some(props)) = (&value, schema["properties"].as_object()) {
+                for k in fields.keys() {
+                    assert!(props.contains_key(k), "{method} {path}: `{k}` is not documented");
+                }
+                for k in schema["required"].as_array().into_iter().flatten() {
+                    assert!(fields.contains_key(k.as_str().unwrap()), "{method} {path}: required `{k}` missing");
+                }
+            }
+        } else if let Some(kind) = content.as_object().and_then(|c| c.keys().next()) {
+            let got = r.header("content-type").unwrap_or_default();
+            assert!(got.starts_with(kind.as_str()), "{method} {path}: content type {got}, documented {kind}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} operations documented");
+}
+
+#[test]
+fn logins_and_csrf_tokens_are_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let doc = openapi();
+    let (cookie, csrf) = d.login();
+    for (method, template, op) in operations(&doc) {
+        if is_public(&op) {
+            continue;
+        }
+        let path = template.replace("{id}", "ch").replace("{name}", "90p");
+        let r = http(&d.admin, &method, &path, &[("Content-Type", "application/json")], b"{}");
+        assert_eq!(r.status, 401, "{method} {path} without login: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("login required"));
+        if method != "GET" {
+            let r = http(&d.admin, &method, &path, &[("Cookie", &cookie), ("Content-Type", "application/json")], b"{}");
+            assert_eq!(r.status, 403, "{method} {path} without CSRF token: {}", r.text());
+            let r = d.send(&method, &path, &cookie, "not-the-token", "{}");
+            assert_eq!(r.status, 403, "{method} {path} with a wrong CSRF token");
+        }
+    }
+    // Bearer tokens: no CSRF needed, wrong token refused.
+    let bearer = format!("Bearer {}", d.token);
+    let r = http(&d.admin, "GET", "/metrics", &[("Authorization", &bearer)], b"");
+    assert_eq!(r.status, 200);
+    let metrics = r.text();
+    for name in ["lockstep_frames_captured_total", "lockstep_api_requests_total", "lockstep_origin_requests_total"] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    let h = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let r = http(&d.admin, "PATCH", "/api/v1/channels/ch/renditions/90p", &h, br#"{"bitrate_kbps": 120}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = http(&d.admin, "GET", "/api/v1/status", &[("Authorization", "Bearer lst_0000")], b"");
+    assert_eq!(r.status, 401);
+    // Public: the health probe and the page.
+    assert_eq!(http(&d.admin, "GET", "/healthz", &[], b"").status, 200);
+    let page = http(&d.admin, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-security-policy").is_some_and(|c| c.contains("default-src 'self'")));
+    // Logged out: the cookie no longer works.
+    assert_eq!(d.send("POST", "/api/v1/logout", &cookie, &csrf, "").status, 204);
+    assert_eq!(d.get("/api/v1/status", &cookie).status, 401);
+
+    // Failed logins are limited per address, and audited without the password.
+    for _ in 0..5 {
+        let r = http(
+            &d.admin,
+            "POST",
+            "/api/v1/login",
+            &[("Content-Type", "application/json")],
+            br#"{"password":"guess"}"#,
+        );
+        assert_eq!(r.status, 401);
+    }
+    let body = serde_json::json!({ "password": d.password }).to_string();
+    let r = http(&d.admin, "POST", "/api/v1/login", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s))));
+    let audit = std::fs::read_to_string(dir.path().join("out/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"login-failed\"") && audit.contains("\"set-bitrate\"") && audit.contains("token:ci"),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains(PASSWORD) && !audit.contains("guess") && !d.log().contains(PASSWORD),
+        "a password was written"
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_errors_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    let path = "/api/v1/channels/ch/renditions/90p";
+    let cases: [(&str, u16, Option<&str>, &str); 7] = [
+        (r#"{"bitrate_kbps": 150"#, 400, None, "malformed JSON"),
+        (r#"{"bitrate_kbps": 150} x"#, 400, None, "malformed JSON"),
+        (r#"{"bitrate_kbps": 150, "colour": 1}"#, 422, Some("colour"), "unknown field"),
+        (r#"{}"#, 422, Some("bitrate_kbps"), "missing field"),
+        (r#"{"bitrate_kbps": "fast"}"#, 422, Some("bitrate_kbps"), "invalid type"),
+        (r#"{"bitrate_kbps": 20}"#, 422, Some("bitrate_kbps"), "allowed 50 to 100000"),
+        (r#"{"bitrate_kbps": 4294967296}"#, 422, Some("bitrate_kbps"), "bitrate_kbps"),
+    ];
+    for (body, status, field, says) in cases {
+        let r = d.send("PATCH", path, &cookie, &csrf, body);
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        let v = r.json();
+        assert!(v["error"].as_str().unwrap().contains(says), "{body}: {v}");
+        assert_eq!(v["field"].as_str(), field, "{body}: {v}");
+    }
+    let h = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "text/plain")];
+    assert_eq!(http(&d.admin, "PATCH", path, &h, br#"{"bitrate_kbps":150}"#).status, 415);
+    let r = d.send("PATCH", "/api/v1/channels/ch/renditions/4k", &cookie, &csrf, r#"{"bitrate_kbps":150}"#);
+    assert_eq!((r.status, r.json()["field"].as_str()), (404, Some("name")));
+    let r = d.get("/api/v1/channels/other", &cookie);
+    assert_eq!((r.status, r.json()["field"].as_str()), (404, Some("id")));
+    let r = d.get("/api/v1/swarm/alignment?limit=100000", &cookie);
+    assert_eq!((r.status, r.json()["field"].as_str()), (422, Some("limit")));
+    assert_eq!(d.get("/api/v1/analysis?limit=abc", &cookie).status, 400);
+    assert_eq!(d.get("/api/v1/nothing", &cookie).status, 404);
+    assert_eq!(d.send("DELETE", "/api/v1/status", &cookie, &csrf, "").status, 405);
+
+    // Random bodies: always a 4xx, never a crash or a 5xx.
+    let mut seed = 0x5eed_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces = [
+        "{",
+        "}",
+        "\"bitrate_kbps\"",
+        ":",
+        "1e400",
+        "-1",
+        "null",
+        "[",
+        "]",
+        ",",
+        "\"\\u0000\"",
+        "150",
+        "\u{fffd}",
+        "true",
+    ];
+    for _ in 0..200 {
+        let n = next() % 8;
+        let body: String = (0..n).map(|_| pieces[(next() % pieces.len() as u64) as usize]).collect();
+        let r = d.send("PATCH", path, &cookie, &csrf, &body);
+        assert!((400..500).contains(&r.status) || r.status == 202, "{body:?}: {} {}", r.status, r.text());
+        let r = d.send("POST", "/api/v1/login", "", "", &body);
+        assert!((400..500).contains(&r.status), "login {body:?}: {} {}", r.status, r.text());
+    }
+    assert_eq!(http(&d.admin, "GET", "/healthz", &[], b"").status, 200, "still up");
+}
+
+fn segment_bytes(track: &Path) -> Vec<(i64, u64)> {
+    common::manifest(track).iter().map(|e| (e.index, e.bytes)).collect()
+}
+
+#[test]
+fn a_bitrate_change_applies_from_the_announced_segment_and_the_channel_stops_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    let track = dir.path().join("out/ch/180p");
+    d.wait_for("five segments", Duration::from_secs(20), || {
+        track.join("manifest.jsonl").exists() && segment_bytes(&track).len() >= 5
+    });
+    let r = d.send("PATCH", "/api/v1/channels/ch/renditions/180p", &cookie, &csrf, r#"{"bitrate_kbps": 100}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let from = r.json()["from_segment"].as_i64().unwrap();
+    let pending = d.get("/api/v1/channels/ch", &cookie).json();
+    assert_eq!(pending["renditions"][0]["pending"][0]["from_segment"].as_i64(), Some(from));
+    d.wait_for("segments at the new bitrate", Duration::from_secs(30), || {
+        segment_bytes(&track).iter().filter(|(i, _)| *i >= from).count() >= 2
+    });
+    let segs = segment_bytes(&track);
+    let before: Vec<u64> = segs.iter().filter(|(i, _)| *i < from).map(|(_, b)| *b).collect();
+    let after: Vec<u64> = segs.iter().filter(|(i, _)| *i >= from).map(|(_, b)| *b).collect();
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+    eprintln!("180p bytes per 1 s segment: before {before:?}, from segment {from}: {after:?}");
+    // 100 kbit/s for 1 s segments is 12.5 kB: allow container overhead and
+    // rate-control slack; at 900 kbit/s the busy scenes of the test source
+    // take well over twice that.
+    assert!(after.iter().all(|b| *b < 19_000), "at 100 kbit/s: {after:?}");
+    let busiest = before.iter().copied().max().unwrap_or(0) as f64;
+    assert!(busiest > 2.0 * mean(&after), "900 → 100 kbit/s: {before:?} → {after:?}");
+    let channel = d.get("/api/v1/channels/ch", &cookie).json();
+    assert_eq!(channel["renditions"][0]["bitrate_kbps"], 100);
+    assert_eq!(channel["renditions"][0]["configured_kbps"], 900);
+
+    // Stop: the daemon stays up, frames stop; start: frames again.
+    let r = d.send("POST", "/api/v1/channels/ch/stop", &cookie, &csrf, "");
+    assert_eq!((r.status, r.json()["running"].as_bool()), (200, Some(false)));
+    let frames = |d: &Daemon| d.get("/api/v1/status", &cookie).json()["frames_captured"].as_u64().unwrap();
+    let stopped_at = frames(&d);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(frames(&d), stopped_at, "no frames while stopped");
+    assert_eq!(d.get("/api/v1/status", &cookie).json()["channel"]["running"], false);
+    let r = d.send("POST", "/api/v1/channels/ch/start", &cookie, &csrf, "");
+    assert_eq!((r.status, r.json()["running"].as_bool()), (200, Some(true)));
+    d.wait_for("frames after start", Duration::from_secs(10), || frames(&d) > stopped_at + 25);
+    let events = d.get("/api/v1/events?since=0", &cookie).json();
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"ladder") && kinds.iter().filter(|k| **k == "channel").count() >= 3, "{events}");
+}
+
+#[test]
+fn the_api_speaks_https_when_a_certificate_is_configured() {
+    assert!(
+        std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()),
+        "this test needs `openssl` (apt-get install openssl; `./run test` installs it)"
+    );
+    assert!(
+        std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "this test needs `curl` (`./run test` installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let extra = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    let d = start(dir.path(), &extra);
+    let url = format!("https://{}/api/v1/login", d.admin);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i", "--cacert"])
+        .arg(&cert)
+        .args(["-H", "Content-Type: application/json", "-d"])
+        .arg(serde_json::json!({ "password": d.password }).to_string())
+        .arg(&url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let cookie = text.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie")).unwrap();
+    assert!(cookie.contains("Secure"), "{cookie}");
+    assert!(text.to_ascii_lowercase().contains("strict-transport-security"));
+    // Plain HTTP on the TLS port gets no answer.
+    let mut s = TcpStream::connect(&d.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "plain HTTP answered");
+}
+
+#[test]
+fn an_admin_listener_without_credentials_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config(dir.path(), 160, 90, None, &[("90p", 90, 200)]) + "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let out = common::run_config(dir.path(), &text, &["--duration", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.password_file") && err.contains("no default password"), "{err}");
+    let text = common::config(dir.path(), 160, 90, None, &[("90p", 90, 200)])
+        + &format!("[admin]\nlisten = \"127.0.0.1:0\"\npassword_file = \"{}\"\n", dir.path().join("missing").display());
+    let out = common::run_config(dir.path(), &text, &["--duration", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "names the file");
+}
