@@ -438,7 +438,9 @@ pub fn run_with_device(
                 }
                 for (track, entry) in packager.take_published() {
                     if track != "audio" {
-                        let end = rate_for_latency.frame_time_ns(entry.first_unit + i64::from(entry.samples));
+                        // From the capture time of the segment's last frame.
+                        let last = entry.first_unit + i64::from(entry.samples.max(1)) - 1;
+                        let end = rate_for_latency.frame_time_ns(last);
                         let latency = (clock_for_metrics.now_tai_ns() - end).max(0) / 1_000;
                         status.encode_latency_us.store(u64::try_from(latency).unwrap_or(0), Ordering::Relaxed);
                     }

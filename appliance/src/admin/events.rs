@@ -123,8 +123,23 @@ pub struct ViewDiff {
     healthy: BTreeMap<String, bool>,
     isolated: bool,
     chosen: BTreeMap<String, (i64, String)>,
+    moves: Vec<Move>,
     seen: bool,
 }
+
+/// A change of the chosen node not yet explained.
+#[derive(Debug)]
+struct Move {
+    from: String,
+    to: String,
+    index: i64,
+    tracks: Vec<String>,
+    at: std::time::Instant,
+}
+
+/// How long after the selection moves a failure of the node it moved away
+/// from still counts as the reason (failure detection takes ~1.5 s).
+const FAILOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ViewDiff {
     /// Records in `log` what changed since the last view.
@@ -158,27 +173,49 @@ impl ViewDiff {
             }
             self.isolated = view.isolated;
         }
-        // Failover: the chosen replica of the newest selected index changes
-        // to another node while the previous one is no longer healthy.
+        // Failover: the chosen replica of the newest index moves away from
+        // a node that is, or within a few seconds turns out to be, gone or
+        // unhealthy (selection may move before failure detection does).
+        let gone = |node: &str| view.peers.get(node).is_none_or(|p| !p.healthy) && node != view.node;
         if let Some((index, tracks)) = view.selection.iter().next_back() {
-            let mut moved: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
             for (track, node) in tracks {
                 let before = self.chosen.insert(track.clone(), (*index, node.clone()));
                 if let Some((_, previous)) = before
                     && previous != *node
-                    && view.peers.get(&previous).is_some_and(|p| !p.healthy)
                 {
-                    moved.entry((previous, node.clone())).or_default().push(track);
+                    match self.moves.iter_mut().find(|m| m.from == previous && m.to == *node) {
+                        Some(m) if !m.tracks.contains(track) => m.tracks.push(track.clone()),
+                        Some(_) => {}
+                        None => self.moves.push(Move {
+                            from: previous,
+                            to: node.clone(),
+                            index: *index,
+                            tracks: vec![track.clone()],
+                            at: std::time::Instant::now(),
+                        }),
+                    }
                 }
             }
-            for ((from, to), tracks) in moved {
+        }
+        let mut still = Vec::new();
+        for m in std::mem::take(&mut self.moves) {
+            if gone(&m.from) {
                 log.push(
                     "failover",
-                    Some(&to),
-                    format!("segments from {to} instead of {from} from index {index} ({})", tracks.join(", ")),
+                    Some(&m.to),
+                    format!(
+                        "segments from {} instead of {} from index {} ({})",
+                        m.to,
+                        m.from,
+                        m.index,
+                        m.tracks.join(", ")
+                    ),
                 );
+            } else if m.at.elapsed() < FAILOVER_WINDOW {
+                still.push(m);
             }
         }
+        self.moves = still;
         self.seen = true;
     }
 }

@@ -1,0 +1,117 @@
+//! The admin page in a real browser (Debian's headless Chromium, driven by
+//! playwright-core from npm: appliance/web/browser-test.mjs) against a
+//! 3-node demo swarm: log in, see the nodes, play the combined output,
+//! change a bitrate and see it take effect, kill the chosen node and watch
+//! the failover. Screenshots land in target/admin-screenshots/.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn free_base(count: u16) -> u16 {
+    // Consecutive free ports (demo node k uses base + k - 1).
+    for _ in 0..50 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base < 60_000
+            && (0..count).all(|i| {
+                std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok()
+            })
+        {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the child this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_admin_page_runs_a_swarm_in_a_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    assert!(
+        Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "this test needs node (`./run test` installs nodejs)"
+    );
+    assert!(Path::new("/usr/bin/chromium").exists(), "this test needs Debian's chromium (`./run test` installs it)");
+    assert!(
+        web.join("node_modules/playwright-core").exists(),
+        "this test needs playwright-core (`./run deps` runs npm ci in appliance/web)"
+    );
+    assert!(
+        web.join("node_modules/hls.js/dist/hls.min.js").exists(),
+        "this test needs hls.js built into the page (`./run deps`, then rebuild)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, admin, swarm) = (free_base(3), free_base(3), free_base(3));
+    let mut child = common::lockstep()
+        .args(["demo", "--duration", "240", "--out"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{origin}"), "--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--swarm-port", &swarm.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The demo prints `node-k pid P origin ... admin URL ...` per node.
+    let stderr = child.stderr.take().unwrap();
+    let demo = Demo(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut pids, mut admins) = (BTreeMap::new(), BTreeMap::new());
+    while pids.len() < 3 {
+        let line = lines.next().expect("demo ended early").unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "pid") {
+            let node = words[i - 1].to_string();
+            pids.insert(node.clone(), words[i + 1].to_string());
+            let a = words.iter().position(|w| *w == "admin").unwrap();
+            admins.insert(node, words[a + 1].to_string());
+        }
+    }
+    // Keep the demo's stderr drained.
+    std::thread::spawn(move || for _ in lines {});
+    let join = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/admin-screenshots");
+    let started = Instant::now();
+    let out = Command::new("node")
+        .arg(web.join("browser-test.mjs"))
+        .args(["--admin", &admins["node-1"], "--password-file"])
+        .arg(dir.path().join(lockstep::demo::PASSWORD_FILE))
+        .arg("--shots")
+        .arg(&shots)
+        .args(["--pids", &join(&pids), "--admins", &join(&admins)])
+        .current_dir(&web)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser test failed after {:?}", started.elapsed());
+    for step in [
+        "wrong password is refused",
+        "three healthy nodes",
+        "preview plays",
+        "bitrate change took effect",
+        "failover event",
+    ] {
+        assert!(stdout.contains(step), "step `{step}` not reported");
+    }
+    for shot in ["login", "overview", "bitrate", "failover"] {
+        let png = shots.join(format!("{shot}.png"));
+        assert!(std::fs::metadata(&png).is_ok_and(|m| m.len() > 10_000), "{} missing or empty", png.display());
+    }
+    drop(demo);
+}

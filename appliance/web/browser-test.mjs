@@ -1,0 +1,131 @@
+// Browser test of the admin page, run by appliance/tests/admin_browser.rs
+// against a 3-node demo swarm: headless Chromium (Debian's) driven by
+// playwright-core. Prints one `step: ...` line per finished step; exits
+// non-zero with the reason on the first failure. Screenshots go to --shots.
+//
+//   node browser-test.mjs --admin http://127.0.0.1:9080/ --password-file F \
+//     --shots DIR --pids node-1=123,node-2=124,node-3=125 \
+//     --admins node-1=http://127.0.0.1:9080/,node-2=...
+
+import { chromium } from 'playwright-core';
+import { readFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((pairs, a, i, all) => (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []),
+);
+const pairs = (s) => Object.fromEntries((s || '').split(',').filter(Boolean).map((kv) => kv.split('=')));
+const password = readFileSync(args['password-file'], 'utf8').trim();
+const pids = pairs(args.pids);
+const admins = pairs(args.admins);
+const shots = args.shots;
+mkdirSync(shots, { recursive: true });
+
+const step = (what) => console.log(`step: ${what}`);
+const fail = (why) => {
+  console.error(`FAIL: ${why}`);
+  process.exit(1);
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
+  ],
+});
+const timer = setTimeout(() => fail('the whole browser test took over 4 minutes'), 240_000);
+
+try {
+  const page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
+  page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
+  const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`) });
+
+  // Pages are fetched before any login; the API refuses everything else.
+  const login = async (url) => {
+    await page.goto(url);
+    await page.waitForSelector('#password', { state: 'visible', timeout: 20_000 });
+    await page.fill('#password', password);
+    await page.click('#login');
+    await page.waitForSelector('#app:not([hidden])', { timeout: 20_000 });
+  };
+
+  await page.goto(args.admin);
+  await page.waitForSelector('#password', { state: 'visible', timeout: 20_000 });
+  await page.fill('#password', 'not the password');
+  await page.click('#login');
+  await page.waitForFunction(() => document.querySelector('#login-error')?.textContent.includes('wrong password'), null, { timeout: 10_000 });
+  await shot('login');
+  step('a wrong password is refused on the page');
+
+  await login(args.admin);
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('#members [data-node]')].filter((r) => r.dataset.healthy === 'true').length === 3,
+    null,
+    { timeout: 40_000 },
+  );
+  const leaderShown = await page.evaluate(() => document.querySelector('#members').textContent.includes('Leader'));
+  if (!leaderShown) fail('no member is shown as Leader');
+  step('logged in; three healthy nodes and a leader shown');
+
+  // The preview plays the combined output: its time advances.
+  const played = async (seconds, limit) => {
+    const t0 = await page.evaluate(() => document.querySelector('#preview').currentTime);
+    await page.waitForFunction((t) => document.querySelector('#preview').currentTime > t, t0 + seconds, { timeout: limit });
+    return page.evaluate(() => document.querySelector('#preview').currentTime);
+  };
+  const t = await played(2, 60_000);
+  await shot('overview');
+  step(`preview plays the combined output (currentTime ${t.toFixed(1)} s)`);
+
+  // Change a rendition's bitrate; the measured bitrate follows.
+  const row = 'tr[data-rendition="180p"]';
+  const measured = () => page.evaluate((r) => parseFloat(document.querySelector(`${r} .measured`).textContent.replace(/[^0-9.]/g, '')), row);
+  await page.waitForFunction((r) => /[0-9]/.test(document.querySelector(`${r} .measured`)?.textContent || ''), row, { timeout: 30_000 });
+  const before = await measured();
+  await page.fill(`${row} .bitrate`, '80');
+  await page.click(`${row} .apply`);
+  await page.waitForFunction(
+    (r) => {
+      const v = parseFloat(document.querySelector(`${r} .measured`).textContent.replace(/[^0-9.]/g, ''));
+      return v > 0 && v < 130;
+    },
+    row,
+    { timeout: 45_000 },
+  );
+  const after = await measured();
+  await shot('bitrate');
+  step(`bitrate change took effect: 180p measured ${before} → ${after} kbit/s`);
+
+  // Kill the node whose segments are chosen; watch from another node.
+  const chosen = await page.evaluate(async () => {
+    const r = await fetch('/api/v1/swarm/alignment?limit=1', { credentials: 'same-origin' });
+    const rows = (await r.json()).rows;
+    return rows.find((x) => x.track === '180p')?.chosen || rows[0]?.chosen;
+  });
+  if (!chosen || !pids[chosen]) fail(`no chosen node found (${chosen})`);
+  const viewer = Object.keys(admins).find((n) => n !== chosen);
+  if (admins[viewer] !== args.admin) {
+    await login(admins[viewer]);
+    await page.waitForFunction(() => document.querySelectorAll('#members [data-node]').length === 3, null, { timeout: 30_000 });
+    await played(1, 60_000);
+  }
+  process.kill(Number(pids[chosen]), 'SIGKILL');
+  step(`killed ${chosen} (pid ${pids[chosen]}), the node whose segments were chosen; watching from ${viewer}`);
+  await page.waitForFunction(
+    (n) => document.querySelector(`#members [data-node="${n}"]`)?.dataset.healthy === 'false',
+    chosen,
+    { timeout: 30_000 },
+  );
+  await page.waitForSelector('#events [data-kind="failover"]', { timeout: 30_000 });
+  const t2 = await played(3, 60_000);
+  await shot('failover');
+  await page.screenshot({ path: join(shots, 'failover-full.png'), fullPage: true });
+  step(`the page shows ${chosen} unhealthy and a failover event; the preview kept playing (currentTime ${t2.toFixed(1)} s)`);
+} catch (e) {
+  fail(e.message.split('\n')[0]);
+} finally {
+  clearTimeout(timer);
+  await browser.close();
+}
