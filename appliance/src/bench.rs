@@ -39,6 +39,16 @@ pub enum Which {
         #[arg(long, default_value_t = 150)]
         frames: u64,
     },
+    /// The admin API under concurrent clients while the pipeline runs in
+    /// real time, against the same run without load.
+    Api {
+        /// Seconds of media per run.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Concurrent API clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
     /// Swarm gossip convergence and leader failure detection on loopback.
     Swarm {
         /// Nodes.
@@ -96,6 +106,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Pipeline { frames, full_ladder } => pipeline_bench(frames, full_ladder),
         Which::Analysis { frames } => analysis_bench(frames),
         Which::Swarm { nodes } => crate::swarm::bench::run(nodes),
+        Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
     }
 }
 

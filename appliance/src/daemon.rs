@@ -131,7 +131,7 @@ pub fn run(config: &Config, limits: &RunLimits) -> anyhow::Result<Option<RunSumm
     let (supervisor, commands) = Supervisor::new();
     let services = services(config, &taps, supervisor)?;
     if let Some(a) = &services.admin {
-        tracing::info!(url = %format!("http://{}/", a.addr), "admin page");
+        tracing::info!(url = %admin_url(a.addr, config.admin.tls_cert.is_some()), "admin page");
     }
     let stop = limits.stop.clone().unwrap_or_default();
     supervise(config, limits, &taps, &commands, &stop)

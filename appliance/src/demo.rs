@@ -86,11 +86,11 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&d.out).with_context(|| format!("output {}", d.out.display()))?;
     let root = std::fs::canonicalize(&d.out)?;
     let key_path = root.join("fleet.key");
-    write_private(&key_path, &FleetKey::generate().to_hex())?;
+    crate::admin::auth::write_private(&key_path, &FleetKey::generate().to_hex())?;
     if d.admin.is_some() {
         // A password made for the run; no password is built in.
         let password = hex::encode(crate::admin::auth::random_bytes::<12>()?);
-        write_private(&root.join(PASSWORD_FILE), &format!("{password}\n"))?;
+        crate::admin::auth::write_private(&root.join(PASSWORD_FILE), &format!("{password}\n"))?;
         crate::admin::auth::set_password(&root.join("admin.passwd"), &password)?;
     }
     let exe = std::env::current_exe().context("cannot find the lockstep binary")?;
@@ -162,20 +162,6 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(ok)
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("{}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// What `lockstep verify` found for one track.

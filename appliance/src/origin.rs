@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::services::ServeDir;
 
@@ -33,7 +34,13 @@ async fn hls_types(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = req.uri().path().to_owned();
-    let mut res = next.run(req).await;
+    // Only what players and peer origins fetch; never the other files under
+    // the output directory (metrics, the swarm view, the audit log, configs).
+    let name = path.rsplit('/').next().unwrap_or_default();
+    let served =
+        [".m3u8", ".m4s", ".mp4"].iter().any(|e| name.ends_with(e)) || name == "manifest.jsonl" || path == "/healthz";
+    let mut res =
+        if served { next.run(req).await } else { (axum::http::StatusCode::NOT_FOUND, "not found\n").into_response() };
     let class = (res.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     metrics.by_class[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let kind = if path.ends_with(".m3u8") {

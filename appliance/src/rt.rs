@@ -16,3 +16,19 @@ pub fn enter_realtime() {
         tracing::warn!(error = %std::io::Error::last_os_error(), "SCHED_FIFO refused; capture runs at normal priority (needs CAP_SYS_NICE)");
     }
 }
+
+/// Nice value of the admin API's threads: the data plane wins any
+/// contention for the CPU.
+pub const ADMIN_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux nice
+/// values are per thread). Failing is harmless and only logged.
+pub fn lower_priority(nice: i32) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes plain integers; the target is this thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, u32::try_from(tid).unwrap_or(0), nice) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "thread priority not lowered");
+    }
+}

@@ -96,6 +96,7 @@ fn free_port() -> u16 {
 struct Daemon {
     child: Child,
     admin: String,
+    origin: String,
     dir: PathBuf,
     password: String,
     token: String,
@@ -147,8 +148,14 @@ fn start(dir: &Path, extra: &str) -> Daemon {
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let child =
         common::lockstep().args(["run", "--duration", "120", "--config"]).arg(&config).stderr(log).spawn().unwrap();
-    let d =
-        Daemon { child, admin: format!("127.0.0.1:{admin}"), dir: dir.to_path_buf(), password: PASSWORD.into(), token };
+    let d = Daemon {
+        child,
+        admin: format!("127.0.0.1:{admin}"),
+        origin: format!("127.0.0.1:{origin}"),
+        dir: dir.to_path_buf(),
+        password: PASSWORD.into(),
+        token,
+    };
     let started = Instant::now();
     while TcpStream::connect(&d.admin).is_err() {
         assert!(started.elapsed() < Duration::from_secs(20), "admin API not up: {}", d.log());
@@ -328,6 +335,14 @@ fn logins_and_csrf_tokens_are_required() {
     let page = http(&d.admin, "GET", "/", &[], b"");
     assert_eq!(page.status, 200);
     assert!(page.header("content-security-policy").is_some_and(|c| c.contains("default-src 'self'")));
+    // The public origin serves playlists and segments, not the other files.
+    d.wait_for("a playlist", Duration::from_secs(20), || {
+        http(&d.origin, "GET", "/ch/90p/playlist.m3u8", &[], b"").status == 200
+    });
+    for private in ["/audit.jsonl", "/ch/metrics.prom", "/ch/../audit.jsonl", "/lockstep.toml"] {
+        assert_eq!(http(&d.origin, "GET", private, &[], b"").status, 404, "origin served {private}");
+    }
+    assert_eq!(http(&d.origin, "GET", "/ch/90p/manifest.jsonl", &[], b"").status, 200, "peers fetch manifests");
     // Logged out: the cookie no longer works.
     assert_eq!(d.send("POST", "/api/v1/logout", &cookie, &csrf, "").status, 204);
     assert_eq!(d.get("/api/v1/status", &cookie).status, 401);

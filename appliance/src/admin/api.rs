@@ -60,6 +60,16 @@ impl ApiError {
     fn field(status: StatusCode, field: &str, error: impl Into<String>) -> Self {
         Self { status, error: error.into(), field: Some(field.to_string()) }
     }
+
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The message and the field it names, if one.
+    pub fn message(&self) -> (&str, Option<&str>) {
+        (&self.error, self.field.as_deref())
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -223,10 +233,12 @@ async fn guard(State(state): Shared, mut req: Request, next: Next) -> Response {
     res
 }
 
+/// Body of `POST /api/v1/login`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
-    password: String,
+pub struct LoginBody {
+    /// The admin password.
+    pub password: String,
 }
 
 async fn login(
@@ -358,7 +370,22 @@ fn check_channel(state: &AppState, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn channel_json(state: &AppState) -> Value {
+/// The origin's URL as the client can reach it: a wildcard listen address
+/// is replaced by the host the client used for this API.
+fn origin_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let addr = state.ctx.origin?;
+    if !addr.ip().is_unspecified() {
+        return Some(format!("http://{addr}"));
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h).to_string(),
+    };
+    Some(format!("http://{name}:{}", addr.port()))
+}
+
+fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
     let config = &state.ctx.config;
     let s = &state.ctx.taps.status;
     let segment = current_segment(state);
@@ -399,7 +426,7 @@ fn channel_json(state: &AppState) -> Value {
             "own": format!("/{id}/master.m3u8"),
             "combined": combined.then(|| format!("/combined/{id}/master.m3u8")),
         },
-        "origin": state.ctx.origin.map(|a| format!("http://{a}")),
+        "origin": origin_url(state, headers),
     })
 }
 
@@ -418,19 +445,21 @@ fn source_json(state: &AppState) -> Value {
     })
 }
 
-async fn channels(State(state): Shared) -> Response {
-    json(StatusCode::OK, Value::Array(vec![channel_json(&state)]))
+async fn channels(State(state): Shared, headers: HeaderMap) -> Response {
+    json(StatusCode::OK, Value::Array(vec![channel_json(&state, &headers)]))
 }
 
-async fn channel(State(state): Shared, Path(id): Path<String>) -> ApiResult {
+async fn channel(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
     check_channel(&state, &id)?;
-    Ok(json(StatusCode::OK, channel_json(&state)))
+    Ok(json(StatusCode::OK, channel_json(&state, &headers)))
 }
 
+/// Body of `PATCH /api/v1/channels/{id}/renditions/{name}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenditionPatch {
-    bitrate_kbps: u32,
+pub struct RenditionPatch {
+    /// New target bitrate, kbit/s.
+    pub bitrate_kbps: u32,
 }
 
 /// The segment a change made now applies from on every node.
@@ -528,10 +557,10 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     ok.then(|| unsafe { st.assume_init() }).map(|st| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-async fn outputs(State(state): Shared) -> Response {
+async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {
     let config = &state.ctx.config;
     let id = &config.channel.id;
-    let origin = state.ctx.origin.map(|a| format!("http://{a}"));
+    let origin = origin_url(&state, &headers);
     let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
     json(
         StatusCode::OK,

@@ -58,7 +58,8 @@ pub fn hash_password(password: &str) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::other(format!("argon2: {e}")))
 }
 
-/// Writes a file readable by its owner only, replacing it atomically.
+/// Writes a file readable by its owner only (keys, password hashes),
+/// replacing it atomically.
 pub fn write_private(path: &Path, text: &str) -> Result<(), AuthError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod events;
 mod tls;
 
@@ -232,6 +233,7 @@ pub fn start(ctx: Context) -> anyhow::Result<Admin> {
 /// Follows the channel and the swarm: feeds the timeline, the charts and
 /// the event log.
 fn watch(state: &Arc<AppState>) {
+    crate::rt::lower_priority(crate::rt::ADMIN_NICE);
     let taps = &state.ctx.taps;
     let mut analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
     let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
