@@ -554,7 +554,7 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     // call fills in; it is read only when the call succeeded.
     let ok = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } == 0;
     // SAFETY: initialised by the successful call above.
-    ok.then(|| unsafe { st.assume_init() }).map(|st| st.f_bavail as u64 * st.f_frsize as u64)
+    ok.then(|| unsafe { st.assume_init() }).map(|st| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {

@@ -309,19 +309,19 @@ mod tests {
 
     fn auth_with(password: &str, dir: &Path) -> Auth {
         let path = dir.join("admin.passwd");
-        set_password(&path, password).unwrap();
+        set_password(&path, password).expect("test setup");
         let config = crate::config::AdminConfig {
             listen: Some("127.0.0.1:0".into()),
             password_file: Some(path),
             login_attempts_per_minute: 3,
             ..Default::default()
         };
-        Auth::load(&config).unwrap()
+        Auth::load(&config).expect("test setup")
     }
 
     #[test]
     fn a_password_logs_in_and_the_session_carries_a_csrf_token() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let auth = auth_with("correct horse", dir.path());
         let ip = IpAddr::from([127, 0, 0, 1]);
         let Login::Ok { session, csrf } = auth.login(ip, "correct horse") else { panic!("login refused") };
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn failed_logins_are_limited_per_address() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let auth = auth_with("correct horse", dir.path());
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         for _ in 0..3 {
@@ -345,24 +345,24 @@ mod tests {
 
     #[test]
     fn short_passwords_and_bad_hash_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("p");
-        assert!(set_password(&path, "short").unwrap_err().to_string().contains("8 characters"));
-        std::fs::write(&path, "admin\n").unwrap();
+        assert!(set_password(&path, "short").expect_err("must fail").to_string().contains("8 characters"));
+        std::fs::write(&path, "admin\n").expect("test setup");
         let config = crate::config::AdminConfig { password_file: Some(path), ..Default::default() };
-        let e = Auth::load(&config).unwrap_err().to_string();
+        let e = Auth::load(&config).expect_err("must fail").to_string();
         assert!(e.contains("not an argon2 password hash") && e.contains("lockstep passwd"), "{e}");
     }
 
     #[test]
     fn tokens_are_kept_as_hashes_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("tokens");
-        let token = add_token(&path, "prometheus").unwrap();
-        assert!(!std::fs::read_to_string(&path).unwrap().contains(&token), "only the hash is stored");
+        let token = add_token(&path, "prometheus").expect("test setup");
+        assert!(!std::fs::read_to_string(&path).expect("test setup").contains(&token), "only the hash is stored");
         assert!(add_token(&path, "prometheus").is_err(), "names are unique");
         let config = crate::config::AdminConfig { tokens_file: Some(path), ..Default::default() };
-        let auth = Auth::load(&config).unwrap();
+        let auth = Auth::load(&config).expect("test setup");
         assert_eq!(auth.check(None, Some(&token)), Some(Actor::Token { name: "prometheus".into() }));
         assert_eq!(auth.check(None, Some("lst_00")), None);
     }

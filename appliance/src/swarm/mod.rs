@@ -767,7 +767,7 @@ pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Res
         let mut rounds = 0u64;
         while let Some(swarm) = weak.upgrade() {
             rounds += 1;
-            if rounds % 3 == 0 {
+            if rounds.is_multiple_of(3) {
                 adopt_ladder_changes(&swarm.view(), &control, &renditions);
             }
             swarm.local(|l| {
