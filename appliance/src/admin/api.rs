@@ -626,6 +626,7 @@ async fn swarm(State(state): Shared) -> Response {
             m["jitter_ms"] = json!(p.jitter_ms);
             m["state_age_ms"] = json!(p.state_age_ms);
             m["neighbour"] = json!(p.neighbour);
+            m["throughput_mbps"] = json!(p.throughput_mbps);
             m
         })
         .collect();

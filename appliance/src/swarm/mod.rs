@@ -180,6 +180,9 @@ pub struct PeerView {
     pub weight: f32,
     /// One of this node's preferred neighbours.
     pub neighbour: bool,
+    /// Throughput of this node's segment fetches from it, Mbit/s (running
+    /// mean; a lower bound of the bandwidth); `None` before any fetch.
+    pub throughput_mbps: Option<f32>,
     #[serde(skip)]
     last_state: Option<Instant>,
     #[serde(skip)]
@@ -218,6 +221,7 @@ struct Shared {
     local: Mutex<Local>,
     view: Mutex<View>,
     stats: WireStats,
+    throughput: Mutex<BTreeMap<String, f32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,6 +245,7 @@ impl Swarm {
             local: Mutex::new(Local::default()),
             view: Mutex::new(View { node: settings.node.clone(), ..View::default() }),
             stats: WireStats::default(),
+            throughput: Mutex::default(),
         });
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -258,6 +263,19 @@ impl Swarm {
     /// A copy of the node's current view.
     pub fn view(&self) -> View {
         lock(&self.shared.view).clone()
+    }
+
+    /// Records a transfer of `bytes` from `node` that took `seconds`
+    /// (segment replication), for the throughput estimate.
+    pub fn record_transfer(&self, node: &str, bytes: usize, seconds: f64) {
+        // Small files over a fast link say more about latency than bandwidth.
+        if bytes < 16 * 1024 || seconds <= 0.0 {
+            return;
+        }
+        let mbps = (bytes as f64 * 8.0 / seconds / 1e6) as f32;
+        let mut t = lock(&self.shared.throughput);
+        let e = t.entry(node.to_string()).or_insert(mbps);
+        *e += (mbps - *e) * 0.3;
     }
 
     /// Datagram counters.
@@ -435,6 +453,7 @@ impl Node {
             jitter_ms: 0.0,
             weight: 0.0,
             neighbour: false,
+            throughput_mbps: None,
             last_state: None,
             down_since: None,
         });
@@ -596,6 +615,11 @@ impl Node {
         let mut view = lock(&self.shared.view);
         view.me = Some(me);
         view.peers = self.peers.clone();
+        let throughput = lock(&self.shared.throughput);
+        for (node, p) in view.peers.iter_mut() {
+            p.throughput_mbps = throughput.get(node).copied();
+        }
+        drop(throughput);
         view.group = group;
         view.leader = self.leader.clone();
         view.weights = weights;

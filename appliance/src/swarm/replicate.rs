@@ -48,7 +48,7 @@ pub fn run(swarm: &Weak<Swarm>, target: &Target) {
     while let Some(s) = swarm.upgrade() {
         let view = s.view();
         drop(s);
-        let mut manifests: BTreeMap<(String, String), Vec<ManifestEntry>> = BTreeMap::new();
+        let mut round = Round::default();
         for (index, per_track) in &view.selection {
             for (track, node) in per_track {
                 let t = tracks.entry(track.clone()).or_default();
@@ -56,7 +56,7 @@ pub fn run(swarm: &Weak<Swarm>, target: &Target) {
                     continue;
                 }
                 let Some(hash) = gossiped_hash(&view, node, *index, track) else { continue };
-                match place(&agent, &view, target, track, *index, node, &hash, &mut manifests) {
+                match place(&agent, &view, target, track, *index, node, &hash, &mut round) {
                     Ok(entry) => {
                         if !t.init {
                             t.init = copy_own(target, &format!("{track}/init.mp4"));
@@ -74,11 +74,25 @@ pub fn run(swarm: &Weak<Swarm>, target: &Target) {
                 }
             }
         }
+        if let Some(s) = swarm.upgrade() {
+            for (node, bytes, seconds) in round.transfers {
+                s.record_transfer(&node, bytes, seconds);
+            }
+        }
         if !master && !tracks.is_empty() {
             master = copy_own(target, "master.m3u8");
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// What one pass over the selection fetched.
+#[derive(Debug, Default)]
+struct Round {
+    /// Manifests fetched, by (node, track).
+    manifests: BTreeMap<(String, String), Vec<ManifestEntry>>,
+    /// Segment fetches: (node, bytes, seconds).
+    transfers: Vec<(String, usize, f64)>,
 }
 
 /// The hash `node` gossiped for (index, track).
@@ -98,8 +112,9 @@ fn place(
     index: i64,
     node: &str,
     hash: &[u8; 32],
-    manifests: &mut BTreeMap<(String, String), Vec<ManifestEntry>>,
+    round: &mut Round,
 ) -> Result<ManifestEntry, String> {
+    let manifests = &mut round.manifests;
     let want = hex::encode(hash);
     let file = format!("seg-{index}.m4s");
     let dest = target.combined.join(track).join(&file);
@@ -132,7 +147,9 @@ fn place(
     if entry.sha256 != want {
         return Err(format!("{node}'s manifest hash differs from the one it gossiped; not used"));
     }
+    let started = std::time::Instant::now();
     let bytes = get(agent, &format!("{base}/{}", entry.file))?;
+    round.transfers.push((node.to_string(), bytes.len(), started.elapsed().as_secs_f64()));
     let got = hex::encode(Sha256::digest(&bytes));
     if got != want {
         return Err(format!("fetched bytes hash to {got}, manifest says {want}; not used"));

@@ -421,7 +421,7 @@ mod tests {
         header_altered[23] ^= 1; // the counter
         assert_eq!(o.open(&header_altered, NOW), Err(Drop::Auth), "the header is authenticated");
         assert_eq!(o.open(&s.seal(Kind::State, b"x", NOW - 31_000), NOW), Err(Drop::Stale(-31_000)));
-        assert_eq!(o.open(&s.seal_with(2, Kind::State, 99, b"x", NOW), NOW), Err(Drop::Version(2)));
+        assert_eq!(o.open(&s.seal_with(VERSION + 1, Kind::State, 99, b"x", NOW), NOW), Err(Drop::Version(VERSION + 1)));
         let good = s.seal(Kind::Membership, b"x", NOW);
         for cut in 0..HEADER_LEN + TAG_LEN {
             assert_eq!(o.open(&good[..cut], NOW), Err(Drop::Malformed), "cut at {cut}");
