@@ -331,6 +331,26 @@ pub struct ClockFaultConfig {
     pub step_after_s: f64,
 }
 
+impl ClockFaultConfig {
+    /// Checks the values: the field at fault and what is allowed.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        const HOUR_NS: i64 = 3_600_000_000_000;
+        if !(-1_000.0..=1_000.0).contains(&self.frequency_ppm) {
+            return Err(("frequency_ppm", "must be between -1000 and 1000"));
+        }
+        if !(0.0..=1e6).contains(&self.step_after_s) {
+            return Err(("step_after_s", "must be between 0 and 1e6"));
+        }
+        if self.offset_ns.abs() > HOUR_NS {
+            return Err(("offset_ns", "must be within one hour (±3.6e12 ns)"));
+        }
+        if self.step_ns.abs() > HOUR_NS {
+            return Err(("step_ns", "must be within one hour (±3.6e12 ns)"));
+        }
+        Ok(())
+    }
+}
+
 impl ClockConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(-100..=100).contains(&self.utc_tai_offset_s) {
@@ -360,16 +380,7 @@ impl ClockConfig {
         if self.source == ClockSource::Phc && self.phc.is_none() && self.interface.is_none() {
             return Err(invalid("clock.phc", "source = \"phc\" needs clock.phc (a /dev/ptpN) or clock.interface"));
         }
-        let f = &self.fault;
-        if !(-1_000.0..=1_000.0).contains(&f.frequency_ppm) {
-            return Err(invalid("clock.fault.frequency_ppm", "must be between -1000 and 1000"));
-        }
-        if !(0.0..=1e6).contains(&f.step_after_s) {
-            return Err(invalid("clock.fault.step_after_s", "must be between 0 and 1e6"));
-        }
-        if f.offset_ns.abs() > 3_600_000_000_000 || f.step_ns.abs() > 3_600_000_000_000 {
-            return Err(invalid("clock.fault", "offset_ns and step_ns must be within one hour"));
-        }
+        self.fault.check().map_err(|(field, message)| invalid(format!("clock.fault.{field}"), message))?;
         Ok(())
     }
 }

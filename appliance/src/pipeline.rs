@@ -120,6 +120,11 @@ pub struct ChannelStatus {
     pub source: std::sync::Mutex<Option<SourceInfo>>,
     /// The ladder resolved against the source size.
     pub ladder: std::sync::Mutex<Vec<ResolvedRendition>>,
+    /// The running media clock (the admin API injects faults into it).
+    pub media_clock: std::sync::Mutex<Option<Arc<Clock>>>,
+    /// A fault set through the admin API: replaces the configured one, and
+    /// is applied again when the pipeline restarts.
+    pub clock_fault: std::sync::Mutex<Option<crate::config::ClockFaultConfig>>,
 }
 
 /// The source of a running channel.
@@ -285,6 +290,10 @@ pub fn run_with_device(
     taps: &Taps,
 ) -> Result<RunSummary, PipelineError> {
     let clock = Arc::new(Clock::open(&config.clock)?);
+    if let Some(f) = *lock(&taps.status.clock_fault) {
+        clock.fault().set(&f);
+    }
+    *lock(&taps.status.media_clock) = Some(Arc::clone(&clock));
     let format = device.format();
     let rate = format.rate;
     let fps_segment = (config.channel.segment_seconds * rate.fps()).round().max(1.0) as u32;

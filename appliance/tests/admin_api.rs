@@ -258,6 +258,7 @@ fn every_documented_route_answers_as_documented() {
         let body = match path.as_str() {
             "/api/v1/login" => serde_json::json!({ "password": d.password }).to_string(),
             p if p.contains("/renditions/") => r#"{"bitrate_kbps": 150}"#.to_string(),
+            p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
             _ => String::new(),
         };
         eprintln!("{method} {path}");
@@ -440,6 +441,41 @@ fn bad_requests_get_clear_errors_naming_the_field() {
         assert!((400..500).contains(&r.status), "login {body:?}: {} {}", r.status, r.text());
     }
     assert_eq!(http(&d.admin, "GET", "/healthz", &[], b"").status, 200, "still up");
+}
+
+#[test]
+fn a_clock_fault_is_injected_and_cleared_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    d.wait_for("the clock", Duration::from_secs(20), || !d.get("/api/v1/clock", &cookie).json()["quality"].is_null());
+    assert!(d.get("/api/v1/clock", &cookie).json()["quality"]["fault"].is_null(), "no fault configured");
+    let r = d.send("PUT", "/api/v1/clock/fault", &cookie, &csrf, r#"{"offset_ns": 2000000, "frequency_ppm": 5.5}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!((v["fault"]["offset_ns"].as_i64(), v["fault_from_api"].as_bool()), (Some(2_000_000), Some(true)));
+    let described = v["quality"]["fault"].as_str().unwrap_or_default().to_string();
+    assert!(!described.is_empty(), "the running clock reports the fault: {v}");
+    for (body, field) in [
+        (r#"{"frequency_ppm": 5000}"#, "frequency_ppm"),
+        (r#"{"offset_ns": 4000000000000}"#, "offset_ns"),
+        (r#"{"step_after_s": -1}"#, "step_after_s"),
+        (r#"{"offset": 1}"#, "offset"),
+    ] {
+        let r = d.send("PUT", "/api/v1/clock/fault", &cookie, &csrf, body);
+        assert_eq!((r.status, r.json()["field"].as_str()), (422, Some(field)), "{body}: {}", r.text());
+    }
+    assert_eq!(
+        d.get("/api/v1/clock", &cookie).json()["fault"]["offset_ns"],
+        2_000_000,
+        "a refused change changes nothing"
+    );
+    let r = d.send("PUT", "/api/v1/clock/fault", &cookie, &csrf, "{}");
+    assert!(r.json()["quality"]["fault"].is_null(), "cleared: {}", r.text());
+    let events = d.get("/api/v1/events?since=0", &cookie).json();
+    assert_eq!(events.as_array().unwrap().iter().filter(|e| e["kind"] == "clock").count(), 2, "{events}");
+    let audit = std::fs::read_to_string(dir.path().join("out/audit.jsonl")).unwrap();
+    assert_eq!(audit.matches("set-clock-fault").count(), 2, "{audit}");
 }
 
 fn segment_bytes(track: &Path) -> Vec<(i64, u64)> {

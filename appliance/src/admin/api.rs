@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -150,6 +150,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/renditions/{name}", patch(set_rendition))
         .route("/api/v1/channels/{id}/start", post(start_channel))
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
+        .route("/api/v1/clock", get(clock))
+        .route("/api/v1/clock/fault", put(set_clock_fault))
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/outputs", get(outputs))
         .route("/api/v1/swarm", get(swarm))
@@ -539,6 +541,47 @@ async fn stop_channel(
     Path(id): Path<String>,
 ) -> ApiResult {
     command(state, actor, from, id, ChannelCommand::Stop).await
+}
+
+fn clock_json(state: &AppState) -> Value {
+    let s = &state.ctx.taps.status;
+    let configured = state.ctx.config.clock.fault;
+    let fault = lock(&s.clock_fault).unwrap_or(configured);
+    let quality = lock(&s.media_clock).as_ref().map(|c| crate::clock::MediaClock::quality(c.as_ref()));
+    json!({ "quality": quality, "fault": fault, "fault_from_api": lock(&s.clock_fault).is_some() })
+}
+
+async fn clock(State(state): Shared) -> Response {
+    json(StatusCode::OK, clock_json(&state))
+}
+
+/// Replaces the media clock's injected fault (drills): applies now to the
+/// running clock, and to the clock of every later run of the pipeline.
+async fn set_clock_fault(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let fault: crate::config::ClockFaultConfig = parse_body(&headers, &body)?;
+    fault.check().map_err(|(field, message)| {
+        ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, format!("{field}: {message}"))
+    })?;
+    *lock(&state.ctx.taps.status.clock_fault) = Some(fault);
+    if let Some(c) = lock(&state.ctx.taps.status.media_clock).as_ref() {
+        c.fault().set(&fault);
+    }
+    let detail = serde_json::to_value(fault).unwrap_or_default();
+    state.audit(&actor.name(), Some(from), "set-clock-fault", detail);
+    let what =
+        if fault == crate::config::ClockFaultConfig::default() { "cleared".to_string() } else { format!("{fault:?}") };
+    state.events.push(
+        "clock",
+        Some(&state.ctx.config.appliance.id),
+        format!("clock fault injection {what} (by {})", actor.name()),
+    );
+    Ok(json(StatusCode::OK, clock_json(&state)))
 }
 
 async fn sources(State(state): Shared) -> Response {

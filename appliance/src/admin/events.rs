@@ -24,7 +24,7 @@ pub struct Event {
     /// Unix time, ms.
     pub t_ms: u64,
     /// `election`, `failover`, `node-down`, `node-up`, `isolated`,
-    /// `rejoined`, `ladder`, `channel`, `error`, `login`.
+    /// `rejoined`, `ladder`, `channel`, `clock`, `error`.
     pub kind: &'static str,
     /// The node it is about, if one.
     pub node: Option<String>,

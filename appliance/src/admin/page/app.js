@@ -42,7 +42,7 @@
   const EVENT_TONE = {
     election: 'info', failover: 'warn', 'node-down': 'bad', 'node-up': 'ok',
     isolated: 'bad', rejoined: 'ok', ladder: 'info', channel: 'neutral',
-    error: 'bad', login: 'neutral',
+    error: 'bad', clock: 'warn',
   };
 
   // ------------------------------------------------------------ state
