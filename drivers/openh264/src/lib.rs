@@ -24,9 +24,9 @@ pub const NAME: &str = "openh264";
 /// Quantiser range handed to the rate control. OpenH264 replaces a range
 /// that starts at 0 by 12..42, and at 42 busy pictures at low bitrates
 /// overshoot their target many times over (a 100 kbit/s 180p rendition of
-/// the test source's high-motion scene came out at about 1 Mbit/s); 51 lets
-/// the rate control reach the target. 12 keeps easy pictures from spending
-/// bits no viewer sees.
+/// the test source's high-motion scene came out at about 1 Mbit/s); with 51
+/// it comes out at about 400 kbit/s (still over: see docs/architecture.md).
+/// 12 keeps easy pictures from spending bits no viewer sees.
 const MIN_QP: u8 = 12;
 const MAX_QP: u8 = 51;
 
