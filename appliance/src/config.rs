@@ -240,12 +240,25 @@ impl SwarmConfig {
 pub struct ApplianceConfig {
     /// Unit name, unique in a fleet.
     pub id: String,
+    /// What the unit does when the daemon starts.
+    pub role: Role,
 }
 
 impl Default for ApplianceConfig {
     fn default() -> Self {
-        Self { id: "lockstep-1".into() }
+        Self { id: "lockstep-1".into(), role: Role::Encoder }
     }
+}
+
+/// An appliance's part in its fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Encodes its channel from start-up.
+    Encoder,
+    /// Starts with its channel stopped: the daemon, origin, admin API and
+    /// swarm membership run, and the channel starts on command.
+    Standby,
 }
 
 /// Media clock source.

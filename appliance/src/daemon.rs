@@ -134,6 +134,11 @@ pub fn run(config: &Config, limits: &RunLimits) -> anyhow::Result<Option<RunSumm
         tracing::info!(url = %admin_url(a.addr, config.admin.tls_cert.is_some()), "admin page");
     }
     let stop = limits.stop.clone().unwrap_or_default();
+    let standby = config.appliance.role == crate::config::Role::Standby;
+    if standby {
+        tracing::info!("standby unit: the channel waits for a start command");
+    }
+    crate::systemd::start(Arc::clone(&taps.status), config.channel.segment_seconds, standby, Arc::clone(&stop));
     supervise(config, limits, &taps, &commands, &stop)
 }
 
@@ -167,7 +172,10 @@ fn supervise(
     commands: &Receiver<(ChannelCommand, Reply)>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<RunSummary>> {
-    let mut current = Some(start_run(config, limits, taps)?);
+    let mut current = match config.appliance.role {
+        crate::config::Role::Encoder => Some(start_run(config, limits, taps)?),
+        crate::config::Role::Standby => None,
+    };
     let mut last = None;
     loop {
         if stop.load(Ordering::Relaxed) {

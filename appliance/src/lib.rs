@@ -15,6 +15,8 @@ pub mod encode;
 pub mod origin;
 pub mod package;
 pub mod pipeline;
+pub mod provision;
 pub mod rt;
 pub mod swarm;
+pub mod systemd;
 pub mod timeline;

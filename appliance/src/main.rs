@@ -121,6 +121,17 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Fleet provisioning: fleet keys and per-appliance bundles from a
+    /// fleet manifest (docs/provisioning.md).
+    Fleet {
+        #[command(subcommand)]
+        what: FleetCommand,
+    },
+    /// Apply or check a provisioning bundle on this appliance.
+    Provision {
+        #[command(subcommand)]
+        what: ProvisionCommand,
+    },
     /// Check a configuration file and print what is wrong.
     CheckConfig {
         /// TOML configuration.
@@ -132,6 +143,45 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: bench::Which,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Write a new random fleet key (64 hex digits, mode 600) to FILE.
+    Key {
+        /// The key file (must not exist).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Make one provisioning bundle per appliance of a fleet manifest.
+    Bundles {
+        /// The fleet manifest (TOML).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Directory for the bundles (`HOSTNAME.toml`, mode 600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvisionCommand {
+    /// Check a bundle without applying it.
+    Check {
+        /// The bundle.
+        bundle: PathBuf,
+    },
+    /// Apply a bundle: new configuration, identity and secrets, or nothing
+    /// when it is refused (the previous configuration stays).
+    Apply {
+        /// The bundle.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The appliance's root file system (default `/`, which also sets
+        /// the running host name).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -307,6 +357,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{} conflicting indices", conflicts);
             }
             Ok(if conflicts == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Fleet { what: FleetCommand::Key { file } } => {
+            anyhow::ensure!(!file.exists(), "{} exists; a fleet key is never overwritten", file.display());
+            let key = lockstep::swarm::wire::FleetKey::generate();
+            lockstep::admin::auth::write_private(&file, &format!("{}\n", key.to_hex()))?;
+            eprintln!("fleet key written to {} (mode 600)", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet { what: FleetCommand::Bundles { manifest, out } } => {
+            let made = lockstep::provision::bundles(&manifest)?;
+            std::fs::create_dir_all(&out)?;
+            for (hostname, text) in &made {
+                let path = out.join(format!("{hostname}.toml"));
+                lockstep::admin::auth::write_private(&path, text)?;
+                println!("{}", path.display());
+            }
+            eprintln!("{} bundles written; each holds the fleet key: keep them private", made.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Provision { what: ProvisionCommand::Check { bundle } } => {
+            let text = std::fs::read_to_string(&bundle)
+                .map_err(|e| anyhow::anyhow!("cannot read bundle {}: {e}", bundle.display()))?;
+            let b = lockstep::provision::open(&text, &bundle.display().to_string())?;
+            println!(
+                "{}: ok (host {}, fleet {}, node {}, role {:?})",
+                bundle.display(),
+                b.hostname,
+                b.fleet,
+                b.config.appliance.id,
+                b.config.appliance.role
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Provision { what: ProvisionCommand::Apply { bundle, root } } => {
+            let live = root == std::path::Path::new("/");
+            match lockstep::provision::apply(&bundle, &root, live) {
+                Ok(lockstep::provision::Outcome::Unchanged) => {
+                    eprintln!("lockstep provision: {} was applied before; nothing changed", bundle.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(lockstep::provision::Outcome::Applied { dir, previous }) => {
+                    eprintln!(
+                        "lockstep provision: applied {} (configuration in {}; previous: {})",
+                        bundle.display(),
+                        dir.display(),
+                        previous.as_deref().map_or("none".into(), |p| p.display().to_string())
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("lockstep provision: REFUSED: {e}");
+                    eprintln!("lockstep provision: the previous configuration is unchanged");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;

@@ -116,6 +116,11 @@ pub struct ChannelStatus {
     pub frames_captured: std::sync::atomic::AtomicU64,
     /// Frames skipped because capture fell behind real time.
     pub frames_dropped: std::sync::atomic::AtomicU64,
+    /// Segments (every track) published since the daemon started.
+    pub segments_published: std::sync::atomic::AtomicU64,
+    /// A hang drill: the capture loop stops for this many ms, once (the
+    /// systemd watchdog is expected to restart the daemon).
+    pub hang_ms: std::sync::atomic::AtomicU64,
     /// The source as the running pipeline opened it.
     pub source: std::sync::Mutex<Option<SourceInfo>>,
     /// The ladder resolved against the source size.
@@ -446,6 +451,7 @@ pub fn run_with_device(
                     }
                 }
                 for (track, entry) in packager.take_published() {
+                    status.segments_published.fetch_add(1, Ordering::Relaxed);
                     if track != "audio" {
                         // From the capture time of the segment's last frame.
                         let last = entry.first_unit + i64::from(entry.samples.max(1)) - 1;
@@ -588,6 +594,11 @@ pub fn run_with_device(
                 tracing::warn!(behind = now - n, "capture fell behind real time; frames dropped");
                 n = now;
             }
+        }
+        let hang_ms = taps.status.hang_ms.swap(0, Ordering::Relaxed);
+        if hang_ms > 0 {
+            tracing::warn!(ms = hang_ms, "hang drill: the capture loop stops");
+            std::thread::sleep(std::time::Duration::from_millis(hang_ms));
         }
         let mut writer = pool.acquire();
         let first_sample = rate.audio_sample_at(n, 48_000);

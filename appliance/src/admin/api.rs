@@ -150,6 +150,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/renditions/{name}", patch(set_rendition))
         .route("/api/v1/channels/{id}/start", post(start_channel))
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
+        .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
         .route("/api/v1/clock", get(clock))
         .route("/api/v1/clock/fault", put(set_clock_fault))
         .route("/api/v1/sources", get(sources))
@@ -338,6 +339,11 @@ async fn status(State(state): Shared) -> Response {
             "appliance": state.ctx.config.appliance.id,
             "version": env!("CARGO_PKG_VERSION"),
             "image_version": image_version(),
+            "hostname": hostname(),
+            "role": state.ctx.config.appliance.role,
+            "pid": std::process::id(),
+            "watchdog_s": crate::systemd::watchdog_period().map(|w| w.as_secs_f64()),
+            "provisioning": crate::provision::last_status(),
             "uptime_s": state.started.elapsed().as_secs(),
             "channel": {
                 "id": state.ctx.config.channel.id,
@@ -357,7 +363,12 @@ async fn status(State(state): Shared) -> Response {
 
 /// The image version stamped into an appliance image, if this runs in one.
 fn image_version() -> Option<String> {
-    std::fs::read_to_string("/usr/lib/lockstep/image-version").ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(crate::provision::IMAGE_VERSION_FILE).ok().map(|s| s.trim().to_string())
+}
+
+/// The host name (the provisioned identity on an appliance).
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
 }
 
 fn check_channel(state: &AppState, id: &str) -> Result<(), ApiError> {
@@ -541,6 +552,52 @@ async fn stop_channel(
     Path(id): Path<String>,
 ) -> ApiResult {
     command(state, actor, from, id, ChannelCommand::Stop).await
+}
+
+/// Body of `POST /api/v1/channels/{id}/drills/hang`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HangDrill {
+    seconds: u32,
+}
+
+/// The longest hang drill, s.
+const HANG_DRILL_MAX_S: u32 = 600;
+
+/// A hang drill: the channel's capture loop stops for `seconds`, as a
+/// wedged data plane would. Under systemd the watchdog pings stop and the
+/// service is restarted; that is what the drill proves.
+async fn hang_drill(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    check_channel(&state, &id)?;
+    let HangDrill { seconds } = parse_body(&headers, &body)?;
+    if !(1..=HANG_DRILL_MAX_S).contains(&seconds) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "seconds",
+            format!("seconds {seconds}: allowed 1 to {HANG_DRILL_MAX_S}"),
+        ));
+    }
+    let s = &state.ctx.taps.status;
+    if !s.running.load(Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to hang")));
+    }
+    s.hang_ms.store(u64::from(seconds) * 1000, Ordering::Relaxed);
+    let watchdog_s = crate::systemd::watchdog_period().map(|w| w.as_secs_f64());
+    let detail = json!({ "channel": id, "seconds": seconds, "watchdog_s": watchdog_s });
+    state.audit(&actor.name(), Some(from), "hang-drill", detail.clone());
+    state.events.push(
+        "drill",
+        Some(&state.ctx.config.appliance.id),
+        format!("hang drill: capture stops for {seconds} s (by {})", actor.name()),
+    );
+    Ok(json(StatusCode::ACCEPTED, detail))
 }
 
 fn clock_json(state: &AppState) -> Value {

@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""Boots the Lockstep appliance image in QEMU and checks it (docs/image.md).
+
+    python3 hwtests/vm.py [--image image/out] [--keep]
+
+Two boots of one disk (a copy-on-write overlay of image/out/disk.img), each
+with a config drive (a FAT file system labelled LSPROV) holding a
+provisioning bundle made here from a one-appliance fleet manifest:
+
+1. a good bundle: provisioning applied (host name, identity), the unit
+   ready (systemd's "Started" line for the Type=notify service), the API
+   answering with the image version, segments written and valid to
+   ffprobe; then a hang drill stops the data plane, and the watchdog must
+   restart the daemon (new pid, systemd's watchdog line on the console);
+2. a malformed bundle: the appliance boots, the refusal is on the
+   console and in the API's provisioning status, and the previous
+   configuration (identity, admin password) is still the one running.
+
+Direct kernel boot (image/out/vmlinuz, initrd.img, cmdline), virtio disks,
+serial console to a file, the admin and origin ports forwarded to
+localhost. KVM is tried when /dev/kvm opens; when the kernel prints nothing
+under it, the VM is restarted with TCG (software emulation). Exits non-zero
+with the console log on any failure.
+"""
+
+import argparse
+import http.cookiejar
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOSTNAME = "vm-enc-1"
+CHANNEL = "main"
+
+
+class Failure(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] vm: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+class Api:
+    """The appliance's admin API through the forwarded port."""
+
+    def __init__(self, port, password):
+        self.base = f"http://127.0.0.1:{port}"
+        self.password = password
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.csrf = None
+
+    def request(self, method, path, body=None, timeout=10):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.csrf:
+            req.add_header("X-CSRF-Token", self.csrf)
+        try:
+            with self.opener.open(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def healthy(self):
+        try:
+            return self.request("GET", "/healthz", timeout=3)[0] == 200
+        except OSError:
+            return False
+
+    def login(self):
+        status, body = self.request("POST", "/api/v1/login", {"password": self.password})
+        if status != 200:
+            raise Failure(f"login refused: {status} {body[:200]!r}")
+        self.csrf = json.loads(body)["csrf_token"]
+
+    def get(self, path):
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise Failure(f"GET {path}: {status} {body[:200]!r}")
+        return json.loads(body)
+
+
+class Vm:
+    def __init__(self, work, image, disk, drive, name):
+        self.work, self.image, self.disk, self.drive = work, image, disk, drive
+        self.console = os.path.join(work, f"console-{name}.log")
+        self.monitor = os.path.join(work, f"monitor-{name}.sock")
+        self.api_port, self.origin_port = free_port(), free_port()
+        self.proc = None
+
+    def command(self, accel):
+        with open(os.path.join(self.image, "cmdline")) as f:
+            cmdline = f.read().strip()
+        fwd = f"hostfwd=tcp:127.0.0.1:{self.api_port}-:9080,hostfwd=tcp:127.0.0.1:{self.origin_port}-:8080"
+        return [
+            "qemu-system-x86_64", "-machine", "q35", "-accel", accel, "-m", "2048", "-smp", "2",
+            "-cpu", "host" if accel == "kvm" else "max",
+            "-kernel", os.path.join(self.image, "vmlinuz"),
+            "-initrd", os.path.join(self.image, "initrd.img"),
+            "-append", cmdline,
+            "-drive", f"file={self.disk},if=virtio,format=qcow2",
+            "-drive", f"file={self.drive},if=virtio,format=raw",
+            "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0",
+            "-serial", f"file:{self.console}", "-monitor", f"unix:{self.monitor},server,nowait",
+            "-display", "none", "-no-reboot",
+        ]
+
+    def start(self):
+        accels = ["tcg"]
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            accels.insert(0, "kvm")
+        for accel in accels:
+            open(self.console, "w").close()
+            log(f"booting with {accel}")
+            self.proc = subprocess.Popen(self.command(accel), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.time() + (20 if accel == "kvm" else 120)
+            while time.time() < deadline and self.proc.poll() is None:
+                if "Linux version" in self.text():
+                    self.accel = accel
+                    return
+                time.sleep(0.5)
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            self.kill()
+            log(f"{accel}: no kernel output{': ' + err.strip() if err else ''}")
+        raise Failure("the kernel printed nothing under any accelerator")
+
+    def text(self):
+        try:
+            with open(self.console, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_console(self, needle, limit):
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            if needle in self.text():
+                return
+            if self.proc.poll() is not None:
+                raise Failure(f"QEMU exited ({self.proc.returncode}) before the console showed {needle!r}")
+            time.sleep(1)
+        raise Failure(f"the console did not show {needle!r} within {limit} s")
+
+    def power_off(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        log("powering off (ACPI)")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(self.monitor)
+                s.sendall(b"system_powerdown\n")
+                time.sleep(0.5)
+        except OSError as e:
+            log(f"monitor: {e}")
+        try:
+            self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            log("no clean power-off within 90 s; killing QEMU")
+            self.kill()
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait(what, limit, check, every=1.0):
+    deadline = time.time() + limit
+    last = None
+    while time.time() < deadline:
+        try:
+            got = check()
+            if got:
+                return got
+        except (OSError, Failure, ValueError, KeyError) as e:
+            last = e
+        time.sleep(every)
+    raise Failure(f"{what} not within {limit} s" + (f" (last: {last})" if last else ""))
+
+
+def make_fleet(work, binary, password):
+    """A one-appliance fleet: key, password hash, manifest, bundle."""
+    fleet = os.path.join(work, "fleet")
+    os.makedirs(fleet)
+    run([binary, "fleet", "key", "--file", os.path.join(fleet, "fleet.key")], stderr=subprocess.DEVNULL)
+    run([binary, "passwd", "--file", os.path.join(fleet, "admin.passwd")], input=password.encode() + b"\n",
+        stderr=subprocess.DEVNULL)
+    with open(os.path.join(fleet, "fleet.toml"), "w") as f:
+        f.write(
+            '[fleet]\nname = "vm-test"\nkey_file = "fleet.key"\nadmin_password_file = "admin.passwd"\n'
+            f'config = "{os.path.join(REPO, "hwtests", "vm", "channel.toml")}"\n\n'
+            f'[[appliance]]\nhostname = "{HOSTNAME}"\naddress = "10.0.2.15"\n'
+        )
+    run([binary, "fleet", "bundles", "--manifest", os.path.join(fleet, "fleet.toml"), "--out", fleet],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return os.path.join(fleet, f"{HOSTNAME}.toml")
+
+
+def config_drive(path, bundle_text):
+    """A small FAT file system labelled LSPROV holding the bundle."""
+    if os.path.exists(path):
+        os.unlink(path)
+    run(["mkfs.fat", "-C", "-n", "LSPROV", path, "8192"], stdout=subprocess.DEVNULL)
+    src = path + ".bundle"
+    with open(src, "w") as f:
+        f.write(bundle_text)
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    run(["mcopy", "-i", path, src, "::/lockstep-provision.toml"], env=env)
+
+
+def boot_good(vm, api, image_version):
+    vm.start()
+    vm.wait_console("Started lockstep.service", 300)
+    log("lockstep.service started (READY=1 reached systemd)")
+    wait("the admin API", 120, api.healthy)
+    api.login()
+    status = api.get("/api/v1/status")
+    log(f"status: {json.dumps({k: status.get(k) for k in ('appliance', 'hostname', 'image_version', 'pid', 'watchdog_s')})}")
+    expect(status["hostname"] == HOSTNAME, f"host name {status['hostname']!r}, want {HOSTNAME!r}")
+    expect(status["appliance"] == HOSTNAME, f"appliance id {status['appliance']!r}, want {HOSTNAME!r}")
+    expect(status["image_version"] == image_version, f"image version {status['image_version']!r}, want {image_version!r}")
+    prov = status.get("provisioning") or {}
+    expect(prov.get("state") == "applied", f"provisioning state {prov}")
+    expect(status.get("watchdog_s") == 10.0, f"watchdog period {status.get('watchdog_s')}, want 10 s")
+
+    # Encoding the built-in source and writing segments.
+    def segment():
+        with urllib.request.urlopen(f"http://127.0.0.1:{vm.origin_port}/{CHANNEL}/240p/playlist.m3u8", timeout=5) as r:
+            playlist = r.read().decode()
+        names = [l for l in playlist.splitlines() if l and not l.startswith("#")]
+        return names[-1] if len(names) >= 2 else None
+    name = wait("two segments in the 240p playlist", 120, segment)
+    seg = os.path.join(vm.work, "segment.m4s")
+    init = os.path.join(vm.work, "init.mp4")
+    for url_name, dest in (("init.mp4", init), (name, seg)):
+        with urllib.request.urlopen(f"http://127.0.0.1:{vm.origin_port}/{CHANNEL}/240p/{url_name}", timeout=5) as r:
+            data = r.read()
+        with open(dest, "wb") as f:
+            f.write(data)
+    joined = os.path.join(vm.work, "joined.mp4")
+    with open(joined, "wb") as f:
+        for p in (init, seg):
+            with open(p, "rb") as g:
+                f.write(g.read())
+    probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+                            "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", joined],
+                           capture_output=True, text=True)
+    expect(probe.returncode == 0, f"ffprobe refused segment {name}: {probe.stderr}")
+    stream = json.loads(probe.stdout)["streams"][0]
+    log(f"segment {name}: {stream}")
+    expect(stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) == 50,
+           f"segment {name} is not 50 H.264 frames: {stream}")
+    before = api.get("/api/v1/status")
+    expect(before["frames_dropped"] * 10 < before["frames_captured"],
+           f"the VM does not keep real time: {before['frames_dropped']} of {before['frames_captured']} frames dropped")
+
+    # A hang of the data plane: the watchdog restarts the daemon.
+    status, body = api.request("POST", f"/api/v1/channels/{CHANNEL}/drills/hang", {"seconds": 120})
+    expect(status == 202, f"hang drill refused: {status} {body[:200]!r}")
+    log(f"hang drill started (pid {before['pid']}); waiting for the watchdog")
+    vm.wait_console("Watchdog timeout", 60)
+
+    def restarted():
+        api.login()
+        s = api.get("/api/v1/status")
+        return s if s["pid"] != before["pid"] and s["frames_captured"] > 0 else None
+    after = wait("the restarted daemon", 120, restarted, every=2)
+    log(f"restarted by the watchdog: pid {before['pid']} -> {after['pid']}")
+    vm.power_off()
+
+
+def boot_bad(vm, api):
+    vm.start()
+    vm.wait_console("REFUSED", 300)
+    log("the refusal is on the console")
+    vm.wait_console("Started lockstep.service", 300)
+    wait("the admin API", 120, api.healthy)
+    api.login()  # the previous admin password still works
+    status = api.get("/api/v1/status")
+    prov = status.get("provisioning") or {}
+    expect(prov.get("state") == "rejected", f"provisioning state {prov}, want rejected")
+    expect("truncated or edited" in (prov.get("error") or ""), f"provisioning error {prov.get('error')!r}")
+    expect(status["hostname"] == HOSTNAME and status["appliance"] == HOSTNAME,
+           f"previous identity lost: host {status['hostname']!r}, appliance {status['appliance']!r}")
+    log(f"previous configuration kept: {HOSTNAME}, error: {prov['error']}")
+    vm.power_off()
+
+
+def expect(ok, message):
+    if not ok:
+        raise Failure(message)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", default=os.path.join(REPO, "image", "out"))
+    ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "lockstep"))
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    for f in ("vmlinuz", "initrd.img", "cmdline", "disk.img", "image-version"):
+        if not os.path.exists(os.path.join(args.image, f)):
+            print(f"hwtests/vm.py: FAIL: {args.image}/{f} missing: build the image first (image/build.sh)",
+                  file=sys.stderr)
+            return 1
+    for tool in ("qemu-system-x86_64", "qemu-img", "mkfs.fat", "mcopy", "ffprobe"):
+        if shutil.which(tool) is None:
+            print(f"hwtests/vm.py: FAIL: {tool} not found (see docs/image.md for the packages)", file=sys.stderr)
+            return 1
+    with open(os.path.join(args.image, "image-version")) as f:
+        image_version = f.read().strip()
+    work = tempfile.mkdtemp(prefix="lockstep-vm-")
+    started = time.time()
+    vms = []
+    try:
+        disk = os.path.join(work, "disk.qcow2")
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+             os.path.abspath(os.path.join(args.image, "disk.img")), disk])
+        password = secrets.token_hex(12)
+        bundle = make_fleet(work, args.binary, password)
+        with open(bundle) as f:
+            good = f.read()
+        drive = os.path.join(work, "config-drive.img")
+
+        log(f"boot 1: image {image_version}, good bundle for {HOSTNAME}")
+        config_drive(drive, good)
+        vm = Vm(work, args.image, disk, drive, "1")
+        vms.append(vm)
+        boot_good(vm, Api(vm.api_port, password), image_version)
+
+        log("boot 2: the same disk, a malformed bundle")
+        config_drive(drive, good.replace(HOSTNAME, "vm-enc-9"))
+        vm = Vm(work, args.image, disk, drive, "2")
+        vms.append(vm)
+        boot_bad(vm, Api(vm.api_port, password))
+    except (Failure, subprocess.CalledProcessError, OSError) as e:
+        for vm in vms:
+            vm.kill()
+            print(f"----- console of boot {vms.index(vm) + 1} ({vm.console}) -----", file=sys.stderr)
+            print(vm.text()[-20000:], file=sys.stderr)
+        print(f"hwtests/vm.py: FAIL: {e}", file=sys.stderr)
+        if not args.keep:
+            print(f"(work directory kept for inspection: {work})", file=sys.stderr)
+        return 1
+    finally:
+        for vm in vms:
+            vm.kill()
+    log(f"PASS: provisioning, readiness, API, segments, watchdog restart, refused bundle ({time.time() - started:.0f} s, {vms[0].accel})")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
