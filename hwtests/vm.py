@@ -25,6 +25,7 @@ with the console log on any failure.
 
 import argparse
 import http.cookiejar
+import re
 import json
 import os
 import secrets
@@ -40,6 +41,9 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTNAME = "vm-enc-1"
 CHANNEL = "main"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class Failure(Exception):
@@ -149,7 +153,7 @@ class Vm:
     def text(self):
         try:
             with open(self.console, errors="replace") as f:
-                return f.read()
+                return ANSI.sub("", f.read())
         except FileNotFoundError:
             return ""
 

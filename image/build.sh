@@ -69,7 +69,10 @@ work=$out/work
 # debootstrap mounts /proc and /sys in the target; none may stay mounted
 # (mkfs would copy them, rm would descend into them).
 unmount_all() {
-    findmnt -rno TARGET 2>/dev/null | grep "^$work/" | sort -r | while read -r m; do umount -l "$m" || true; done
+    local m
+    for m in $(findmnt -rno TARGET 2>/dev/null | grep "^$work/" | sort -r || true); do
+        umount -l "$m" || true
+    done
 }
 unmount_all
 trap unmount_all EXIT

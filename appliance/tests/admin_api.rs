@@ -259,6 +259,7 @@ fn every_documented_route_answers_as_documented() {
             "/api/v1/login" => serde_json::json!({ "password": d.password }).to_string(),
             p if p.contains("/renditions/") => r#"{"bitrate_kbps": 150}"#.to_string(),
             p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
+            p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
             _ => String::new(),
         };
         eprintln!("{method} {path}");
