@@ -3,7 +3,7 @@
 
     python3 hwtests/vm.py [--image image/out] [--keep]
 
-Two boots of one disk (a copy-on-write overlay of image/out/disk.img), each
+Three boots of one disk (a copy-on-write overlay of image/out/disk.img), each
 with a config drive (a FAT file system labelled LSPROV) holding a
 provisioning bundle made here from a one-appliance fleet manifest:
 
@@ -12,7 +12,8 @@ provisioning bundle made here from a one-appliance fleet manifest:
    answering with the image version, segments written and valid to
    ffprobe; then a hang drill stops the data plane, and the watchdog must
    restart the daemon (new pid, systemd's watchdog line on the console);
-2. a malformed bundle: the appliance boots, the refusal is on the
+2. the same bundle again: provisioning reports "unchanged";
+3. a malformed bundle: the appliance boots, the refusal is on the
    console and in the API's provisioning status, and the previous
    configuration (identity, admin password) is still the one running.
 
@@ -295,6 +296,20 @@ def boot_good(vm, api, image_version):
     vm.power_off()
 
 
+def boot_again(vm, api):
+    vm.start()
+    vm.wait_console("nothing changed", 300)
+    vm.wait_console("Started lockstep.service", 300)
+    wait("the admin API", 120, api.healthy)
+    api.login()
+    status = api.get("/api/v1/status")
+    prov = status.get("provisioning") or {}
+    expect(prov.get("state") == "unchanged", f"provisioning state {prov}, want unchanged")
+    expect(status["hostname"] == HOSTNAME, f"host name {status['hostname']!r}")
+    log("the same bundle again: unchanged")
+    vm.power_off()
+
+
 def boot_bad(vm, api):
     vm.start()
     vm.wait_console("REFUSED", 300)
@@ -353,9 +368,14 @@ def main():
         vms.append(vm)
         boot_good(vm, Api(vm.api_port, password), image_version)
 
-        log("boot 2: the same disk, a malformed bundle")
-        config_drive(drive, good.replace(HOSTNAME, "vm-enc-9"))
+        log("boot 2: the same disk and bundle (re-provisioning is idempotent)")
         vm = Vm(work, args.image, disk, drive, "2")
+        vms.append(vm)
+        boot_again(vm, Api(vm.api_port, password))
+
+        log("boot 3: the same disk, a malformed bundle")
+        config_drive(drive, good.replace(HOSTNAME, "vm-enc-9"))
+        vm = Vm(work, args.image, disk, drive, "3")
         vms.append(vm)
         boot_bad(vm, Api(vm.api_port, password))
     except (Failure, subprocess.CalledProcessError, OSError) as e:
@@ -370,7 +390,7 @@ def main():
     finally:
         for vm in vms:
             vm.kill()
-    log(f"PASS: provisioning, readiness, API, segments, watchdog restart, refused bundle ({time.time() - started:.0f} s, {vms[0].accel})")
+    log(f"PASS: provisioning, readiness, API, segments, watchdog restart, idempotent re-provisioning, refused bundle ({time.time() - started:.0f} s, {vms[0].accel})")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -104,6 +104,9 @@ install -m 0644 "$repo"/docs/*.md "$root/usr/share/doc/lockstep/"
 echo "$version" > "$root/usr/lib/lockstep/image-version"
 printf 'IMAGE_ID=lockstep\nIMAGE_VERSION=%s\n' "$version" >> "$root/usr/lib/os-release"
 
+missing=$(chroot "$root" ldd /usr/bin/lockstep | grep "not found" || true)
+[ -z "$missing" ] || fail "the daemon needs libraries the image lacks: $missing (build it without optional features, or add the packages to PACKAGES)"
+
 chroot "$root" /bin/sh -e <<'CHROOT'
 useradd --system --home-dir /var/lib/lockstep --no-create-home --shell /usr/sbin/nologin --groups video lockstep
 systemctl enable lockstep.service lockstep-provision.service lockstep-tune.service \

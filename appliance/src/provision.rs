@@ -272,10 +272,16 @@ pub fn seal(bundle: &Bundle) -> Result<String, String> {
 pub fn open(text: &str, origin: &str) -> Result<Bundle, ProvisionError> {
     let (first, body) = text.split_once('\n').unwrap_or((text, ""));
     let Some(digest) = first.strip_prefix(DIGEST_PREFIX) else {
-        return Err(invalid(origin, format!("not a Lockstep provisioning bundle (the first line must start with `{DIGEST_PREFIX}`)")));
+        return Err(invalid(
+            origin,
+            format!("not a Lockstep provisioning bundle (the first line must start with `{DIGEST_PREFIX}`)"),
+        ));
     };
     if hex::encode(Sha256::digest(body.as_bytes())) != digest.trim() {
-        return Err(invalid(origin, "the bundle's digest does not match its contents: it was truncated or edited; make it again with `lockstep fleet bundles`"));
+        return Err(invalid(
+            origin,
+            "the bundle's digest does not match its contents: it was truncated or edited; make it again with `lockstep fleet bundles`",
+        ));
     }
     let bundle: Bundle = toml::from_str(body).map_err(|e| invalid(origin, e.to_string()))?;
     bundle.check().map_err(|e| invalid(origin, e))?;
@@ -490,7 +496,9 @@ fn prune(versions: &Path, current: &str, previous: Option<&Path>) {
     let Ok(entries) = std::fs::read_dir(versions) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let keep = name == current || name == "factory" || previous.is_some_and(|p| p.file_name() == Some(e.file_name().as_os_str()));
+        let keep = name == current
+            || name == "factory"
+            || previous.is_some_and(|p| p.file_name() == Some(e.file_name().as_os_str()));
         if !keep && name.starts_with("bundle-") {
             if let Err(err) = std::fs::remove_dir_all(e.path()) {
                 tracing::warn!("old configuration {} not removed: {err}", e.path().display());

@@ -124,11 +124,7 @@ impl Health {
         }
         let still = now.duration_since(self.segments_moved);
         if still > self.segment_limit {
-            return Err(format!(
-                "no segment published for {:.1} s ({} so far)",
-                still.as_secs_f64(),
-                sample.segments
-            ));
+            return Err(format!("no segment published for {:.1} s ({} so far)", still.as_secs_f64(), sample.segments));
         }
         Ok(())
     }
