@@ -499,10 +499,11 @@ fn prune(versions: &Path, current: &str, previous: Option<&Path>) {
         let keep = name == current
             || name == "factory"
             || previous.is_some_and(|p| p.file_name() == Some(e.file_name().as_os_str()));
-        if !keep && name.starts_with("bundle-") {
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!("old configuration {} not removed: {err}", e.path().display());
-            }
+        if !keep
+            && name.starts_with("bundle-")
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!("old configuration {} not removed: {err}", e.path().display());
         }
     }
 }
@@ -572,6 +573,7 @@ fn set_hostname(name: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

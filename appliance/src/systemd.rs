@@ -51,10 +51,10 @@ impl Notifier {
 /// The watchdog period systemd asks for (`WATCHDOG_USEC`, for this
 /// process when `WATCHDOG_PID` is set).
 pub fn watchdog_period() -> Option<Duration> {
-    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
-        if pid.to_string_lossy().parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID")
+        && pid.to_string_lossy().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))
@@ -204,6 +204,7 @@ fn notify_loop(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
