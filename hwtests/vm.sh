@@ -11,6 +11,7 @@ command -v mkfs.fat >/dev/null || need+=(dosfstools)
 command -v mcopy >/dev/null || need+=(mtools)
 command -v ffprobe >/dev/null || need+=(ffmpeg)
 if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 if ! command -v qemu-system-x86_64 >/dev/null; then
@@ -23,6 +24,7 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
         fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
     else
+        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null
     fi
 fi

@@ -47,6 +47,7 @@ for tool in debootstrap:debootstrap mkfs.ext4:e2fsprogs mkfs.fat:dosfstools mcop
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}" >&2
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 

@@ -187,7 +187,10 @@ fn notify_loop(
                     tracing::info!("data plane moving again; watchdog pings resume");
                 }
                 let what = if sample.running { "encoding" } else { "channel stopped" };
-                let ping = if watchdog.is_some() && ready { "WATCHDOG=1\n" } else { "" };
+                // Pinged while starting too: start-up (the clock's lock wait
+                // can exceed the watchdog period) is bounded by
+                // TimeoutStartSec, not by the watchdog.
+                let ping = if watchdog.is_some() { "WATCHDOG=1\n" } else { "" };
                 send(&format!("{ping}STATUS={what}: {} frames, {} segments", sample.frames, sample.segments));
             }
             Err(why) => {
