@@ -421,6 +421,8 @@ pub enum SourceKind {
     Test,
     /// A file: Y4M read directly, anything else decoded by ffmpeg.
     File,
+    /// A Video4Linux2 capture device (capture card, camera).
+    V4l2,
 }
 
 /// Pacing of a source.
@@ -461,6 +463,34 @@ pub struct SourceConfig {
     /// media clock's current frame).
     #[serde(default)]
     pub start_frame: Option<i64>,
+    /// V4L2 device node (kind = "v4l2").
+    #[serde(default = "default_device")]
+    pub device: PathBuf,
+    /// V4L2 input to select (default: the device's current input).
+    #[serde(default)]
+    pub input: Option<u32>,
+    /// V4L2 pixel format: auto, yu12, nv12, yuyv or uyvy.
+    #[serde(default = "default_pixel_format")]
+    pub pixel_format: String,
+    /// V4L2 buffers in the ring.
+    #[serde(default = "default_buffers")]
+    pub buffers: u32,
+    /// V4L2: a frame missing this long is an input fault.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_device() -> PathBuf {
+    PathBuf::from("/dev/video0")
+}
+fn default_pixel_format() -> String {
+    "auto".into()
+}
+fn default_buffers() -> u32 {
+    8
+}
+fn default_timeout_ms() -> u32 {
+    500
 }
 
 fn default_width() -> u32 {
@@ -507,6 +537,26 @@ pub enum Backend {
     Openh264,
     /// libx264 software encoder (binaries built with `--features x264`).
     X264,
+    /// The portable software encoder (OpenH264), whatever hardware exists.
+    Software,
+    /// NVIDIA NVENC (driver libraries loaded at run time).
+    Nvenc,
+    /// Intel Quick Sync Video through oneVPL (loaded at run time).
+    Qsv,
+}
+
+impl Backend {
+    /// Config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Openh264 => "openh264",
+            Self::X264 => "x264",
+            Self::Software => "software",
+            Self::Nvenc => "nvenc",
+            Self::Qsv => "qsv",
+        }
+    }
 }
 
 /// Encoder settings.
@@ -515,11 +565,14 @@ pub enum Backend {
 pub struct EncoderConfig {
     /// Backend; `auto` picks the best available at run time.
     pub backend: Backend,
+    /// Use the software encoder for every rendition, whatever `backend`
+    /// (the channel's or a rendition's) says: an operator's override.
+    pub force_software: bool,
 }
 
 impl Default for EncoderConfig {
     fn default() -> Self {
-        Self { backend: Backend::Auto }
+        Self { backend: Backend::Auto, force_software: false }
     }
 }
 
@@ -536,6 +589,9 @@ pub struct RenditionConfig {
     pub width: Option<u32>,
     /// Target bitrate.
     pub bitrate_kbps: u32,
+    /// Encoder backend for this rendition (default: `encoder.backend`).
+    #[serde(default)]
+    pub backend: Option<Backend>,
 }
 
 /// Playlist window mode.
@@ -659,6 +715,25 @@ impl Config {
                 check_even_dim("source.height", self.source.height, 16, 2160)?;
             }
             SourceKind::File => {}
+            SourceKind::V4l2 => {
+                check_even_dim("source.width", self.source.width, 16, 3840)?;
+                check_even_dim("source.height", self.source.height, 16, 2160)?;
+                if !["auto", "yu12", "nv12", "yuyv", "uyvy"].contains(&self.source.pixel_format.as_str()) {
+                    return Err(invalid(
+                        "source.pixel_format",
+                        format!("`{}`: use auto, yu12, nv12, yuyv or uyvy", self.source.pixel_format),
+                    ));
+                }
+                if !(2..=32).contains(&self.source.buffers) {
+                    return Err(invalid("source.buffers", "must be between 2 and 32"));
+                }
+                if !(20..=10_000).contains(&self.source.timeout_ms) {
+                    return Err(invalid("source.timeout_ms", "must be between 20 and 10000"));
+                }
+                if self.source.pacing != Pacing::Realtime {
+                    return Err(invalid("source.pacing", "a V4L2 device runs in real time (pacing = \"realtime\")"));
+                }
+            }
         }
         if self.source.start_frame.is_some() && self.source.pacing != Pacing::Fast {
             return Err(invalid("source.start_frame", "only allowed with source.pacing = \"fast\""));
@@ -705,11 +780,14 @@ impl Config {
                 invalid("origin.listen", format!("`{listen}` is not an address like \"127.0.0.1:8080\""))
             })?;
         }
+        let x264_missing = "\"x264\": this binary was built without x264 (rebuild with `--features x264`); allowed: \"auto\", \"openh264\", \"software\", \"nvenc\", \"qsv\"";
         if self.encoder.backend == Backend::X264 && !cfg!(feature = "x264") {
-            return Err(invalid(
-                "encoder.backend",
-                "\"x264\": this binary was built without x264 (rebuild with `--features x264`); allowed: \"auto\", \"openh264\"",
-            ));
+            return Err(invalid("encoder.backend", x264_missing));
+        }
+        for (i, r) in self.renditions.iter().enumerate() {
+            if r.backend == Some(Backend::X264) && !cfg!(feature = "x264") {
+                return Err(invalid(&format!("renditions[{i}].backend"), x264_missing));
+            }
         }
         if !(4..=256).contains(&self.pipeline.pool_frames) {
             return Err(invalid("pipeline.pool_frames", "allowed: 4 to 256"));

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod devices;
 pub mod encode;
 pub mod origin;
 pub mod package;

@@ -139,6 +139,12 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// List capture devices, encoder backends and PTP hardware clocks found here.
+    Devices {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks (print ratios against a baseline measured in the same run).
     Bench {
         #[command(subcommand)]
@@ -420,6 +426,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DefaultConfig => {
             print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices { json } => {
+            let report = lockstep::devices::report();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", lockstep::devices::text(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which } => {

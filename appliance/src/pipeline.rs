@@ -15,7 +15,7 @@ use lockstep_encoder_api::{AudioEncoder, AudioSettings, EncodeError, VideoEncode
 
 use crate::analysis::stage::{self, AnalysisMetrics, Analyzer, SegmentReport};
 use crate::capture::pool::{FrameLayout, FrameMeta, FramePool, FrameRef};
-use crate::capture::{CaptureDevice, CaptureError, Captured, FileCapture, TestCapture};
+use crate::capture::{CaptureDevice, CaptureError, Captured, Delivery, FileCapture, FramePath, TestCapture};
 use crate::clock::{Clock, ClockError, MediaClock};
 use crate::config::{Config, Pacing, SourceKind};
 use crate::encode::{self, AudioJob, VideoJob, Work, WorkerError};
@@ -118,6 +118,18 @@ pub struct ChannelStatus {
     pub frames_dropped: std::sync::atomic::AtomicU64,
     /// Segments (every track) published since the daemon started.
     pub segments_published: std::sync::atomic::AtomicU64,
+    /// Frames whose picture stayed in the device's buffer (no copy).
+    pub frames_in_place: std::sync::atomic::AtomicU64,
+    /// Frames converted once from the device's pixel format.
+    pub frames_converted: std::sync::atomic::AtomicU64,
+    /// Frames copied (a repeated picture filling a gap the device left).
+    pub frames_copied: std::sync::atomic::AtomicU64,
+    /// Frames stood in for by black while the input had a fault.
+    pub frames_substituted: std::sync::atomic::AtomicU64,
+    /// Input faults (no signal, no lock, timeouts) since the daemon started.
+    pub input_faults: std::sync::atomic::AtomicU64,
+    /// The input fault now, in words (None: the input is good).
+    pub input_fault: std::sync::Mutex<Option<String>>,
     /// A hang drill: the capture loop stops for this many ms, once (the
     /// systemd watchdog is expected to restart the daemon).
     pub hang_ms: std::sync::atomic::AtomicU64,
@@ -262,18 +274,38 @@ pub fn open_source(config: &Config) -> Result<Box<dyn CaptureDevice>, PipelineEr
                 config.source.path.as_deref().ok_or_else(|| PipelineError::Config("source.path missing".into()))?;
             Box::new(FileCapture::open(path, config.source.looping, audio)?)
         }
+        SourceKind::V4l2 => {
+            if audio > 0 {
+                tracing::info!("V4L2 capture carries no audio: the channel has video only");
+            }
+            Box::new(crate::capture::v4l2::V4l2Capture::open(config)?)
+        }
     })
 }
 
-/// The video encoder backend the config asks for. `auto` picks the best
-/// available at run time: hardware backends (NVENC, QSV) will be probed
-/// here; the portable OpenH264 backend is always there.
+/// The video encoder backend of the channel (`encoder.backend`). `auto`
+/// takes hardware (NVENC, QSV) when it is present and usable, OpenH264
+/// otherwise; a fallback is logged once with its reason.
 pub fn video_factory(config: &Config) -> Arc<dyn VideoEncoderFactory> {
-    match config.encoder.backend {
-        #[cfg(feature = "x264")]
-        crate::config::Backend::X264 => Arc::new(lockstep_x264::X264Factory),
-        _ => Arc::new(lockstep_openh264::OpenH264Factory),
+    backend_for(config, None)
+}
+
+/// The backend for one rendition (its own `backend`, else the channel's).
+fn backend_for(config: &Config, rendition: Option<&str>) -> Arc<dyn VideoEncoderFactory> {
+    let asked = rendition
+        .and_then(|name| config.renditions.iter().find(|r| r.name == name))
+        .and_then(|r| r.backend)
+        .unwrap_or(config.encoder.backend);
+    let choice = encode::backend::choose(asked, config.encoder.force_software, encode::backend::hardware());
+    if let Some(why) = &choice.fallback {
+        let level_warn = asked != crate::config::Backend::Auto;
+        if level_warn {
+            tracing::warn!(rendition = rendition.unwrap_or("*"), asked = asked.name(), "{why}; using {}", choice.factory.name());
+        } else {
+            tracing::info!(rendition = rendition.unwrap_or("*"), "{why}; using {}", choice.factory.name());
+        }
     }
+    choice.factory
 }
 
 fn open_opus(settings: &AudioSettings) -> Result<Box<dyn AudioEncoder>, EncodeError> {
@@ -414,7 +446,7 @@ pub fn run_with_device(
     };
     // The analysis stage may hold its queue plus the frame in hand; those
     // slots come on top of the configured pool so encoders never wait for it.
-    let pool = FramePool::new(layout, config.pipeline.pool_frames + ANALYSIS_QUEUE as u32 + 1);
+    let pool = device.frame_pool(layout, config.pipeline.pool_frames + ANALYSIS_QUEUE as u32 + 1)?;
     let depth = config.pipeline.pool_frames as usize;
     let (pkg_tx, pkg_rx) = bounded::<ToPackager>(64);
     let metrics = Arc::clone(&taps.metrics);
@@ -501,7 +533,8 @@ pub fn run_with_device(
             control: Arc::clone(&taps.control),
         };
         let out = seg_tx.clone();
-        let factory = Arc::clone(&factory);
+        let own_backend = config.renditions.iter().any(|c| c.name == r.name && c.backend.is_some());
+        let factory = if own_backend { backend_for(config, Some(&r.name)) } else { Arc::clone(&factory) };
         workers.push(
             thread::Builder::new()
                 .name(format!("encode-{}", r.name))
@@ -582,7 +615,39 @@ pub fn run_with_device(
     if config.pipeline.realtime && capture_result.is_ok() {
         crate::rt::enter_realtime();
     }
+    let mut paced = format.device_paced.then(DevicePacing::default);
     while capture_result.is_ok() && !stop.load(Ordering::Relaxed) && end_frame.is_none_or(|end| n < end) {
+        if let Some(state) = paced.as_mut() {
+            let hang_ms = taps.status.hang_ms.swap(0, Ordering::Relaxed);
+            if hang_ms > 0 {
+                tracing::warn!(ms = hang_ms, "hang drill: the capture loop stops");
+                std::thread::sleep(std::time::Duration::from_millis(hang_ms));
+            }
+            let frames_out = match device.deliver(&pool) {
+                Ok(delivery) => state.place(delivery, &mut n, &pool, &clock, rate, &taps.status),
+                Err(e) => {
+                    capture_result = Err(e);
+                    break;
+                }
+            };
+            let mut downstream_gone = false;
+            for frame in frames_out {
+                if end_frame.is_some_and(|end| frame.meta().number >= end) {
+                    break;
+                }
+                taps.status.frame.store(frame.meta().number, Ordering::Relaxed);
+                taps.status.frames_captured.fetch_add(1, Ordering::Relaxed);
+                if cap_tx.send(frame).is_err() {
+                    downstream_gone = true;
+                    break;
+                }
+                frames += 1;
+            }
+            if downstream_gone {
+                break;
+            }
+            continue;
+        }
         if realtime {
             let due = rate.frame_time_ns(n);
             clock.sleep_until(due);
@@ -640,6 +705,107 @@ pub fn run_with_device(
     }
     capture_result?;
     Ok(RunSummary { frames, frames_dropped: dropped, first_frame, first_segment, packager: stats, root })
+}
+
+/// Frame numbers for a device that paces itself: each buffer's capture
+/// time, mapped onto the media clock, says which frame of the timeline it
+/// is. Small jitter keeps the running count; a jump of two frames or more
+/// resynchronises (a gap is filled by repeating the last picture, a frame
+/// ahead of the timeline is dropped). While the input has a fault, black
+/// frames stand in so every segment of the timeline still completes.
+#[derive(Default)]
+struct DevicePacing {
+    last: Option<FrameRef>,
+    fault: bool,
+}
+
+impl DevicePacing {
+    /// Turns one delivery into the frames to publish, advancing `n` (the
+    /// next frame number).
+    fn place(
+        &mut self,
+        delivery: Delivery,
+        n: &mut i64,
+        pool: &Arc<FramePool>,
+        clock: &Clock,
+        rate: crate::timeline::Rate,
+        status: &ChannelStatus,
+    ) -> Vec<FrameRef> {
+        let meta = |number| FrameMeta { number, audio_len: 0, captured_tai_ns: clock.now_tai_ns() };
+        let mut out = Vec::new();
+        match delivery {
+            Delivery::Fault(why) => {
+                if !self.fault {
+                    self.fault = true;
+                    status.input_faults.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("input fault: {why}; black frames stand in until the signal is back");
+                }
+                *lock(&status.input_fault) = Some(why);
+                // Every frame due by now, so the timeline keeps moving.
+                let now = rate.frame_at(clock.now_tai_ns());
+                while *n <= now {
+                    let mut w = pool.acquire();
+                    let b = w.buffers();
+                    b.y.fill(16);
+                    b.u.fill(128);
+                    b.v.fill(128);
+                    out.push(w.publish(meta(*n)));
+                    status.frames_substituted.fetch_add(1, Ordering::Relaxed);
+                    *n += 1;
+                }
+                self.last = None;
+            }
+            Delivery::Frame { writer, captured_mono_ns, path } => {
+                if std::mem::take(&mut self.fault) {
+                    tracing::info!("input fault cleared: frames flow again");
+                }
+                *lock(&status.input_fault) = None;
+                let age = (crate::capture::v4l2::monotonic_ns() - captured_mono_ns).max(0);
+                let tai = clock.now_tai_ns() - age;
+                // The nearest frame slot of the timeline.
+                let nearest = rate.frame_at(tai);
+                let ahead = nearest - *n;
+                if ahead <= -2 {
+                    // The device runs ahead of the media clock: this frame has no slot.
+                    status.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    return out;
+                }
+                if ahead >= 2 {
+                    // Frames missing (the driver or the pipeline dropped
+                    // them): repeat the last picture so segments stay whole.
+                    for _ in 0..ahead.min(i64::from(u16::MAX)) {
+                        let mut w = pool.acquire();
+                        let b = w.buffers();
+                        match &self.last {
+                            Some(last) => {
+                                let (y, u, v) = last.planes();
+                                b.y.copy_from_slice(y);
+                                b.u.copy_from_slice(u);
+                                b.v.copy_from_slice(v);
+                            }
+                            None => {
+                                b.y.fill(16);
+                                b.u.fill(128);
+                                b.v.fill(128);
+                            }
+                        }
+                        out.push(w.publish(meta(*n)));
+                        status.frames_copied.fetch_add(1, Ordering::Relaxed);
+                        *n += 1;
+                    }
+                }
+                match path {
+                    FramePath::InPlace => status.frames_in_place.fetch_add(1, Ordering::Relaxed),
+                    FramePath::Converted => status.frames_converted.fetch_add(1, Ordering::Relaxed),
+                };
+                let frame = writer.publish(FrameMeta { number: *n, audio_len: 0, captured_tai_ns: tai });
+                *n += 1;
+                self.last = Some(frame.clone());
+                out.push(frame);
+            }
+        }
+        out
+    }
 }
 
 /// Where capture stops. A live run with a duration ends on a segment

@@ -445,11 +445,25 @@ fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
 
 fn source_json(state: &AppState) -> Value {
     let config = &state.ctx.config;
-    let info = lock(&state.ctx.taps.status.source).clone();
+    let status = &state.ctx.taps.status;
+    let info = lock(&status.source).clone();
     json!({
         "channel": config.channel.id,
-        "kind": match config.source.kind { crate::config::SourceKind::Test => "test", crate::config::SourceKind::File => "file" },
+        "kind": match config.source.kind {
+            crate::config::SourceKind::Test => "test",
+            crate::config::SourceKind::File => "file",
+            crate::config::SourceKind::V4l2 => "v4l2",
+        },
         "path": config.source.path,
+        "device": (config.source.kind == crate::config::SourceKind::V4l2).then(|| config.source.device.clone()),
+        "input_fault": lock(&status.input_fault).clone(),
+        "input_faults": status.input_faults.load(Ordering::Relaxed),
+        "frames": {
+            "in_place": status.frames_in_place.load(Ordering::Relaxed),
+            "converted": status.frames_converted.load(Ordering::Relaxed),
+            "copied": status.frames_copied.load(Ordering::Relaxed),
+            "substituted": status.frames_substituted.load(Ordering::Relaxed),
+        },
         "description": info.as_ref().map(|i| i.description.clone()),
         "width": info.as_ref().map(|i| i.width),
         "height": info.as_ref().map(|i| i.height),
@@ -894,6 +908,32 @@ async fn metrics(State(state): Shared) -> Response {
         "counter",
         "Frames skipped because capture fell behind real time.",
         &[(c.clone(), s.frames_dropped.load(Ordering::Relaxed) as f64)],
+    );
+    // How pictures reached the pool: in place (no copy), converted once,
+    // copied (a repeat filling a gap), or black standing in for a fault.
+    let paths = [
+        ("in_place", &s.frames_in_place),
+        ("converted", &s.frames_converted),
+        ("copied", &s.frames_copied),
+        ("substituted", &s.frames_substituted),
+    ];
+    metric(
+        "lockstep_capture_frames_total",
+        "counter",
+        "Frames from a device-paced source by how they reached the frame pool (path=in_place means no copy).",
+        &paths.map(|(p, v)| (format!("{c},path=\"{p}\""), v.load(Ordering::Relaxed) as f64)),
+    );
+    metric(
+        "lockstep_input_faults_total",
+        "counter",
+        "Input faults (no signal, no lock, timeouts, corrupt frames) since the daemon started.",
+        &[(c.clone(), s.input_faults.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "lockstep_input_fault",
+        "gauge",
+        "1 while the input has a fault.",
+        &[(c.clone(), f64::from(u8::from(lock(&s.input_fault).is_some())))],
     );
     metric(
         "lockstep_encode_latency_seconds",

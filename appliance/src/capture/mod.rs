@@ -6,6 +6,7 @@
 
 pub mod pool;
 pub mod testsrc;
+pub mod v4l2;
 pub mod y4m;
 
 use std::fs::File;
@@ -13,7 +14,9 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use crate::capture::pool::FrameBuffers;
+use std::sync::Arc;
+
+use crate::capture::pool::{FrameBuffers, FrameLayout, FramePool, FrameWriter};
 use crate::timeline::Rate;
 
 /// A capture problem; messages say what to do.
@@ -49,6 +52,17 @@ pub enum CaptureError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A capture device refused or failed (the message names it).
+    #[error("{0}")]
+    Device(String),
+    /// A capture device disappeared.
+    #[error("{path}: the device disappeared ({source}); the channel restarts when it is back")]
+    Gone {
+        /// Device node.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The stream broke while reading.
     #[error("input {path}: {message}")]
     Stream {
@@ -73,6 +87,36 @@ pub struct SourceFormat {
     /// A live source (test pattern, capture card) whose frames depend on
     /// the timecode; a file starts at a segment boundary instead.
     pub live: bool,
+    /// The device delivers frames at its own pace (a capture card): the
+    /// pipeline waits in [`CaptureDevice::deliver`] instead of reading
+    /// when the clock says so.
+    pub device_paced: bool,
+}
+
+/// How a delivered frame got into its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramePath {
+    /// The device's own buffer, lent in place: no copy.
+    InPlace,
+    /// Converted once from the device's format into a pool slot.
+    Converted,
+}
+
+/// What a device-paced source delivered.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A frame, not yet published.
+    Frame {
+        /// The slot holding it.
+        writer: FrameWriter,
+        /// When the device captured it, CLOCK_MONOTONIC ns.
+        captured_mono_ns: i128,
+        /// Lent or converted.
+        path: FramePath,
+    },
+    /// No usable frame: no signal, no lock, a timeout or a corrupt frame.
+    /// The device still works; the pipeline keeps its timeline.
+    Fault(String),
 }
 
 /// Outcome of one read.
@@ -103,6 +147,15 @@ pub trait CaptureDevice: Send {
     ) -> Result<Captured, CaptureError>;
     /// Stops and releases the device.
     fn stop(&mut self);
+    /// The frame pool, made before `start`; a device with its own
+    /// buffers lends them as slots.
+    fn frame_pool(&mut self, layout: FrameLayout, slots: u32) -> Result<Arc<FramePool>, CaptureError> {
+        Ok(FramePool::new(layout, slots))
+    }
+    /// Device-paced sources: waits for the next frame.
+    fn deliver(&mut self, _pool: &Arc<FramePool>) -> Result<Delivery, CaptureError> {
+        Err(CaptureError::Device(format!("{} is read, it does not deliver frames itself", self.describe())))
+    }
 }
 
 /// The built-in test source as a capture device.
@@ -117,7 +170,7 @@ impl TestCapture {
     pub fn open(width: u32, height: u32, rate: Rate, audio_channels: u16) -> Self {
         Self {
             source: testsrc::TestSource::new(width, height, rate, audio_channels),
-            format: SourceFormat { width, height, rate, audio_channels, live: true },
+            format: SourceFormat { width, height, rate, audio_channels, live: true, device_paced: false },
         }
     }
 }
@@ -252,7 +305,7 @@ impl FileCapture {
         let audio_channels = if has_audio { audio_channels } else { 0 };
         Ok(Self {
             path: path.to_path_buf(),
-            format: SourceFormat { width, height, rate, audio_channels, live: false },
+            format: SourceFormat { width, height, rate, audio_channels, live: false, device_paced: false },
             looping,
             reader: None,
             y4m: direct.is_some(),

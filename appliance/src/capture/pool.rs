@@ -6,6 +6,13 @@
 //! the free list when the last reference drops. No per-frame allocation,
 //! no copy of picture data between stages.
 //!
+//! A device that fills its own memory (a V4L2 buffer ring) lends it: its
+//! buffers become extra slots ([`FramePool::with_lent`]), a dequeued
+//! buffer is taken with [`FramePool::lent_writer`], and when the last
+//! reference drops the buffer goes back to the device instead of the free
+//! list. The pool's own slots stay available for frames the pipeline
+//! makes itself (a converted picture, a frame standing in for lost signal).
+//!
 //! Soundness: a slot is written only through the [`FrameWriter`] that took
 //! it from the free list, and a slot is on the free list only when no
 //! `FrameRef` to it exists. Readers therefore never overlap a writer. The
@@ -65,8 +72,51 @@ pub struct FrameMeta {
     pub captured_tai_ns: i128,
 }
 
+/// Where a slot's picture lives.
+enum Picture {
+    /// Allocated by the pool.
+    Owned(UnsafeCell<Box<[u8]>>),
+    /// Lent by a device for the pool's life.
+    Lent { ptr: *mut u8, len: usize },
+}
+
+impl Picture {
+    /// SAFETY: the caller holds the slot as its writer (module docs).
+    unsafe fn bytes_mut(&self) -> &mut [u8] {
+        match self {
+            // SAFETY: exclusive by the caller's contract.
+            Picture::Owned(cell) => unsafe { &mut **cell.get() },
+            // SAFETY: the lender guarantees `len` valid bytes at `ptr` for
+            // the pool's life; exclusive by the caller's contract.
+            Picture::Lent { ptr, len } => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
+        }
+    }
+
+    /// SAFETY: a reference to the slot exists, so no writer does.
+    unsafe fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: shared by the caller's contract.
+            Picture::Owned(cell) => unsafe { &**cell.get() },
+            // SAFETY: as in `bytes_mut`, shared.
+            Picture::Lent { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+/// Memory a device lends to the pool: one picture buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct LentMemory {
+    /// Start of the buffer.
+    pub ptr: *mut u8,
+    /// Its length in bytes (at least one I420 picture of the layout).
+    pub len: usize,
+}
+
+/// Gives a lent buffer back to its device (the index is the device's).
+pub type GiveBack = Box<dyn Fn(u32) + Send + Sync>;
+
 struct Slot {
-    picture: UnsafeCell<Box<[u8]>>,
+    picture: Picture,
     audio: UnsafeCell<Box<[i16]>>,
     meta: UnsafeCell<FrameMeta>,
     refs: AtomicU32,
@@ -83,7 +133,17 @@ pub struct FramePool {
     slots: Box<[Slot]>,
     free_tx: Sender<u32>,
     free_rx: Receiver<u32>,
+    /// Slots from this index on are lent; the closure gives them back.
+    lent_from: u32,
+    give_back: Option<GiveBack>,
 }
+
+// SAFETY: lent pictures are raw pointers into memory the lender keeps
+// valid and shareable for the pool's life (`with_lent`); access follows
+// the same protocol as owned slots.
+unsafe impl Send for FramePool {}
+// SAFETY: as above.
+unsafe impl Sync for FramePool {}
 
 impl std::fmt::Debug for FramePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,22 +154,69 @@ impl std::fmt::Debug for FramePool {
 impl FramePool {
     /// Allocates `count` slots for `layout`.
     pub fn new(layout: FrameLayout, count: u32) -> Arc<Self> {
+        Self::build(layout, count, Vec::new(), None)
+    }
+
+    /// `owned` slots of the pool's own plus one slot per lent buffer;
+    /// `give_back(i)` is called with the buffer's index in `lent` when its
+    /// last reference drops.
+    ///
+    /// # Safety
+    /// Every `LentMemory` must point at `len` bytes, at least one picture
+    /// of `layout`, that stay valid, and are touched by nobody else while
+    /// the pool holds them (from `lent_writer` until `give_back`), for as
+    /// long as the pool lives; `give_back` usually owns what keeps them
+    /// mapped.
+    pub unsafe fn with_lent(
+        layout: FrameLayout,
+        owned: u32,
+        lent: Vec<LentMemory>,
+        give_back: GiveBack,
+    ) -> Result<Arc<Self>, String> {
+        if let Some(short) = lent.iter().position(|m| m.len < layout.picture_len()) {
+            return Err(format!(
+                "lent buffer {short} holds {} bytes, a {}x{} picture needs {}",
+                lent[short].len,
+                layout.width,
+                layout.height,
+                layout.picture_len()
+            ));
+        }
+        Ok(Self::build(layout, owned, lent, Some(give_back)))
+    }
+
+    fn build(layout: FrameLayout, count: u32, lent: Vec<LentMemory>, give_back: Option<GiveBack>) -> Arc<Self> {
         let (free_tx, free_rx) = crossbeam_channel::bounded(count as usize);
+        let slot = |picture| Slot {
+            picture,
+            audio: UnsafeCell::new(
+                vec![0i16; layout.max_audio_samples * usize::from(layout.audio_channels)].into_boxed_slice(),
+            ),
+            meta: UnsafeCell::new(FrameMeta::default()),
+            refs: AtomicU32::new(0),
+        };
         let slots = (0..count)
-            .map(|_| Slot {
-                picture: UnsafeCell::new(vec![0u8; layout.picture_len()].into_boxed_slice()),
-                audio: UnsafeCell::new(
-                    vec![0i16; layout.max_audio_samples * usize::from(layout.audio_channels)].into_boxed_slice(),
-                ),
-                meta: UnsafeCell::new(FrameMeta::default()),
-                refs: AtomicU32::new(0),
-            })
+            .map(|_| slot(Picture::Owned(UnsafeCell::new(vec![0u8; layout.picture_len()].into_boxed_slice()))))
+            .chain(lent.into_iter().map(|m| slot(Picture::Lent { ptr: m.ptr, len: m.len })))
             .collect();
         for i in 0..count {
             // The channel holds exactly `count` entries: cannot be full here.
             let _ = free_tx.try_send(i);
         }
-        Arc::new(Self { layout, slots, free_tx, free_rx })
+        Arc::new(Self { layout, slots, free_tx, free_rx, lent_from: count, give_back })
+    }
+
+    /// The writer for lent buffer `buffer`, which its device just filled
+    /// and handed over (dequeued). `None` if the pool has no such buffer.
+    pub fn lent_writer(self: &Arc<Self>, buffer: u32) -> Option<FrameWriter> {
+        let index = self.lent_from.checked_add(buffer)?;
+        (self.give_back.is_some() && (index as usize) < self.slots.len())
+            .then(|| FrameWriter { pool: Arc::clone(self), index })
+    }
+
+    /// Whether the slot of a published frame is lent device memory.
+    pub fn is_lent(&self, index: u32) -> bool {
+        index >= self.lent_from
     }
 
     /// Picture and audio layout of every slot.
@@ -139,7 +246,12 @@ impl FramePool {
     }
 
     fn release(&self, index: u32) {
-        let _ = self.free_tx.try_send(index);
+        match &self.give_back {
+            Some(give_back) if index >= self.lent_from => give_back(index - self.lent_from),
+            _ => {
+                let _ = self.free_tx.try_send(index);
+            }
+        }
     }
 }
 
@@ -181,8 +293,8 @@ impl FrameWriter {
         // SAFETY: this writer took the index from the free list, so no
         // FrameRef to the slot exists and no other writer holds it; the
         // returned borrows are tied to `&mut self`.
-        let (picture, audio) = unsafe { (&mut **slot.picture.get(), &mut **slot.audio.get()) };
-        let (y, c) = picture.split_at_mut(layout.y_len());
+        let (picture, audio) = unsafe { (slot.picture.bytes_mut(), &mut **slot.audio.get()) };
+        let (y, c) = picture[..layout.picture_len()].split_at_mut(layout.y_len());
         let (u, v) = c.split_at_mut(layout.c_len());
         FrameBuffers { y, u, v, audio }
     }
@@ -244,8 +356,8 @@ impl FrameRef {
         let slot = self.pool.slot(self.index);
         // SAFETY: a reference exists, so no writer does; the borrow lives
         // no longer than `self`, which keeps the slot referenced.
-        let picture: &[u8] = unsafe { &*slot.picture.get() };
-        let (y, c) = picture.split_at(layout.y_len());
+        let picture: &[u8] = unsafe { slot.picture.bytes() };
+        let (y, c) = picture[..layout.picture_len()].split_at(layout.y_len());
         let (u, v) = c.split_at(layout.c_len());
         (y, u, v)
     }
@@ -276,6 +388,7 @@ impl Drop for FrameRef {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -306,6 +419,47 @@ mod tests {
         assert!(pool.try_acquire().is_none());
         drop(w);
         assert!(pool.try_acquire().is_some());
+    }
+
+    #[test]
+    fn lent_buffers_go_back_to_their_device() {
+        use std::sync::Mutex;
+        let mut memory = [vec![0u8; 256], vec![0u8; 256]];
+        let lent = memory.iter_mut().map(|m| LentMemory { ptr: m.as_mut_ptr(), len: m.len() }).collect();
+        let given_back = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&given_back);
+        // SAFETY: `memory` outlives the pool (dropped at the end of the
+        // test, after the pool) and nothing else touches it.
+        let pool = unsafe {
+            FramePool::with_lent(layout(), 1, lent, Box::new(move |i| log.lock().unwrap().push(i))).unwrap()
+        };
+        let mut w = pool.lent_writer(1).unwrap();
+        w.buffers().y[0] = 9;
+        let frame = w.publish(FrameMeta { number: 3, ..FrameMeta::default() });
+        assert!(pool.is_lent(frame.index()));
+        assert_eq!(frame.planes().0[0], 9);
+        let copy = frame.clone();
+        drop(frame);
+        assert!(given_back.lock().unwrap().is_empty(), "still referenced");
+        drop(copy);
+        assert_eq!(*given_back.lock().unwrap(), [1]);
+        // An unpublished lent writer gives its buffer back too; own slots
+        // still come from the free list.
+        drop(pool.lent_writer(0).unwrap());
+        assert_eq!(*given_back.lock().unwrap(), [1, 0]);
+        assert!(pool.lent_writer(2).is_none());
+        assert!(!pool.is_lent(pool.acquire().index()));
+        drop(pool);
+        assert_eq!(memory[1][0], 9, "the device's memory was written in place");
+    }
+
+    #[test]
+    fn short_lent_buffers_are_refused() {
+        let mut m = vec![0u8; 10];
+        let lent = vec![LentMemory { ptr: m.as_mut_ptr(), len: m.len() }];
+        // SAFETY: refused before any use.
+        let err = unsafe { FramePool::with_lent(layout(), 1, lent, Box::new(|_| {})) }.unwrap_err();
+        assert!(err.contains("needs 192"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! frames and the rendition settings. A segment whose frames did not all
 //! arrive (start mid-segment, dropped frames) is discarded, never published.
 
+pub mod backend;
 pub mod scale;
 
 use crossbeam_channel::{Receiver, Sender};
