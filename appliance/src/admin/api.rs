@@ -151,6 +151,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/start", post(start_channel))
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
         .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
+        .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/clock", get(clock))
         .route("/api/v1/clock/fault", put(set_clock_fault))
         .route("/api/v1/sources", get(sources))
@@ -566,6 +567,119 @@ async fn stop_channel(
     Path(id): Path<String>,
 ) -> ApiResult {
     command(state, actor, from, id, ChannelCommand::Stop).await
+}
+
+fn control_json(c: &lockstep_v4l2::ControlInfo) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "kind": c.kind,
+        "minimum": c.minimum,
+        "maximum": c.maximum,
+        "default": c.default,
+        "value": c.value,
+        "menu": c.menu.iter().map(|(v, n)| json!({"value": v, "name": n})).collect::<Vec<_>>(),
+    })
+}
+
+fn device_error(e: lockstep_v4l2::V4l2Error) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// The capture device's controls (brightness, input signal modes, ...);
+/// an empty list for sources that are not devices.
+async fn source_controls(State(state): Shared, Path(id): Path<String>) -> ApiResult {
+    check_channel(&state, &id)?;
+    let config = &state.ctx.config;
+    if config.source.kind != crate::config::SourceKind::V4l2 {
+        return Ok(json(StatusCode::OK, json!({ "channel": id, "device": null, "controls": [] })));
+    }
+    let device = config.source.device.clone();
+    let path = device.clone();
+    let list = tokio::task::spawn_blocking(move || lockstep_v4l2::device_controls(&path))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "control query failed"))?
+        .map_err(device_error)?;
+    Ok(json(
+        StatusCode::OK,
+        json!({ "channel": id, "device": device, "controls": list.iter().map(control_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// Body of `PATCH /api/v1/channels/{id}/source/controls`: the control by
+/// id or by name, and its new value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetControl {
+    #[serde(default)]
+    id: Option<u32>,
+    #[serde(default)]
+    name: Option<String>,
+    value: i64,
+}
+
+/// Sets one control of the capture device, live. Audited.
+async fn set_source_control(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    check_channel(&state, &id)?;
+    let SetControl { id: control_id, name, value } = parse_body(&headers, &body)?;
+    if control_id.is_some() == name.is_some() {
+        return Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "id", "give the control's `id` or its `name`, not both"));
+    }
+    let config = &state.ctx.config;
+    if config.source.kind != crate::config::SourceKind::V4l2 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("channel `{id}`'s source is not a capture device: it has no controls"),
+        ));
+    }
+    enum Outcome {
+        Missing,
+        OutOfRange(lockstep_v4l2::ControlInfo),
+        Set(lockstep_v4l2::ControlInfo),
+    }
+    let path = config.source.device.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Outcome, lockstep_v4l2::V4l2Error> {
+        let list = lockstep_v4l2::device_controls(&path)?;
+        let found = list.into_iter().find(|c| Some(c.id) == control_id || name.as_deref() == Some(c.name.as_str()));
+        let Some(control) = found else { return Ok(Outcome::Missing) };
+        if control.kind != "button" && !(control.minimum..=control.maximum).contains(&value) {
+            return Ok(Outcome::OutOfRange(control));
+        }
+        lockstep_v4l2::set_device_control(&path, control.id, value)?;
+        let now = lockstep_v4l2::device_controls(&path)?.into_iter().find(|c| c.id == control.id);
+        Ok(Outcome::Set(now.unwrap_or(control)))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "control change failed"))?
+    .map_err(device_error)?;
+    let control = match outcome {
+        Outcome::Missing => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "the device has no such control (GET the list)"));
+        }
+        Outcome::OutOfRange(c) => {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "value",
+                format!("`{}`: {value} is outside {}..={}", c.name, c.minimum, c.maximum),
+            ));
+        }
+        Outcome::Set(c) => c,
+    };
+    let detail = json!({ "channel": id, "control": control.name, "id": control.id, "value": value });
+    state.audit(&actor.name(), Some(from), "source-control", detail);
+    state.events.push(
+        "config",
+        Some(&state.ctx.config.appliance.id),
+        format!("capture control `{}` set to {value} (by {})", control.name, actor.name()),
+    );
+    Ok(json(StatusCode::OK, control_json(&control)))
 }
 
 /// Body of `POST /api/v1/channels/{id}/drills/hang`.
