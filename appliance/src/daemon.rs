@@ -164,6 +164,11 @@ fn finish(run: Running) -> anyhow::Result<RunSummary> {
     }
 }
 
+/// First wait before a failed capture device is tried again.
+const DEVICE_RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait between tries.
+const DEVICE_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The supervisor loop: one pipeline run at a time.
 fn supervise(
     config: &Config,
@@ -177,19 +182,62 @@ fn supervise(
         crate::config::Role::Standby => None,
     };
     let mut last = None;
+    // A capture device that fails or disappears: the daemon stays up and
+    // retries, backing off, so the channel comes back with the device.
+    let device = config.source.kind == crate::config::SourceKind::V4l2;
+    let mut retry: Option<(std::time::Instant, Duration)> = None;
+    let mut started_at = std::time::Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
+            taps.status.waiting_for_device.store(false, Ordering::Relaxed);
             return Ok(match current {
                 Some(run) => Some(finish(run)?),
                 None => last,
             });
         }
         if current.as_ref().is_some_and(|r| r.thread.is_finished()) {
-            // Ended on its own: the daemon's run is over, as without a
-            // supervisor.
-            return current.map(finish).transpose();
+            let Some(run) = current.take() else { continue };
+            match finish(run) {
+                Err(e) if device => {
+                    // Long good runs start the back-off afresh.
+                    let backoff = match retry {
+                        Some((_, b)) if started_at.elapsed() < Duration::from_secs(60) => (b * 2).min(DEVICE_RETRY_MAX),
+                        _ => DEVICE_RETRY_FIRST,
+                    };
+                    tracing::error!("channel stopped: {e:#}; retrying in {} s", backoff.as_secs());
+                    *pipeline::lock(&taps.status.input_fault) = Some(format!("{e:#}"));
+                    taps.status.waiting_for_device.store(true, Ordering::Relaxed);
+                    retry = Some((std::time::Instant::now() + backoff, backoff));
+                }
+                // Ended on its own: the daemon's run is over, as without a
+                // supervisor.
+                outcome => return outcome.map(Some),
+            }
+        }
+        if let Some((at, backoff)) = retry
+            && current.is_none()
+            && std::time::Instant::now() >= at
+        {
+            tracing::info!("starting the channel again");
+            started_at = std::time::Instant::now();
+            match start_run(config, limits, taps) {
+                Ok(run) => current = Some(run),
+                Err(e) => {
+                    tracing::error!("channel not started: {e}");
+                    retry = Some((std::time::Instant::now() + backoff, backoff));
+                }
+            }
+            if current.is_some() {
+                retry = Some((at, backoff)); // kept for the next back-off step
+                taps.status.waiting_for_device.store(false, Ordering::Relaxed);
+            }
         }
         let Ok((cmd, reply)) = commands.recv_timeout(Duration::from_millis(100)) else { continue };
+        if matches!(cmd, ChannelCommand::Stop) {
+            // An operator's stop also ends the retries.
+            retry = None;
+            taps.status.waiting_for_device.store(false, Ordering::Relaxed);
+        }
         let answer = match (cmd, current.take()) {
             (ChannelCommand::Start, Some(run)) => {
                 current = Some(run);
@@ -211,6 +259,9 @@ fn supervise(
             },
             (ChannelCommand::Stop, None) => Ok(false),
         };
+        if current.is_some() {
+            taps.status.waiting_for_device.store(false, Ordering::Relaxed);
+        }
         let _ = reply.send(answer);
     }
 }

@@ -130,6 +130,8 @@ pub struct ChannelStatus {
     pub input_faults: std::sync::atomic::AtomicU64,
     /// The input fault now, in words (None: the input is good).
     pub input_fault: std::sync::Mutex<Option<String>>,
+    /// The capture device failed; the daemon retries it.
+    pub waiting_for_device: AtomicBool,
     /// A hang drill: the capture loop stops for this many ms, once (the
     /// systemd watchdog is expected to restart the daemon).
     pub hang_ms: std::sync::atomic::AtomicU64,
@@ -159,7 +161,7 @@ pub struct SourceInfo {
     pub live: bool,
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

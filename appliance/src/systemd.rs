@@ -176,7 +176,10 @@ fn notify_loop(
     }
     while !stop.load(Ordering::Relaxed) {
         let sample = Sample::of(status);
-        if !ready && (standby || (sample.running && sample.frames > 0)) {
+        // Waiting for a capture device is a state the operator must see
+        // (admin API), not a failed start for systemd to repeat.
+        let waiting = status.waiting_for_device.load(Ordering::Relaxed);
+        if !ready && (standby || waiting || (sample.running && sample.frames > 0)) {
             ready = true;
             send("READY=1\nSTATUS=running");
             tracing::info!("ready (told systemd)");
@@ -186,7 +189,11 @@ fn notify_loop(
                 if stalled.take().is_some() {
                     tracing::info!("data plane moving again; watchdog pings resume");
                 }
-                let what = if sample.running { "encoding" } else { "channel stopped" };
+                let what = match (sample.running, waiting) {
+                    (true, _) => "encoding",
+                    (false, true) => "waiting for the capture device",
+                    (false, false) => "channel stopped",
+                };
                 // Pinged while starting too: start-up (the clock's lock wait
                 // can exceed the watchdog period) is bounded by
                 // TimeoutStartSec, not by the watchdog.

@@ -126,6 +126,11 @@ fn lockstep_stdin(args: &[&str], input: &str) -> String {
 }
 
 fn start(dir: &Path, extra: &str) -> Daemon {
+    start_edited(dir, extra, |t| t)
+}
+
+/// `start` with the config text edited before the daemon reads it.
+fn start_edited(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Daemon {
     let passwd = dir.join("admin.passwd");
     lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], &format!("{PASSWORD}\n"));
     let tokens = dir.join("tokens");
@@ -144,7 +149,7 @@ fn start(dir: &Path, extra: &str) -> Daemon {
         tokens.display(),
     );
     let config = dir.join("lockstep.toml");
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, edit(text)).unwrap();
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let child =
         common::lockstep().args(["run", "--duration", "120", "--config"]).arg(&config).stderr(log).spawn().unwrap();
@@ -635,4 +640,34 @@ fn an_admin_listener_without_credentials_is_refused_at_start() {
     let out = common::run_config(dir.path(), &text, &["--duration", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "names the file");
+}
+
+#[test]
+fn without_nvidia_libraries_an_nvenc_channel_falls_back_to_the_software_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "[encoder]\nbackend = \"nvenc\"\n");
+    let (cookie, _) = d.login();
+    d.wait_for("a segment", Duration::from_secs(30), || {
+        d.get("/api/v1/channels/ch", &cookie).json()["renditions"][0]["measured_kbps"].is_number()
+    });
+    let log = d.log();
+    assert!(log.contains("NVENC unavailable: ") && log.contains("using openh264"), "{log}");
+}
+
+#[test]
+fn a_missing_capture_device_keeps_the_daemon_up_and_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_edited(dir.path(), "", |t| {
+        t.replace("kind = \"test\"", "kind = \"v4l2\"\ndevice = \"/dev/video-not-here\"")
+    });
+    let (cookie, _) = d.login();
+    let fault = || d.get("/api/v1/sources", &cookie).json()[0]["input_fault"].as_str().map(str::to_string);
+    d.wait_for("the device fault in the API", Duration::from_secs(20), || fault().is_some());
+    let fault = fault().unwrap_or_default();
+    assert!(fault.contains("/dev/video-not-here") && fault.contains("cannot open"), "{fault}");
+    // Still serving, and retrying.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.get("/api/v1/status", &cookie).status, 200);
+    let log = d.log();
+    assert!(log.matches("retrying in").count() >= 2, "{log}");
 }
