@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boots the Lockstep appliance image in QEMU and checks it (docs/image.md).
 
-    python3 hwtests/vm.py [--image image/out] [--keep]
+    python3 hwtests/vm.py [--image image/out] [--keep] [--capture-only]
 
 Three boots of one disk (a copy-on-write overlay of image/out/disk.img), each
 with a config drive (a FAT file system labelled LSPROV) holding a
@@ -15,7 +15,13 @@ provisioning bundle made here from a one-appliance fleet manifest:
 2. the same bundle again: provisioning reports "unchanged";
 3. a malformed bundle: the appliance boots, the refusal is on the
    console and in the API's provisioning status, and the previous
-   configuration (identity, admin password) is still the one running.
+   configuration (identity, admin password) is still the one running;
+4. a fresh disk with a capture bundle (hwtests/vm/vivid.toml) and vivid
+   loaded from the kernel command line: the daemon captures vivid's HDMI
+   input at 1280x720p25 YU12 through the V4L2 driver, segments decode,
+   frames reach the encoder in the driver's buffers (no conversion),
+   and a signal loss set through vivid's control is an input fault while
+   the timeline goes on, cleared when the signal returns.
 
 Direct kernel boot (image/out/vmlinuz, initrd.img, cmdline), virtio disks,
 serial console to a file, the admin and origin ports forwarded to
@@ -108,8 +114,9 @@ class Api:
 
 
 class Vm:
-    def __init__(self, work, image, disk, drive, name):
+    def __init__(self, work, image, disk, drive, name, extra_cmdline=""):
         self.work, self.image, self.disk, self.drive = work, image, disk, drive
+        self.extra_cmdline = extra_cmdline
         self.console = os.path.join(work, f"console-{name}.log")
         self.monitor = os.path.join(work, f"monitor-{name}.sock")
         self.api_port, self.origin_port = free_port(), free_port()
@@ -117,7 +124,7 @@ class Vm:
 
     def command(self, accel):
         with open(os.path.join(self.image, "cmdline")) as f:
-            cmdline = f.read().strip()
+            cmdline = (f.read().strip() + " " + self.extra_cmdline).strip()
         fwd = f"hostfwd=tcp:127.0.0.1:{self.api_port}-:9080,hostfwd=tcp:127.0.0.1:{self.origin_port}-:8080"
         return [
             "qemu-system-x86_64", "-machine", "q35", "-accel", accel, "-m", "2048", "-smp", "2",
@@ -205,9 +212,9 @@ def wait(what, limit, check, every=1.0):
     raise Failure(f"{what} not within {limit} s" + (f" (last: {last})" if last else ""))
 
 
-def make_fleet(work, binary, password):
+def make_fleet(work, binary, password, channel="channel.toml", name="fleet"):
     """A one-appliance fleet: key, password hash, manifest, bundle."""
-    fleet = os.path.join(work, "fleet")
+    fleet = os.path.join(work, name)
     os.makedirs(fleet)
     run([binary, "fleet", "key", "--file", os.path.join(fleet, "fleet.key")], stderr=subprocess.DEVNULL)
     run([binary, "passwd", "--file", os.path.join(fleet, "admin.passwd")], input=password.encode() + b"\n",
@@ -215,7 +222,7 @@ def make_fleet(work, binary, password):
     with open(os.path.join(fleet, "fleet.toml"), "w") as f:
         f.write(
             '[fleet]\nname = "vm-test"\nkey_file = "fleet.key"\nadmin_password_file = "admin.passwd"\n'
-            f'config = "{os.path.join(REPO, "hwtests", "vm", "channel.toml")}"\n\n'
+            f'config = "{os.path.join(REPO, "hwtests", "vm", channel)}"\n\n'
             f'[[appliance]]\nhostname = "{HOSTNAME}"\naddress = "10.0.2.15"\n'
         )
     run([binary, "fleet", "bundles", "--manifest", os.path.join(fleet, "fleet.toml"), "--out", fleet],
@@ -304,6 +311,87 @@ def boot_good(vm, api, image_version):
     vm.power_off()
 
 
+def fetch_segment(vm, track, limit):
+    """The newest segment of a track, joined to its init segment, probed."""
+    def newest():
+        with urllib.request.urlopen(f"http://127.0.0.1:{vm.origin_port}/{CHANNEL}/{track}/playlist.m3u8", timeout=5) as r:
+            playlist = r.read().decode()
+        names = [l for l in playlist.splitlines() if l and not l.startswith("#")]
+        return names[-1] if len(names) >= 2 else None
+    name = wait(f"two segments in the {track} playlist", limit, newest)
+    joined = os.path.join(vm.work, f"joined-{track}.mp4")
+    with open(joined, "wb") as f:
+        for url_name in ("init.mp4", name):
+            with urllib.request.urlopen(f"http://127.0.0.1:{vm.origin_port}/{CHANNEL}/{track}/{url_name}", timeout=5) as r:
+                f.write(r.read())
+    probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+                            "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", joined],
+                           capture_output=True, text=True)
+    expect(probe.returncode == 0, f"ffprobe refused segment {name}: {probe.stderr}")
+    return name, json.loads(probe.stdout)["streams"][0]
+
+
+def boot_vivid(vm, api):
+    """Capture from vivid's HDMI input through the V4L2 driver."""
+    vm.start()
+    vm.wait_console("Started lockstep.service", 300)
+    wait("the admin API", 120, api.healthy)
+    api.login()
+    name, stream = fetch_segment(vm, "240p", 240)
+    log(f"segment {name} from vivid: {stream}")
+    # 240p of a 16:9 source: 1280 * 240 / 720 = 426.7, rounded to even 428.
+    expect(stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) == 50
+           and (stream["width"], stream["height"]) == (428, 240), f"segment {name} is not 50 428x240 H.264 frames")
+    src = api.get("/api/v1/sources")[0]
+    log(f"source: {src['description']}; frames {src['frames']}")
+    expect(src["kind"] == "v4l2" and "input 3" in src["description"] and "1280x720 yu12" in src["description"],
+           f"source is not vivid's HDMI input at 720p YU12: {src['description']}")
+
+    # Zero copy: over 10 s every captured picture stays in the driver's
+    # buffer on its way to the encoder (no conversion for YU12); pictures
+    # repeated to fill gaps the driver left are counted apart.
+    time.sleep(10)
+    later = api.get("/api/v1/sources")[0]
+    d = {k: later["frames"][k] - src["frames"][k] for k in src["frames"]}
+    log(f"in 10 s: {d} (capture rate {d['in_place'] / 10:.1f} fps of 25)")
+    expect(d["in_place"] >= 50, f"too few frames captured in place: {d}")
+    expect(d["converted"] == 0, f"YU12 frames were converted (copied): {d}")
+    expect(d["copied"] <= d["in_place"], f"more gap repeats than captured frames: {d}")
+    status, metrics = api.request("GET", "/metrics")
+    line = f'lockstep_capture_frames_total{{channel="{CHANNEL}",path="in_place"}}'
+    expect(status == 200 and line in metrics.decode(), f"/metrics has no {line}")
+
+    # Signal loss, as vivid simulates it: an input fault, black frames
+    # stand in, the timeline keeps going; then the signal comes back.
+    controls = api.get(f"/api/v1/channels/{CHANNEL}/source/controls")["controls"]
+    mode = next((c for c in controls if c["name"] == "DV Timings Signal Mode"), None)
+    expect(mode is not None, f"vivid has no 'DV Timings Signal Mode' control: {[c['name'] for c in controls]}")
+    no_signal = next(m["value"] for m in mode["menu"] if m["name"] == "No Signal")
+    status, body = api.request("PATCH", f"/api/v1/channels/{CHANNEL}/source/controls",
+                               {"name": "DV Timings Signal Mode", "value": no_signal})
+    expect(status == 200, f"setting the signal mode refused: {status} {body[:200]!r}")
+    fault = wait("the input fault", 20, lambda: api.get("/api/v1/sources")[0]["input_fault"])
+    log(f"input fault reported: {fault}")
+    expect("no signal" in fault, f"fault does not say no signal: {fault}")
+    before = api.get("/api/v1/status")["channel"]["segment"]
+    time.sleep(6)
+    during = api.get("/api/v1/sources")[0]
+    seg = api.get("/api/v1/status")["channel"]["segment"]
+    log(f"during the fault: segment {before} -> {seg}, frames {during['frames']}")
+    expect(during["frames"]["substituted"] > 0, "no frames stood in during the fault")
+    expect(seg is not None and before is not None and seg > before, "the timeline stopped during the fault")
+    status, body = api.request("PATCH", f"/api/v1/channels/{CHANNEL}/source/controls",
+                               {"name": "DV Timings Signal Mode", "value": 0})
+    expect(status == 200, f"restoring the signal mode refused: {status} {body[:200]!r}")
+    wait("the fault to clear", 20, lambda: api.get("/api/v1/sources")[0]["input_fault"] is None)
+    after = api.get("/api/v1/sources")[0]
+    time.sleep(3)
+    again = api.get("/api/v1/sources")[0]
+    expect(again["frames"]["in_place"] > after["frames"]["in_place"], "capture did not resume after the fault")
+    log(f"signal back: faults {again['input_faults']}, frames {again['frames']}")
+    vm.power_off()
+
+
 def boot_again(vm, api):
     vm.start()
     vm.wait_console("nothing changed", 300)
@@ -335,6 +423,26 @@ def boot_bad(vm, api):
     vm.power_off()
 
 
+def provisioning_boots(work, args, disk, drive, good, password, image_version, vms):
+    """Boots 1-3: provisioning, readiness, watchdog, idempotence, refusal."""
+    log(f"boot 1: image {image_version}, good bundle for {HOSTNAME}")
+    config_drive(drive, good)
+    vm = Vm(work, args.image, disk, drive, "1")
+    vms.append(vm)
+    boot_good(vm, Api(vm.api_port, password), image_version)
+
+    log("boot 2: the same disk and bundle (re-provisioning is idempotent)")
+    vm = Vm(work, args.image, disk, drive, "2")
+    vms.append(vm)
+    boot_again(vm, Api(vm.api_port, password))
+
+    log("boot 3: the same disk, a malformed bundle")
+    config_drive(drive, good.replace(HOSTNAME, "vm-enc-9"))
+    vm = Vm(work, args.image, disk, drive, "3")
+    vms.append(vm)
+    boot_bad(vm, Api(vm.api_port, password))
+
+
 def expect(ok, message):
     if not ok:
         raise Failure(message)
@@ -345,6 +453,7 @@ def main():
     ap.add_argument("--image", default=os.path.join(REPO, "image", "out"))
     ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "lockstep"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--capture-only", action="store_true", help="only the V4L2 capture boot (boot 4)")
     args = ap.parse_args()
     for f in ("vmlinuz", "initrd.img", "cmdline", "disk.img", "image-version"):
         if not os.path.exists(os.path.join(args.image, f)):
@@ -370,26 +479,22 @@ def main():
             good = f.read()
         drive = os.path.join(work, "config-drive.img")
 
-        log(f"boot 1: image {image_version}, good bundle for {HOSTNAME}")
-        config_drive(drive, good)
-        vm = Vm(work, args.image, disk, drive, "1")
+        if not args.capture_only:
+            provisioning_boots(work, args, disk, drive, good, password, image_version, vms)
+        log("boot 4: a fresh disk, a capture bundle, vivid loaded (V4L2 capture)")
+        disk4 = os.path.join(work, "disk-vivid.qcow2")
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+             os.path.abspath(os.path.join(args.image, "disk.img")), disk4])
+        with open(make_fleet(work, args.binary, password, channel="vivid.toml", name="fleet-vivid")) as f:
+            config_drive(drive, f.read())
+        vm = Vm(work, args.image, disk4, drive, "4",
+                extra_cmdline="modules-load=vivid vivid.n_devs=1 vivid.node_types=0x1")
         vms.append(vm)
-        boot_good(vm, Api(vm.api_port, password), image_version)
-
-        log("boot 2: the same disk and bundle (re-provisioning is idempotent)")
-        vm = Vm(work, args.image, disk, drive, "2")
-        vms.append(vm)
-        boot_again(vm, Api(vm.api_port, password))
-
-        log("boot 3: the same disk, a malformed bundle")
-        config_drive(drive, good.replace(HOSTNAME, "vm-enc-9"))
-        vm = Vm(work, args.image, disk, drive, "3")
-        vms.append(vm)
-        boot_bad(vm, Api(vm.api_port, password))
+        boot_vivid(vm, Api(vm.api_port, password))
     except (Failure, subprocess.CalledProcessError, OSError) as e:
         for vm in vms:
             vm.kill()
-            print(f"----- console of boot {vms.index(vm) + 1} ({vm.console}) -----", file=sys.stderr)
+            print(f"----- console {vm.console} -----", file=sys.stderr)
             print(vm.text()[-20000:], file=sys.stderr)
         print(f"hwtests/vm.py: FAIL: {e}", file=sys.stderr)
         if not args.keep:
@@ -398,7 +503,10 @@ def main():
     finally:
         for vm in vms:
             vm.kill()
-    log(f"PASS: provisioning, readiness, API, segments, watchdog restart, idempotent re-provisioning, refused bundle ({time.time() - started:.0f} s, {vms[0].accel})")
+    checked = "V4L2 capture from vivid (in place, signal loss)"
+    if not args.capture_only:
+        checked = "provisioning, readiness, API, segments, watchdog restart, idempotent re-provisioning, refused bundle, " + checked
+    log(f"PASS: {checked} ({time.time() - started:.0f} s, {vms[0].accel})")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -181,7 +181,14 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
         let device = MemoryCapture {
             pictures: Arc::clone(&pictures),
             audio: Arc::clone(&audio),
-            format: SourceFormat { width: w, height: h, rate, audio_channels: config.audio.channels, live: false, device_paced: false },
+            format: SourceFormat {
+                width: w,
+                height: h,
+                rate,
+                audio_channels: config.audio.channels,
+                live: false,
+                device_paced: false,
+            },
             next: 0,
         };
         let c1 = cpu_seconds();

@@ -23,7 +23,8 @@ pub fn phcs() -> Vec<Phc> {
             d.filter_map(Result::ok)
                 .map(|e| {
                     let id = e.file_name().to_string_lossy().into_owned();
-                    let name = std::fs::read_to_string(e.path().join("clock_name")).unwrap_or_default().trim().to_string();
+                    let name =
+                        std::fs::read_to_string(e.path().join("clock_name")).unwrap_or_default().trim().to_string();
                     Phc { path: format!("/dev/{id}"), name, interfaces: interfaces_of(&id) }
                 })
                 .collect()
@@ -77,7 +78,9 @@ pub fn report() -> Value {
             "session": cfg!(feature = "x264")}),
         hardware(
             "nvenc",
-            hw.nvenc.as_ref().map(|i| format!("{} (NVENC API {}.{})", i.gpus.join(", "), i.api_version.0, i.api_version.1)),
+            hw.nvenc
+                .as_ref()
+                .map(|i| format!("{} (NVENC API {}.{})", i.gpus.join(", "), i.api_version.0, i.api_version.1)),
         ),
         hardware("qsv", hw.qsv.as_ref().map(|i| i.render_nodes.join(", "))),
     ];
@@ -138,7 +141,13 @@ pub fn text(report: &Value) -> String {
     }
     for c in clocks {
         let ifs = list(&c["interfaces"]).iter().map(s).collect::<Vec<_>>();
-        let _ = writeln!(out, "  {}  {}{}", s(&c["path"]), s(&c["name"]), if ifs.is_empty() { String::new() } else { format!(" on {}", ifs.join(", ")) });
+        let _ = writeln!(
+            out,
+            "  {}  {}{}",
+            s(&c["path"]),
+            s(&c["name"]),
+            if ifs.is_empty() { String::new() } else { format!(" on {}", ifs.join(", ")) }
+        );
     }
     out
 }

@@ -302,7 +302,12 @@ fn backend_for(config: &Config, rendition: Option<&str>) -> Arc<dyn VideoEncoder
     if let Some(why) = &choice.fallback {
         let level_warn = asked != crate::config::Backend::Auto;
         if level_warn {
-            tracing::warn!(rendition = rendition.unwrap_or("*"), asked = asked.name(), "{why}; using {}", choice.factory.name());
+            tracing::warn!(
+                rendition = rendition.unwrap_or("*"),
+                asked = asked.name(),
+                "{why}; using {}",
+                choice.factory.name()
+            );
         } else {
             tracing::info!(rendition = rendition.unwrap_or("*"), "{why}; using {}", choice.factory.name());
         }
@@ -772,10 +777,16 @@ impl DevicePacing {
                     status.frames_dropped.fetch_add(1, Ordering::Relaxed);
                     return out;
                 }
-                if ahead >= 2 {
+                // More than a second missing (a stall, a clock step):
+                // rejoin at the present rather than repeat that much.
+                if ahead > rate.fps().ceil() as i64 {
+                    status.frames_dropped.fetch_add(u64::try_from(ahead).unwrap_or(0), Ordering::Relaxed);
+                    tracing::warn!(behind = ahead, "capture fell behind the device; frames dropped");
+                    *n = nearest;
+                } else if ahead >= 2 {
                     // Frames missing (the driver or the pipeline dropped
                     // them): repeat the last picture so segments stay whole.
-                    for _ in 0..ahead.min(i64::from(u16::MAX)) {
+                    for _ in 0..ahead {
                         let mut w = pool.acquire();
                         let b = w.buffers();
                         match &self.last {

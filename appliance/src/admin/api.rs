@@ -630,7 +630,11 @@ async fn set_source_control(
     check_channel(&state, &id)?;
     let SetControl { id: control_id, name, value } = parse_body(&headers, &body)?;
     if control_id.is_some() == name.is_some() {
-        return Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "id", "give the control's `id` or its `name`, not both"));
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "id",
+            "give the control's `id` or its `name`, not both",
+        ));
     }
     let config = &state.ctx.config;
     if config.source.kind != crate::config::SourceKind::V4l2 {

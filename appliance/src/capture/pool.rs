@@ -430,9 +430,8 @@ mod tests {
         let log = Arc::clone(&given_back);
         // SAFETY: `memory` outlives the pool (dropped at the end of the
         // test, after the pool) and nothing else touches it.
-        let pool = unsafe {
-            FramePool::with_lent(layout(), 1, lent, Box::new(move |i| log.lock().unwrap().push(i))).unwrap()
-        };
+        let pool =
+            unsafe { FramePool::with_lent(layout(), 1, lent, Box::new(move |i| log.lock().unwrap().push(i))).unwrap() };
         let mut w = pool.lent_writer(1).unwrap();
         w.buffers().y[0] = 9;
         let frame = w.publish(FrameMeta { number: 3, ..FrameMeta::default() });

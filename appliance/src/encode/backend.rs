@@ -75,10 +75,9 @@ pub fn choose(asked: Backend, force_software: bool, hw: &Hardware) -> Choice {
         #[cfg(feature = "x264")]
         Backend::X264 => Choice { factory: Arc::new(lockstep_x264::X264Factory), fallback: None },
         #[cfg(not(feature = "x264"))]
-        Backend::X264 => Choice {
-            factory: software(),
-            fallback: Some("x264 unavailable: this binary was built without it".into()),
-        },
+        Backend::X264 => {
+            Choice { factory: software(), fallback: Some("x264 unavailable: this binary was built without it".into()) }
+        }
         Backend::Nvenc | Backend::Qsv => Choice { factory: software(), fallback: Some(hardware_reason(asked, hw)) },
         Backend::Auto => {
             // Hardware first, when a session can be opened on it.
@@ -105,7 +104,10 @@ mod tests {
             assert_eq!(choose(asked, false, &none()).factory.name(), "openh264", "{asked:?}");
         }
         let nvenc = choose(Backend::Nvenc, false, &none());
-        assert_eq!(nvenc.fallback.as_deref(), Some("NVENC unavailable: libcuda.so.1: cannot open shared object file: No such file or directory"));
+        assert_eq!(
+            nvenc.fallback.as_deref(),
+            Some("NVENC unavailable: libcuda.so.1: cannot open shared object file: No such file or directory")
+        );
         let auto = choose(Backend::Auto, false, &none()).fallback.unwrap_or_default();
         assert!(auto.contains("NVENC unavailable") && auto.contains("QSV unavailable"), "{auto}");
     }

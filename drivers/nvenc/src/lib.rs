@@ -45,8 +45,7 @@ pub fn probe() -> Result<NvencInfo, String> {
     // libraries stay loaded while they are called.
     unsafe {
         let init: libloading::Symbol<CuInit> = cuda.get(b"cuInit\0").map_err(|e| e.to_string())?;
-        let count: libloading::Symbol<CuDeviceGetCount> =
-            cuda.get(b"cuDeviceGetCount\0").map_err(|e| e.to_string())?;
+        let count: libloading::Symbol<CuDeviceGetCount> = cuda.get(b"cuDeviceGetCount\0").map_err(|e| e.to_string())?;
         let get: libloading::Symbol<CuDeviceGet> = cuda.get(b"cuDeviceGet\0").map_err(|e| e.to_string())?;
         let name: libloading::Symbol<CuDeviceGetName> = cuda.get(b"cuDeviceGetName\0").map_err(|e| e.to_string())?;
         let version: libloading::Symbol<NvEncGetMaxSupportedVersion> =
@@ -101,7 +100,10 @@ mod tests {
         // reports its GPUs instead, which is also checked.
         match probe() {
             Ok(info) => assert!(!info.gpus.is_empty() && info.api_version.0 >= 8, "{info:?}"),
-            Err(why) => assert!(why.contains("libcuda.so.1") || why.contains("libnvidia-encode.so.1") || why.contains("CUDA"), "{why}"),
+            Err(why) => assert!(
+                why.contains("libcuda.so.1") || why.contains("libnvidia-encode.so.1") || why.contains("CUDA"),
+                "{why}"
+            ),
         }
     }
 }

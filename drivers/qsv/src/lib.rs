@@ -42,10 +42,7 @@ type MfxClose = unsafe extern "C" fn(*mut c_void) -> c_int;
 pub fn render_nodes() -> Vec<String> {
     let mut nodes: Vec<String> = std::fs::read_dir("/dev/dri")
         .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.path().display().to_string())
-                .filter(|p| p.contains("renderD"))
-                .collect()
+            d.filter_map(Result::ok).map(|e| e.path().display().to_string()).filter(|p| p.contains("renderD")).collect()
         })
         .unwrap_or_default();
     nodes.sort();
@@ -76,7 +73,8 @@ pub fn probe() -> Result<QsvInfo, String> {
             return Err("MFXLoad returned no loader".into());
         }
         let config = create_config(loader);
-        let hardware = Variant { version: MFX_VARIANT_VERSION, kind: MFX_VARIANT_TYPE_U32, value: MFX_IMPL_TYPE_HARDWARE };
+        let hardware =
+            Variant { version: MFX_VARIANT_VERSION, kind: MFX_VARIANT_TYPE_U32, value: MFX_IMPL_TYPE_HARDWARE };
         if config.is_null() || filter(config, c"mfxImplDescription.Impl".as_ptr(), hardware) != 0 {
             unload(loader);
             return Err("oneVPL refused the hardware filter".into());
@@ -111,7 +109,9 @@ mod tests {
     fn without_onevpl_the_reason_names_the_library() {
         match probe() {
             Ok(info) => assert!(!info.render_nodes.is_empty(), "{info:?}"),
-            Err(why) => assert!(why.contains("libvpl.so.2") || why.contains("Quick Sync") || why.contains("oneVPL"), "{why}"),
+            Err(why) => {
+                assert!(why.contains("libvpl.so.2") || why.contains("Quick Sync") || why.contains("oneVPL"), "{why}")
+            }
         }
     }
 }

@@ -27,10 +27,10 @@ use v4l::Device;
 use v4l::FourCC;
 use v4l::control::{Type as ControlType, Value as ControlValue};
 use v4l::framesize::FrameSizeEnum;
-use v4l::video::Capture as _;
 use v4l::v4l_sys;
 use v4l::v4l2;
 use v4l::v4l2::vidioc;
+use v4l::video::Capture as _;
 
 pub use ring::{Dequeued, Ring};
 
@@ -38,7 +38,9 @@ pub use ring::{Dequeued, Ring};
 #[derive(Debug, thiserror::Error)]
 pub enum V4l2Error {
     /// The device node cannot be opened.
-    #[error("{path}: cannot open: {source} (is the capture card installed and its driver loaded? `lockstep devices` lists what is there)")]
+    #[error(
+        "{path}: cannot open: {source} (is the capture card installed and its driver loaded? `lockstep devices` lists what is there)"
+    )]
     Open {
         /// Device node.
         path: PathBuf,
@@ -486,7 +488,14 @@ impl Capture {
                 got.width,
                 got.height,
                 fourcc_text(got.fourcc),
-                describe(path).ok().and_then(|d| d.formats.into_iter().find(|f| f.fourcc == fourcc_text(format.fourcc())).map(|f| f.sizes.join(", "))).unwrap_or_default()
+                describe(path)
+                    .ok()
+                    .and_then(|d| d
+                        .formats
+                        .into_iter()
+                        .find(|f| f.fourcc == fourcc_text(format.fourcc()))
+                        .map(|f| f.sizes.join(", ")))
+                    .unwrap_or_default()
             )));
         }
         if got.stride < format.min_stride(got.width) {
@@ -532,10 +541,10 @@ impl Capture {
 
     /// Queues every buffer not lent out and starts streaming.
     pub fn start(&mut self) -> Result<(), V4l2Error> {
-        let ring = self.ring.as_ref().ok_or_else(|| V4l2Error::Unsupported {
-            path: self.path.clone(),
-            message: "start before map".into(),
-        })?;
+        let ring = self
+            .ring
+            .as_ref()
+            .ok_or_else(|| V4l2Error::Unsupported { path: self.path.clone(), message: "start before map".into() })?;
         ring.queue_all()?;
         let mut kind: libc::c_int = v4l_sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE as libc::c_int;
         // SAFETY: VIDIOC_STREAMON takes a pointer to the buffer type, an int
@@ -549,10 +558,10 @@ impl Capture {
     /// Waits up to `timeout_ms` for the next filled buffer. The caller
     /// owns the buffer until it gives it back with [`Ring::queue`].
     pub fn dequeue(&mut self, timeout_ms: u32) -> Result<Dequeued, V4l2Error> {
-        let ring = self.ring.as_ref().ok_or_else(|| V4l2Error::Unsupported {
-            path: self.path.clone(),
-            message: "dequeue before map".into(),
-        })?;
+        let ring = self
+            .ring
+            .as_ref()
+            .ok_or_else(|| V4l2Error::Unsupported { path: self.path.clone(), message: "dequeue before map".into() })?;
         ring.dequeue(timeout_ms)
     }
 
@@ -691,7 +700,10 @@ fn controls(device: &Device, path: &Path) -> Result<Vec<ControlInfo>, V4l2Error>
 fn set_control(device: &Device, path: &Path, id: u32, value: i64) -> Result<(), V4l2Error> {
     let list = controls(device, path)?;
     let Some(c) = list.iter().find(|c| c.id == id) else {
-        return Err(V4l2Error::Unsupported { path: path.to_path_buf(), message: format!("no control with id {id:#x}") });
+        return Err(V4l2Error::Unsupported {
+            path: path.to_path_buf(),
+            message: format!("no control with id {id:#x}"),
+        });
     };
     if c.kind != "button" && !(c.minimum..=c.maximum).contains(&value) {
         return Err(V4l2Error::Unsupported {
@@ -793,11 +805,18 @@ mod dv {
             // copied out, never borrowed.
             let bt = unsafe { t.__bindgen_anon_1.bt };
             let h = u64::from(bt.width) + u64::from(bt.hfrontporch) + u64::from(bt.hsync) + u64::from(bt.hbackporch);
-            let mut v = u64::from(bt.height) + u64::from(bt.vfrontporch) + u64::from(bt.vsync) + u64::from(bt.vbackporch);
+            let mut v =
+                u64::from(bt.height) + u64::from(bt.vfrontporch) + u64::from(bt.vsync) + u64::from(bt.vbackporch);
             if bt.interlaced != 0 {
                 v += u64::from(bt.il_vfrontporch) + u64::from(bt.il_vsync) + u64::from(bt.il_vbackporch);
             }
-            Mode { width: bt.width, height: bt.height, clock: bt.pixelclock, total: h * v, interlaced: bt.interlaced != 0 }
+            Mode {
+                width: bt.width,
+                height: bt.height,
+                clock: bt.pixelclock,
+                total: h * v,
+                interlaced: bt.interlaced != 0,
+            }
         }
 
         /// Whether the mode runs at exactly `num/den` frames per second.

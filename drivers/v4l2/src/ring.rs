@@ -123,7 +123,12 @@ impl Ring {
                 )
             }
             .map_err(io_err(path, "mmap"))?;
-            ring.buffers.push(Mapped { ptr: ptr.cast(), len, dmabuf: export(fd, index), queued: AtomicBool::new(false) });
+            ring.buffers.push(Mapped {
+                ptr: ptr.cast(),
+                len,
+                dmabuf: export(fd, index),
+                queued: AtomicBool::new(false),
+            });
         }
         Ok(ring)
     }
@@ -228,7 +233,9 @@ impl Ring {
                     }
                     continue;
                 }
-                Err(e) if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e)
+                    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 && e.raw_os_error() == Some(libc::EINVAL) =>
+                {
                     return Err(V4l2Error::Gone { path: self.path.clone(), source: e });
                 }
                 Err(e) => return Err(io_err(&self.path, "VIDIOC_DQBUF")(e)),
@@ -241,7 +248,12 @@ impl Ring {
                 return Err(V4l2Error::Corrupt { path: self.path.clone(), sequence: buf.sequence });
             }
             let ts = i128::from(buf.timestamp.tv_sec) * 1_000_000_000 + i128::from(buf.timestamp.tv_usec) * 1_000;
-            return Ok(Dequeued { index: buf.index, bytes_used: buf.bytesused, sequence: buf.sequence, timestamp_ns: ts });
+            return Ok(Dequeued {
+                index: buf.index,
+                bytes_used: buf.bytesused,
+                sequence: buf.sequence,
+                timestamp_ns: ts,
+            });
         }
     }
 }
