@@ -20,8 +20,10 @@ provisioning bundle made here from a one-appliance fleet manifest:
    loaded from the kernel command line: the daemon captures vivid's HDMI
    input at 1280x720p25 YU12 through the V4L2 driver, segments decode,
    frames reach the encoder in the driver's buffers (no conversion),
-   and a signal loss set through vivid's control is an input fault while
-   the timeline goes on, cleared when the signal returns.
+   a signal loss set through vivid's control is an input fault while
+   the timeline goes on, cleared when the signal returns, and a device
+   that disappears (vivid's Disconnect) comes back without a daemon
+   restart.
 
 Direct kernel boot (image/out/vmlinuz, initrd.img, cmdline), virtio disks,
 serial console to a file, the admin and origin ports forwarded to
@@ -342,6 +344,12 @@ def boot_vivid(vm, api):
     # 240p of a 16:9 source: 1280 * 240 / 720 = 426.7, rounded to even 428.
     expect(stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) == 50
            and (stream["width"], stream["height"]) == (428, 240), f"segment {name} is not 50 428x240 H.264 frames")
+    devices = api.get("/api/v1/devices")
+    vivid = [d for d in devices["capture"] if d["driver"] == "vivid"]
+    expect(vivid and any(i["name"].startswith("HDMI") for i in vivid[0]["inputs"]),
+           f"the device report does not list vivid's HDMI input: {devices['capture']}")
+    nvenc = next(e for e in devices["encoders"] if e["name"] == "nvenc")
+    log(f"devices: {vivid[0]['card']} at {vivid[0]['path']}; nvenc: {nvenc['detail']}")
     src = api.get("/api/v1/sources")[0]
     log(f"source: {src['description']}; frames {src['frames']}")
     expect(src["kind"] == "v4l2" and "input 3" in src["description"] and "1280x720 yu12" in src["description"],
@@ -389,6 +397,23 @@ def boot_vivid(vm, api):
     again = api.get("/api/v1/sources")[0]
     expect(again["frames"]["in_place"] > after["frames"]["in_place"], "capture did not resume after the fault")
     log(f"signal back: faults {again['input_faults']}, frames {again['frames']}")
+
+    # The device disappears (vivid's Disconnect button: every ioctl then
+    # fails with ENODEV until the last handle closes): the daemon stays up,
+    # says so, and the channel comes back by itself.
+    pid = api.get("/api/v1/status")["pid"]
+    status, body = api.request("PATCH", f"/api/v1/channels/{CHANNEL}/source/controls",
+                               {"name": "Disconnect", "value": 0})
+    expect(status == 200, f"pressing Disconnect refused: {status} {body[:200]!r}")
+    gone = wait("the disappearance in the API", 20,
+                lambda: (lambda f: f if f and "disappeared" in f else None)(api.get("/api/v1/sources")[0]["input_fault"]))
+    log(f"device gone: {gone}")
+    def back():
+        s = api.get("/api/v1/sources")[0]
+        return s if s["input_fault"] is None and s["frames"]["in_place"] > again["frames"]["in_place"] + 25 else None
+    back = wait("the channel back on the device", 60, back)
+    expect(api.get("/api/v1/status")["pid"] == pid, "the daemon restarted instead of retrying the device")
+    log(f"device back, same daemon (pid {pid}): frames {back['frames']}")
     vm.power_off()
 
 
@@ -503,7 +528,7 @@ def main():
     finally:
         for vm in vms:
             vm.kill()
-    checked = "V4L2 capture from vivid (in place, signal loss)"
+    checked = "V4L2 capture from vivid (in place, signal loss, device gone and back)"
     if not args.capture_only:
         checked = "provisioning, readiness, API, segments, watchdog restart, idempotent re-provisioning, refused bundle, " + checked
     log(f"PASS: {checked} ({time.time() - started:.0f} s, {vms[0].accel})")

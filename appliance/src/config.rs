@@ -786,7 +786,7 @@ impl Config {
         }
         for (i, r) in self.renditions.iter().enumerate() {
             if r.backend == Some(Backend::X264) && !cfg!(feature = "x264") {
-                return Err(invalid(&format!("renditions[{i}].backend"), x264_missing));
+                return Err(invalid(format!("renditions[{i}].backend"), x264_missing));
             }
         }
         if !(4..=256).contains(&self.pipeline.pool_frames) {

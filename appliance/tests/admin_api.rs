@@ -552,6 +552,12 @@ fn a_bitrate_change_applies_from_the_announced_segment_and_the_channel_stops_and
     let channel = d.get("/api/v1/channels/ch", &cookie).json();
     assert_eq!(channel["renditions"][0]["bitrate_kbps"], 100);
     assert_eq!(channel["renditions"][0]["configured_kbps"], 900);
+    // Players choose variants by BANDWIDTH: the multivariant playlist
+    // follows the change (1.5 x the target as peak, the target as average;
+    // no audio in this channel).
+    let master = std::fs::read_to_string(dir.path().join("out/ch/master.m3u8")).unwrap();
+    let line = master.lines().find(|l| l.starts_with("#EXT-X-STREAM-INF") && l.contains("RESOLUTION=320x180")).unwrap();
+    assert!(line.contains("BANDWIDTH=150000,AVERAGE-BANDWIDTH=100000"), "{master}");
 
     // Stop: the daemon stays up, frames stop; start: frames again.
     let r = d.send("POST", "/api/v1/channels/ch/stop", &cookie, &csrf, "");

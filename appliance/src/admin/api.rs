@@ -155,6 +155,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/clock", get(clock))
         .route("/api/v1/clock/fault", put(set_clock_fault))
         .route("/api/v1/sources", get(sources))
+        .route("/api/v1/devices", get(devices))
         .route("/api/v1/outputs", get(outputs))
         .route("/api/v1/swarm", get(swarm))
         .route("/api/v1/swarm/alignment", get(alignment))
@@ -657,6 +658,11 @@ async fn set_source_control(
             return Ok(Outcome::OutOfRange(control));
         }
         lockstep_v4l2::set_device_control(&path, control.id, value)?;
+        if control.kind == "button" {
+            // Pressed; a button may take the device away (a disconnect
+            // drill), so it is not read back.
+            return Ok(Outcome::Set(control));
+        }
         let now = lockstep_v4l2::device_controls(&path)?.into_iter().find(|c| c.id == control.id);
         Ok(Outcome::Set(now.unwrap_or(control)))
     })
@@ -771,6 +777,14 @@ async fn set_clock_fault(
         format!("clock fault injection {what} (by {})", actor.name()),
     );
     Ok(json(StatusCode::OK, clock_json(&state)))
+}
+
+/// What `lockstep devices` prints: capture devices, encoder backends, PHCs.
+async fn devices() -> ApiResult {
+    let report = tokio::task::spawn_blocking(crate::devices::report)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "device discovery failed"))?;
+    Ok(json(StatusCode::OK, report))
 }
 
 async fn sources(State(state): Shared) -> Response {

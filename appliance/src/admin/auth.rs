@@ -147,11 +147,55 @@ struct Session {
     expires: Instant,
 }
 
-/// Credentials and live sessions.
-#[derive(Debug)]
-pub struct Auth {
+/// The password hash and tokens as last read, with the files' stamps.
+#[derive(Debug, Default)]
+struct Credentials {
     password_hash: Option<String>,
     tokens: Vec<([u8; 32], String)>,
+    stamps: (Option<FileStamp>, Option<FileStamp>),
+    checked: Option<Instant>,
+}
+
+/// What says a file changed: modification time and length.
+type FileStamp = (std::time::SystemTime, u64);
+
+fn stamp(path: Option<&Path>) -> Option<FileStamp> {
+    let m = std::fs::metadata(path?).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// How often the credential files are looked at for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+fn read_password(path: &Path) -> Result<String, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.to_path_buf(), source })?;
+    let hash = text.trim().to_string();
+    PasswordHash::new(&hash).map_err(|e| AuthError::Format {
+        path: path.to_path_buf(),
+        reason: format!(
+            "not an argon2 password hash ({e}); write one with `lockstep passwd --file {}`",
+            path.display()
+        ),
+    })?;
+    warn_if_readable(path);
+    Ok(hash)
+}
+
+fn read_tokens(path: &Path) -> Result<Vec<([u8; 32], String)>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.to_path_buf(), source })?;
+    warn_if_readable(path);
+    Ok(parse_tokens(&text))
+}
+
+/// Credentials and live sessions. The password and token files are
+/// watched: a changed file is read again within a second (a new password
+/// also ends every session); a file that no longer reads keeps the
+/// credentials it last gave, with an error in the log.
+#[derive(Debug)]
+pub struct Auth {
+    password_file: Option<std::path::PathBuf>,
+    tokens_file: Option<std::path::PathBuf>,
+    credentials: Mutex<Credentials>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
     session_life: Duration,
@@ -180,40 +224,58 @@ pub enum Login {
 impl Auth {
     /// Loads the credentials the config names.
     pub fn load(config: &crate::config::AdminConfig) -> Result<Self, AuthError> {
-        let password_hash = match &config.password_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
-                let hash = text.trim().to_string();
-                PasswordHash::new(&hash).map_err(|e| AuthError::Format {
-                    path: path.clone(),
-                    reason: format!(
-                        "not an argon2 password hash ({e}); write one with `lockstep passwd --file {}`",
-                        path.display()
-                    ),
-                })?;
-                warn_if_readable(path);
-                Some(hash)
-            }
-            None => None,
-        };
-        let tokens = match &config.tokens_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
-                warn_if_readable(path);
-                parse_tokens(&text)
-            }
-            None => Vec::new(),
-        };
+        let (password_file, tokens_file) = (config.password_file.clone(), config.tokens_file.clone());
+        let stamps = (stamp(password_file.as_deref()), stamp(tokens_file.as_deref()));
+        let password_hash = password_file.as_deref().map(read_password).transpose()?;
+        let tokens = tokens_file.as_deref().map(read_tokens).transpose()?.unwrap_or_default();
         Ok(Self {
-            password_hash,
-            tokens,
+            password_file,
+            tokens_file,
+            credentials: Mutex::new(Credentials { password_hash, tokens, stamps, checked: Some(Instant::now()) }),
             sessions: Mutex::default(),
             failures: Mutex::default(),
             session_life: Duration::from_secs(u64::from(config.session_minutes) * 60),
             attempts_per_minute: config.login_attempts_per_minute as usize,
         })
+    }
+
+    /// Reads the credential files again if they changed (at most one
+    /// look per second), and returns the credentials in force.
+    fn current(&self) -> std::sync::MutexGuard<'_, Credentials> {
+        let mut c = lock(&self.credentials);
+        if c.checked.is_some_and(|t| t.elapsed() < RELOAD_CHECK) {
+            return c;
+        }
+        c.checked = Some(Instant::now());
+        let stamps = (stamp(self.password_file.as_deref()), stamp(self.tokens_file.as_deref()));
+        if stamps.0 != c.stamps.0
+            && let Some(path) = &self.password_file
+        {
+            match read_password(path) {
+                Ok(hash) => {
+                    if c.password_hash.as_deref() != Some(hash.as_str()) {
+                        tracing::info!(path = %path.display(), "admin password changed; every session ended");
+                        lock(&self.sessions).clear();
+                    }
+                    c.password_hash = Some(hash);
+                    c.stamps.0 = stamps.0;
+                }
+                Err(e) => tracing::error!("{e}; the previous password stays in force"),
+            }
+        }
+        if stamps.1 != c.stamps.1
+            && let Some(path) = &self.tokens_file
+        {
+            match read_tokens(path) {
+                Ok(tokens) => {
+                    tracing::info!(path = %path.display(), tokens = tokens.len(), "API tokens read again");
+                    c.tokens = tokens;
+                    c.stamps.1 = stamps.1;
+                }
+                Err(e) => tracing::error!("{e}; the previous tokens stay in force"),
+            }
+        }
+        c
     }
 
     /// Session lifetime.
@@ -235,8 +297,8 @@ impl Auth {
                 return Login::Limited(60u64.saturating_sub(now.duration_since(oldest).as_secs()).max(1));
             }
         }
-        let ok = self
-            .password_hash
+        let hash = self.current().password_hash.clone();
+        let ok = hash
             .as_deref()
             .and_then(|h| PasswordHash::new(h).ok())
             .is_some_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok());
@@ -273,7 +335,12 @@ impl Auth {
         if let Some(token) = bearer {
             let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             // Compared by hash: equal-time in what matters (the token).
-            return self.tokens.iter().find(|(h, _)| *h == hash).map(|(_, name)| Actor::Token { name: name.clone() });
+            let credentials = self.current();
+            return credentials
+                .tokens
+                .iter()
+                .find(|(h, _)| *h == hash)
+                .map(|(_, name)| Actor::Token { name: name.clone() });
         }
         let raw = hex::decode(cookie?).ok()?;
         let key: [u8; 32] = Sha256::digest(raw).into();
@@ -352,6 +419,24 @@ mod tests {
         let config = crate::config::AdminConfig { password_file: Some(path), ..Default::default() };
         let e = Auth::load(&config).expect_err("must fail").to_string();
         assert!(e.contains("not an argon2 password hash") && e.contains("lockstep passwd"), "{e}");
+    }
+
+    #[test]
+    fn changed_credential_files_are_read_again() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let auth = auth_with("first password", dir.path());
+        let ip: IpAddr = "127.0.0.1".parse().expect("test setup");
+        let Login::Ok { session, .. } = auth.login(ip, "first password") else { panic!("login") };
+        assert!(auth.check(Some(&session), None).is_some());
+        set_password(&dir.path().join("admin.passwd"), "second password").expect("test setup");
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        assert_eq!(auth.login(ip, "first password"), Login::Refused);
+        assert!(auth.check(Some(&session), None).is_none(), "a new password ends old sessions");
+        assert!(matches!(auth.login(ip, "second password"), Login::Ok { .. }));
+        // A broken file keeps what was in force.
+        std::fs::write(dir.path().join("admin.passwd"), "not a hash at all, longer").expect("test setup");
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        assert!(matches!(auth.login(ip, "second password"), Login::Ok { .. }));
     }
 
     #[test]

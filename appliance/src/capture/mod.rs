@@ -56,12 +56,12 @@ pub enum CaptureError {
     #[error("{0}")]
     Device(String),
     /// A capture device disappeared.
-    #[error("{path}: the device disappeared ({source}); the channel restarts when it is back")]
+    #[error("{path}: the device disappeared ({error}); the channel restarts when it is back")]
     Gone {
         /// Device node.
         path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
+        /// What the driver answered.
+        error: std::io::Error,
     },
     /// The stream broke while reading.
     #[error("input {path}: {message}")]

@@ -82,10 +82,13 @@ enum Picture {
 
 impl Picture {
     /// SAFETY: the caller holds the slot as its writer (module docs).
+    // Interior mutability, as with UnsafeCell: exclusivity is the caller's
+    // contract, not the borrow checker's.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn bytes_mut(&self) -> &mut [u8] {
         match self {
             // SAFETY: exclusive by the caller's contract.
-            Picture::Owned(cell) => unsafe { &mut **cell.get() },
+            Picture::Owned(cell) => unsafe { &mut *cell.get() },
             // SAFETY: the lender guarantees `len` valid bytes at `ptr` for
             // the pool's life; exclusive by the caller's contract.
             Picture::Lent { ptr, len } => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
@@ -96,7 +99,7 @@ impl Picture {
     unsafe fn bytes(&self) -> &[u8] {
         match self {
             // SAFETY: shared by the caller's contract.
-            Picture::Owned(cell) => unsafe { &**cell.get() },
+            Picture::Owned(cell) => unsafe { &*cell.get() },
             // SAFETY: as in `bytes_mut`, shared.
             Picture::Lent { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }

@@ -25,7 +25,7 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
 fn device_err(e: V4l2Error) -> CaptureError {
     match e {
-        V4l2Error::Gone { path, source } => CaptureError::Gone { path, source },
+        V4l2Error::Gone { path, source } => CaptureError::Gone { path, error: source },
         other => CaptureError::Device(other.to_string()),
     }
 }

@@ -84,6 +84,7 @@ struct OpenSegment {
     payload: Vec<u8>,
     params: avc::ParameterSets,
     hasher: Sha256,
+    bitrate_bps: u32,
 }
 
 /// Runs a rendition: scale (when the size differs), encode, emit segments.
@@ -112,6 +113,7 @@ pub fn run_video(
             input_sha256: seg.hasher.finalize().into(),
             params: Some(seg.params),
             start_tai_ns: job.grid.rate.frame_time_ns(first),
+            bitrate_bps: u64::from(seg.bitrate_bps),
         };
         output.send(seg_out)
     };
@@ -147,6 +149,7 @@ pub fn run_video(
                 payload: Vec::with_capacity(1 << 20),
                 params: avc::ParameterSets::default(),
                 hasher: Sha256::new(),
+                bitrate_bps: settings.bitrate_bps,
             });
         }
         let Some(seg) = open.as_mut() else { continue };
@@ -279,6 +282,7 @@ fn encode_audio_segment(job: &AudioJob, open: &OpenAudio, w: &AudioWindow) -> Re
         input_sha256: hasher.finalize().into(),
         params: None,
         start_tai_ns: i128::from(w.first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
+        bitrate_bps: 0,
     })
 }
 

@@ -48,6 +48,9 @@ pub struct EncodedSegment {
     pub params: Option<avc::ParameterSets>,
     /// TAI ns of the first sample (for EXT-X-PROGRAM-DATE-TIME).
     pub start_tai_ns: i128,
+    /// Target bitrate the segment was encoded at (0: the track's own);
+    /// a live change rewrites the multivariant playlist's BANDWIDTH.
+    pub bitrate_bps: u64,
 }
 
 impl EncodedSegment {
@@ -400,6 +403,10 @@ impl Packager {
             }
         }
         let video = matches!(t.spec.id, TrackId::Video(_));
+        let retarget = video && seg.bitrate_bps > 0 && seg.bitrate_bps != t.spec.bitrate_bps;
+        if retarget {
+            self.tracks[ti].spec.bitrate_bps = seg.bitrate_bps;
+        }
         // The previous entry waited long enough.
         self.flush_pending(ti)?;
         if video {
@@ -411,7 +418,9 @@ impl Packager {
             self.append_manifest(ti, &entry)?;
         }
         self.write_playlist(ti, false)?;
-        if !self.master_written && self.tracks.iter().all(|t| t.track.is_some()) {
+        // Written once every track has its init segment, and again when a
+        // rendition's bitrate changes live (players pick variants by it).
+        if (!self.master_written || retarget) && self.tracks.iter().all(|t| t.track.is_some()) {
             self.write_master()?;
         }
         Ok(())

@@ -122,13 +122,14 @@ fn packed_422(src: &[u8], stride: usize, dst: &mut I420<'_>, [y0, cb, y1, cr]: [
             ya[2 * x + 1] = t[y1];
             yb[2 * x] = b[y0];
             yb[2 * x + 1] = b[y1];
-            u[x] = ((u16::from(t[cb]) + u16::from(b[cb]) + 1) / 2) as u8;
-            v[x] = ((u16::from(t[cr]) + u16::from(b[cr]) + 1) / 2) as u8;
+            u[x] = (u16::from(t[cb]) + u16::from(b[cb])).div_ceil(2) as u8;
+            v[x] = (u16::from(t[cr]) + u16::from(b[cr])).div_ceil(2) as u8;
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

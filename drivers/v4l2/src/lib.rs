@@ -727,6 +727,7 @@ pub fn set_device_control(path: &Path, id: u32, value: i64) -> Result<(), V4l2Er
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
