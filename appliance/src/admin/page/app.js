@@ -717,6 +717,7 @@
       src.live === false ? 'not live' : null,
       isNum(ch.segment_seconds) ? `${ch.segment_seconds} s segments` : null,
     ].filter(Boolean).join(' · ');
+    renderInput(src);
     updateChannelButtons();
     renderRenditions(ch);
     const audio = ch.audio;
@@ -724,6 +725,29 @@
       ? (audio.enabled ? `Audio ${fmtKbps(audio.bitrate_kbps)}` : 'Audio off')
       : '';
     updatePreview(ch);
+  }
+
+  // A capture device's input: its fault now, and how frames reach the
+  // encoders (in place = no copy).
+  function renderInput(src) {
+    const box = $('channel-input');
+    const f = src.frames || {};
+    const counts = [
+      isNum(f.in_place) && f.in_place > 0 ? `${fmtInt(f.in_place)} frames in place` : null,
+      isNum(f.converted) && f.converted > 0 ? `${fmtInt(f.converted)} converted` : null,
+      isNum(f.copied) && f.copied > 0 ? `${fmtInt(f.copied)} repeated` : null,
+      isNum(f.substituted) && f.substituted > 0 ? `${fmtInt(f.substituted)} black (no signal)` : null,
+    ].filter(Boolean);
+    if (!src.input_fault && counts.length === 0) {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    box.classList.toggle('tone-bad', Boolean(src.input_fault));
+    box.replaceChildren(
+      ...(src.input_fault ? [el('strong', { text: `Input fault: ${src.input_fault}` })] : []),
+      ...(counts.length ? [el('span', { text: counts.join(' · ') })] : []),
+    );
   }
 
   function updateChannelButtons() {
