@@ -835,3 +835,85 @@ fn stop_frame(grid: &Grid, first: i64, limits: &RunLimits, live: bool, tail: i64
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::capture::v4l2::monotonic_ns;
+    use crate::timeline::Rate;
+
+    const RATE: Rate = Rate { num: 25, den: 1 };
+
+    fn setup() -> (Arc<FramePool>, Clock, ChannelStatus) {
+        let layout = FrameLayout { width: 16, height: 8, audio_channels: 0, max_audio_samples: 0 };
+        (
+            FramePool::new(layout, 64),
+            Clock::open(&crate::config::ClockConfig::default()).unwrap(),
+            ChannelStatus::default(),
+        )
+    }
+
+    /// A frame the device stamped 5 ms into timeline frame `k`
+    /// (k in the past), its luma starting with `mark`.
+    fn frame(pool: &Arc<FramePool>, clock: &Clock, k: i64, mark: u8) -> Delivery {
+        let mut writer = pool.acquire();
+        writer.buffers().y[0] = mark;
+        let age = clock.now_tai_ns() - (RATE.frame_time_ns(k) + 5_000_000);
+        Delivery::Frame { writer, captured_mono_ns: monotonic_ns() - age, path: FramePath::Converted }
+    }
+
+    fn numbers(frames: &[FrameRef]) -> Vec<i64> {
+        frames.iter().map(|f| f.meta().number).collect()
+    }
+
+    #[test]
+    fn device_frames_get_timeline_numbers_and_gaps_are_filled() {
+        let (pool, clock, status) = setup();
+        let mut pacing = DevicePacing::default();
+        let n0 = RATE.frame_at(clock.now_tai_ns()) - 100;
+        let mut n = n0;
+        let out = pacing.place(frame(&pool, &clock, n0, 1), &mut n, &pool, &clock, RATE, &status);
+        assert_eq!(numbers(&out), [n0]);
+        // One frame of jitter keeps the running count.
+        let out = pacing.place(frame(&pool, &clock, n0, 2), &mut n, &pool, &clock, RATE, &status);
+        assert_eq!(numbers(&out), [n0 + 1]);
+        // Three missing: the last picture stands in for them.
+        let out = pacing.place(frame(&pool, &clock, n0 + 5, 3), &mut n, &pool, &clock, RATE, &status);
+        assert_eq!(numbers(&out), [n0 + 2, n0 + 3, n0 + 4, n0 + 5]);
+        assert!(out[..3].iter().all(|f| f.planes().0[0] == 2), "repeats carry the previous picture");
+        assert_eq!(out[3].planes().0[0], 3);
+        assert_eq!(status.frames_copied.load(Ordering::Relaxed), 3);
+        assert_eq!(status.frames_converted.load(Ordering::Relaxed), 3);
+        // A frame two slots behind the count has no place: dropped.
+        let out = pacing.place(frame(&pool, &clock, n0 + 4, 4), &mut n, &pool, &clock, RATE, &status);
+        assert!(out.is_empty());
+        assert_eq!((n, status.frames_dropped.load(Ordering::Relaxed)), (n0 + 6, 1));
+        // Over a second ahead: rejoin there, no repeats.
+        let out = pacing.place(frame(&pool, &clock, n0 + 60, 5), &mut n, &pool, &clock, RATE, &status);
+        assert_eq!(numbers(&out), [n0 + 60]);
+        assert_eq!(status.frames_copied.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn an_input_fault_keeps_the_timeline_with_black_frames() {
+        let (pool, clock, status) = setup();
+        let mut pacing = DevicePacing::default();
+        let now = RATE.frame_at(clock.now_tai_ns());
+        let mut n = now - 10;
+        let out = pacing.place(Delivery::Fault("no signal".into()), &mut n, &pool, &clock, RATE, &status);
+        assert!(out.len() >= 11, "every frame due by now: {}", out.len());
+        assert_eq!(numbers(&out)[0], now - 10);
+        assert!(out.iter().all(|f| f.planes().0.iter().all(|&y| y == 16) && f.planes().1[0] == 128));
+        assert_eq!(lock(&status.input_fault).as_deref(), Some("no signal"));
+        assert_eq!(status.input_faults.load(Ordering::Relaxed), 1);
+        // Still bad: the same fault, not a new one.
+        pacing.place(Delivery::Fault("no signal".into()), &mut n, &pool, &clock, RATE, &status);
+        assert_eq!(status.input_faults.load(Ordering::Relaxed), 1);
+        // The first good frame clears it.
+        let next = n;
+        let out = pacing.place(frame(&pool, &clock, next, 9), &mut n, &pool, &clock, RATE, &status);
+        assert_eq!(numbers(&out), [next]);
+        assert!(lock(&status.input_fault).is_none());
+    }
+}

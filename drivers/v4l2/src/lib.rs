@@ -788,6 +788,18 @@ mod dv {
     const S_DV_TIMINGS: vidioc::_IOC_TYPE = iowr(87, std::mem::size_of::<v4l_sys::v4l2_dv_timings>());
     const G_DV_TIMINGS: vidioc::_IOC_TYPE = iowr(88, std::mem::size_of::<v4l_sys::v4l2_dv_timings>());
     const ENUM_DV_TIMINGS: vidioc::_IOC_TYPE = iowr(98, std::mem::size_of::<v4l_sys::v4l2_enum_dv_timings>());
+    const QUERY_DV_TIMINGS: vidioc::_IOC_TYPE =
+        ((2u32 << 30) | ((std::mem::size_of::<v4l_sys::v4l2_dv_timings>() as u32) << 16) | ((b'V' as u32) << 8) | 99)
+            as vidioc::_IOC_TYPE;
+
+    /// The timing of the signal on the input, as the receiver detects it.
+    fn detected(fd: i32) -> Option<v4l_sys::v4l2_dv_timings> {
+        // SAFETY: plain old data, zero is valid.
+        let mut t: v4l_sys::v4l2_dv_timings = unsafe { std::mem::zeroed() };
+        // SAFETY: the struct QUERY_DV_TIMINGS fills, alive for the call.
+        unsafe { v4l2::ioctl(fd, QUERY_DV_TIMINGS, (&raw mut t).cast()) }.ok()?;
+        Some(t)
+    }
 
     /// Size and rate of a timing, rate as (pixel clock, pixels per frame).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -841,6 +853,26 @@ mod dv {
 
     /// Selects the enumerated timing with this size and rate.
     pub(super) fn select(fd: i32, path: &Path, width: u32, height: u32, fps: (u32, u32)) -> Result<(), V4l2Error> {
+        let wanted = |m: &Mode| (m.width, m.height) == (width, height) && !m.interlaced && m.runs_at(fps);
+        // What a receiver does first: take the timing the signal carries,
+        // when it is the one configured.
+        let signal = detected(fd);
+        if let Some(mut t) = signal
+            && wanted(&Mode::of(&t))
+        {
+            // SAFETY: the struct S_DV_TIMINGS expects, alive for the call.
+            return unsafe { v4l2::ioctl(fd, S_DV_TIMINGS, (&raw mut t).cast()) }
+                .map_err(io_err(path, "VIDIOC_S_DV_TIMINGS"));
+        }
+        if let Some(t) = &signal {
+            tracing::warn!(
+                device = %path.display(),
+                "the signal carries {}, not the configured {width}x{height}p {}/{}; selecting the configured timing",
+                Mode::of(t).text(),
+                fps.0,
+                fps.1
+            );
+        }
         let mut offered = Vec::new();
         for index in 0..256 {
             // SAFETY: plain old data, zero is valid.
@@ -851,7 +883,7 @@ mod dv {
                 break;
             }
             let mode = Mode::of(&e.timings);
-            if (mode.width, mode.height) == (width, height) && !mode.interlaced && mode.runs_at(fps) {
+            if wanted(&mode) {
                 let mut t = e.timings;
                 // SAFETY: the struct S_DV_TIMINGS expects, alive for the call.
                 return unsafe { v4l2::ioctl(fd, S_DV_TIMINGS, (&raw mut t).cast()) }
@@ -862,10 +894,14 @@ mod dv {
         Err(V4l2Error::Unsupported {
             path: path.to_path_buf(),
             message: format!(
-                "the input has no {width}x{height}p timing at {}/{} fps (it offers {})",
+                "the input has no {width}x{height}p timing at {}/{} fps (it offers {}; {})",
                 fps.0,
                 fps.1,
-                if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+                if offered.is_empty() { "none".to_string() } else { offered.join(", ") },
+                match &signal {
+                    Some(t) => format!("the signal carries {}", Mode::of(t).text()),
+                    None => "no signal timing detected".to_string(),
+                }
             ),
         })
     }
