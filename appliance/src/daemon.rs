@@ -185,7 +185,8 @@ fn supervise(
     // A capture device that fails or disappears: the daemon stays up and
     // retries, backing off, so the channel comes back with the device.
     let device = config.source.kind == crate::config::SourceKind::V4l2;
-    let mut retry: Option<(std::time::Instant, Duration)> = None;
+    let mut retry_at: Option<std::time::Instant> = None;
+    let mut backoff = DEVICE_RETRY_FIRST;
     let mut started_at = std::time::Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -198,44 +199,41 @@ fn supervise(
         if current.as_ref().is_some_and(|r| r.thread.is_finished()) {
             let Some(run) = current.take() else { continue };
             match finish(run) {
-                Err(e) if device => {
-                    // Long good runs start the back-off afresh.
-                    let backoff = match retry {
-                        Some((_, b)) if started_at.elapsed() < Duration::from_secs(60) => (b * 2).min(DEVICE_RETRY_MAX),
-                        _ => DEVICE_RETRY_FIRST,
-                    };
+                Err(e) if device && matches!(e.downcast_ref(), Some(PipelineError::Capture(_))) => {
+                    // A long good run starts the back-off afresh.
+                    if started_at.elapsed() >= Duration::from_secs(60) {
+                        backoff = DEVICE_RETRY_FIRST;
+                    }
                     tracing::error!("channel stopped: {e:#}; retrying in {} s", backoff.as_secs());
                     *pipeline::lock(&taps.status.input_fault) = Some(format!("{e:#}"));
                     taps.status.waiting_for_device.store(true, Ordering::Relaxed);
-                    retry = Some((std::time::Instant::now() + backoff, backoff));
+                    retry_at = Some(std::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(DEVICE_RETRY_MAX);
                 }
                 // Ended on its own: the daemon's run is over, as without a
                 // supervisor.
                 outcome => return outcome.map(Some),
             }
         }
-        if let Some((at, backoff)) = retry
-            && current.is_none()
-            && std::time::Instant::now() >= at
-        {
+        if current.is_none() && retry_at.is_some_and(|at| std::time::Instant::now() >= at) {
             tracing::info!("starting the channel again");
             started_at = std::time::Instant::now();
+            retry_at = None;
             match start_run(config, limits, taps) {
-                Ok(run) => current = Some(run),
+                Ok(run) => {
+                    current = Some(run);
+                    taps.status.waiting_for_device.store(false, Ordering::Relaxed);
+                }
                 Err(e) => {
                     tracing::error!("channel not started: {e}");
-                    retry = Some((std::time::Instant::now() + backoff, backoff));
+                    retry_at = Some(std::time::Instant::now() + backoff);
                 }
-            }
-            if current.is_some() {
-                retry = Some((at, backoff)); // kept for the next back-off step
-                taps.status.waiting_for_device.store(false, Ordering::Relaxed);
             }
         }
         let Ok((cmd, reply)) = commands.recv_timeout(Duration::from_millis(100)) else { continue };
         if matches!(cmd, ChannelCommand::Stop) {
             // An operator's stop also ends the retries.
-            retry = None;
+            retry_at = None;
             taps.status.waiting_for_device.store(false, Ordering::Relaxed);
         }
         let answer = match (cmd, current.take()) {

@@ -625,11 +625,7 @@ pub fn run_with_device(
     let mut paced = format.device_paced.then(DevicePacing::default);
     while capture_result.is_ok() && !stop.load(Ordering::Relaxed) && end_frame.is_none_or(|end| n < end) {
         if let Some(state) = paced.as_mut() {
-            let hang_ms = taps.status.hang_ms.swap(0, Ordering::Relaxed);
-            if hang_ms > 0 {
-                tracing::warn!(ms = hang_ms, "hang drill: the capture loop stops");
-                std::thread::sleep(std::time::Duration::from_millis(hang_ms));
-            }
+            hang_drill(&taps.status);
             let frames_out = match device.deliver(&pool) {
                 Ok(delivery) => state.place(delivery, &mut n, &pool, &clock, rate, &taps.status),
                 Err(e) => {
@@ -667,11 +663,7 @@ pub fn run_with_device(
                 n = now;
             }
         }
-        let hang_ms = taps.status.hang_ms.swap(0, Ordering::Relaxed);
-        if hang_ms > 0 {
-            tracing::warn!(ms = hang_ms, "hang drill: the capture loop stops");
-            std::thread::sleep(std::time::Duration::from_millis(hang_ms));
-        }
+        hang_drill(&taps.status);
         let mut writer = pool.acquire();
         let first_sample = rate.audio_sample_at(n, 48_000);
         let samples = usize::try_from(rate.audio_sample_at(n + 1, 48_000) - first_sample).unwrap_or(0);
@@ -712,6 +704,15 @@ pub fn run_with_device(
     }
     capture_result?;
     Ok(RunSummary { frames, frames_dropped: dropped, first_frame, first_segment, packager: stats, root })
+}
+
+/// A hang drill asked for through the API: the capture loop stops here.
+fn hang_drill(status: &ChannelStatus) {
+    let hang_ms = status.hang_ms.swap(0, Ordering::Relaxed);
+    if hang_ms > 0 {
+        tracing::warn!(ms = hang_ms, "hang drill: the capture loop stops");
+        std::thread::sleep(std::time::Duration::from_millis(hang_ms));
+    }
 }
 
 /// Frame numbers for a device that paces itself: each buffer's capture
