@@ -278,7 +278,11 @@ impl TestSource {
                     self.rect(buf, i * w / 8, 0, w / 16, h, Yuv((30 + i * 25) as u8, 128, 128));
                 }
             }
-            2 => self.copy_texture(buf, (scene as usize) * 97, 0, 2),
+            2 => {
+                self.copy_texture(buf, (scene as usize) * 97, 0, 2);
+                buf.u.fill(128);
+                buf.v.fill(128);
+            }
             3 => {
                 self.gradient(buf, Yuv(200, 100, 100), Yuv(30, 160, 160));
                 self.disc(buf, w as f64 * (t % 1.0), h as f64 / 2.0, h as f64 / 5.0, WHITE);
@@ -432,6 +436,31 @@ mod tests {
         let r = w.publish(FrameMeta::default());
         let (y, u, v) = r.planes();
         [y, u, v].concat()
+    }
+
+    #[test]
+    fn frames_do_not_depend_on_what_the_slot_held_before() {
+        // Pool slots are reused: every pixel of every frame must be painted.
+        let rate = Rate::new(25, 1).expect("rate");
+        for (w, h) in [(160_u32, 90_u32), (426, 240)] {
+            let layout = FrameLayout { width: w, height: h, audio_channels: 0, max_audio_samples: 0 };
+            let pool = FramePool::new(layout, 1);
+            let src = TestSource::new(w, h, rate, 0);
+            for n in (0..CYCLE_S * 25).chain(898_157_391 * 50..898_157_391 * 50 + 100) {
+                let [on_black, on_white] = [0u8, 0xff].map(|garbage| {
+                    let mut writer = pool.acquire();
+                    let mut b = writer.buffers();
+                    for plane in [&mut b.y, &mut b.u, &mut b.v] {
+                        plane.fill(garbage);
+                    }
+                    src.render(n, &mut b);
+                    let r = writer.publish(FrameMeta::default());
+                    let (y, u, v) = r.planes();
+                    [y, u, v].concat()
+                });
+                assert!(on_black == on_white, "{w}x{h} frame {n} keeps pixels of the slot's previous frame");
+            }
+        }
     }
 
     #[test]
