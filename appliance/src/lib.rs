@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod devices;
 pub mod encode;
+pub mod handover;
 pub mod origin;
 pub mod package;
 pub mod pipeline;

@@ -231,7 +231,7 @@ fn limits(args: &LimitArgs) -> anyhow::Result<RunLimits> {
     if let Some(d) = args.duration {
         anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
     }
-    Ok(RunLimits { frames: args.frames, duration_s: args.duration, stop: Some(stop_flag()?) })
+    Ok(RunLimits { frames: args.frames, duration_s: args.duration, stop: Some(stop_flag()?), ..Default::default() })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,7 @@ use crate::capture::{CaptureDevice, CaptureError, Captured, Delivery, FileCaptur
 use crate::clock::{Clock, ClockError, MediaClock};
 use crate::config::{Config, Pacing, SourceKind};
 use crate::encode::{self, AudioJob, VideoJob, Work, WorkerError};
+use crate::handover::Handover;
 use crate::package::store::StoreError;
 use crate::package::{self, Packager, PackagerConfig, PackagerStats, TrackId, TrackSpec};
 use crate::timeline::Grid;
@@ -58,7 +59,18 @@ pub struct RunLimits {
     pub duration_s: Option<f64>,
     /// Set to stop (Ctrl-C).
     pub stop: Option<Arc<AtomicBool>>,
+    /// Live sources: begin with this segment, waiting for the media clock
+    /// to reach it, instead of the next boundary (a handover's successor).
+    pub start_segment: Option<i64>,
+    /// This run's end, which the supervisor may schedule for a handover.
+    pub handover: Option<Arc<Handover>>,
+    /// The run this one takes over from: its packager is adopted before
+    /// the first segment is written.
+    pub predecessor: Option<Arc<Handover>>,
 }
+
+/// Longest a successor waits for its predecessor's packager.
+const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Frames the analysis stage may queue.
 const ANALYSIS_QUEUE: usize = 4;
@@ -130,6 +142,8 @@ pub struct ChannelStatus {
     pub input_faults: std::sync::atomic::AtomicU64,
     /// The input fault now, in words (None: the input is good).
     pub input_fault: std::sync::Mutex<Option<String>>,
+    /// Why the last configuration change was rolled back, if it was.
+    pub config_error: std::sync::Mutex<Option<String>>,
     /// The capture device failed; the daemon retries it.
     pub waiting_for_device: AtomicBool,
     /// A hang drill: the capture loop stops for this many ms, once (the
@@ -380,7 +394,16 @@ pub fn run_with_device(
         silence_before_start: !format.live,
         partial_at_end: !format.live,
     };
-    let first_segment = if format.live {
+    let first_segment = if let (true, Some(s)) = (format.live, limits.start_segment) {
+        // A successor: capture starts early enough for the audio warm-up of
+        // segment `s`, which is the first published.
+        first_frame = grid.first_frame(s);
+        while audio_settings.is_some() && audio_job(s).first_input_sample(s) < rate.audio_sample_at(first_frame, 48_000)
+        {
+            first_frame -= 1;
+        }
+        s
+    } else if format.live {
         let mut s = grid.next_boundary_segment(first_frame);
         let first_sample = rate.audio_sample_at(first_frame, 48_000);
         while audio_settings.is_some() && audio_job(s).first_input_sample(s) < first_sample {
@@ -461,12 +484,21 @@ pub fn run_with_device(
     let clock_for_metrics = Arc::clone(&clock);
     let (status, segment_bus) = (Arc::clone(&taps.status), taps.segments.clone());
     let rate_for_latency = rate;
+    let (outgoing, mut predecessor) = (limits.handover.clone(), limits.predecessor.clone());
 
     let packager_thread = thread::Builder::new()
         .name("package".into())
         .spawn(move || {
             let metrics_path = packager.root().join("metrics.prom");
             for msg in pkg_rx {
+                // Taking over: the predecessor's playlists and window
+                // continue, so nothing is written before they arrive.
+                if let Some(before) = predecessor.take() {
+                    match before.take(ADOPT_WAIT) {
+                        Some(old) => packager.adopt(old),
+                        None => tracing::warn!("the previous run handed over no playlists; they start afresh"),
+                    }
+                }
                 match msg {
                     ToPackager::Segment(seg) => {
                         if let Err(e) = packager.add(seg) {
@@ -510,10 +542,19 @@ pub fn run_with_device(
                     }
                 }
             }
-            if let Err(e) = packager.finish() {
-                tracing::error!("{e}");
+            let stats = packager.stats();
+            match &outgoing {
+                Some(h) if h.ended() => h.give(packager),
+                _ => {
+                    if let Err(e) = packager.finish() {
+                        tracing::error!("{e}");
+                    }
+                    if let Some(h) = &outgoing {
+                        h.abandon();
+                    }
+                }
             }
-            packager.stats()
+            stats
         })
         .map_err(|_| PipelineError::Panic("package"))?;
     let seg_tx = SegmentSink(pkg_tx.clone());
@@ -574,6 +615,9 @@ pub fn run_with_device(
         .name("analysis".into())
         .spawn(move || {
             stage::run(analyzer, ana_rx, if realtime { ANALYSIS_QUEUE } else { 0 }, &metrics, |report| {
+                if report.index < first_segment {
+                    return; // warm-up frames of a successor: the predecessor reported that segment
+                }
                 let _ = pkg_tx.send(ToPackager::Analysis(report.index, report.analysis.clone()));
                 if let Some(bus) = &bus {
                     let _ = bus.send(Arc::new(report)); // no subscriber is not an error
@@ -623,7 +667,12 @@ pub fn run_with_device(
         crate::rt::enter_realtime();
     }
     let mut paced = format.device_paced.then(DevicePacing::default);
-    while capture_result.is_ok() && !stop.load(Ordering::Relaxed) && end_frame.is_none_or(|end| n < end) {
+    let handed_over = |n: i64| limits.handover.as_ref().is_some_and(|h| h.ends_at(n));
+    while capture_result.is_ok()
+        && !stop.load(Ordering::Relaxed)
+        && end_frame.is_none_or(|end| n < end)
+        && !handed_over(n)
+    {
         if let Some(state) = paced.as_mut() {
             hang_drill(&taps.status);
             let frames_out = match device.deliver(&pool) {
@@ -635,7 +684,7 @@ pub fn run_with_device(
             };
             let mut downstream_gone = false;
             for frame in frames_out {
-                if end_frame.is_some_and(|end| frame.meta().number >= end) {
+                if end_frame.is_some_and(|end| frame.meta().number >= end) || handed_over(frame.meta().number) {
                     break;
                 }
                 taps.status.frame.store(frame.meta().number, Ordering::Relaxed);
@@ -686,7 +735,9 @@ pub fn run_with_device(
         n += 1;
     }
     device.stop();
-    taps.status.running.store(false, Ordering::Relaxed);
+    if !limits.handover.as_ref().is_some_and(|h| h.ended()) {
+        taps.status.running.store(false, Ordering::Relaxed); // else the successor runs
+    }
     drop(cap_tx);
     fingerprint.join().map_err(|_| PipelineError::Panic("fingerprint"))?;
     analysis.join().map_err(|_| PipelineError::Panic("analysis"))?;

@@ -266,6 +266,7 @@ fn every_documented_route_answers_as_documented() {
             p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
             p if p.ends_with("/source/controls") => r#"{"name": "Brightness", "value": 128}"#.to_string(),
+            p if p.ends_with("/config") => r#"{"output": {"window_segments": 40}}"#.to_string(),
             _ => String::new(),
         };
         eprintln!("{method} {path}");
@@ -573,6 +574,88 @@ fn a_bitrate_change_applies_from_the_announced_segment_and_the_channel_stops_and
     let events = d.get("/api/v1/events?since=0", &cookie).json();
     let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"ladder") && kinds.iter().filter(|k| **k == "channel").count() >= 3, "{events}");
+}
+
+#[test]
+fn a_new_ladder_takes_over_at_a_segment_boundary_without_a_seam() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    let out = dir.path().join("out/ch");
+    let (t180, t90, t120) = (out.join("180p"), out.join("90p"), out.join("120p"));
+    d.wait_for("four segments", Duration::from_secs(20), || {
+        t180.join("manifest.jsonl").exists() && segments(&t180).len() >= 4
+    });
+
+    // Refused edits name the key and change nothing.
+    let bad = [
+        (r#"{"renditions": [{"name": "180p", "height": 181, "bitrate_kbps": 900}]}"#, "renditions[0].height"),
+        (r#"{"output": {"dir": "/tmp/elsewhere"}}"#, "output.dir"),
+        (r#"{"source": {"kind": "file", "path": "/nonexistent/clip.y4m"}}"#, "source.path"),
+        (r#"{"renditions": []}"#, "renditions"),
+    ];
+    for (body, field) in bad {
+        let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, body);
+        assert!(matches!(r.status, 400 | 422), "{body}: {} {}", r.status, r.text());
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.text());
+    }
+    assert_eq!(d.get("/api/v1/channels/ch/config", &cookie).json()["renditions"].as_array().unwrap().len(), 2);
+
+    // 90p goes, 120p comes, 180p stays.
+    let ladder = r#"{"renditions": [
+        {"name": "180p", "height": 180, "bitrate_kbps": 900},
+        {"name": "120p", "height": 120, "bitrate_kbps": 300}]}"#;
+    let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, ladder);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let reply = r.json();
+    assert_eq!(reply["applied"]["how"], "handover", "{reply}");
+    let from = reply["applied"]["from_segment"].as_i64().unwrap();
+    assert_eq!(reply["config"]["renditions"][1]["name"], "120p", "{reply}");
+    d.wait_for("three segments of the new ladder", Duration::from_secs(30), || {
+        t120.join("manifest.jsonl").exists() && segments(&t120).len() >= 3
+    });
+    d.wait_for("180p past the handover", Duration::from_secs(10), || {
+        segments(&t180).iter().any(|(i, ..)| *i >= from + 2)
+    });
+
+    // The kept rendition runs on without a gap, and from the handover on
+    // its bytes are those of any fresh encode of the same frames (so any
+    // appliance's segments stay interchangeable with these).
+    let kept: Vec<_> = segments(&t180).into_iter().filter(|(i, ..)| (from - 2..=from + 2).contains(i)).collect();
+    let indices: Vec<i64> = kept.iter().map(|(i, ..)| *i).collect();
+    assert_eq!(indices, (from - 2..=from + 2).collect::<Vec<_>>(), "180p segments around the handover");
+    assert_eq!(kept[1..4], reference_180p(dir.path(), from - 1, 3, 900)[..], "180p bytes across the handover");
+    let playlist = std::fs::read_to_string(t180.join("playlist.m3u8")).unwrap();
+    assert!(!playlist.contains("#EXT-X-ENDLIST") && !playlist.contains("DISCONTINUITY:1"), "{playlist}");
+    let listed = common::playlist_segments(&t180);
+    assert!(listed.contains(&format!("seg-{}.m4s", from - 1)) && listed.contains(&format!("seg-{from}.m4s")));
+
+    // The new rendition starts exactly at the handover, and decodes.
+    let new = segments(&t120);
+    assert_eq!(new.first().map(|(i, ..)| *i), Some(from), "120p starts at the handover segment");
+    let names: Vec<String> = new.iter().take(3).map(|(i, ..)| format!("seg-{i}.m4s")).collect();
+    let joined = common::concat(&t120, &names, &dir.path().join("120p.mp4"));
+    assert_eq!(common::decode_errors(&joined), "");
+    let probe = common::ffprobe_json(&["-show_streams", "-count_frames"], &joined);
+    assert_eq!(probe["streams"][0]["height"], 120, "{probe}");
+    assert_eq!(probe["streams"][0]["nb_read_frames"], "75", "{probe}");
+
+    // The removed one ends cleanly at the segment before.
+    let gone = std::fs::read_to_string(t90.join("playlist.m3u8")).unwrap();
+    assert!(gone.trim_end().ends_with("#EXT-X-ENDLIST"), "{gone}");
+    assert_eq!(segments(&t90).last().map(|(i, ..)| *i), Some(from - 1));
+    let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
+    assert!(master.contains("180p/playlist.m3u8") && master.contains("120p/playlist.m3u8"), "{master}");
+    assert!(!master.contains("90p/"), "{master}");
+
+    let channel = d.get("/api/v1/channels/ch", &cookie).json();
+    assert_eq!(channel["running"], true);
+    let names: Vec<&str> =
+        channel["renditions"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["180p", "120p"]);
+    assert!(d.log().contains("handover scheduled"), "{}", d.log());
+    let events = d.get("/api/v1/events?since=0", &cookie).json();
+    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "config"), "{events}");
 }
 
 #[test]

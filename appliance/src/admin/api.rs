@@ -24,7 +24,7 @@ use crate::config::BITRATE_KBPS;
 use crate::control::{LadderChange, unix_ms};
 use crate::daemon::ChannelCommand;
 
-type Shared = State<Arc<AppState>>;
+pub(super) type Shared = State<Arc<AppState>>;
 
 /// Paths anyone may fetch: the health probe, the page (which asks for the
 /// login) and the login itself.
@@ -42,7 +42,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
                    frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// Longest a channel command may take (stopping finishes the frame in hand).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An error answer: `{"error": "...", "field": "..."}`.
 #[derive(Debug)]
@@ -53,11 +53,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self { status, error: error.into(), field: None }
     }
 
-    fn field(status: StatusCode, field: &str, error: impl Into<String>) -> Self {
+    pub(super) fn field(status: StatusCode, field: &str, error: impl Into<String>) -> Self {
         Self { status, error: error.into(), field: Some(field.to_string()) }
     }
 
@@ -82,7 +82,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 /// Parses a JSON request body strictly: the content type must be JSON,
 /// unknown fields are refused, and errors name the field.
@@ -128,7 +128,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-fn json(status: StatusCode, v: Value) -> Response {
+pub(super) fn json(status: StatusCode, v: Value) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
@@ -152,6 +152,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
         .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
+        .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
         .route("/api/v1/clock", get(clock))
         .route("/api/v1/clock/fault", put(set_clock_fault))
         .route("/api/v1/sources", get(sources))
@@ -373,7 +374,7 @@ fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
 }
 
-fn check_channel(state: &AppState, id: &str) -> Result<(), ApiError> {
+pub(super) fn check_channel(state: &AppState, id: &str) -> Result<(), ApiError> {
     let ours = &state.ctx.config.channel.id;
     if id != ours {
         return Err(ApiError::field(
@@ -401,7 +402,7 @@ fn origin_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
 }
 
 fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
-    let config = &state.ctx.config;
+    let config = &state.ctx.supervisor.config();
     let s = &state.ctx.taps.status;
     let segment = current_segment(state);
     let control = &state.ctx.taps.control;
@@ -446,7 +447,7 @@ fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
 }
 
 fn source_json(state: &AppState) -> Value {
-    let config = &state.ctx.config;
+    let config = &state.ctx.supervisor.config();
     let status = &state.ctx.taps.status;
     let info = lock(&status.source).clone();
     json!({
@@ -492,7 +493,7 @@ pub struct RenditionPatch {
 }
 
 /// The segment a change made now applies from on every node.
-fn apply_from(state: &AppState) -> i64 {
+pub(super) fn apply_from(state: &AppState) -> i64 {
     current_segment(state) + crate::control::lead_segments(state.ctx.config.channel.segment_seconds)
 }
 
@@ -505,8 +506,9 @@ async fn set_rendition(
     body: Bytes,
 ) -> ApiResult {
     check_channel(&state, &id)?;
-    if !state.ctx.config.renditions.iter().any(|r| r.name == name) {
-        let names: Vec<&str> = state.ctx.config.renditions.iter().map(|r| r.name.as_str()).collect();
+    let running = state.ctx.supervisor.config();
+    if !running.renditions.iter().any(|r| r.name == name) {
+        let names: Vec<&str> = running.renditions.iter().map(|r| r.name.as_str()).collect();
         return Err(ApiError::field(
             StatusCode::NOT_FOUND,
             "name",
@@ -544,11 +546,12 @@ async fn set_rendition(
 async fn command(state: Arc<AppState>, actor: Actor, from: SocketAddr, id: String, cmd: ChannelCommand) -> ApiResult {
     check_channel(&state, &id)?;
     let supervisor = state.ctx.supervisor.clone();
+    let name = cmd.name();
     let running = tokio::task::spawn_blocking(move || supervisor.send(cmd, COMMAND_TIMEOUT))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "channel command failed"))?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    state.audit(&actor.name(), Some(from), cmd.name(), json!({ "channel": id }));
+    state.audit(&actor.name(), Some(from), name, json!({ "channel": id }));
     Ok(json(StatusCode::OK, json!({ "running": running })))
 }
 
@@ -591,7 +594,7 @@ fn device_error(e: lockstep_v4l2::V4l2Error) -> ApiError {
 /// an empty list for sources that are not devices.
 async fn source_controls(State(state): Shared, Path(id): Path<String>) -> ApiResult {
     check_channel(&state, &id)?;
-    let config = &state.ctx.config;
+    let config = &state.ctx.supervisor.config();
     if config.source.kind != crate::config::SourceKind::V4l2 {
         return Ok(json(StatusCode::OK, json!({ "channel": id, "device": null, "controls": [] })));
     }
@@ -637,7 +640,7 @@ async fn set_source_control(
             "give the control's `id` or its `name`, not both",
         ));
     }
-    let config = &state.ctx.config;
+    let config = &state.ctx.supervisor.config();
     if config.source.kind != crate::config::SourceKind::V4l2 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -804,7 +807,7 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {
-    let config = &state.ctx.config;
+    let config = &state.ctx.supervisor.config();
     let id = &config.channel.id;
     let origin = origin_url(&state, &headers);
     let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
@@ -1008,7 +1011,7 @@ async fn event_stream(State(state): Shared) -> Response {
 /// packager, clock) plus live pipeline, swarm, origin and API counters.
 async fn metrics(State(state): Shared) -> Response {
     use std::fmt::Write;
-    let config = &state.ctx.config;
+    let config = &state.ctx.supervisor.config();
     let ch = &config.channel.id;
     let mut text = std::fs::read_to_string(config.output.dir.join(ch).join("metrics.prom")).unwrap_or_default();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {

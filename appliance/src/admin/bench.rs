@@ -98,7 +98,7 @@ pub fn run(seconds: f64, clients: usize) -> anyhow::Result<()> {
     config.admin.tokens_file = Some(tokens);
     config.validate()?;
     let taps = daemon::taps();
-    let (supervisor, _commands) = Supervisor::new();
+    let (supervisor, _commands) = Supervisor::new(&config);
     let services = daemon::services(&config, &taps, supervisor)?;
     let addr = services.admin.as_ref().map(|a| a.addr).ok_or_else(|| anyhow::anyhow!("admin API did not start"))?;
     println!(

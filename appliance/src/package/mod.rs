@@ -498,6 +498,45 @@ impl Packager {
         Ok(())
     }
 
+    /// Takes over the tracks of the run before this one (a handover, see
+    /// `crate::handover`). A track of the same name and picture keeps its
+    /// playlist, window and manifest, so viewers see no seam; a track whose
+    /// picture size changed keeps its manifest but starts a new run of its
+    /// playlist (discontinuity, new init segment; the old segments retire);
+    /// a track the new ladder leaves out has its playlist ended.
+    pub fn adopt(&mut self, mut old: Packager) {
+        for t in &mut self.tracks {
+            let Some(pos) = old.tracks.iter().position(|o| o.spec.name == t.spec.name) else { continue };
+            let o = old.tracks.remove(pos);
+            let same_picture = o.spec.size == t.spec.size
+                && o.spec.timescale == t.spec.timescale
+                && o.spec.channels == t.spec.channels;
+            t.pending = o.pending;
+            t.manifest_lines = o.manifest_lines;
+            t.manifest_kept = o.manifest_kept;
+            t.written = o.written;
+            t.retired = o.retired;
+            if same_picture {
+                t.track = o.track;
+                t.codec = o.codec;
+                t.entries = o.entries;
+                t.discontinuity_sequence = o.discontinuity_sequence;
+            } else {
+                t.discontinuity_sequence = o.discontinuity_sequence + 1;
+                t.retired.extend(o.entries.into_iter().map(|e| e.uri));
+            }
+        }
+        if let Err(e) = old.finish() {
+            tracing::error!("{e}");
+        }
+        self.analyses.append(&mut old.analyses);
+        self.errors += old.errors;
+        self.late_analyses += old.late_analyses;
+        self.last_error = self.last_error.take().or(old.last_error);
+        // The ladder may differ: the multivariant playlist is written anew.
+        self.master_written = false;
+    }
+
     /// Writes waiting manifest entries and marks every playlist ended
     /// (EXT-X-ENDLIST).
     pub fn finish(&mut self) -> Result<(), StoreError> {
