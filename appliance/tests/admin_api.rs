@@ -449,6 +449,24 @@ fn bad_requests_get_clear_errors_naming_the_field() {
         "\u{fffd}",
         "true",
     ];
+    let config_pieces = [
+        "{",
+        "}",
+        "\"renditions\"",
+        "\"source\"",
+        "\"output\"",
+        "\"window_segments\"",
+        "\"kind\"",
+        "\"test\"",
+        ":",
+        ",",
+        "[",
+        "]",
+        "{\"name\": \"x\", \"height\": 90, \"bitrate_kbps\": 100}",
+        "7",
+        "-2",
+        "null",
+    ];
     for _ in 0..200 {
         let n = next() % 8;
         let body: String = (0..n).map(|_| pieces[(next() % pieces.len() as u64) as usize]).collect();
@@ -456,6 +474,16 @@ fn bad_requests_get_clear_errors_naming_the_field() {
         assert!((400..500).contains(&r.status) || r.status == 202, "{body:?}: {} {}", r.status, r.text());
         let r = d.send("POST", "/api/v1/login", "", "", &body);
         assert!((400..500).contains(&r.status), "login {body:?}: {} {}", r.status, r.text());
+        let config: String =
+            (0..n + 2).map(|_| config_pieces[(next() % config_pieces.len() as u64) as usize]).collect();
+        let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, &config);
+        let busy = r.status == 503 && r.text().contains("still being applied");
+        assert!(
+            (400..500).contains(&r.status) || r.status == 202 || busy,
+            "config {config:?}: {} {}",
+            r.status,
+            r.text()
+        );
     }
     assert_eq!(http(&d.admin, "GET", "/healthz", &[], b"").status, 200, "still up");
 }
@@ -647,6 +675,15 @@ fn a_new_ladder_takes_over_at_a_segment_boundary_without_a_seam() {
     let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
     assert!(master.contains("180p/playlist.m3u8") && master.contains("120p/playlist.m3u8"), "{master}");
     assert!(!master.contains("90p/"), "{master}");
+
+    // What GET returns, sent back, changes nothing.
+    let now = d.get("/api/v1/channels/ch/config", &cookie).json();
+    let back = serde_json::json!({
+        "source": now["source"], "audio": now["audio"], "encoder": now["encoder"],
+        "renditions": now["renditions"], "output": now["output"],
+    });
+    let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, &back.to_string());
+    assert_eq!((r.status, r.json()["applied"]["how"].clone()), (202, "unchanged".into()), "{}", r.text());
 
     let channel = d.get("/api/v1/channels/ch", &cookie).json();
     assert_eq!(channel["running"], true);

@@ -98,6 +98,26 @@ try {
   await shot('bitrate');
   step(`bitrate change took effect: 180p measured ${before} → ${after} kbit/s`);
 
+  // The configuration form: a bad value is refused naming its key and
+  // marked; a good one is applied live at a segment boundary.
+  await page.waitForFunction(() => document.querySelectorAll('#cfg-renditions tr').length > 0, null, { timeout: 15_000 });
+  await page.fill('#cfg-window', '1');
+  await page.click('#cfg-apply');
+  await page.waitForFunction(() => document.querySelector('#cfg-message').classList.contains('error'), null, { timeout: 15_000 });
+  const refused = await page.evaluate(() => ({
+    text: document.querySelector('#cfg-message').textContent,
+    marked: document.querySelector('#cfg-window').classList.contains('invalid'),
+  }));
+  if (!refused.text.includes('output.window_segments') || !refused.marked) fail(`bad window not named and marked: ${JSON.stringify(refused)}`);
+  step(`the form refuses a window of 1 segment: "${refused.text}"`);
+  await page.fill('#cfg-window', '12');
+  await page.click('#cfg-apply');
+  await page.waitForFunction(() => /takes over at segment \d+/.test(document.querySelector('#cfg-message').textContent), null, { timeout: 20_000 });
+  const applied = await page.evaluate(() => document.querySelector('#cfg-message').textContent);
+  await page.locator('.p-config').screenshot({ path: join(shots, 'config.png') });
+  const t1 = await played(2, 60_000);
+  step(`${applied} The preview plays on (currentTime ${t1.toFixed(1)} s)`);
+
   // Kill the node whose segments are chosen; watch from another node.
   const chosen = await page.evaluate(async () => {
     const r = await fetch('/api/v1/swarm/alignment?limit=1', { credentials: 'same-origin' });

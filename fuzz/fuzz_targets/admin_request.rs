@@ -3,9 +3,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use lockstep::admin::api::{LoginBody, RenditionPatch, parse_json};
+use lockstep::admin::settings::{ChannelEdit, merged};
+use lockstep::config::Config;
 
 fuzz_target!(|data: &[u8]| {
-    for result in [parse_json::<LoginBody>(data).map(|_| ()), parse_json::<RenditionPatch>(data).map(|_| ())] {
+    // A configuration edit is parsed, then merged into the running
+    // configuration and validated: both steps answer 400 or 422.
+    let running = Config::embedded_demo();
+    let edit = parse_json::<ChannelEdit>(data).and_then(|edit| merged(&running, edit)).map(|_| ());
+    for result in [parse_json::<LoginBody>(data).map(|_| ()), parse_json::<RenditionPatch>(data).map(|_| ()), edit] {
         if let Err(e) = result {
             assert!(matches!(e.status(), 400 | 422), "status {}", e.status());
             let (message, field) = e.message();

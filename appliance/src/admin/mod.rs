@@ -9,7 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod events;
-mod settings;
+pub mod settings;
 mod tls;
 
 use std::collections::{BTreeMap, VecDeque};

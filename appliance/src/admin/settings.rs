@@ -48,13 +48,25 @@ pub struct OutputEdit {
     pub window_segments: Option<u32>,
 }
 
+/// The editable view; bitrates are those in force or announced (a live
+/// change wins over the configured value), so a form sent back unchanged
+/// changes nothing.
 fn view(config: &Config, state: &AppState) -> Value {
+    let control = &state.ctx.taps.control;
+    let renditions: Vec<RenditionConfig> = config
+        .renditions
+        .iter()
+        .map(|r| RenditionConfig {
+            bitrate_kbps: control.bitrate_kbps(&r.name, i64::MAX).unwrap_or(r.bitrate_kbps),
+            ..r.clone()
+        })
+        .collect();
     json!({
         "channel": config.channel.id,
         "source": config.source,
         "audio": config.audio,
         "encoder": config.encoder,
-        "renditions": config.renditions,
+        "renditions": renditions,
         "output": { "mode": config.output.mode, "window_segments": config.output.window_segments },
         "fixed": {
             "segment_seconds": config.channel.segment_seconds,
@@ -152,7 +164,7 @@ pub(super) async fn patch(
     let mut changes = Vec::new();
     for r in &next.renditions {
         let now = running.renditions.iter().find(|o| o.name == r.name);
-        let effective = now.map(|o| control.bitrate_kbps(&o.name, from_segment).unwrap_or(o.bitrate_kbps));
+        let effective = now.map(|o| control.bitrate_kbps(&o.name, i64::MAX).unwrap_or(o.bitrate_kbps));
         if effective.is_some_and(|kbps| kbps != r.bitrate_kbps) {
             changes.push(LadderChange {
                 from_segment,

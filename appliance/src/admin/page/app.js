@@ -41,7 +41,7 @@
 
   const EVENT_TONE = {
     election: 'info', failover: 'warn', 'node-down': 'bad', 'node-up': 'ok',
-    isolated: 'bad', rejoined: 'ok', ladder: 'info', channel: 'neutral',
+    isolated: 'bad', rejoined: 'ok', ladder: 'info', channel: 'neutral', config: 'info',
     error: 'bad', clock: 'warn',
   };
 
@@ -70,6 +70,7 @@
     actionSeq: 0,        // bumped when start/stop completes (see refreshFast)
     channelBusy: false,
     renditionRows: new Map(), // name → row handles
+    config: null,             // GET /channels/{id}/config, as the form was filled
     localPending: new Map(),  // name → {bitrate_kbps, from_segment} after a 202
     nodeColours: new Map(),
     alignment: null,
@@ -451,6 +452,7 @@
       state.channelId = id;
       const channel = await get(channelPath(id));
       if (gen === state.gen && channel) renderChannel(channel);
+      if (gen === state.gen) loadConfig();
     } catch (err) {
       if (err.status !== 401) console.warn(`lockstep: channel: ${err.message}`);
     }
@@ -1504,6 +1506,172 @@
     });
   }
 
+  // ------------------------------------------------------------ configuration form
+
+  /*
+   * GET /channels/{id}/config fills the form once (and on Reload or after an
+   * apply), never on a tick, so edits in progress are not overwritten. Apply
+   * sends the sections whole (the loaded values with the edits on top); the
+   * server validates and names the key at fault, which is marked here.
+   */
+
+  async function loadConfig() {
+    if (!state.channelId) return;
+    const gen = state.gen;
+    try {
+      const cfg = await get(`${channelPath(state.channelId)}/config`);
+      if (gen !== state.gen || !cfg) return;
+      state.config = cfg;
+      renderConfig(cfg);
+    } catch (err) {
+      if (err.status !== 401) setConfigMessage('error', `Configuration not loaded: ${err.message}`);
+    }
+  }
+
+  function renderConfig(cfg) {
+    const src = cfg.source || {};
+    $('cfg-kind').value = src.kind || 'test';
+    $('cfg-width').value = src.width ?? '';
+    $('cfg-height').value = src.height ?? '';
+    $('cfg-fps').value = src.fps ?? '';
+    $('cfg-path').value = src.path ?? '';
+    $('cfg-loop').checked = !!src.loop;
+    $('cfg-device').value = src.device ?? '';
+    $('cfg-input').value = src.input ?? '';
+    $('cfg-pixel').value = src.pixel_format || 'auto';
+    $('cfg-mode').value = (cfg.output && cfg.output.mode) || 'sliding';
+    $('cfg-window').value = (cfg.output && cfg.output.window_segments) ?? '';
+    const body = $('cfg-renditions');
+    body.replaceChildren(...(cfg.renditions || []).map((r) => configRow(r, cfg.swarm)));
+    $('cfg-add').disabled = !!cfg.swarm;
+    $('cfg-ladder-note').textContent = cfg.swarm ? '(in a swarm, only bitrates change live)' : '';
+    showSourceFields();
+    clearFieldMarks();
+    setConfigMessage(cfg.last_error ? 'error' : '', cfg.last_error ? `Last change rolled back: ${cfg.last_error}` : '');
+  }
+
+  function configRow(r, fixedShape) {
+    const cell = (field, value, attrs) => {
+      const input = el('input', Object.assign({ value: value ?? '', 'data-col': field }, attrs));
+      if (fixedShape && field !== 'bitrate_kbps') input.disabled = true;
+      return el('td', { class: attrs.type === 'number' ? 'num' : '' }, input);
+    };
+    const row = el('tr', { class: 'cfg-row' },
+      cell('name', r.name, { type: 'text', size: 8, 'aria-label': 'Rendition name' }),
+      cell('height', r.height, { type: 'number', min: 16, max: 2160, step: 2, 'aria-label': 'Height' }),
+      cell('width', r.width, { type: 'number', min: 16, max: 3840, step: 2, placeholder: 'auto', 'aria-label': 'Width' }),
+      cell('bitrate_kbps', r.bitrate_kbps, { type: 'number', min: BITRATE_MIN_KBPS, max: BITRATE_MAX_KBPS, 'aria-label': 'Bitrate' }));
+    row._backend = r.backend ?? null;
+    const remove = el('button', { type: 'button', class: 'btn', text: 'Remove', 'aria-label': `Remove ${r.name || 'rendition'}` });
+    remove.disabled = !!fixedShape;
+    remove.addEventListener('click', () => row.remove());
+    row.append(el('td', {}, remove));
+    return row;
+  }
+
+  function showSourceFields() {
+    const kind = $('cfg-kind').value;
+    document.querySelectorAll('#config-form [data-kinds]').forEach((label) => {
+      label.hidden = !label.dataset.kinds.split(' ').includes(kind);
+    });
+  }
+
+  const numberOrNull = (v) => (String(v).trim() === '' ? null : Number(v));
+
+  /** The PATCH body: loaded sections with the form's values on top. */
+  function configBody() {
+    const loaded = state.config || {};
+    const source = Object.assign({}, loaded.source, {
+      kind: $('cfg-kind').value,
+      width: numberOrNull($('cfg-width').value),
+      height: numberOrNull($('cfg-height').value),
+      fps: $('cfg-fps').value.trim(),
+      path: $('cfg-path').value.trim() || null,
+      loop: $('cfg-loop').checked,
+      device: $('cfg-device').value.trim(),
+      input: numberOrNull($('cfg-input').value),
+      pixel_format: $('cfg-pixel').value,
+    });
+    // A width or height left empty keeps the default.
+    ['width', 'height'].forEach((k) => { if (source[k] === null) delete source[k]; });
+    const renditions = [...$('cfg-renditions').querySelectorAll('tr')].map((row) => {
+      const value = (col) => row.querySelector(`[data-col="${col}"]`).value;
+      const r = {
+        name: value('name').trim(),
+        height: numberOrNull(value('height')),
+        width: numberOrNull(value('width')),
+        bitrate_kbps: numberOrNull(value('bitrate_kbps')),
+      };
+      if (row._backend) r.backend = row._backend;
+      return r;
+    });
+    const output = { mode: $('cfg-mode').value, window_segments: numberOrNull($('cfg-window').value) };
+    return { source, renditions, output };
+  }
+
+  function clearFieldMarks() {
+    document.querySelectorAll('#config-form .invalid').forEach((n) => n.classList.remove('invalid'));
+  }
+
+  /** Marks the input a server error names: `source.width`, `renditions[1].height`. */
+  function markField(field) {
+    if (!field) return;
+    const ladder = /^renditions\[(\d+)\]\.(\w+)/.exec(field);
+    let input = null;
+    if (ladder) {
+      const row = $('cfg-renditions').querySelectorAll('tr')[Number(ladder[1])];
+      input = row && row.querySelector(`[data-col="${ladder[2]}"]`);
+    } else {
+      input = document.querySelector(`#config-form [data-field="${field}"]`);
+    }
+    if (input) {
+      input.classList.add('invalid');
+      input.focus();
+    }
+  }
+
+  function setConfigMessage(kind, text) {
+    const m = $('cfg-message');
+    m.className = `cfg-message ${kind}`;
+    m.textContent = text;
+  }
+
+  function appliedText(applied) {
+    const from = applied && applied.from_segment;
+    switch (applied && applied.how) {
+      case 'handover': return `Applied: the new configuration takes over at segment ${from}.`;
+      case 'live': return `Applied: new bitrates from segment ${from}.`;
+      case 'restart': return 'Applied by a restart of the channel.';
+      case 'stored': return 'Stored: the channel uses it when it starts.';
+      case 'unchanged': return 'Nothing changed.';
+      default: return 'Applied.';
+    }
+  }
+
+  async function applyConfig(ev) {
+    ev.preventDefault();
+    if (!state.channelId) return;
+    clearFieldMarks();
+    const button = $('cfg-apply');
+    button.disabled = true;
+    setConfigMessage('info', 'Applying…');
+    try {
+      const res = await api('PATCH', `${channelPath(state.channelId)}/config`, configBody());
+      if (res && res.config) {
+        state.config = res.config;
+        renderConfig(res.config);
+      }
+      setConfigMessage('ok', appliedText(res && res.applied));
+      refreshChannel();
+    } catch (err) {
+      if (err.status === 401) return;
+      setConfigMessage('error', err.message);
+      markField(err.field);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ------------------------------------------------------------ wiring
 
   function bindHandlers() {
@@ -1513,6 +1681,14 @@
     $('channel-stop').addEventListener('click', () => setChannelRunning(false));
     $('src-combined').addEventListener('click', () => selectSource('combined'));
     $('src-own').addEventListener('click', () => selectSource('own'));
+    $('config-form').addEventListener('submit', applyConfig);
+    $('config-reload').addEventListener('click', loadConfig);
+    $('cfg-kind').addEventListener('change', showSourceFields);
+    $('cfg-add').addEventListener('click', () => {
+      const row = configRow({ name: '', height: '', width: null, bitrate_kbps: '' }, false);
+      $('cfg-renditions').append(row);
+      row.querySelector('input').focus();
+    });
 
     const video = $('preview');
     video.addEventListener('playing', () => showPreviewMessage(''));
