@@ -52,6 +52,14 @@ pub enum Applied {
     /// The channel was stopped and started again (a capture device cannot
     /// be opened twice, a file starts over): segments are missing between.
     Restart,
+    /// The running source cannot be opened twice (a capture device): the
+    /// run ends before segment `from_segment`, then the new one opens the
+    /// source and starts at the next boundary. The playlists go on, with a
+    /// discontinuity over the segments missing between.
+    Reopen {
+        /// First segment the old run does not make.
+        from_segment: i64,
+    },
     /// The channel is stopped; its next start uses the configuration.
     Stored,
     /// Only bitrates changed: the running encoders take them from the
@@ -213,12 +221,12 @@ struct Running {
 }
 
 /// Starts a run; `after` = (first segment, the predecessor's handover) for
-/// a successor.
+/// a successor (no first segment: the next boundary once it runs).
 fn start_run(
     config: &Config,
     limits: &RunLimits,
     taps: &Taps,
-    after: Option<(i64, Arc<Handover>)>,
+    after: Option<(Option<i64>, Arc<Handover>)>,
 ) -> std::io::Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
     let handover = Arc::new(Handover::default());
@@ -226,7 +234,7 @@ fn start_run(
     let limits = RunLimits {
         stop: Some(Arc::clone(&stop)),
         handover: Some(Arc::clone(&handover)),
-        start_segment: after.as_ref().map(|(s, _)| *s),
+        start_segment: after.as_ref().and_then(|(s, _)| *s),
         predecessor: after.map(|(_, h)| h),
         ..limits.clone()
     };
@@ -278,6 +286,23 @@ fn seamless(old: &Config, new: &Config) -> bool {
         && old.output.dir == new.output.dir
 }
 
+/// Whether a run of `old` can end at a boundary and hand its playlists to
+/// a run of `new` started after it (both live, same channel and grid).
+fn continuous(old: &Config, new: &Config) -> bool {
+    let live = |c: &Config| c.source.kind != SourceKind::File && c.source.pacing == Pacing::Realtime;
+    live(old)
+        && live(new)
+        && old.channel.segment_seconds == new.channel.segment_seconds
+        && old.channel.id == new.channel.id
+        && old.output.dir == new.output.dir
+}
+
+/// A configuration waiting for the running one to end at its boundary:
+/// the one before, to go back to.
+struct Reopen {
+    previous: Config,
+}
+
 /// A run that hands over and the configuration it ran, kept until it ends
 /// (the handover is taken back if the successor fails first).
 struct Retiring {
@@ -304,6 +329,7 @@ fn supervise(
     let mut retiring: Option<Retiring> = None;
     // The configuration before a restart, while the new one proves itself.
     let mut fallback: Option<(Config, std::time::Instant)> = None;
+    let mut reopen: Option<Reopen> = None;
     let mut last = None;
     // A capture device that fails or disappears: the daemon stays up and
     // retries, backing off, so the channel comes back with the device.
@@ -333,7 +359,22 @@ fn supervise(
         }
         if current.as_ref().is_some_and(|r| r.thread.is_finished()) {
             let Some(run) = current.take() else { continue };
+            let (handed, handover) = (run.handover.ended(), Arc::clone(&run.handover));
             let result = finish(run);
+            if let Some(next) = reopen.take() {
+                if handed {
+                    if let Err(e) = &result {
+                        tracing::warn!("the previous run ended with an error at the handover: {e:#}");
+                    }
+                    tracing::info!("the previous run ended at its boundary; the new configuration starts");
+                    fallback = Some((next.previous, std::time::Instant::now()));
+                    current = start_run(&config, limits, taps, Some((None, handover))).ok();
+                    continue;
+                }
+                // Failed before its boundary: the change is dropped.
+                config = next.previous;
+                publish(&config);
+            }
             if let Err(e) = &result {
                 let failed = |e: &anyhow::Error| {
                     tracing::error!("new configuration failed, the channel goes back to the previous one: {e:#}");
@@ -409,6 +450,7 @@ fn supervise(
                 Err(e) => Err(format!("channel not started: {e}")),
             },
             (ChannelCommand::Stop, Some(run)) => {
+                reopen = None;
                 if let Some(old) = retiring.take() {
                     let _ = finish(old.run);
                 }
@@ -423,7 +465,7 @@ fn supervise(
             (ChannelCommand::Stop, None) => Ok(Answer::Running(false)),
             (ChannelCommand::Reconfigure(new), run) => {
                 let previous = config.clone();
-                let (answer, run) = reconfigure(&mut config, *new, run, &mut retiring, limits, taps);
+                let (answer, run) = reconfigure(&mut config, *new, run, &mut retiring, &mut reopen, limits, taps);
                 if matches!(answer, Ok(Answer::Applied(Applied::Restart))) {
                     fallback = Some((previous, std::time::Instant::now()));
                 }
@@ -446,6 +488,7 @@ fn reconfigure(
     new: Config,
     run: Option<Running>,
     retiring: &mut Option<Retiring>,
+    reopen: &mut Option<Reopen>,
     limits: &RunLimits,
     taps: &Taps,
 ) -> (Result<Answer, String>, Option<Running>) {
@@ -458,16 +501,26 @@ fn reconfigure(
         *config = new;
         return (Ok(Answer::Applied(Applied::Stored)), None);
     };
-    if retiring.is_some() {
+    if retiring.is_some() || reopen.is_some() {
         return (Err("a configuration change is still being applied; try again in a few seconds".into()), Some(run));
     }
+    let status = &taps.status;
+    let frames = i64::from(status.segment_frames.load(Ordering::Relaxed).max(1));
+    let now = status.frame.load(Ordering::Relaxed).div_euclid(frames);
+    let from = now + crate::control::lead_segments(config.channel.segment_seconds);
+    if !seamless(config, &new)
+        && continuous(config, &new)
+        && !run.thread.is_finished()
+        && run.handover.schedule(from, from * frames)
+    {
+        tracing::info!(from_segment = from, "new configuration: the channel reopens its source at a boundary");
+        let previous = std::mem::replace(config, new);
+        *reopen = Some(Reopen { previous });
+        return (Ok(Answer::Applied(Applied::Reopen { from_segment: from })), Some(run));
+    }
     if seamless(config, &new) && !run.thread.is_finished() {
-        let status = &taps.status;
-        let frames = i64::from(status.segment_frames.load(Ordering::Relaxed).max(1));
-        let now = status.frame.load(Ordering::Relaxed).div_euclid(frames);
-        let from = now + crate::control::lead_segments(config.channel.segment_seconds);
         if run.handover.schedule(from, from * frames) {
-            return match start_run(&new, limits, taps, Some((from, Arc::clone(&run.handover)))) {
+            return match start_run(&new, limits, taps, Some((Some(from), Arc::clone(&run.handover)))) {
                 Ok(next) => {
                     tracing::info!(from_segment = from, "new configuration: handover scheduled");
                     *retiring = Some(Retiring { run, config: std::mem::replace(config, new) });

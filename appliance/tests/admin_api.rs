@@ -696,6 +696,49 @@ fn a_new_ladder_takes_over_at_a_segment_boundary_without_a_seam() {
 }
 
 #[test]
+fn a_source_that_cannot_run_twice_reopens_at_a_boundary_and_the_playlists_go_on() {
+    // A new frame rate cannot hand over frame by frame (as a capture device
+    // cannot be opened twice): the run ends at a boundary, the new one
+    // opens the source and joins at the next.
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    let track = dir.path().join("out/ch/180p");
+    d.wait_for("three segments", Duration::from_secs(20), || {
+        track.join("manifest.jsonl").exists() && segments(&track).len() >= 3
+    });
+    let now = d.get("/api/v1/channels/ch/config", &cookie).json();
+    let mut source = now["source"].clone();
+    source["fps"] = "50".into();
+    let body = serde_json::json!({ "source": source }).to_string();
+    let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, &body);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["applied"]["how"], "reopen", "{}", r.text());
+    let from = r.json()["applied"]["from_segment"].as_i64().unwrap();
+    d.wait_for("two segments at 50 fps", Duration::from_secs(30), || {
+        segments(&track).iter().filter(|(i, ..)| *i > from).count() >= 2
+    });
+    let entries = common::manifest(&track);
+    let indices: Vec<i64> = entries.iter().map(|e| e.index).collect();
+    assert!(indices.contains(&(from - 1)), "the old run published up to the boundary: {indices:?}");
+    assert!(!indices.contains(&from), "segment {from} is the gap: {indices:?}");
+    let first_new = entries.iter().find(|e| e.index > from).unwrap();
+    assert!(first_new.index <= from + 3, "the new run joined soon: {indices:?}");
+    assert_eq!(first_new.samples, 50, "one second at 50 fps");
+    let old = entries.iter().find(|e| e.index == from - 1).unwrap();
+    assert_eq!(old.samples, 25);
+    // One playlist on: no end, a discontinuity over the gap.
+    let playlist = std::fs::read_to_string(track.join("playlist.m3u8")).unwrap();
+    assert!(!playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    assert!(playlist.contains("#EXT-X-DISCONTINUITY"), "{playlist}");
+    let names = vec![format!("seg-{}.m4s", first_new.index)];
+    let joined = common::concat(&track, &names, &dir.path().join("50fps.mp4"));
+    assert_eq!(common::decode_errors(&joined), "");
+    assert_eq!(d.get("/api/v1/channels/ch/config", &cookie).json()["source"]["fps"], "50");
+    assert!(d.log().contains("reopens its source"), "{}", d.log());
+}
+
+#[test]
 fn the_api_speaks_https_when_a_certificate_is_configured() {
     assert!(
         std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()),

@@ -199,6 +199,9 @@ pub(super) async fn patch(
     state.audit(&actor.name(), Some(peer), "channel-config", detail);
     let words = match applied["how"].as_str() {
         Some("handover") | Some("live") => format!("from segment {}", applied["from_segment"]),
+        Some("reopen") => {
+            format!("after segment {} (the source reopens; a gap)", applied["from_segment"].as_i64().unwrap_or(0) - 1)
+        }
         Some("restart") => "by a restart (a gap in the segments)".into(),
         _ => "at the next start".into(),
     };

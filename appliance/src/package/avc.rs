@@ -60,6 +60,12 @@ impl ParameterSets {
     }
 }
 
+/// Whether two SPS NAL units differ at most in `level_idc` (the byte after
+/// the NAL header, profile and constraint flags).
+pub fn same_but_level(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).enumerate().all(|(i, (x, y))| i == 3 || x == y)
+}
+
 /// Appends one Annex B picture to `out` as 4-byte length-prefixed NAL units,
 /// moving SPS/PPS into `params` (they travel in the init segment) and
 /// dropping access unit delimiters. Returns the bytes appended.
@@ -91,6 +97,14 @@ pub fn annexb_to_sample(annexb: &[u8], out: &mut Vec<u8>, params: &mut Parameter
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_level_may_differ() {
+        let sps = [0x67, 0x4d, 0x4c, 0x0d, 0x8c, 0x68];
+        assert!(same_but_level(&sps, &[0x67, 0x4d, 0x4c, 0x0c, 0x8c, 0x68]));
+        assert!(!same_but_level(&sps, &[0x67, 0x4d, 0x4c, 0x0d, 0x8c, 0x69]));
+        assert!(!same_but_level(&sps, &sps[..5]));
+    }
 
     #[test]
     fn splits_three_and_four_byte_start_codes() {

@@ -351,6 +351,21 @@ impl Packager {
         let Some(ti) = self.track_index(seg.track) else {
             return Ok(());
         };
+        // Parameter sets unlike the init segment's (a run taken over with a
+        // new frame rate or encoder): a new init segment opens a new run of
+        // the playlist, as for a new picture size. The level alone (it
+        // follows the bitrate) changes nothing a decoder needs.
+        let t = &mut self.tracks[ti];
+        if let (Some(fmp4::Track { kind: fmp4::TrackKind::Video { sps, pps, .. }, .. }), Some(ps)) =
+            (&t.track, &seg.params)
+            && (!avc::same_but_level(sps, &ps.sps) || *pps != ps.pps)
+        {
+            tracing::info!(track = %t.spec.name, segment = seg.index, "new parameter sets: new init segment and discontinuity");
+            t.track = None;
+            t.discontinuity_sequence += 1;
+            let old: Vec<String> = t.entries.drain(..).map(|e| e.uri).collect();
+            t.retired.extend(old);
+        }
         if self.tracks[ti].track.is_none() {
             self.write_init(ti, &seg)?;
         }

@@ -1641,6 +1641,7 @@
     switch (applied && applied.how) {
       case 'handover': return `Applied: the new configuration takes over at segment ${from}.`;
       case 'live': return `Applied: new bitrates from segment ${from}.`;
+      case 'reopen': return `Applied: the source reopens after segment ${from - 1}; the playlists continue after a short gap.`;
       case 'restart': return 'Applied by a restart of the channel.';
       case 'stored': return 'Stored: the channel uses it when it starts.';
       case 'unchanged': return 'Nothing changed.';
