@@ -518,20 +518,18 @@ fn reconfigure(
         *reopen = Some(Reopen { previous });
         return (Ok(Answer::Applied(Applied::Reopen { from_segment: from })), Some(run));
     }
-    if seamless(config, &new) && !run.thread.is_finished() {
-        if run.handover.schedule(from, from * frames) {
-            return match start_run(&new, limits, taps, Some((Some(from), Arc::clone(&run.handover)))) {
-                Ok(next) => {
-                    tracing::info!(from_segment = from, "new configuration: handover scheduled");
-                    *retiring = Some(Retiring { run, config: std::mem::replace(config, new) });
-                    (Ok(Answer::Applied(Applied::Handover { from_segment: from })), Some(next))
-                }
-                Err(e) => {
-                    run.handover.cancel();
-                    (Err(format!("new configuration not started: {e}")), Some(run))
-                }
-            };
-        }
+    if seamless(config, &new) && !run.thread.is_finished() && run.handover.schedule(from, from * frames) {
+        return match start_run(&new, limits, taps, Some((Some(from), Arc::clone(&run.handover)))) {
+            Ok(next) => {
+                tracing::info!(from_segment = from, "new configuration: handover scheduled");
+                *retiring = Some(Retiring { run, config: std::mem::replace(config, new) });
+                (Ok(Answer::Applied(Applied::Handover { from_segment: from })), Some(next))
+            }
+            Err(e) => {
+                run.handover.cancel();
+                (Err(format!("new configuration not started: {e}")), Some(run))
+            }
+        };
     }
     // Stop, then start with the new configuration.
     if let Err(e) = finish(run) {
