@@ -609,13 +609,14 @@ pub fn run_with_device(
     // short queue that never blocks; a full queue or a slow stage means
     // pictures left out, counted in the metrics and the segment's analysis.
     let (ana_tx, ana_rx) = bounded::<FrameRef>(ANALYSIS_QUEUE);
+    let successor = limits.start_segment.is_some();
     let analyzer = Analyzer::new(grid, format.width, format.height, format.audio_channels);
     let (metrics, bus) = (Arc::clone(&taps.metrics), taps.analysis.clone());
     let analysis = thread::Builder::new()
         .name("analysis".into())
         .spawn(move || {
             stage::run(analyzer, ana_rx, if realtime { ANALYSIS_QUEUE } else { 0 }, &metrics, |report| {
-                if report.index < first_segment {
+                if successor && report.index < first_segment {
                     return; // warm-up frames of a successor: the predecessor reported that segment
                 }
                 let _ = pkg_tx.send(ToPackager::Analysis(report.index, report.analysis.clone()));

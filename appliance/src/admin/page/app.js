@@ -1539,6 +1539,13 @@
     $('cfg-device').value = src.device ?? '';
     $('cfg-input').value = src.input ?? '';
     $('cfg-pixel').value = src.pixel_format || 'auto';
+    const audio = cfg.audio || {};
+    $('cfg-audio').checked = !!audio.enabled;
+    $('cfg-audio-kbps').value = audio.bitrate_kbps ?? '';
+    $('cfg-audio-channels').value = String(audio.channels || 2);
+    const encoder = cfg.encoder || {};
+    $('cfg-backend').value = encoder.backend || 'auto';
+    $('cfg-force-sw').checked = !!encoder.force_software;
     $('cfg-mode').value = (cfg.output && cfg.output.mode) || 'sliding';
     $('cfg-window').value = (cfg.output && cfg.output.window_segments) ?? '';
     const body = $('cfg-renditions');
@@ -1606,7 +1613,13 @@
       return r;
     });
     const output = { mode: $('cfg-mode').value, window_segments: numberOrNull($('cfg-window').value) };
-    return { source, renditions, output };
+    const audio = Object.assign({}, loaded.audio, {
+      enabled: $('cfg-audio').checked,
+      bitrate_kbps: numberOrNull($('cfg-audio-kbps').value),
+      channels: Number($('cfg-audio-channels').value),
+    });
+    const encoder = { backend: $('cfg-backend').value, force_software: $('cfg-force-sw').checked };
+    return { source, audio, encoder, renditions, output };
   }
 
   function clearFieldMarks() {
