@@ -100,7 +100,13 @@ try {
 
   // The configuration form: a bad value is refused naming its key and
   // marked; a good one is applied live at a segment boundary.
-  await page.waitForFunction(() => document.querySelectorAll('#cfg-renditions tr').length > 0, null, { timeout: 15_000 });
+  // The form shows the bitrate just set, so applying it cannot undo it.
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('#cfg-renditions tr')].some(
+      (tr) => tr.querySelector('[data-col="name"]').value === '180p' && tr.querySelector('[data-col="bitrate_kbps"]').value === '80'),
+    null,
+    { timeout: 15_000 },
+  );
   await page.fill('#cfg-window', '1');
   await page.click('#cfg-apply');
   await page.waitForFunction(() => document.querySelector('#cfg-message').classList.contains('error'), null, { timeout: 15_000 });
@@ -114,6 +120,8 @@ try {
   await page.click('#cfg-apply');
   await page.waitForFunction(() => /takes over at segment \d+/.test(document.querySelector('#cfg-message').textContent), null, { timeout: 20_000 });
   const applied = await page.evaluate(() => document.querySelector('#cfg-message').textContent);
+  // Clear of the sticky top bar.
+  await page.locator('.p-config').evaluate((e) => e.scrollIntoView({ block: 'end' }));
   await page.locator('.p-config').screenshot({ path: join(shots, 'config.png') });
   const t1 = await played(2, 60_000);
   step(`${applied} The preview plays on (currentTime ${t1.toFixed(1)} s)`);

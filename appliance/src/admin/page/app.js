@@ -930,6 +930,7 @@
       setRowMessage(row, '', '');
       setRowNote(row, pendingText(bitrate, res.from_segment, null));
       refreshChannel();
+      loadConfig(); // the form shows bitrates in force: sent back, it must not undo this
     } catch (err) {
       if (err.status === 401) return;
       const prefix = err.field && err.field !== 'bitrate_kbps' ? `${err.field}: ` : '';
