@@ -676,26 +676,31 @@ pub fn run_with_device(
     {
         if let Some(state) = paced.as_mut() {
             hang_drill(&taps.status);
-            let frames_out = match device.deliver(&pool) {
-                Ok(delivery) => state.place(delivery, &mut n, &pool, &clock, rate, &taps.status),
+            let delivery = match device.deliver(&pool) {
+                Ok(delivery) => delivery,
                 Err(e) => {
                     capture_result = Err(e);
                     break;
                 }
             };
+            // Past the end or the handover: the frame is not sent, and the
+            // loop condition ends the run.
             let mut downstream_gone = false;
-            for frame in frames_out {
-                if end_frame.is_some_and(|end| frame.meta().number >= end) || handed_over(frame.meta().number) {
-                    break;
+            let mut emit = |frame: FrameRef| {
+                let number = frame.meta().number;
+                if end_frame.is_some_and(|end| number >= end) || handed_over(number) {
+                    return false;
                 }
-                taps.status.frame.store(frame.meta().number, Ordering::Relaxed);
+                taps.status.frame.store(number, Ordering::Relaxed);
                 taps.status.frames_captured.fetch_add(1, Ordering::Relaxed);
                 if cap_tx.send(frame).is_err() {
                     downstream_gone = true;
-                    break;
+                    return false;
                 }
                 frames += 1;
-            }
+                true
+            };
+            state.place(delivery, &mut n, &pool, &clock, rate, &taps.status, &mut emit);
             if downstream_gone {
                 break;
             }
@@ -781,7 +786,11 @@ struct DevicePacing {
 
 impl DevicePacing {
     /// Turns one delivery into the frames to publish, advancing `n` (the
-    /// next frame number).
+    /// next frame number), and hands each to `emit` as soon as it is made:
+    /// a gap can be longer than the pool has free slots, and frames held
+    /// back here would wait for slots only they occupy. `false` from
+    /// `emit` (downstream is gone) stops it, and so does this.
+    #[allow(clippy::too_many_arguments)]
     fn place(
         &mut self,
         delivery: Delivery,
@@ -790,9 +799,9 @@ impl DevicePacing {
         clock: &Clock,
         rate: crate::timeline::Rate,
         status: &ChannelStatus,
-    ) -> Vec<FrameRef> {
+        emit: &mut dyn FnMut(FrameRef) -> bool,
+    ) -> bool {
         let meta = |number| FrameMeta { number, audio_len: 0, captured_tai_ns: clock.now_tai_ns() };
-        let mut out = Vec::new();
         match delivery {
             Delivery::Fault(why) => {
                 if !self.fault {
@@ -809,11 +818,15 @@ impl DevicePacing {
                     b.y.fill(16);
                     b.u.fill(128);
                     b.v.fill(128);
-                    out.push(w.publish(meta(*n)));
                     status.frames_substituted.fetch_add(1, Ordering::Relaxed);
+                    let number = *n;
                     *n += 1;
+                    if !emit(w.publish(meta(number))) {
+                        return false;
+                    }
                 }
                 self.last = None;
+                true
             }
             Delivery::Frame { writer, captured_mono_ns, path } => {
                 if std::mem::take(&mut self.fault) {
@@ -828,7 +841,7 @@ impl DevicePacing {
                 if ahead <= -2 {
                     // The device runs ahead of the media clock: this frame has no slot.
                     status.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                    return out;
+                    return true;
                 }
                 // More than a second missing (a stall, a clock step):
                 // rejoin at the present rather than repeat that much.
@@ -855,9 +868,12 @@ impl DevicePacing {
                                 b.v.fill(128);
                             }
                         }
-                        out.push(w.publish(meta(*n)));
                         status.frames_copied.fetch_add(1, Ordering::Relaxed);
+                        let number = *n;
                         *n += 1;
+                        if !emit(w.publish(meta(number))) {
+                            return false;
+                        }
                     }
                 }
                 match path {
@@ -867,10 +883,9 @@ impl DevicePacing {
                 let frame = writer.publish(FrameMeta { number: *n, audio_len: 0, captured_tai_ns: tai });
                 *n += 1;
                 self.last = Some(frame.clone());
-                out.push(frame);
+                emit(frame)
             }
         }
-        out
     }
 }
 
@@ -920,30 +935,86 @@ mod tests {
         frames.iter().map(|f| f.meta().number).collect()
     }
 
+    /// Everything `place` emits, collected.
+    fn place(
+        pacing: &mut DevicePacing,
+        delivery: Delivery,
+        n: &mut i64,
+        pool: &Arc<FramePool>,
+        clock: &Clock,
+        status: &ChannelStatus,
+    ) -> Vec<FrameRef> {
+        let mut out = Vec::new();
+        assert!(pacing.place(delivery, n, pool, clock, RATE, status, &mut |f| {
+            out.push(f);
+            true
+        }));
+        out
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_pool_is_filled_while_downstream_takes_frames() {
+        // 4 slots; vivid under emulation has left gaps of 24 frames. Each
+        // repeat must reach downstream (which lets go of it) before the
+        // next slot is taken, or the capture thread waits forever.
+        let layout = FrameLayout { width: 16, height: 8, audio_channels: 0, max_audio_samples: 0 };
+        let (pool, clock, status) = (FramePool::new(layout, 4), setup().1, ChannelStatus::default());
+        let mut pacing = DevicePacing::default();
+        let n0 = RATE.frame_at(clock.now_tai_ns()) - 100;
+        let mut n = n0;
+        let mut seen = Vec::new();
+        let mut take = |f: FrameRef| {
+            seen.push(f.meta().number);
+            true
+        };
+        assert!(pacing.place(frame(&pool, &clock, n0, 1), &mut n, &pool, &clock, RATE, &status, &mut take));
+        assert!(pacing.place(frame(&pool, &clock, n0 + 24, 2), &mut n, &pool, &clock, RATE, &status, &mut take));
+        assert_eq!(seen, (n0..=n0 + 24).collect::<Vec<_>>());
+        assert_eq!(status.frames_copied.load(Ordering::Relaxed), 23);
+        // The same for black frames standing in during a fault.
+        let mut black = 0;
+        let mut count = |_: FrameRef| {
+            black += 1;
+            true
+        };
+        n = RATE.frame_at(clock.now_tai_ns()) - 30;
+        assert!(pacing.place(Delivery::Fault("no signal".into()), &mut n, &pool, &clock, RATE, &status, &mut count));
+        assert!(black >= 31, "{black} black frames");
+        // Downstream gone: it stops at the first refused frame.
+        let mut offered = 0;
+        n = RATE.frame_at(clock.now_tai_ns()) - 30;
+        let mut refuse = |_: FrameRef| {
+            offered += 1;
+            false
+        };
+        assert!(!pacing.place(Delivery::Fault("no signal".into()), &mut n, &pool, &clock, RATE, &status, &mut refuse));
+        assert_eq!(offered, 1);
+    }
+
     #[test]
     fn device_frames_get_timeline_numbers_and_gaps_are_filled() {
         let (pool, clock, status) = setup();
         let mut pacing = DevicePacing::default();
         let n0 = RATE.frame_at(clock.now_tai_ns()) - 100;
         let mut n = n0;
-        let out = pacing.place(frame(&pool, &clock, n0, 1), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, frame(&pool, &clock, n0, 1), &mut n, &pool, &clock, &status);
         assert_eq!(numbers(&out), [n0]);
         // One frame of jitter keeps the running count.
-        let out = pacing.place(frame(&pool, &clock, n0, 2), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, frame(&pool, &clock, n0, 2), &mut n, &pool, &clock, &status);
         assert_eq!(numbers(&out), [n0 + 1]);
         // Three missing: the last picture stands in for them.
-        let out = pacing.place(frame(&pool, &clock, n0 + 5, 3), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 5, 3), &mut n, &pool, &clock, &status);
         assert_eq!(numbers(&out), [n0 + 2, n0 + 3, n0 + 4, n0 + 5]);
         assert!(out[..3].iter().all(|f| f.planes().0[0] == 2), "repeats carry the previous picture");
         assert_eq!(out[3].planes().0[0], 3);
         assert_eq!(status.frames_copied.load(Ordering::Relaxed), 3);
         assert_eq!(status.frames_converted.load(Ordering::Relaxed), 3);
         // A frame two slots behind the count has no place: dropped.
-        let out = pacing.place(frame(&pool, &clock, n0 + 4, 4), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 4, 4), &mut n, &pool, &clock, &status);
         assert!(out.is_empty());
         assert_eq!((n, status.frames_dropped.load(Ordering::Relaxed)), (n0 + 6, 1));
         // Over a second ahead: rejoin there, no repeats.
-        let out = pacing.place(frame(&pool, &clock, n0 + 60, 5), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 60, 5), &mut n, &pool, &clock, &status);
         assert_eq!(numbers(&out), [n0 + 60]);
         assert_eq!(status.frames_copied.load(Ordering::Relaxed), 3);
     }
@@ -954,18 +1025,18 @@ mod tests {
         let mut pacing = DevicePacing::default();
         let now = RATE.frame_at(clock.now_tai_ns());
         let mut n = now - 10;
-        let out = pacing.place(Delivery::Fault("no signal".into()), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, Delivery::Fault("no signal".into()), &mut n, &pool, &clock, &status);
         assert!(out.len() >= 11, "every frame due by now: {}", out.len());
         assert_eq!(numbers(&out)[0], now - 10);
         assert!(out.iter().all(|f| f.planes().0.iter().all(|&y| y == 16) && f.planes().1[0] == 128));
         assert_eq!(lock(&status.input_fault).as_deref(), Some("no signal"));
         assert_eq!(status.input_faults.load(Ordering::Relaxed), 1);
         // Still bad: the same fault, not a new one.
-        pacing.place(Delivery::Fault("no signal".into()), &mut n, &pool, &clock, RATE, &status);
+        place(&mut pacing, Delivery::Fault("no signal".into()), &mut n, &pool, &clock, &status);
         assert_eq!(status.input_faults.load(Ordering::Relaxed), 1);
         // The first good frame clears it.
         let next = n;
-        let out = pacing.place(frame(&pool, &clock, next, 9), &mut n, &pool, &clock, RATE, &status);
+        let out = place(&mut pacing, frame(&pool, &clock, next, 9), &mut n, &pool, &clock, &status);
         assert_eq!(numbers(&out), [next]);
         assert!(lock(&status.input_fault).is_none());
     }
