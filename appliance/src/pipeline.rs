@@ -788,8 +788,8 @@ impl DevicePacing {
     /// Turns one delivery into the frames to publish, advancing `n` (the
     /// next frame number), and hands each to `emit` as soon as it is made:
     /// a gap can be longer than the pool has free slots, and frames held
-    /// back here would wait for slots only they occupy. `false` from
-    /// `emit` (downstream is gone) stops it, and so does this.
+    /// back here would wait for slots only they occupy. When `emit` refuses
+    /// a frame (past the run's end, or downstream gone) it returns `false`.
     #[allow(clippy::too_many_arguments)]
     fn place(
         &mut self,
