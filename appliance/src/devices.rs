@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::config::Backend;
 use crate::encode::backend;
 
 /// A PTP hardware clock.
@@ -66,9 +67,12 @@ pub fn report() -> Value {
         })
         .collect();
     let hw = backend::hardware();
-    let hardware = |name: &str, r: Result<String, &String>| match r {
-        Ok(detail) => json!({"name": name, "available": true, "detail": detail, "session": false,
-            "note": backend::SESSION_MISSING}),
+    let hardware = |name: &str, kind: Backend, r: Result<String, &String>| match r {
+        Ok(detail) => match backend::session(kind) {
+            Ok(_) => json!({"name": name, "available": true, "detail": detail, "session": true}),
+            Err(why) => json!({"name": name, "available": true, "detail": detail, "session": false,
+                "note": format!("no session opens: {why}")}),
+        },
         Err(why) => json!({"name": name, "available": false, "detail": why}),
     };
     let encoders = vec![
@@ -78,11 +82,12 @@ pub fn report() -> Value {
             "session": cfg!(feature = "x264")}),
         hardware(
             "nvenc",
+            Backend::Nvenc,
             hw.nvenc
                 .as_ref()
                 .map(|i| format!("{} (NVENC API {}.{})", i.gpus.join(", "), i.api_version.0, i.api_version.1)),
         ),
-        hardware("qsv", hw.qsv.as_ref().map(|i| i.render_nodes.join(", "))),
+        hardware("qsv", Backend::Qsv, hw.qsv.as_ref().map(|i| i.render_nodes.join(", "))),
     ];
     let clocks: Vec<Value> =
         phcs().into_iter().map(|p| json!({"path": p.path, "name": p.name, "interfaces": p.interfaces})).collect();

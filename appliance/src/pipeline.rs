@@ -312,7 +312,12 @@ fn backend_for(config: &Config, rendition: Option<&str>) -> Arc<dyn VideoEncoder
         .and_then(|name| config.renditions.iter().find(|r| r.name == name))
         .and_then(|r| r.backend)
         .unwrap_or(config.encoder.backend);
-    let choice = encode::backend::choose(asked, config.encoder.force_software, encode::backend::hardware());
+    let choice = encode::backend::choose(
+        asked,
+        config.encoder.force_software,
+        encode::backend::hardware(),
+        &encode::backend::session,
+    );
     if let Some(why) = &choice.fallback {
         let level_warn = asked != crate::config::Backend::Auto;
         if level_warn {

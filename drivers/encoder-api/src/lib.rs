@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+pub mod sessions;
+
 /// Errors every encoder backend reports.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

@@ -1,6 +1,8 @@
-//! NVENC discovery through NVIDIA's driver libraries, loaded at run time.
+//! NVENC through NVIDIA's driver libraries, loaded at run time.
 //!
-//! Nothing here links against CUDA or the video codec SDK: `probe` opens
+//! Nothing here links against CUDA or the video codec SDK. The API's
+//! types come from `nvEncodeAPI.h` at build time ([`sys`]); its functions
+//! from the table the driver fills in ([`session`]). `probe` opens
 //! `libcuda.so.1` and `libnvidia-encode.so.1` with the dynamic loader,
 //! asks the driver for its GPUs and for the highest NVENC API version it
 //! supports, and closes them again. On a machine without the driver the
@@ -9,6 +11,11 @@
 //! it uses the software encoder.
 
 use std::ffi::{c_char, c_int, c_uint};
+
+pub mod session;
+pub mod sys;
+
+pub use session::NvencFactory;
 
 /// What the driver reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
