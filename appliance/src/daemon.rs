@@ -84,6 +84,7 @@ type Reply = Sender<Result<Answer, String>>;
 pub struct Supervisor {
     tx: Sender<(ChannelCommand, Reply)>,
     config: Arc<RwLock<Config>>,
+    saver: Option<Arc<crate::persist::Saver>>,
 }
 
 /// Commands waiting for the supervisor at most.
@@ -101,7 +102,25 @@ impl Supervisor {
     pub fn new(config: &Config) -> (Self, Commands) {
         let (tx, rx) = bounded(COMMAND_QUEUE);
         let config = Arc::new(RwLock::new(config.clone()));
-        (Self { tx, config: Arc::clone(&config) }, Commands { rx, config })
+        (Self { tx, config: Arc::clone(&config), saver: None }, Commands { rx, config })
+    }
+
+    /// The same, saving live changes to the file the daemon started from.
+    pub fn saving_to(mut self, saver: Arc<crate::persist::Saver>) -> Self {
+        self.saver = Some(saver);
+        self
+    }
+
+    /// Writes the effective configuration (bitrates as `control` has them)
+    /// to the configuration file now; `None` without a file.
+    pub fn save(&self, control: &crate::control::LiveControl) -> Option<crate::persist::SaveStatus> {
+        let saver = self.saver.as_ref()?;
+        Some(saver.save(&crate::persist::effective(&self.config(), control)))
+    }
+
+    /// The outcome of the last save; `None` without a file.
+    pub fn saved(&self) -> Option<crate::persist::SaveStatus> {
+        self.saver.as_ref().map(|s| s.status())
     }
 
     /// The configuration the channel runs with now.
@@ -198,20 +217,57 @@ pub fn services(config: &Config, taps: &Taps, supervisor: Supervisor) -> anyhow:
 /// Runs the daemon until a signal, or until the pipeline ends on its own
 /// (end of a file, a limit, an error). A channel stopped by command stays
 /// stopped, the daemon up, until started again.
-pub fn run(config: &Config, limits: &RunLimits) -> anyhow::Result<Option<RunSummary>> {
+pub fn run(config: &Config, file: Option<&ConfigFile>, limits: &RunLimits) -> anyhow::Result<Option<RunSummary>> {
     let taps = taps();
-    let (supervisor, commands) = Supervisor::new(config);
+    let (mut supervisor, commands) = Supervisor::new(config);
+    let stop = limits.stop.clone().unwrap_or_default();
+    if let Some(file) = file {
+        supervisor = supervisor.saving_to(Arc::new(crate::persist::Saver::new(&file.path, &file.text)));
+        keep_saved(supervisor.clone(), Arc::clone(&taps.control), Arc::clone(&stop));
+    }
     let services = services(config, &taps, supervisor)?;
     if let Some(a) = &services.admin {
         tracing::info!(url = %admin_url(a.addr, config.admin.tls_cert.is_some()), "admin page");
     }
-    let stop = limits.stop.clone().unwrap_or_default();
     let standby = config.appliance.role == crate::config::Role::Standby;
     if standby {
         tracing::info!("standby unit: the channel waits for a start command");
     }
     crate::systemd::start(Arc::clone(&taps.status), config.channel.segment_seconds, standby, Arc::clone(&stop));
     supervise(config, limits, &taps, &commands, &stop)
+}
+
+/// The configuration file the daemon runs from, as it read it.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// Its path.
+    pub path: std::path::PathBuf,
+    /// Its text at start.
+    pub text: String,
+}
+
+/// How often the effective configuration is compared with the file.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Saves the effective configuration whenever it changes, whoever changed
+/// it (this appliance's API, a bitrate agreed with the swarm, a rollback).
+fn keep_saved(supervisor: Supervisor, control: Arc<crate::control::LiveControl>, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new().name("config-save".into()).spawn(move || {
+        let mut last = serde_json::Value::Null;
+        while !stop.load(Ordering::Relaxed) {
+            let now = crate::persist::effective(&supervisor.config(), &control);
+            let value = serde_json::to_value(&now).unwrap_or_default();
+            if value != last {
+                // An error is logged by the saver (once) and shown in the API.
+                supervisor.save(&control);
+                last = value;
+            }
+            std::thread::sleep(SAVE_EVERY);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("live configuration changes will not be saved: {e}");
+    }
 }
 
 struct Running {

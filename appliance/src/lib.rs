@@ -16,6 +16,7 @@ pub mod encode;
 pub mod handover;
 pub mod origin;
 pub mod package;
+pub mod persist;
 pub mod pipeline;
 pub mod provision;
 pub mod rt;

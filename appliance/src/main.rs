@@ -237,8 +237,11 @@ fn limits(args: &LimitArgs) -> anyhow::Result<RunLimits> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, limits: l } => {
-            let config = Config::load(&config)?;
-            match lockstep::daemon::run(&config, &limits(&l)?)? {
+            let text = std::fs::read_to_string(&config)
+                .map_err(|source| lockstep::config::ConfigError::Read { path: config.clone(), source })?;
+            let file = lockstep::daemon::ConfigFile { path: config.clone(), text };
+            let config = Config::from_toml(&file.text, &config.display().to_string())?;
+            match lockstep::daemon::run(&config, Some(&file), &limits(&l)?)? {
                 Some(summary) => report(summary),
                 None => {
                     eprintln!("lockstep: stopped (the channel was not running)");

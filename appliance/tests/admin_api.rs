@@ -148,19 +148,17 @@ fn start_edited(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Dae
         passwd.display(),
         tokens.display(),
     );
+    std::fs::write(dir.join("lockstep.toml"), edit(text)).unwrap();
+    launch(dir, format!("127.0.0.1:{admin}"), format!("127.0.0.1:{origin}"), token)
+}
+
+/// Runs the daemon on `dir`'s lockstep.toml as it is.
+fn launch(dir: &Path, admin: String, origin: String, token: String) -> Daemon {
     let config = dir.join("lockstep.toml");
-    std::fs::write(&config, edit(text)).unwrap();
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let child =
         common::lockstep().args(["run", "--duration", "120", "--config"]).arg(&config).stderr(log).spawn().unwrap();
-    let d = Daemon {
-        child,
-        admin: format!("127.0.0.1:{admin}"),
-        origin: format!("127.0.0.1:{origin}"),
-        dir: dir.to_path_buf(),
-        password: PASSWORD.into(),
-        token,
-    };
+    let d = Daemon { child, admin, origin, dir: dir.to_path_buf(), password: PASSWORD.into(), token };
     let started = Instant::now();
     while TcpStream::connect(&d.admin).is_err() {
         assert!(started.elapsed() < Duration::from_secs(20), "admin API not up: {}", d.log());
@@ -602,6 +600,50 @@ fn a_bitrate_change_applies_from_the_announced_segment_and_the_channel_stops_and
     let events = d.get("/api/v1/events?since=0", &cookie).json();
     let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"ladder") && kinds.iter().filter(|k| **k == "channel").count() >= 3, "{events}");
+}
+
+#[test]
+fn live_changes_are_saved_to_the_configuration_file_and_the_next_start_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_edited(dir.path(), "", |t| format!("# Studio 4, rack B.\n{t}"));
+    let (cookie, csrf) = d.login();
+    let file = dir.path().join("lockstep.toml");
+    let load = || lockstep::config::Config::load(&file).unwrap();
+    assert_eq!(d.get("/api/v1/channels/ch/config", &cookie).json()["saved"]["file"], file.display().to_string());
+
+    let r = d.send("PATCH", "/api/v1/channels/ch/renditions/90p", &cookie, &csrf, r#"{"bitrate_kbps": 250}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["saved"]["state"], "saved", "{}", r.text());
+    assert_eq!(load().renditions[1].bitrate_kbps, 250);
+    let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, r#"{"output": {"window_segments": 12}}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["saved"]["state"], "saved", "{}", r.text());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(load().output.window_segments, 12);
+    assert!(text.starts_with("# Studio 4, rack B.\n") && text.contains("id = \"unit-1\""), "{text}");
+    assert_eq!(load().renditions[0].bitrate_kbps, 900, "untouched renditions keep their values");
+    assert_eq!(load().renditions[1].bitrate_kbps, 250, "an edit without renditions keeps a live bitrate");
+
+    // The next start runs what the operator left.
+    let (admin, origin, token) = (d.admin.clone(), d.origin.clone(), d.token.clone());
+    drop(d);
+    let d = launch(dir.path(), admin, origin, token);
+    let (cookie, csrf) = d.login();
+    let config = d.get("/api/v1/channels/ch/config", &cookie).json();
+    assert_eq!(
+        (config["renditions"][1]["bitrate_kbps"].as_u64(), config["output"]["window_segments"].as_u64()),
+        (Some(250), Some(12))
+    );
+
+    // An edit on disk is the operator's: never overwritten, and said so.
+    std::fs::write(&file, format!("{text}# edited by hand\n")).unwrap();
+    let r = d.send("PATCH", "/api/v1/channels/ch/renditions/90p", &cookie, &csrf, r#"{"bitrate_kbps": 300}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let saved = &r.json()["saved"];
+    assert_eq!(saved["state"], "error", "{saved}");
+    assert!(saved["error"].as_str().unwrap_or("").contains("changed on disk"), "{saved}");
+    assert!(std::fs::read_to_string(&file).unwrap().ends_with("# edited by hand\n"));
+    assert_eq!(load().renditions[1].bitrate_kbps, 250);
 }
 
 #[test]

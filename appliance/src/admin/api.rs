@@ -540,6 +540,7 @@ async fn set_rendition(
     );
     let mut body = detail;
     body["swarm_wide"] = Value::Bool(state.ctx.swarm.is_some());
+    body["saved"] = serde_json::to_value(super::settings::save(&state).await).unwrap_or_default();
     Ok(json(StatusCode::ACCEPTED, body))
 }
 

@@ -74,6 +74,7 @@ fn view(config: &Config, state: &AppState) -> Value {
         },
         "swarm": state.ctx.swarm.is_some(),
         "last_error": lock(&state.ctx.taps.status.config_error).clone(),
+        "saved": state.ctx.supervisor.saved(),
     })
 }
 
@@ -147,7 +148,9 @@ pub(super) async fn patch(
 ) -> ApiResult {
     check_channel(&state, &id)?;
     let edit: ChannelEdit = parse_body(&headers, &body)?;
-    let running = state.ctx.supervisor.config();
+    // With the bitrates in force or announced: an edit that leaves the
+    // renditions out keeps them, rather than reverting a live change.
+    let running = crate::persist::effective(&state.ctx.supervisor.config(), &state.ctx.taps.control);
     let next = merged(&running, edit)?;
     if state.ctx.swarm.is_some() && shape(&next) != shape(&running) {
         return Err(ApiError::field(
@@ -211,8 +214,21 @@ pub(super) async fn patch(
         format!("channel {id}: new configuration {words} (by {})", actor.name()),
     );
     let running_now = state.ctx.taps.status.running.load(Ordering::Relaxed);
+    let saved = save(&state).await;
     Ok(json(
         StatusCode::ACCEPTED,
-        json!({ "applied": applied, "running": running_now, "config": view(&state.ctx.supervisor.config(), &state) }),
+        json!({
+            "applied": applied,
+            "running": running_now,
+            "saved": saved,
+            "config": view(&state.ctx.supervisor.config(), &state),
+        }),
     ))
+}
+
+/// Writes the effective configuration to the daemon's file now (off the
+/// async runtime: it is file I/O); `None` when the daemon has no file.
+pub(super) async fn save(state: &std::sync::Arc<AppState>) -> Option<crate::persist::SaveStatus> {
+    let (supervisor, control) = (state.ctx.supervisor.clone(), std::sync::Arc::clone(&state.ctx.taps.control));
+    tokio::task::spawn_blocking(move || supervisor.save(&control)).await.ok().flatten()
 }
