@@ -1663,6 +1663,14 @@
     }
   }
 
+  // What became of the change in the configuration file (null: no file).
+  function savedText(saved) {
+    if (!saved) return ' Not saved: the daemon runs on embedded defaults, without a file.';
+    if (saved.state === 'saved') return ` Saved to ${saved.file}.`;
+    if (saved.state === 'error') return ` Not saved to the file: ${saved.error}`;
+    return '';
+  }
+
   async function applyConfig(ev) {
     ev.preventDefault();
     if (!state.channelId) return;
@@ -1676,7 +1684,9 @@
         state.config = res.config;
         renderConfig(res.config);
       }
-      setConfigMessage('ok', appliedText(res && res.applied));
+      const saved = res ? res.saved : null;
+      const kind = saved && saved.state === 'error' ? 'error' : 'ok';
+      setConfigMessage(kind, appliedText(res && res.applied) + savedText(saved));
       refreshChannel();
     } catch (err) {
       if (err.status === 401) return;
