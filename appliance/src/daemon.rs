@@ -375,6 +375,8 @@ fn supervise(
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<RunSummary>> {
     let mut config = config.clone();
+    // --duration counts from the daemon's start, not from each run's.
+    let limits = &RunLimits { daemon_end: Some(Arc::default()), ..limits.clone() };
     let publish = |c: &Config| {
         *commands.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
     };

@@ -193,7 +193,8 @@ enum ProvisionCommand {
 
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
-    /// Stop after this many seconds (live sources: at the next segment boundary).
+    /// Stop after this many seconds from the start (live sources: at the next segment boundary; a live
+    /// configuration change does not restart the count).
     #[arg(long)]
     duration: Option<f64>,
     /// Stop after exactly this many frames.

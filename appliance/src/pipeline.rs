@@ -67,6 +67,11 @@ pub struct RunLimits {
     /// The run this one takes over from: its packager is adopted before
     /// the first segment is written.
     pub predecessor: Option<Arc<Handover>>,
+    /// Where `duration_s` runs out for the daemon as a whole (media time,
+    /// TAI ns): set by its first live run, kept to by every later run (a
+    /// handover's successor, a restart), so the daemon's duration counts
+    /// from its start.
+    pub daemon_end: Option<Arc<std::sync::OnceLock<i128>>>,
 }
 
 /// Longest a successor waits for its predecessor's packager.
@@ -900,7 +905,15 @@ impl DevicePacing {
 fn stop_frame(grid: &Grid, first: i64, limits: &RunLimits, live: bool, tail: i64) -> Option<i64> {
     let by_frames = limits.frames.map(|f| first + i64::try_from(f).unwrap_or(i64::MAX));
     let by_time = limits.duration_s.map(|d| {
-        let end = first + (d * grid.rate.fps()).ceil() as i64;
+        let end = match limits.daemon_end.as_ref().and_then(|e| e.get()) {
+            Some(&ns) if live => grid.rate.frame_at(ns),
+            _ => first + (d * grid.rate.fps()).ceil() as i64,
+        };
+        if let Some(cell) = &limits.daemon_end
+            && live
+        {
+            let _ = cell.set(grid.rate.frame_time_ns(end));
+        }
         if live { grid.first_frame(grid.next_boundary_segment(end)) + tail } else { end }
     });
     match (by_frames, by_time) {

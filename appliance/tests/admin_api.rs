@@ -131,6 +131,11 @@ fn start(dir: &Path, extra: &str) -> Daemon {
 
 /// `start` with the config text edited before the daemon reads it.
 fn start_edited(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Daemon {
+    start_for(dir, extra, edit, "120")
+}
+
+/// `start_edited` with the daemon's `--duration`.
+fn start_for(dir: &Path, extra: &str, edit: impl Fn(String) -> String, seconds: &str) -> Daemon {
     let passwd = dir.join("admin.passwd");
     lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], &format!("{PASSWORD}\n"));
     let tokens = dir.join("tokens");
@@ -149,15 +154,20 @@ fn start_edited(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Dae
         tokens.display(),
     );
     std::fs::write(dir.join("lockstep.toml"), edit(text)).unwrap();
-    launch(dir, format!("127.0.0.1:{admin}"), format!("127.0.0.1:{origin}"), token)
+    launch_for(dir, format!("127.0.0.1:{admin}"), format!("127.0.0.1:{origin}"), token, seconds)
 }
 
 /// Runs the daemon on `dir`'s lockstep.toml as it is.
 fn launch(dir: &Path, admin: String, origin: String, token: String) -> Daemon {
+    launch_for(dir, admin, origin, token, "120")
+}
+
+/// `launch` with the daemon's `--duration`.
+fn launch_for(dir: &Path, admin: String, origin: String, token: String, seconds: &str) -> Daemon {
     let config = dir.join("lockstep.toml");
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let child =
-        common::lockstep().args(["run", "--duration", "120", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+        common::lockstep().args(["run", "--duration", seconds, "--config"]).arg(&config).stderr(log).spawn().unwrap();
     let d = Daemon { child, admin, origin, dir: dir.to_path_buf(), password: PASSWORD.into(), token };
     let started = Instant::now();
     while TcpStream::connect(&d.admin).is_err() {
@@ -644,6 +654,36 @@ fn live_changes_are_saved_to_the_configuration_file_and_the_next_start_runs_them
     assert!(saved["error"].as_str().unwrap_or("").contains("changed on disk"), "{saved}");
     assert!(std::fs::read_to_string(&file).unwrap().ends_with("# edited by hand\n"));
     assert_eq!(load().renditions[1].bitrate_kbps, 250);
+}
+
+#[test]
+fn the_daemons_duration_counts_from_its_start_across_a_handover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start_for(dir.path(), "", |t| t, "8");
+    let (cookie, csrf) = d.login();
+    let t180 = dir.path().join("out/ch/180p");
+    d.wait_for("two segments", Duration::from_secs(20), || {
+        t180.join("manifest.jsonl").exists() && segments(&t180).len() >= 2
+    });
+    let first = segments(&t180)[0].0;
+    let r = d.send("PATCH", "/api/v1/channels/ch/config", &cookie, &csrf, r#"{"output": {"window_segments": 20}}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["applied"]["how"], "handover", "{}", r.text());
+    // The daemon ends by itself; a safety limit only, not a measurement.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the daemon did not end\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{}", d.log());
+    // 8 s of 1 s segments from the daemon's start (the first one it
+    // joined at a boundary, plus the one it was in when the time ran out),
+    // not 8 s from the successor's start (which would give 10 or more).
+    let last = segments(&t180).last().unwrap().0;
+    assert!(last - first <= 8, "segments {first}..={last} for an 8 s run\n{}", d.log());
 }
 
 #[test]
