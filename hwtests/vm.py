@@ -452,6 +452,29 @@ def boot_vivid(vm, api):
     back = wait("the channel back on the device", 60, back)
     expect(api.get("/api/v1/status")["pid"] == pid, "the daemon restarted instead of retrying the device")
     log(f"device back, same daemon (pid {pid}): frames {back['frames']}")
+
+    # vivid's second instance speaks only the multi-planar API: the channel
+    # moves onto it live, captures in place there, and the change is saved
+    # into the provisioned configuration.
+    capture = api.get("/api/v1/devices")["capture"]
+    mplane = [d for d in capture if d["driver"] == "vivid" and d["buffers"] == "multi-planar"]
+    expect(mplane, f"vivid's multi-planar instance is not listed: {[(d['path'], d['buffers']) for d in capture]}")
+    source = dict(api.get(f"/api/v1/channels/{CHANNEL}/config")["source"], device=mplane[0]["path"])
+    status, body = api.request("PATCH", f"/api/v1/channels/{CHANNEL}/config", {"source": source})
+    expect(status == 202, f"moving the channel to {mplane[0]['path']} refused: {status} {body[:300]!r}")
+    log(f"channel moved to {mplane[0]['path']}: {json.loads(body)['applied']}")
+    first = wait("capture from the multi-planar device", 90,
+                 lambda: (lambda s: s if "multi-planar" in s["description"] and s["input_fault"] is None else None)(
+                     api.get("/api/v1/sources")[0]))
+    def grown():
+        s = api.get("/api/v1/sources")[0]
+        return s if s["frames"]["in_place"] >= first["frames"]["in_place"] + 25 else None
+    now = wait("frames in place from the multi-planar device", 60, grown)
+    expect("1280x720 yu12" in now["description"], f"not 720p YU12: {now['description']}")
+    log(f"source: {now['description']}; frames {now['frames']}")
+    saved = api.get(f"/api/v1/channels/{CHANNEL}/config")["saved"]
+    expect(saved and saved["state"] == "saved", f"the change was not saved to the configuration file: {saved}")
+    log(f"saved to {saved['file']}")
     vm.power_off()
 
 
@@ -551,7 +574,7 @@ def main():
         with open(make_fleet(work, args.binary, password, channel="vivid.toml", name="fleet-vivid")) as f:
             config_drive(drive, f.read())
         vm = Vm(work, args.image, disk4, drive, "4",
-                extra_cmdline="modules-load=vivid vivid.n_devs=1 vivid.node_types=0x1"
+                extra_cmdline="modules-load=vivid vivid.n_devs=2 vivid.node_types=0x1,0x1 vivid.multiplanar=1,2"
                 # The daemon's log on the console, printed with a failure.
                 " systemd.journald.forward_to_console=1 systemd.journald.max_level_console=info")
         vms.append(vm)

@@ -59,6 +59,7 @@ pub fn report() -> Value {
                 "card": d.card,
                 "bus": d.bus,
                 "streaming": d.streaming,
+                "buffers": d.buffers.name(),
                 "inputs": d.inputs.iter().map(|i| json!({"index": i.index, "name": i.name, "status": i.status})).collect::<Vec<_>>(),
                 "formats": d.formats.iter().map(|f| json!({
                     "fourcc": f.fourcc, "description": f.description, "supported": f.supported, "sizes": f.sizes,
@@ -106,7 +107,15 @@ pub fn text(report: &Value) -> String {
         let _ = writeln!(out, "  none (no /dev/video* capture node; is the card's driver loaded?)");
     }
     for d in capture {
-        let _ = writeln!(out, "  {}  {} ({}, {})", s(&d["path"]), s(&d["card"]), s(&d["driver"]), s(&d["bus"]));
+        let _ = writeln!(
+            out,
+            "  {}  {} ({}, {}; {})",
+            s(&d["path"]),
+            s(&d["card"]),
+            s(&d["driver"]),
+            s(&d["bus"]),
+            s(&d["buffers"])
+        );
         for i in list(&d["inputs"]) {
             let status = list(&i["status"]).iter().map(s).collect::<Vec<_>>();
             let _ = writeln!(

@@ -108,8 +108,9 @@ impl CaptureDevice for V4l2Capture {
     fn describe(&self) -> String {
         let n = self.capture.negotiated();
         format!(
-            "V4L2 {} input {} {}x{} {} @ {}/{} fps ({})",
+            "V4L2 {} ({}) input {} {}x{} {} @ {}/{} fps ({})",
             self.capture.path().display(),
+            n.buffers.name(),
             n.input,
             n.width,
             n.height,

@@ -17,6 +17,7 @@
 //! [`V4l2Error::Gone`].
 
 pub mod convert;
+mod planes;
 mod ring;
 
 use std::io;
@@ -32,6 +33,7 @@ use v4l::v4l2;
 use v4l::v4l2::vidioc;
 use v4l::video::Capture as _;
 
+pub use planes::BufType;
 pub use ring::{Dequeued, Ring};
 
 /// What went wrong; every message names the device.
@@ -217,6 +219,8 @@ pub struct Negotiated {
     pub format: PixelFormat,
     /// Frame rate as `num/den` frames per second.
     pub fps: (u32, u32),
+    /// The buffer API in use.
+    pub buffers: BufType,
 }
 
 impl Negotiated {
@@ -303,8 +307,10 @@ pub struct DeviceInfo {
     pub inputs: Vec<InputInfo>,
     /// Pixel formats.
     pub formats: Vec<FormatInfo>,
-    /// Whether the driver can export buffers as DMABUF (probed when streaming).
+    /// Whether the driver streams (memory-mapped buffer rings).
     pub streaming: bool,
+    /// The buffer API it captures with.
+    pub buffers: BufType,
 }
 
 fn open_device(path: &Path) -> Result<Device, V4l2Error> {
@@ -344,18 +350,17 @@ pub fn describe(path: &Path) -> Result<DeviceInfo, V4l2Error> {
     let device = open_device(path)?;
     let caps = device.query_caps().map_err(io_err(path, "VIDIOC_QUERYCAP"))?;
     let flags = caps.capabilities;
-    if !flags.contains(v4l::capability::Flags::VIDEO_CAPTURE) {
+    let Some(kind) = BufType::of(flags.bits()) else {
         return Err(V4l2Error::NotCapture { path: path.to_path_buf(), card: caps.card });
-    }
+    };
     let fd = device.handle().fd();
     let inputs = (0..64).map_while(|index| enum_input(fd, index)).collect();
-    let formats = device
-        .enum_formats()
+    let formats = planes::enum_formats(fd, kind)
         .map_err(io_err(path, "VIDIOC_ENUM_FMT"))?
         .into_iter()
-        .map(|d| {
+        .map(|(fourcc, description)| {
             let sizes = device
-                .enum_framesizes(d.fourcc)
+                .enum_framesizes(fourcc)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|s| match s.size {
@@ -366,9 +371,9 @@ pub fn describe(path: &Path) -> Result<DeviceInfo, V4l2Error> {
                 })
                 .collect();
             FormatInfo {
-                fourcc: fourcc_text(d.fourcc),
-                description: d.description,
-                supported: PixelFormat::from_fourcc(d.fourcc).is_some(),
+                fourcc: fourcc_text(fourcc),
+                description,
+                supported: PixelFormat::from_fourcc(fourcc).is_some(),
                 sizes,
             }
         })
@@ -381,6 +386,7 @@ pub fn describe(path: &Path) -> Result<DeviceInfo, V4l2Error> {
         inputs,
         formats,
         streaming: flags.contains(v4l::capability::Flags::STREAMING),
+        buffers: kind,
     })
 }
 
@@ -399,6 +405,7 @@ fn enum_input(fd: i32, index: u32) -> Option<InputInfo> {
 pub struct Capture {
     path: PathBuf,
     device: Device,
+    kind: BufType,
     negotiated: Negotiated,
     ring: Option<Arc<Ring>>,
     streaming: bool,
@@ -419,11 +426,10 @@ impl Capture {
         let path = request.path.as_path();
         let device = open_device(path)?;
         let caps = device.query_caps().map_err(io_err(path, "VIDIOC_QUERYCAP"))?;
-        if !caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE)
-            || !caps.capabilities.contains(v4l::capability::Flags::STREAMING)
-        {
+        let kind = BufType::of(caps.capabilities.bits());
+        let Some(kind) = kind.filter(|_| caps.capabilities.contains(v4l::capability::Flags::STREAMING)) else {
             return Err(V4l2Error::NotCapture { path: path.to_path_buf(), card: caps.card });
-        }
+        };
         let fd = device.handle().fd();
         let unsupported = |message: String| V4l2Error::Unsupported { path: path.to_path_buf(), message };
         let input = match request.input {
@@ -459,8 +465,11 @@ impl Capture {
                 dv::select(fd, path, request.width, request.height, request.fps)?;
             }
         }
-        let offered: Vec<FourCC> =
-            device.enum_formats().map_err(io_err(path, "VIDIOC_ENUM_FMT"))?.into_iter().map(|d| d.fourcc).collect();
+        let offered: Vec<FourCC> = planes::enum_formats(fd, kind)
+            .map_err(io_err(path, "VIDIOC_ENUM_FMT"))?
+            .into_iter()
+            .map(|(fourcc, _)| fourcc)
+            .collect();
         let format = match request.format {
             Some(f) if offered.contains(&f.fourcc()) => f,
             Some(f) => {
@@ -477,8 +486,16 @@ impl Capture {
                 ))
             })?,
         };
-        let want = v4l::Format::new(request.width, request.height, format.fourcc());
-        let got = device.set_format(&want).map_err(io_err(path, "VIDIOC_S_FMT"))?;
+        let got = planes::set_format(fd, kind, request.width, request.height, format.fourcc())
+            .map_err(io_err(path, "VIDIOC_S_FMT"))?;
+        if got.planes != 1 {
+            return Err(unsupported(format!(
+                "{} comes in {} separate buffers per picture here; Lockstep takes formats whose picture is in one \
+                 buffer (YU12, NV12, YUYV, UYVY)",
+                format.name(),
+                got.planes
+            )));
+        }
         if (got.width, got.height) != (request.width, request.height) || got.fourcc != format.fourcc() {
             return Err(unsupported(format!(
                 "asked for {}x{} {}, the device gives {}x{} {} (sizes it offers: {})",
@@ -502,10 +519,11 @@ impl Capture {
             return Err(unsupported(format!("driver reports {} bytes per line for width {}", got.stride, got.width)));
         }
         // A DV input runs at its timing's rate, checked above.
-        let fps = if dv_input { request.fps } else { set_rate(&device, path, request.fps)? };
+        let fps = if dv_input { request.fps } else { set_rate(fd, kind, path, request.fps)? };
         Ok(Self {
             path: path.to_path_buf(),
             device,
+            kind,
             negotiated: Negotiated {
                 input,
                 width: got.width,
@@ -514,6 +532,7 @@ impl Capture {
                 size_image: got.size,
                 format,
                 fps,
+                buffers: kind,
             },
             ring: None,
             streaming: false,
@@ -534,7 +553,7 @@ impl Capture {
     /// give more or fewer, at least 2). Buffers are exported as DMABUF
     /// where the driver supports it.
     pub fn map(&mut self, count: u32) -> Result<Arc<Ring>, V4l2Error> {
-        let ring = Arc::new(Ring::map(&self.path, self.device.handle(), count, self.negotiated.size_image)?);
+        let ring = Arc::new(Ring::map(&self.path, self.device.handle(), self.kind, count, self.negotiated.size_image)?);
         self.ring = Some(Arc::clone(&ring));
         Ok(ring)
     }
@@ -546,7 +565,7 @@ impl Capture {
             .as_ref()
             .ok_or_else(|| V4l2Error::Unsupported { path: self.path.clone(), message: "start before map".into() })?;
         ring.queue_all()?;
-        let mut kind: libc::c_int = v4l_sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE as libc::c_int;
+        let mut kind = libc::c_int::try_from(self.kind.raw()).unwrap_or(1);
         // SAFETY: VIDIOC_STREAMON takes a pointer to the buffer type, an int
         // that lives for the call.
         unsafe { v4l2::ioctl(self.device.handle().fd(), vidioc::VIDIOC_STREAMON, (&raw mut kind).cast()) }
@@ -612,7 +631,7 @@ impl Capture {
         if let Some(ring) = &self.ring {
             ring.stopping();
         }
-        let mut kind: libc::c_int = v4l_sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE as libc::c_int;
+        let mut kind = libc::c_int::try_from(self.kind.raw()).unwrap_or(1);
         // SAFETY: as in start.
         let _ = unsafe { v4l2::ioctl(self.device.handle().fd(), vidioc::VIDIOC_STREAMOFF, (&raw mut kind).cast()) };
         self.streaming = false;
@@ -625,16 +644,14 @@ impl Drop for Capture {
     }
 }
 
-fn set_rate(device: &Device, path: &Path, (num, den): (u32, u32)) -> Result<(u32, u32), V4l2Error> {
+fn set_rate(fd: i32, kind: BufType, path: &Path, (num, den): (u32, u32)) -> Result<(u32, u32), V4l2Error> {
     // V4L2 speaks frame intervals (den/num seconds).
-    let params = v4l::video::capture::Parameters::new(v4l::Fraction::new(den, num));
-    let got = match device.set_params(&params) {
-        Ok(p) => p,
+    let (inum, iden) = match planes::frame_interval(fd, kind, Some((den, num))) {
+        Ok(got) => got,
         // Inputs with a fixed rate (DV timings, TV standards) may refuse
         // S_PARM: the rate they run at is what G_PARM says.
-        Err(_) => device.params().map_err(io_err(path, "VIDIOC_G_PARM"))?,
+        Err(_) => planes::frame_interval(fd, kind, None).map_err(io_err(path, "VIDIOC_G_PARM"))?,
     };
-    let (inum, iden) = (got.interval.numerator, got.interval.denominator);
     if inum == 0 || iden == 0 {
         // The driver does not report a rate: trust the request.
         return Ok((num, den));

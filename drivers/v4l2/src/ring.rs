@@ -16,9 +16,9 @@ use v4l::v4l_sys;
 use v4l::v4l2;
 use v4l::v4l2::vidioc;
 
+use crate::planes::{BufArg, BufType};
 use crate::{V4l2Error, io_err};
 
-const CAPTURE: u32 = v4l_sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE;
 const MMAP: u32 = v4l_sys::v4l2_memory_V4L2_MEMORY_MMAP;
 
 struct Mapped {
@@ -45,6 +45,7 @@ pub struct Dequeued {
 pub struct Ring {
     path: PathBuf,
     handle: Arc<Handle>,
+    kind: BufType,
     buffers: Vec<Mapped>,
     stopped: AtomicBool,
     requeued: AtomicU64,
@@ -63,22 +64,19 @@ unsafe impl Send for Ring {}
 // SAFETY: as above; shared methods only issue ioctls and atomics.
 unsafe impl Sync for Ring {}
 
-fn buffer(index: u32) -> v4l_sys::v4l2_buffer {
-    // SAFETY: v4l2_buffer is plain old data; all-zero is a valid value.
-    let mut b: v4l_sys::v4l2_buffer = unsafe { std::mem::zeroed() };
-    b.index = index;
-    b.type_ = CAPTURE;
-    b.memory = MMAP;
-    b
-}
-
 impl Ring {
-    pub(crate) fn map(path: &Path, handle: Arc<Handle>, count: u32, size_image: u32) -> Result<Self, V4l2Error> {
+    pub(crate) fn map(
+        path: &Path,
+        handle: Arc<Handle>,
+        kind: BufType,
+        count: u32,
+        size_image: u32,
+    ) -> Result<Self, V4l2Error> {
         let fd = handle.fd();
         // SAFETY: plain old data, zero is valid.
         let mut req: v4l_sys::v4l2_requestbuffers = unsafe { std::mem::zeroed() };
         req.count = count;
-        req.type_ = CAPTURE;
+        req.type_ = kind.raw();
         req.memory = MMAP;
         // SAFETY: the argument is the struct VIDIOC_REQBUFS expects and lives for the call.
         unsafe { v4l2::ioctl(fd, vidioc::VIDIOC_REQBUFS, (&raw mut req).cast()) }
@@ -92,24 +90,22 @@ impl Ring {
         let mut ring = Ring {
             path: path.to_path_buf(),
             handle,
+            kind,
             buffers: Vec::with_capacity(req.count as usize),
             stopped: AtomicBool::new(false),
             requeued: AtomicU64::new(0),
         };
         for index in 0..req.count {
-            let mut b = buffer(index);
-            // SAFETY: as above, with a v4l2_buffer.
-            unsafe { v4l2::ioctl(fd, vidioc::VIDIOC_QUERYBUF, (&raw mut b).cast()) }
-                .map_err(io_err(path, "VIDIOC_QUERYBUF"))?;
-            let len = b.length as usize;
+            let mut b = BufArg::new(index, kind);
+            b.ioctl(fd, vidioc::VIDIOC_QUERYBUF).map_err(io_err(path, "VIDIOC_QUERYBUF"))?;
+            let len = b.length() as usize;
             if len < size_image as usize {
                 return Err(V4l2Error::Unsupported {
                     path: path.to_path_buf(),
                     message: format!("buffer {index} holds {len} bytes, a picture needs {size_image}"),
                 });
             }
-            // SAFETY: reading the union member the driver filled for MMAP buffers.
-            let offset = unsafe { b.m.offset };
+            let offset = b.offset();
             // SAFETY: maps `len` bytes of the device at the driver's offset;
             // the mapping is checked and owned by the ring until drop.
             let ptr = unsafe {
@@ -126,7 +122,7 @@ impl Ring {
             ring.buffers.push(Mapped {
                 ptr: ptr.cast(),
                 len,
-                dmabuf: export(fd, index),
+                dmabuf: export(fd, kind, index),
                 queued: AtomicBool::new(false),
             });
         }
@@ -179,10 +175,7 @@ impl Ring {
         if b.queued.swap(true, Ordering::AcqRel) {
             return Ok(()); // already with the driver
         }
-        let mut buf = buffer(index);
-        // SAFETY: a v4l2_buffer for VIDIOC_QBUF, alive for the call.
-        let r = unsafe { v4l2::ioctl(self.handle.fd(), vidioc::VIDIOC_QBUF, (&raw mut buf).cast()) };
-        if let Err(e) = r {
+        if let Err(e) = BufArg::new(index, self.kind).ioctl(self.handle.fd(), vidioc::VIDIOC_QBUF) {
             b.queued.store(false, Ordering::Release);
             return Err(io_err(&self.path, "VIDIOC_QBUF")(e));
         }
@@ -223,9 +216,8 @@ impl Ring {
             if n == 0 {
                 return Err(V4l2Error::Timeout { path: self.path.clone(), ms: timeout_ms });
             }
-            let mut buf = buffer(0);
-            // SAFETY: a v4l2_buffer for VIDIOC_DQBUF, alive for the call.
-            match unsafe { v4l2::ioctl(fd, vidioc::VIDIOC_DQBUF, (&raw mut buf).cast()) } {
+            let mut arg = BufArg::new(0, self.kind);
+            match arg.ioctl(fd, vidioc::VIDIOC_DQBUF) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
                     if left.is_zero() {
@@ -240,6 +232,7 @@ impl Ring {
                 }
                 Err(e) => return Err(io_err(&self.path, "VIDIOC_DQBUF")(e)),
             }
+            let buf = arg.buf;
             if let Some(b) = self.buffers.get(buf.index as usize) {
                 b.queued.store(false, Ordering::Release);
             }
@@ -250,7 +243,7 @@ impl Ring {
             let ts = i128::from(buf.timestamp.tv_sec) * 1_000_000_000 + i128::from(buf.timestamp.tv_usec) * 1_000;
             return Ok(Dequeued {
                 index: buf.index,
-                bytes_used: buf.bytesused,
+                bytes_used: arg.bytes_used(),
                 sequence: buf.sequence,
                 timestamp_ns: ts,
             });
@@ -258,11 +251,12 @@ impl Ring {
     }
 }
 
-fn export(fd: i32, index: u32) -> Option<OwnedFd> {
+fn export(fd: i32, kind: BufType, index: u32) -> Option<OwnedFd> {
     // SAFETY: plain old data, zero is valid.
     let mut exp: v4l_sys::v4l2_exportbuffer = unsafe { std::mem::zeroed() };
-    exp.type_ = CAPTURE;
+    exp.type_ = kind.raw();
     exp.index = index;
+    exp.plane = 0;
     exp.flags = (libc::O_CLOEXEC | libc::O_RDONLY) as u32;
     // SAFETY: the struct VIDIOC_EXPBUF expects, alive for the call.
     unsafe { v4l2::ioctl(fd, vidioc::VIDIOC_EXPBUF, (&raw mut exp).cast()) }.ok()?;
