@@ -10,6 +10,52 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{CodedPicture, EncodeError, PictureRef, VideoEncoder, VideoSettings};
 
+/// What a kept session's next segment must share with it: everything
+/// but the bitrate, which a restart applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Coded width.
+    pub width: u32,
+    /// Coded height.
+    pub height: u32,
+    /// Frame rate numerator.
+    pub fps_num: u32,
+    /// Frame rate denominator.
+    pub fps_den: u32,
+    /// IDR distance.
+    pub gop_frames: u32,
+}
+
+impl From<&VideoSettings> for Shape {
+    fn from(s: &VideoSettings) -> Self {
+        Self { width: s.width, height: s.height, fps_num: s.fps_num, fps_den: s.fps_den, gop_frames: s.gop_frames }
+    }
+}
+
+/// Checks what a hardware H.264 encoder cannot take, before a session is
+/// opened: sides even and from 16 to `max_side`, a frame rate, and at
+/// least `min_bitrate_bps`. Errors name the backend and the values.
+pub fn check_settings(
+    backend: &str,
+    settings: &VideoSettings,
+    max_side: u32,
+    min_bitrate_bps: u32,
+) -> Result<(), EncodeError> {
+    let (w, h) = (settings.width, settings.height);
+    if w < 16 || h < 16 || w % 2 == 1 || h % 2 == 1 || w > max_side || h > max_side {
+        return Err(EncodeError::Settings(format!(
+            "{backend} needs even dimensions from 16 to {max_side}, got {w}x{h}"
+        )));
+    }
+    if settings.fps_num == 0 || settings.bitrate_bps < min_bitrate_bps.max(1) {
+        return Err(EncodeError::Settings(format!(
+            "{backend} needs a frame rate and a bitrate of at least {min_bitrate_bps} bit/s, got {}/{} fps at {} bit/s",
+            settings.fps_num, settings.fps_den, settings.bitrate_bps
+        )));
+    }
+    Ok(())
+}
+
 /// One hardware encoding session.
 pub trait Session: Send + 'static {
     /// Whether a segment with `settings` can be coded on this session

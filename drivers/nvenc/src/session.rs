@@ -20,7 +20,7 @@ use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::ptr;
 use std::sync::Arc;
 
-use lockstep_encoder_api::sessions::{self, SessionPool};
+use lockstep_encoder_api::sessions::{self, SessionPool, Shape};
 use lockstep_encoder_api::{
     CodedPicture, EncodeError, PictureKind, PictureRef, VideoEncoder, VideoEncoderFactory, VideoSettings,
 };
@@ -158,17 +158,7 @@ pub fn initialize(settings: &VideoSettings, config: *mut sys::NV_ENC_CONFIG) -> 
 
 /// Checks what NVENC's H.264 encoder cannot take before a session is opened.
 pub fn check_settings(settings: &VideoSettings) -> Result<(), EncodeError> {
-    let (w, h) = (settings.width, settings.height);
-    if w < 16 || h < 16 || w % 2 == 1 || h % 2 == 1 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(EncodeError::Settings(format!("nvenc needs even dimensions from 16 to {MAX_SIDE}, got {w}x{h}")));
-    }
-    if settings.fps_num == 0 || settings.bitrate_bps == 0 {
-        return Err(EncodeError::Settings(format!(
-            "nvenc needs a frame rate and a bitrate, got {}/{} fps at {} bit/s",
-            settings.fps_num, settings.fps_den, settings.bitrate_bps
-        )));
-    }
-    Ok(())
+    sessions::check_settings(NAME, settings, MAX_SIDE, 1)
 }
 
 /// Bytes an NVENC I420 (`IYUV`) buffer of `height` rows at luma `pitch`
@@ -361,22 +351,6 @@ impl Drop for Driver {
         // SAFETY: every session made on the context holds an `Arc` of the
         // driver, so none is left when this runs.
         unsafe { (self.destroy)(self.context) };
-    }
-}
-
-/// The settings a kept session can be reconfigured to without a new one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Shape {
-    width: u32,
-    height: u32,
-    fps_num: u32,
-    fps_den: u32,
-    gop_frames: u32,
-}
-
-impl From<&VideoSettings> for Shape {
-    fn from(s: &VideoSettings) -> Self {
-        Self { width: s.width, height: s.height, fps_num: s.fps_num, fps_den: s.fps_den, gop_frames: s.gop_frames }
     }
 }
 

@@ -19,7 +19,7 @@ use std::ffi::CString;
 use std::ptr;
 use std::sync::Arc;
 
-use lockstep_encoder_api::sessions::{self, SessionPool};
+use lockstep_encoder_api::sessions::{self, SessionPool, Shape};
 use lockstep_encoder_api::{
     CodedPicture, EncodeError, PictureKind, PictureRef, VideoEncoder, VideoEncoderFactory, VideoSettings,
 };
@@ -71,19 +71,9 @@ fn check(status: sys::mfxStatus, what: &str) -> Result<(), EncodeError> {
     if status < 0 { Err(EncodeError::Backend(format!("{what}: {}", status_name(status)))) } else { Ok(()) }
 }
 
-/// Checks what Intel's H.264 encoders cannot take before a session is used.
+/// Checks what Intel's H.264 encoder cannot take before a session is opened.
 pub fn check_settings(settings: &VideoSettings) -> Result<(), EncodeError> {
-    let (w, h) = (settings.width, settings.height);
-    if w < 16 || h < 16 || w % 2 == 1 || h % 2 == 1 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(EncodeError::Settings(format!("qsv needs even dimensions from 16 to {MAX_SIDE}, got {w}x{h}")));
-    }
-    if settings.fps_num == 0 || settings.bitrate_bps < 1000 {
-        return Err(EncodeError::Settings(format!(
-            "qsv needs a frame rate and a bitrate of at least 1 kbit/s, got {}/{} fps at {} bit/s",
-            settings.fps_num, settings.fps_den, settings.bitrate_bps
-        )));
-    }
-    Ok(())
+    sessions::check_settings(NAME, settings, MAX_SIDE, 1000)
 }
 
 /// oneVPL's rate fields are 16-bit kbit/s (and kilobytes) times
@@ -318,23 +308,6 @@ impl Drop for Dispatcher {
             // none is left; the loader is not used again.
             unsafe { (self.unload)(self.loader) };
         }
-    }
-}
-
-/// The settings a kept session's next encoder can differ in without a new
-/// session: none but the bitrate; the rest keeps the surface pool valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Shape {
-    width: u32,
-    height: u32,
-    fps_num: u32,
-    fps_den: u32,
-    gop_frames: u32,
-}
-
-impl From<&VideoSettings> for Shape {
-    fn from(s: &VideoSettings) -> Self {
-        Self { width: s.width, height: s.height, fps_num: s.fps_num, fps_den: s.fps_den, gop_frames: s.gop_frames }
     }
 }
 
