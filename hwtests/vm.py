@@ -591,7 +591,7 @@ def main():
     finally:
         for vm in vms:
             vm.kill()
-    checked = "V4L2 capture from vivid (in place, signal loss, device gone and back)"
+    checked = "V4L2 capture from vivid (in place, signal loss, device gone and back, multi-planar)"
     if not args.capture_only:
         checked = "provisioning, readiness, API, segments, watchdog restart, idempotent re-provisioning, refused bundle, " + checked
     log(f"PASS: {checked} ({time.time() - started:.0f} s, {vms[0].accel})")
