@@ -14,8 +14,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// Frames per run, from a segment boundary: four 2 s segments at 25 fps,
@@ -35,23 +33,6 @@ fn require_session(backend: &str) {
         enc["detail"].as_str().unwrap_or(""),
         enc["note"].as_str().unwrap_or("")
     );
-}
-
-fn psnr(a: &std::path::Path, b: &std::path::Path) -> f64 {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "info", "-nostdin", "-i"])
-        .arg(a)
-        .arg("-i")
-        .arg(b)
-        .args(["-lavfi", "psnr", "-f", "null", "-"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    log.split("average:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no PSNR in ffmpeg output: {log}"))
 }
 
 /// Encodes the test source with `backend` and in software side by side

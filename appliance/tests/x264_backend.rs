@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[test]
@@ -37,21 +35,7 @@ fn x264_output_matches_the_portable_path() {
         assert!(pk[0].3 && pk[50].3, "{backend}: every segment starts with a key frame");
         decoded.push(all);
     }
-    let out = Command::new("ffmpeg")
-        .args(["-v", "info", "-nostdin", "-i"])
-        .arg(&decoded[0])
-        .arg("-i")
-        .arg(&decoded[1])
-        .args(["-lavfi", "psnr", "-f", "null", "-"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    let avg: f64 = log
-        .split("average:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no PSNR in ffmpeg output: {log}"));
+    let avg = psnr(&decoded[0], &decoded[1]);
     eprintln!("PSNR x264 vs OpenH264: {avg:.2} dB");
     assert!(avg > 30.0, "x264 and OpenH264 pictures differ too much: {avg} dB");
 }

@@ -105,6 +105,24 @@ pub fn packets(file: &Path) -> Vec<(i64, i64, i64, bool)> {
         .collect()
 }
 
+/// Average PSNR (dB) between the pictures of two files, by ffmpeg.
+pub fn psnr(a: &Path, b: &Path) -> f64 {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "info", "-nostdin", "-i"])
+        .arg(a)
+        .arg("-i")
+        .arg(b)
+        .args(["-lavfi", "psnr", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    log.split("average:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no PSNR in ffmpeg output: {log}"))
+}
+
 /// Decodes a file fully; returns ffmpeg's error output (empty when clean).
 pub fn decode_errors(file: &Path) -> String {
     let out = Command::new("ffmpeg")
