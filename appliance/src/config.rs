@@ -661,9 +661,15 @@ impl Config {
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also giving the text read (the daemon keeps it to
+    /// save live changes into the same file).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::from_toml(&text, &path.display().to_string())
+        Ok((Self::from_toml(&text, &path.display().to_string())?, text))
     }
 
     /// The embedded default configuration.

@@ -238,10 +238,9 @@ fn limits(args: &LimitArgs) -> anyhow::Result<RunLimits> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, limits: l } => {
-            let text = std::fs::read_to_string(&config)
-                .map_err(|source| lockstep::config::ConfigError::Read { path: config.clone(), source })?;
-            let file = lockstep::daemon::ConfigFile { path: config.clone(), text };
-            let config = Config::from_toml(&file.text, &config.display().to_string())?;
+            let (loaded, text) = Config::load_with_text(&config)?;
+            let file = lockstep::daemon::ConfigFile { path: config, text };
+            let config = loaded;
             match lockstep::daemon::run(&config, Some(&file), &limits(&l)?)? {
                 Some(summary) => report(summary),
                 None => {
