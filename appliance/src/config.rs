@@ -89,7 +89,45 @@ pub struct Config {
     /// Admin page and REST API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// More channels on this appliance besides `[channel]` (also created
+    /// and deleted through the API): each with its own source, ladder and
+    /// playlists, encoded by this appliance alone (`crate::channels`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelSpec>,
 }
+
+/// One more channel of the appliance: `[[channels]]`, with the sections
+/// of the first channel (`channel`, `source`, `audio`, `encoder`,
+/// `renditions`); everything else (clock, output, pipeline) is the
+/// appliance's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// Its id and segment duration.
+    pub channel: ChannelConfig,
+    /// Where its frames come from.
+    pub source: SourceConfig,
+    /// Its audio track.
+    #[serde(default)]
+    pub audio: AudioConfig,
+    /// Its video encoder backend.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// Its ABR ladder, highest first.
+    pub renditions: Vec<RenditionConfig>,
+    /// Whether it runs from the daemon's start (`false`: it waits for a
+    /// start command).
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Channel ids no channel may take: `combined` holds the swarm's
+/// combined playlists in the output directory.
+const RESERVED_CHANNEL_IDS: [&str; 1] = ["combined"];
 
 /// The admin page and REST API (docs/admin.md).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -705,6 +743,9 @@ impl Config {
         if !is_name(&self.channel.id) {
             return Err(invalid("channel.id", format!("`{}`: use 1-32 of a-z, 0-9, '-', '_'", self.channel.id)));
         }
+        if RESERVED_CHANNEL_IDS.contains(&self.channel.id.as_str()) {
+            return Err(invalid("channel.id", format!("`{}` is reserved", self.channel.id)));
+        }
         if !(self.channel.segment_seconds >= 0.5 && self.channel.segment_seconds <= 30.0) {
             return Err(invalid("channel.segment_seconds", "must be between 0.5 and 30"));
         }
@@ -798,7 +839,74 @@ impl Config {
         if !(4..=256).contains(&self.pipeline.pool_frames) {
             return Err(invalid("pipeline.pool_frames", "allowed: 4 to 256"));
         }
+        self.validate_channels()
+    }
+
+    /// Checks `[[channels]]`: each as the configuration it runs with, ids
+    /// unique, no capture device shared.
+    fn validate_channels(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<&Config> = Vec::new();
+        let derived: Vec<Config> = self.channels.iter().map(|spec| self.with_channel(spec)).collect();
+        for (i, c) in derived.iter().enumerate() {
+            let key = |k: &str| format!("channels[{i}].{k}");
+            c.validate().map_err(|e| match e {
+                ConfigError::Invalid { key: k, message } => invalid(key(&k), message),
+                other => other,
+            })?;
+            for other in std::iter::once(self).chain(seen.iter().copied()) {
+                if other.channel.id == c.channel.id {
+                    return Err(invalid(key("channel.id"), format!("`{}` is used twice", c.channel.id)));
+                }
+                if let Some(by) = other.same_device(c) {
+                    return Err(invalid(key("source.device"), by));
+                }
+            }
+            seen.push(c);
+        }
         Ok(())
+    }
+
+    /// Why `other` may not run beside this channel's source: both capture
+    /// from the same device.
+    pub fn same_device(&self, other: &Config) -> Option<String> {
+        fn device(c: &Config) -> Option<&std::path::Path> {
+            (c.source.kind == SourceKind::V4l2).then_some(c.source.device.as_path())
+        }
+        match (device(self), device(other)) {
+            (Some(a), Some(b)) if a == b => {
+                Some(format!("{} is already the source of channel `{}`", a.display(), self.channel.id))
+            }
+            _ => None,
+        }
+    }
+
+    /// The configuration channel `spec` runs with: this one's appliance
+    /// sections with its own channel sections. It is not in the swarm (the
+    /// swarm federates `[channel]`).
+    pub fn with_channel(&self, spec: &ChannelSpec) -> Config {
+        let mut c = self.clone();
+        c.channel = spec.channel.clone();
+        c.source = spec.source.clone();
+        c.audio = spec.audio.clone();
+        c.encoder = spec.encoder.clone();
+        c.renditions = spec.renditions.clone();
+        c.channels.clear();
+        c.swarm.enabled = false;
+        c.appliance.role = if spec.start { Role::Encoder } else { Role::Standby };
+        c
+    }
+
+    /// The `[[channels]]` entry of a channel that runs with this
+    /// configuration.
+    pub fn spec(&self, start: bool) -> ChannelSpec {
+        ChannelSpec {
+            channel: self.channel.clone(),
+            source: self.source.clone(),
+            audio: self.audio.clone(),
+            encoder: self.encoder.clone(),
+            renditions: self.renditions.clone(),
+            start,
+        }
     }
 }
 
@@ -843,6 +951,73 @@ mod tests {
         assert!(e.to_string().contains("sdi") && e.to_string().contains("test"), "{e}");
         let e = with(("height = 720", "height = 721")).expect_err("odd height");
         assert!(e.to_string().contains("renditions[1].height"), "{e}");
+    }
+
+    /// The default configuration with `extra` appended (`[[channels]]`).
+    fn plus(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!("{DEFAULT_TOML}\n{extra}"), "test")
+    }
+
+    const SECOND: &str = r#"
+[[channels]]
+channel = { id = "news" }
+source = { kind = "test", width = 640, height = 360, fps = "25" }
+renditions = [{ name = "360p", height = 360, bitrate_kbps = 600 }]
+"#;
+
+    #[test]
+    fn more_channels_are_checked_as_their_own_configurations() {
+        let c = plus(SECOND).expect("a second channel");
+        assert_eq!(c.channels.len(), 1);
+        let news = c.with_channel(&c.channels[0]);
+        assert_eq!((news.channel.id.as_str(), news.renditions.len()), ("news", 1));
+        assert!(!news.swarm.enabled && news.channels.is_empty());
+        assert_eq!(news.output.dir, c.output.dir, "the output is the appliance's");
+        assert!(c.channels[0].start, "a channel starts by default");
+
+        let e = plus(&SECOND.replace("600", "1")).expect_err("bad bitrate");
+        assert!(e.to_string().contains("channels[0].renditions[0].bitrate_kbps"), "{e}");
+        let e = plus(&SECOND.replace("\"news\"", "\"main\"")).expect_err("the first channel's id");
+        assert!(e.to_string().contains("channels[0].channel.id") && e.to_string().contains("twice"), "{e}");
+        let e = plus(&format!("{SECOND}{SECOND}")).expect_err("the same id twice");
+        assert!(e.to_string().contains("channels[1].channel.id"), "{e}");
+        let e = plus(&SECOND.replace("\"news\"", "\"combined\"")).expect_err("reserved id");
+        assert!(e.to_string().contains("channels[0].channel.id") && e.to_string().contains("combined"), "{e}");
+        let e = plus(&SECOND.replace("renditions = ", "colour = 1\nrenditions = ")).expect_err("unknown key");
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn the_commented_channels_example_of_the_defaults_loads() {
+        let start = DEFAULT_TOML.find("# [[channels]]").expect("the example is in default.toml");
+        let example: String =
+            DEFAULT_TOML[start..].lines().map(|l| format!("{}\n", l.trim_start_matches("# "))).collect();
+        let c = plus(&example).expect("the example, uncommented");
+        assert_eq!((c.channels[0].channel.id.as_str(), c.channels[0].renditions.len()), ("news", 2));
+    }
+
+    #[test]
+    fn two_channels_may_not_share_a_capture_device() {
+        let v4l2 = |id: &str| {
+            format!(
+                "[[channels]]\nchannel = {{ id = \"{id}\" }}\nsource = {{ kind = \"v4l2\", device = \"/dev/video7\" }}\n\
+                 renditions = [{{ name = \"360p\", height = 360, bitrate_kbps = 600 }}]\n"
+            )
+        };
+        plus(&v4l2("a")).expect("one channel on the device");
+        let e = plus(&format!("{}{}", v4l2("a"), v4l2("b"))).expect_err("shared device");
+        assert!(e.to_string().contains("channels[1].source.device") && e.to_string().contains("/dev/video7"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_round_trips_through_its_configuration() {
+        let c = plus(SECOND).expect("a second channel");
+        let spec = c.with_channel(&c.channels[0]).spec(false);
+        assert!(!spec.start);
+        assert_eq!(c.with_channel(&spec).appliance.role, Role::Standby, "a channel not started waits");
+        let text = toml::to_string(&spec).expect("serialises");
+        let back: ChannelSpec = toml::from_str(&text).expect("parses back");
+        assert_eq!((back.channel.id.as_str(), back.renditions[0].bitrate_kbps), ("news", 600));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::analysis::stage::SegmentReport;
+use crate::channels::{Channel, Channels};
 use crate::config::{Config, Pacing, SourceKind};
 use crate::handover::Handover;
 use crate::origin::{self, OriginMetrics};
@@ -84,7 +85,6 @@ type Reply = Sender<Result<Answer, String>>;
 pub struct Supervisor {
     tx: Sender<(ChannelCommand, Reply)>,
     config: Arc<RwLock<Config>>,
-    saver: Option<Arc<crate::persist::Saver>>,
 }
 
 /// Commands waiting for the supervisor at most.
@@ -97,30 +97,19 @@ pub struct Commands {
     config: Arc<RwLock<Config>>,
 }
 
+impl Commands {
+    /// The configuration the supervisor has published last.
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 impl Supervisor {
     /// A supervisor handle for a channel that starts with `config`.
     pub fn new(config: &Config) -> (Self, Commands) {
         let (tx, rx) = bounded(COMMAND_QUEUE);
         let config = Arc::new(RwLock::new(config.clone()));
-        (Self { tx, config: Arc::clone(&config), saver: None }, Commands { rx, config })
-    }
-
-    /// The same, saving live changes to the file the daemon started from.
-    pub fn saving_to(mut self, saver: Arc<crate::persist::Saver>) -> Self {
-        self.saver = Some(saver);
-        self
-    }
-
-    /// Writes the effective configuration (bitrates as `control` has them)
-    /// to the configuration file now; `None` without a file.
-    pub fn save(&self, control: &crate::control::LiveControl) -> Option<crate::persist::SaveStatus> {
-        let saver = self.saver.as_ref()?;
-        Some(saver.save(&crate::persist::effective(&self.config(), control)))
-    }
-
-    /// The outcome of the last save; `None` without a file.
-    pub fn saved(&self) -> Option<crate::persist::SaveStatus> {
-        self.saver.as_ref().map(|s| s.status())
+        (Self { tx, config: Arc::clone(&config) }, Commands { rx, config })
     }
 
     /// The configuration the channel runs with now.
@@ -192,20 +181,20 @@ pub struct Services {
     pub admin: Option<crate::admin::Admin>,
 }
 
-/// Starts the origin, the swarm node and the admin API for `config`.
-pub fn services(config: &Config, taps: &Taps, supervisor: Supervisor) -> anyhow::Result<Services> {
+/// Starts the origin, the swarm node (for the first channel) and the
+/// admin API for `config`.
+pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Services> {
     let origin_metrics = Arc::new(OriginMetrics::default());
     let origin = match &config.origin.listen {
         Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics))?),
         None => None,
     };
-    let swarm = crate::swarm::join(config, taps)?;
+    let swarm = crate::swarm::join(config, &channels.first().taps)?;
     let admin = match &config.admin.listen {
         Some(_) => Some(crate::admin::start(crate::admin::Context {
             config: config.clone(),
-            taps: taps.clone(),
+            channels: Arc::clone(channels),
             swarm: swarm.clone(),
-            supervisor,
             origin: origin.as_ref().map(|o: &origin::Origin| o.addr),
             origin_metrics,
         })?),
@@ -214,18 +203,24 @@ pub fn services(config: &Config, taps: &Taps, supervisor: Supervisor) -> anyhow:
     Ok(Services { origin, swarm, admin })
 }
 
-/// Runs the daemon until a signal, or until the pipeline ends on its own
-/// (end of a file, a limit, an error). A channel stopped by command stays
-/// stopped, the daemon up, until started again.
+/// Runs the daemon until a signal, or until the first channel's pipeline
+/// ends on its own (end of a file, a limit, an error). A channel stopped
+/// by command stays stopped, the daemon up, until started again. The other
+/// channels (`[[channels]]`, or created through the API) run beside it
+/// until the daemon ends.
 pub fn run(config: &Config, file: Option<&ConfigFile>, limits: &RunLimits) -> anyhow::Result<Option<RunSummary>> {
-    let taps = taps();
-    let (mut supervisor, commands) = Supervisor::new(config);
+    let (first, commands) = Channel::first(config);
+    let taps = first.taps.clone();
     let stop = limits.stop.clone().unwrap_or_default();
-    if let Some(file) = file {
-        supervisor = supervisor.saving_to(Arc::new(crate::persist::Saver::new(&file.path, &file.text)));
-        keep_saved(supervisor.clone(), Arc::clone(&taps.control), Arc::clone(&stop));
+    let saver = file.map(|f| Arc::new(crate::persist::Saver::new(&f.path, &f.text)));
+    let channels = Channels::new(first, limits, saver);
+    for spec in &config.channels {
+        channels.add(spec).map_err(|e| anyhow::anyhow!("channel `{}`: {e}", spec.channel.id))?;
     }
-    let services = services(config, &taps, supervisor)?;
+    if file.is_some() {
+        keep_saved(Arc::clone(&channels), Arc::clone(&stop));
+    }
+    let services = services(config, &channels)?;
     if let Some(a) = &services.admin {
         tracing::info!(url = %admin_url(a.addr, config.admin.tls_cert.is_some()), "admin page");
     }
@@ -234,7 +229,11 @@ pub fn run(config: &Config, file: Option<&ConfigFile>, limits: &RunLimits) -> an
         tracing::info!("standby unit: the channel waits for a start command");
     }
     crate::systemd::start(Arc::clone(&taps.status), config.channel.segment_seconds, standby, Arc::clone(&stop));
-    supervise(config, limits, &taps, &commands, &stop)
+    let mut first_config = config.clone();
+    first_config.channels.clear();
+    let outcome = supervise(&first_config, limits, &taps, &commands, &stop);
+    channels.shut_down();
+    outcome
 }
 
 /// The configuration file the daemon runs from, as it read it.
@@ -251,15 +250,14 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Saves the effective configuration whenever it changes, whoever changed
 /// it (this appliance's API, a bitrate agreed with the swarm, a rollback).
-fn keep_saved(supervisor: Supervisor, control: Arc<crate::control::LiveControl>, stop: Arc<AtomicBool>) {
+fn keep_saved(channels: Arc<Channels>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new().name("config-save".into()).spawn(move || {
         let mut last = serde_json::Value::Null;
         while !stop.load(Ordering::Relaxed) {
-            let now = crate::persist::effective(&supervisor.config(), &control);
-            let value = serde_json::to_value(&now).unwrap_or_default();
+            let value = serde_json::to_value(channels.effective()).unwrap_or_default();
             if value != last {
                 // An error is logged by the saver (once) and shown in the API.
-                supervisor.save(&control);
+                channels.save();
                 last = value;
             }
             std::thread::sleep(SAVE_EVERY);
@@ -367,7 +365,7 @@ struct Retiring {
 }
 
 /// The supervisor loop: one pipeline run at a time, two during a handover.
-fn supervise(
+pub(crate) fn supervise(
     config: &Config,
     limits: &RunLimits,
     taps: &Taps,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod analysis;
 pub mod bench;
 pub mod capture;
+pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -6,7 +6,8 @@
 //! rollback) with the bitrates in force or announced (a live change made
 //! here or agreed with the swarm wins over the configured value). Only the
 //! sections that changed are replaced in the file (`[source]`, `[audio]`,
-//! `[encoder]`, `[[renditions]]`, the live keys of `[output]`); every other
+//! `[encoder]`, `[[renditions]]`, the live keys of `[output]`, and
+//! `[[channels]]`, the appliance's other channels); every other
 //! line, comments included, stays as it was. The new text must load back
 //! to the same configuration, and is written next to the file and renamed
 //! over it, so a crash leaves the old file or the new one, never half.
@@ -22,7 +23,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, RenditionConfig};
+use crate::config::{ChannelSpec, Config, RenditionConfig};
 use crate::control::{LiveControl, unix_ms};
 
 /// The outcome of the last save, for the API and the page.
@@ -79,8 +80,21 @@ struct Renditions<'a> {
     renditions: &'a [RenditionConfig],
 }
 
+#[derive(Serialize)]
+struct Channels<'a> {
+    channels: &'a [ChannelSpec],
+}
+
+/// An array of tables (`[[key]]`) serialised from `value`, whose only
+/// field is `key` (a non-empty list).
+fn tables<T: Serialize>(value: &T, key: &str) -> Result<toml_edit::Item, String> {
+    let text = toml::to_string(value).map_err(|e| e.to_string())?;
+    let doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
+    Ok(doc.get(key).cloned().unwrap_or(toml_edit::Item::None))
+}
+
 /// The sections `render` replaces, as JSON for comparison.
-fn sections(c: &Config) -> [serde_json::Value; 5] {
+fn sections(c: &Config) -> [serde_json::Value; 6] {
     let j = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
     [
         j(serde_json::to_value(&c.source)),
@@ -88,6 +102,7 @@ fn sections(c: &Config) -> [serde_json::Value; 5] {
         j(serde_json::to_value(&c.encoder)),
         j(serde_json::to_value(&c.renditions)),
         j(serde_json::to_value((c.output.mode, c.output.window_segments))),
+        j(serde_json::to_value(&c.channels)),
     ]
 }
 
@@ -96,7 +111,7 @@ fn sections(c: &Config) -> [serde_json::Value; 5] {
 pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, String> {
     let current = Config::from_toml(text, origin).map_err(|e| format!("the file does not load: {e}"))?;
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
-    let [source, audio, encoder, renditions, output] = sections(&current);
+    let [source, audio, encoder, renditions, output, channels] = sections(&current);
     let want = sections(effective);
     if source != want[0] {
         doc["source"] = table(&effective.source)?;
@@ -108,15 +123,20 @@ pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, St
         doc["encoder"] = table(&effective.encoder)?;
     }
     if renditions != want[3] {
-        let text = toml::to_string(&Renditions { renditions: &effective.renditions }).map_err(|e| e.to_string())?;
-        let list: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
-        doc["renditions"] = list["renditions"].clone();
+        doc["renditions"] = tables(&Renditions { renditions: &effective.renditions }, "renditions")?;
     }
     if output != want[4] {
         let mode = toml::Value::try_from(effective.output.mode).map_err(|e| e.to_string())?;
         let mode = mode.as_str().unwrap_or("sliding").to_string();
         doc["output"]["mode"] = toml_edit::value(mode);
         doc["output"]["window_segments"] = toml_edit::value(i64::from(effective.output.window_segments));
+    }
+    if channels != want[5] {
+        if effective.channels.is_empty() {
+            doc.remove("channels");
+        } else {
+            doc["channels"] = tables(&Channels { channels: &effective.channels }, "channels")?;
+        }
     }
     let out = doc.to_string();
     let back = Config::from_toml(&out, origin).map_err(|e| format!("the new text would not load: {e}"))?;
@@ -238,6 +258,28 @@ mod tests {
         {
             assert!(out.contains(kept), "{kept} lost:\n{out}");
         }
+    }
+
+    #[test]
+    fn other_channels_are_written_as_channels_tables_and_removed_again() {
+        let mut c = config();
+        let mut news = c.clone();
+        news.channel.id = "news".into();
+        news.renditions[0].bitrate_kbps = 600;
+        c.channels.push(news.spec(false));
+        let out = render(FILE, "test", &c).unwrap();
+        assert!(out.contains("[[channels]]"), "{out}");
+        assert!(out.contains("# Ladder agreed with distribution."), "comments kept:\n{out}");
+        let back = Config::from_toml(&out, "out").unwrap();
+        assert_eq!(back.channels.len(), 1);
+        let spec = &back.channels[0];
+        assert_eq!((spec.channel.id.as_str(), spec.renditions[0].bitrate_kbps, spec.start), ("news", 600, false));
+        assert_eq!(back.renditions[0].bitrate_kbps, 800, "the first channel is untouched");
+        // Deleted again: the tables go, the rest stays.
+        c.channels.clear();
+        let out = render(&out, "test", &c).unwrap();
+        assert!(!out.contains("channels"), "{out}");
+        assert!(Config::from_toml(&out, "out").unwrap().channels.is_empty());
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub struct ChannelStatus {
     pub input_fault: std::sync::Mutex<Option<String>>,
     /// Why the last configuration change was rolled back, if it was.
     pub config_error: std::sync::Mutex<Option<String>>,
+    /// Why the channel's last run ended with an error (a channel besides
+    /// the first then waits, stopped, for a start command).
+    pub run_error: std::sync::Mutex<Option<String>>,
     /// The capture device failed; the daemon retries it.
     pub waiting_for_device: AtomicBool,
     /// A hang drill: the capture loop stops for this many ms, once (the

@@ -253,6 +253,11 @@ fn the_document_lists_exactly_the_routes_the_server_has() {
     assert_eq!(served, documented, "routes in src/admin/api.rs vs docs/openapi.json");
 }
 
+/// A channel beside the first: the same source and ladder under another id.
+const EXTRA_CHANNEL: &str = r#"{"channel": {"id": "extra", "segment_seconds": 1.0},
+    "source": {"kind": "test", "width": 320, "height": 180, "fps": "25"}, "audio": {"enabled": false},
+    "renditions": [{"name": "180p", "height": 180, "bitrate_kbps": 900}, {"name": "90p", "height": 90, "bitrate_kbps": 200}]}"#;
+
 #[test]
 fn every_documented_route_answers_as_documented() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,13 +268,16 @@ fn every_documented_route_answers_as_documented() {
     });
     let doc = openapi();
     let mut ops = operations(&doc);
-    // Log out last, stop before start.
-    ops.sort_by_key(|(m, p, _)| (p.ends_with("/logout"), p.ends_with("/start"), m.clone(), p.clone()));
+    // Log out last, a channel created before it is deleted, stop before start.
+    ops.sort_by_key(|(m, p, _)| (p.ends_with("/logout"), m == "DELETE", p.ends_with("/start"), m.clone(), p.clone()));
     let mut checked = 0;
     for (method, template, op) in ops {
-        let path = template.replace("{id}", "ch").replace("{name}", "90p");
+        // The first channel cannot be deleted: delete the one created here.
+        let id = if method == "DELETE" { "extra" } else { "ch" };
+        let path = template.replace("{id}", id).replace("{name}", "90p");
         let body = match path.as_str() {
             "/api/v1/login" => serde_json::json!({ "password": d.password }).to_string(),
+            "/api/v1/channels" => EXTRA_CHANNEL.to_string(),
             p if p.contains("/renditions/") => r#"{"bitrate_kbps": 150}"#.to_string(),
             p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
@@ -927,4 +935,114 @@ fn a_missing_capture_device_keeps_the_daemon_up_and_says_what_is_wrong() {
     assert_eq!(d.get("/api/v1/status", &cookie).status, 200);
     let log = d.log();
     assert!(log.matches("retrying in").count() >= 2, "{log}");
+}
+
+/// Whether `text` (a config file) has a `[[channels]]` table for `id`.
+fn has_channel_table(text: &str, id: &str) -> bool {
+    lockstep::config::Config::from_toml(text, "test").unwrap().channels.iter().any(|c| c.channel.id == id)
+}
+
+#[test]
+fn channels_created_through_the_api_run_beside_the_first_outlive_a_restart_and_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    let file = dir.path().join("lockstep.toml");
+
+    // Refused, each with its reason.
+    let r = d.send("POST", "/api/v1/channels", &cookie, &csrf, &EXTRA_CHANNEL.replace("\"extra\"", "\"ch\""));
+    assert_eq!(r.status, 409, "the first channel's id: {}", r.text());
+    let r = d.send("POST", "/api/v1/channels", &cookie, &csrf, &EXTRA_CHANNEL.replace("\"extra\"", "\"combined\""));
+    assert_eq!((r.status, r.json()["field"].as_str()), (422, Some("channel.id")), "{}", r.text());
+    let r =
+        d.send("POST", "/api/v1/channels", &cookie, &csrf, &EXTRA_CHANNEL.replace("\"height\": 90", "\"height\": 7"));
+    assert_eq!((r.status, r.json()["field"].as_str()), (422, Some("renditions[1].height")), "{}", r.text());
+    let missing = r#"{"channel": {"id": "clip"}, "source": {"kind": "file", "path": "/nonexistent/clip.mp4"},
+        "renditions": [{"name": "90p", "height": 90, "bitrate_kbps": 200}]}"#;
+    let r = d.send("POST", "/api/v1/channels", &cookie, &csrf, missing);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("/nonexistent/clip.mp4"), "{}", r.text());
+    let r = d.send("DELETE", "/api/v1/channels/ch", &cookie, &csrf, "");
+    assert_eq!(r.status, 409, "the first channel is not deleted: {}", r.text());
+    assert!(!has_channel_table(&std::fs::read_to_string(&file).unwrap(), "extra"));
+
+    // Created: it runs beside the first, on the same timeline, and its
+    // segments are those of the first channel (same source, same ladder).
+    let r = d.send("POST", "/api/v1/channels", &cookie, &csrf, EXTRA_CHANNEL);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!((r.json()["id"].as_str(), r.json()["first"].as_bool()), (Some("extra"), Some(false)));
+    assert_eq!(r.json()["saved"]["state"], "saved", "{}", r.text());
+    assert!(has_channel_table(&std::fs::read_to_string(&file).unwrap(), "extra"), "saved as [[channels]]");
+    let (ours, theirs) = (dir.path().join("out/ch/180p"), dir.path().join("out/extra/180p"));
+    let common = || {
+        let first = segments(&ours);
+        let shared: Vec<_> =
+            segments(&theirs).into_iter().filter(|s| first.iter().any(|f| f.0 == s.0)).collect::<Vec<_>>();
+        (first, shared)
+    };
+    d.wait_for("three segments of the new channel", Duration::from_secs(30), || {
+        theirs.join("manifest.jsonl").exists() && common().1.len() >= 3
+    });
+    let (first, shared) = common();
+    for s in &shared {
+        let same = first.iter().find(|f| f.0 == s.0).unwrap();
+        assert_eq!(s, same, "segment {} of `extra` differs from the first channel's", s.0);
+    }
+    let list = d.get("/api/v1/channels", &cookie).json();
+    let ids: Vec<&str> = list.as_array().unwrap().iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids, ["ch", "extra"]);
+    let origin = http(&d.origin, "GET", "/extra/master.m3u8", &[], b"");
+    assert_eq!(origin.status, 200, "the origin serves the new channel");
+    let metrics = d.get("/metrics", &cookie).text();
+    assert!(metrics.contains("lockstep_channel_running{channel=\"extra\"} 1"), "{metrics}");
+    assert_eq!(metrics.matches("# TYPE lockstep_channel_running ").count(), 1, "one family header");
+
+    // A failing channel says why while the others keep publishing.
+    let clip = dir.path().join("clip.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x90:rate=25:duration=2", "-pix_fmt"])
+        .args(["yuv420p", "-c:v", "libx264", "-y"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg is installed by ./run deps");
+    assert!(made.success());
+    let clip_channel = missing
+        .replace("/nonexistent/clip.mp4", clip.to_str().unwrap())
+        .replace("\"file\"", "\"file\", \"loop\": true");
+    let r = d.send("POST", "/api/v1/channels", &cookie, &csrf, &clip_channel);
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The file goes missing: the loop cannot open it again.
+    std::fs::remove_file(&clip).unwrap();
+    let before = segments(&theirs).len();
+    d.wait_for("the clip channel's error", Duration::from_secs(20), || {
+        let c = d.get("/api/v1/channels/clip", &cookie).json();
+        c["running"] == false && c["error"].as_str().is_some_and(|e| e.contains("clip.mp4"))
+    });
+    d.wait_for("the other channels go on", Duration::from_secs(20), || segments(&theirs).len() >= before + 2);
+    let r = d.send("DELETE", "/api/v1/channels/clip", &cookie, &csrf, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The next start runs the channel created through the API.
+    let (admin, origin, token) = (d.admin.clone(), d.origin.clone(), d.token.clone());
+    drop(d);
+    let d = launch(dir.path(), admin, origin, token);
+    let (cookie, csrf) = d.login();
+    let before = segments(&theirs).len();
+    d.wait_for("the new channel runs after the restart", Duration::from_secs(30), || {
+        segments(&theirs).len() >= before + 2
+    });
+    assert_eq!(d.get("/api/v1/channels/extra", &cookie).json()["running"], true);
+
+    // Deleted: gone from the appliance and the file, its segments kept.
+    let r = d.send("DELETE", "/api/v1/channels/extra", &cookie, &csrf, "");
+    assert_eq!((r.status, r.json()["deleted"].as_str()), (200, Some("extra")), "{}", r.text());
+    assert_eq!(d.get("/api/v1/channels/extra", &cookie).status, 404);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!has_channel_table(&text, "extra") && !text.contains("[[channels]]"), "{text}");
+    assert!(!segments(&theirs).is_empty(), "its segments stay on disk");
+    let kept = segments(&theirs).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(segments(&theirs).len(), kept, "a deleted channel publishes no more");
+    let events = d.get("/api/v1/events?since=0", &cookie).json().to_string();
+    assert!(events.contains("channel extra deleted"), "{events}");
 }

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 use super::auth::{Actor, COOKIE, Login};
 use super::{AppState, lock};
-use crate::config::BITRATE_KBPS;
+use crate::channels::{Channel, ChannelError};
+use crate::config::{BITRATE_KBPS, ChannelSpec};
 use crate::control::{LadderChange, unix_ms};
 use crate::daemon::ChannelCommand;
 
@@ -145,8 +146,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/logout", post(logout))
         .route("/api/v1/session", get(session))
         .route("/api/v1/status", get(status))
-        .route("/api/v1/channels", get(channels))
-        .route("/api/v1/channels/{id}", get(channel))
+        .route("/api/v1/channels", get(channels).post(create_channel))
+        .route("/api/v1/channels/{id}", get(channel).delete(delete_channel))
         .route("/api/v1/channels/{id}/renditions/{name}", patch(set_rendition))
         .route("/api/v1/channels/{id}/start", post(start_channel))
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
@@ -316,14 +317,15 @@ async fn session(State(state): Shared, axum::Extension(actor): axum::Extension<A
     )
 }
 
-fn current_segment(state: &AppState) -> i64 {
-    let status = &state.ctx.taps.status;
+fn current_segment(channel: &Channel) -> i64 {
+    let status = &channel.taps.status;
     let frames = i64::from(status.segment_frames.load(Ordering::Relaxed).max(1));
     status.frame.load(Ordering::Relaxed).div_euclid(frames)
 }
 
 async fn status(State(state): Shared) -> Response {
-    let s = &state.ctx.taps.status;
+    let first = state.ctx.channels.first();
+    let s = &first.taps.status;
     let view = state.ctx.swarm.as_ref().map(|sw| sw.view());
     let clock = lock(&s.clock).clone();
     let swarm = match &view {
@@ -349,11 +351,12 @@ async fn status(State(state): Shared) -> Response {
             "provisioning": crate::provision::last_status(),
             "uptime_s": state.started.elapsed().as_secs(),
             "channel": {
-                "id": state.ctx.config.channel.id,
+                "id": first.id,
                 "running": s.running.load(Ordering::Relaxed),
                 "frame": s.frame.load(Ordering::Relaxed),
-                "segment": current_segment(&state),
+                "segment": current_segment(&first),
             },
+            "channels": state.ctx.channels.all().len(),
             "clock": clock,
             "encode_latency_ms": s.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "write_errors": s.write_errors.load(Ordering::Relaxed),
@@ -374,16 +377,16 @@ fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
 }
 
-pub(super) fn check_channel(state: &AppState, id: &str) -> Result<(), ApiError> {
-    let ours = &state.ctx.config.channel.id;
-    if id != ours {
-        return Err(ApiError::field(
+/// Channel `id`, or a 404 naming the channels there are.
+pub(super) fn check_channel(state: &AppState, id: &str) -> Result<Arc<Channel>, ApiError> {
+    state.ctx.channels.get(id).ok_or_else(|| {
+        let ours: Vec<String> = state.ctx.channels.all().iter().map(|c| format!("`{}`", c.id)).collect();
+        ApiError::field(
             StatusCode::NOT_FOUND,
             "id",
-            format!("no channel `{id}` here (this appliance runs `{ours}`)"),
-        ));
-    }
-    Ok(())
+            format!("no channel `{id}` here (this appliance runs {})", ours.join(", ")),
+        )
+    })
 }
 
 /// The origin's URL as the client can reach it: a wildcard listen address
@@ -401,13 +404,15 @@ fn origin_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
     Some(format!("http://{name}:{}", addr.port()))
 }
 
-fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
-    let config = &state.ctx.supervisor.config();
-    let s = &state.ctx.taps.status;
-    let segment = current_segment(state);
-    let control = &state.ctx.taps.control;
+fn channel_json(state: &AppState, ch: &Channel, headers: &HeaderMap) -> Value {
+    let config = &ch.supervisor.config();
+    let s = &ch.taps.status;
+    let segment = current_segment(ch);
+    let control = &ch.taps.control;
     let resolved = lock(&s.ladder).clone();
-    let segments = lock(&state.segments);
+    let rows = lock(&state.rows);
+    let no_rows = BTreeMap::new();
+    let segments = rows.get(&ch.id).map_or(&no_rows, |r| &r.segments);
     let renditions: Vec<Value> = config
         .renditions
         .iter()
@@ -428,14 +433,19 @@ fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
             })
         })
         .collect();
-    let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
+    drop(rows);
+    let combined = ch.first && state.ctx.swarm.is_some() && state.ctx.origin.is_some();
     let id = &config.channel.id;
+    let running = s.running.load(Ordering::Relaxed);
     json!({
         "id": id,
-        "running": s.running.load(Ordering::Relaxed),
+        "first": ch.first,
+        "swarm": ch.first && state.ctx.swarm.is_some(),
+        "running": running,
+        "error": if running { None } else { lock(&s.run_error).clone() },
         "segment_seconds": config.channel.segment_seconds,
         "current_segment": segment,
-        "source": source_json(state),
+        "source": source_json(ch),
         "renditions": renditions,
         "audio": { "enabled": config.audio.enabled, "bitrate_kbps": config.audio.bitrate_kbps },
         "playlists": {
@@ -446,9 +456,9 @@ fn channel_json(state: &AppState, headers: &HeaderMap) -> Value {
     })
 }
 
-fn source_json(state: &AppState) -> Value {
-    let config = &state.ctx.supervisor.config();
-    let status = &state.ctx.taps.status;
+fn source_json(ch: &Channel) -> Value {
+    let config = &ch.supervisor.config();
+    let status = &ch.taps.status;
     let info = lock(&status.source).clone();
     json!({
         "channel": config.channel.id,
@@ -476,12 +486,91 @@ fn source_json(state: &AppState) -> Value {
 }
 
 async fn channels(State(state): Shared, headers: HeaderMap) -> Response {
-    json(StatusCode::OK, Value::Array(vec![channel_json(&state, &headers)]))
+    let all = state.ctx.channels.all();
+    json(StatusCode::OK, Value::Array(all.iter().map(|c| channel_json(&state, c, &headers)).collect()))
 }
 
 async fn channel(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    let ch = check_channel(&state, &id)?;
+    Ok(json(StatusCode::OK, channel_json(&state, &ch, &headers)))
+}
+
+/// The error answer for a refused channel change.
+pub(super) fn channel_error(e: ChannelError) -> ApiError {
+    match e {
+        ChannelError::Invalid(e) => config_error(e),
+        ChannelError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+        ChannelError::Missing(id) => {
+            ApiError::field(StatusCode::NOT_FOUND, "id", format!("no channel `{id}` on this appliance"))
+        }
+        ChannelError::Start(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("channel not started: {m}")),
+    }
+}
+
+/// A configuration error as a 422 naming its key.
+pub(super) fn config_error(e: crate::config::ConfigError) -> ApiError {
+    match e {
+        crate::config::ConfigError::Invalid { key, message } => {
+            ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &key, format!("{key}: {message}"))
+        }
+        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+    }
+}
+
+/// `POST /api/v1/channels`: a new channel (a `[[channels]]` entry as
+/// JSON), started unless `start` is false, and saved to the config file.
+async fn create_channel(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let spec: ChannelSpec = parse_body(&headers, &body)?;
+    let config = state.ctx.channels.first().supervisor.config().with_channel(&spec);
+    config.validate().map_err(config_error)?;
+    super::settings::source_present(&config)?;
+    let channels = Arc::clone(&state.ctx.channels);
+    let ch = tokio::task::spawn_blocking(move || channels.add(&spec))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "channel creation failed"))?
+        .map_err(channel_error)?;
+    let detail = json!({ "channel": ch.id, "body": serde_json::from_slice::<Value>(&body).ok() });
+    state.audit(&actor.name(), Some(from), "channel-create", detail);
+    state.events.push(
+        "channel",
+        Some(&state.ctx.config.appliance.id),
+        format!("channel {} created (by {})", ch.id, actor.name()),
+    );
+    let saved = super::settings::save(&state).await;
+    let mut body = channel_json(&state, &ch, &headers);
+    body["saved"] = serde_json::to_value(saved).unwrap_or_default();
+    Ok(json(StatusCode::CREATED, body))
+}
+
+/// `DELETE /api/v1/channels/{id}`: stops the channel and removes it from
+/// the appliance and its config file; its segments stay on disk.
+async fn delete_channel(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
     check_channel(&state, &id)?;
-    Ok(json(StatusCode::OK, channel_json(&state, &headers)))
+    let channels = Arc::clone(&state.ctx.channels);
+    let gone = id.clone();
+    tokio::task::spawn_blocking(move || channels.remove(&gone))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "channel deletion failed"))?
+        .map_err(channel_error)?;
+    state.audit(&actor.name(), Some(from), "channel-delete", json!({ "channel": id }));
+    state.events.push(
+        "channel",
+        Some(&state.ctx.config.appliance.id),
+        format!("channel {id} deleted (by {})", actor.name()),
+    );
+    let saved = super::settings::save(&state).await;
+    Ok(json(StatusCode::OK, json!({ "deleted": id, "saved": saved })))
 }
 
 /// Body of `PATCH /api/v1/channels/{id}/renditions/{name}`.
@@ -493,8 +582,8 @@ pub struct RenditionPatch {
 }
 
 /// The segment a change made now applies from on every node.
-pub(super) fn apply_from(state: &AppState) -> i64 {
-    current_segment(state) + crate::control::lead_segments(state.ctx.config.channel.segment_seconds)
+pub(super) fn apply_from(ch: &Channel) -> i64 {
+    current_segment(ch) + crate::control::lead_segments(ch.supervisor.config().channel.segment_seconds)
 }
 
 async fn set_rendition(
@@ -505,8 +594,8 @@ async fn set_rendition(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    check_channel(&state, &id)?;
-    let running = state.ctx.supervisor.config();
+    let ch = check_channel(&state, &id)?;
+    let running = ch.supervisor.config();
     if !running.renditions.iter().any(|r| r.name == name) {
         let names: Vec<&str> = running.renditions.iter().map(|r| r.name.as_str()).collect();
         return Err(ApiError::field(
@@ -524,29 +613,29 @@ async fn set_rendition(
         ));
     }
     let change = LadderChange {
-        from_segment: apply_from(&state),
+        from_segment: apply_from(&ch),
         revision: unix_ms(),
         origin: state.ctx.config.appliance.id.clone(),
         rendition: name.clone(),
         bitrate_kbps,
     };
-    state.ctx.taps.control.add(change.clone());
-    let detail = json!({ "rendition": name, "bitrate_kbps": bitrate_kbps, "from_segment": change.from_segment });
+    ch.taps.control.add(change.clone());
+    let detail =
+        json!({ "channel": id, "rendition": name, "bitrate_kbps": bitrate_kbps, "from_segment": change.from_segment });
     state.audit(&actor.name(), Some(from), "set-bitrate", detail.clone());
     state.events.push(
         "ladder",
         Some(&state.ctx.config.appliance.id),
-        format!("{name}: {bitrate_kbps} kbit/s from segment {} (by {})", change.from_segment, actor.name()),
+        format!("{id}/{name}: {bitrate_kbps} kbit/s from segment {} (by {})", change.from_segment, actor.name()),
     );
     let mut body = detail;
-    body["swarm_wide"] = Value::Bool(state.ctx.swarm.is_some());
+    body["swarm_wide"] = Value::Bool(ch.first && state.ctx.swarm.is_some());
     body["saved"] = serde_json::to_value(super::settings::save(&state).await).unwrap_or_default();
     Ok(json(StatusCode::ACCEPTED, body))
 }
 
 async fn command(state: Arc<AppState>, actor: Actor, from: SocketAddr, id: String, cmd: ChannelCommand) -> ApiResult {
-    check_channel(&state, &id)?;
-    let supervisor = state.ctx.supervisor.clone();
+    let supervisor = check_channel(&state, &id)?.supervisor.clone();
     let name = cmd.name();
     let running = tokio::task::spawn_blocking(move || supervisor.send(cmd, COMMAND_TIMEOUT))
         .await
@@ -594,8 +683,7 @@ fn device_error(e: lockstep_v4l2::V4l2Error) -> ApiError {
 /// The capture device's controls (brightness, input signal modes, ...);
 /// an empty list for sources that are not devices.
 async fn source_controls(State(state): Shared, Path(id): Path<String>) -> ApiResult {
-    check_channel(&state, &id)?;
-    let config = &state.ctx.supervisor.config();
+    let config = &check_channel(&state, &id)?.supervisor.config();
     if config.source.kind != crate::config::SourceKind::V4l2 {
         return Ok(json(StatusCode::OK, json!({ "channel": id, "device": null, "controls": [] })));
     }
@@ -632,7 +720,7 @@ async fn set_source_control(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    check_channel(&state, &id)?;
+    let ch = check_channel(&state, &id)?;
     let SetControl { id: control_id, name, value } = parse_body(&headers, &body)?;
     if control_id.is_some() == name.is_some() {
         return Err(ApiError::field(
@@ -641,7 +729,7 @@ async fn set_source_control(
             "give the control's `id` or its `name`, not both",
         ));
     }
-    let config = &state.ctx.supervisor.config();
+    let config = &ch.supervisor.config();
     if config.source.kind != crate::config::SourceKind::V4l2 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -691,7 +779,7 @@ async fn set_source_control(
     state.events.push(
         "config",
         Some(&state.ctx.config.appliance.id),
-        format!("capture control `{}` set to {value} (by {})", control.name, actor.name()),
+        format!("channel {id}: capture control `{}` set to {value} (by {})", control.name, actor.name()),
     );
     Ok(json(StatusCode::OK, control_json(&control)))
 }
@@ -717,7 +805,7 @@ async fn hang_drill(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    check_channel(&state, &id)?;
+    let ch = check_channel(&state, &id)?;
     let HangDrill { seconds } = parse_body(&headers, &body)?;
     if !(1..=HANG_DRILL_MAX_S).contains(&seconds) {
         return Err(ApiError::field(
@@ -726,7 +814,7 @@ async fn hang_drill(
             format!("seconds {seconds}: allowed 1 to {HANG_DRILL_MAX_S}"),
         ));
     }
-    let s = &state.ctx.taps.status;
+    let s = &ch.taps.status;
     if !s.running.load(Ordering::Relaxed) {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to hang")));
     }
@@ -737,13 +825,14 @@ async fn hang_drill(
     state.events.push(
         "drill",
         Some(&state.ctx.config.appliance.id),
-        format!("hang drill: capture stops for {seconds} s (by {})", actor.name()),
+        format!("hang drill: channel {id}'s capture stops for {seconds} s (by {})", actor.name()),
     );
     Ok(json(StatusCode::ACCEPTED, detail))
 }
 
 fn clock_json(state: &AppState) -> Value {
-    let s = &state.ctx.taps.status;
+    let first = state.ctx.channels.first();
+    let s = &first.taps.status;
     let configured = state.ctx.config.clock.fault;
     let fault = lock(&s.clock_fault).unwrap_or(configured);
     let quality = lock(&s.media_clock).as_ref().map(|c| crate::clock::MediaClock::quality(c.as_ref()));
@@ -767,9 +856,12 @@ async fn set_clock_fault(
     fault.check().map_err(|(field, message)| {
         ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, format!("{field}: {message}"))
     })?;
-    *lock(&state.ctx.taps.status.clock_fault) = Some(fault);
-    if let Some(c) = lock(&state.ctx.taps.status.media_clock).as_ref() {
-        c.fault().set(&fault);
+    // Every channel's pipeline keeps to the appliance's clock.
+    for ch in state.ctx.channels.all() {
+        *lock(&ch.taps.status.clock_fault) = Some(fault);
+        if let Some(c) = lock(&ch.taps.status.media_clock).as_ref() {
+            c.fault().set(&fault);
+        }
     }
     let detail = serde_json::to_value(fault).unwrap_or_default();
     state.audit(&actor.name(), Some(from), "set-clock-fault", detail);
@@ -792,7 +884,7 @@ async fn devices() -> ApiResult {
 }
 
 async fn sources(State(state): Shared) -> Response {
-    json(StatusCode::OK, Value::Array(vec![source_json(&state)]))
+    json(StatusCode::OK, Value::Array(state.ctx.channels.all().iter().map(|c| source_json(c)).collect()))
 }
 
 /// Free bytes on the file system holding `path`.
@@ -808,13 +900,17 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {
-    let config = &state.ctx.supervisor.config();
-    let id = &config.channel.id;
     let origin = origin_url(&state, &headers);
-    let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
-    json(
-        StatusCode::OK,
-        json!([{
+    let list: Vec<Value> =
+        state.ctx.channels.all().iter().map(|ch| output_json(&state, ch, origin.as_deref())).collect();
+    json(StatusCode::OK, Value::Array(list))
+}
+
+fn output_json(state: &AppState, ch: &Channel, origin: Option<&str>) -> Value {
+    let config = &ch.supervisor.config();
+    let id = &config.channel.id;
+    let combined = ch.first && state.ctx.swarm.is_some() && state.ctx.origin.is_some();
+    json!({
             "channel": id,
             "dir": config.output.dir.join(id),
             "mode": match config.output.mode { crate::config::OutputMode::Archive => "archive", _ => "live" },
@@ -825,9 +921,8 @@ async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {
                 "own": format!("/{id}/master.m3u8"),
                 "combined": combined.then(|| format!("/combined/{id}/master.m3u8")),
             },
-            "write_errors": state.ctx.taps.status.write_errors.load(Ordering::Relaxed),
-        }]),
-    )
+            "write_errors": ch.taps.status.write_errors.load(Ordering::Relaxed),
+    })
 }
 
 fn member_json(
@@ -915,6 +1010,10 @@ fn limit(
 ) -> Result<usize, ApiError> {
     let Query(Limit { limit }) =
         q.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "limit", format!("query: {}", e.body_text())))?;
+    in_range(limit, default, max)
+}
+
+fn in_range(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
     match limit.unwrap_or(default) {
         n if (1..=max).contains(&n) => Ok(n),
         n => Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "limit", format!("limit {n}: allowed 1 to {max}"))),
@@ -963,14 +1062,34 @@ async fn alignment(
     Ok(json(StatusCode::OK, json!({ "nodes": nodes, "rows": rows })))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalysisQuery {
+    limit: Option<usize>,
+    /// The channel; the first when left out.
+    channel: Option<String>,
+}
+
 async fn analysis(
     State(state): Shared,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<AnalysisQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let n = limit(q, 120, super::ANALYSIS_KEPT)?;
-    let rows = lock(&state.analysis);
-    let skip = rows.len().saturating_sub(n);
-    Ok(json(StatusCode::OK, json!(rows.iter().skip(skip).collect::<Vec<_>>())))
+    let Query(AnalysisQuery { limit, channel }) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let n = in_range(limit, 120, super::ANALYSIS_KEPT)?;
+    let ch = match channel {
+        Some(id) => check_channel(&state, &id)?,
+        None => state.ctx.channels.first(),
+    };
+    let rows = lock(&state.rows);
+    let list: Vec<&super::AnalysisRow> = rows
+        .get(&ch.id)
+        .map(|r| {
+            let skip = r.analysis.len().saturating_sub(n);
+            r.analysis.iter().skip(skip).collect()
+        })
+        .unwrap_or_default();
+    Ok(json(StatusCode::OK, json!(list)))
 }
 
 async fn history(State(state): Shared) -> Response {
@@ -1012,9 +1131,14 @@ async fn event_stream(State(state): Shared) -> Response {
 /// packager, clock) plus live pipeline, swarm, origin and API counters.
 async fn metrics(State(state): Shared) -> Response {
     use std::fmt::Write;
-    let config = &state.ctx.supervisor.config();
-    let ch = &config.channel.id;
-    let mut text = std::fs::read_to_string(config.output.dir.join(ch).join("metrics.prom")).unwrap_or_default();
+    let config = &state.ctx.config;
+    let channels = state.ctx.channels.all();
+    let files: Vec<String> = channels
+        .iter()
+        .map(|ch| ch.supervisor.config().output.dir.join(&ch.id).join("metrics.prom"))
+        .map(|file| std::fs::read_to_string(file).unwrap_or_default())
+        .collect();
+    let mut text = merge_metrics(&files);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
@@ -1025,57 +1149,64 @@ async fn metrics(State(state): Shared) -> Response {
             }
         }
     };
-    let s = &state.ctx.taps.status;
-    let c = format!("channel=\"{ch}\"");
+    let per_channel = |read: &dyn Fn(&crate::pipeline::ChannelStatus) -> f64| -> Vec<(String, f64)> {
+        channels.iter().map(|ch| (format!("channel=\"{}\"", ch.id), read(&ch.taps.status))).collect()
+    };
     metric(
         "lockstep_channel_running",
         "gauge",
         "1 while the channel's pipeline runs.",
-        &[(c.clone(), f64::from(u8::from(s.running.load(Ordering::Relaxed))))],
+        &per_channel(&|s| f64::from(u8::from(s.running.load(Ordering::Relaxed)))),
     );
     metric(
         "lockstep_frames_captured_total",
         "counter",
         "Frames captured since the daemon started.",
-        &[(c.clone(), s.frames_captured.load(Ordering::Relaxed) as f64)],
+        &per_channel(&|s| s.frames_captured.load(Ordering::Relaxed) as f64),
     );
     metric(
         "lockstep_frames_dropped_total",
         "counter",
         "Frames skipped because capture fell behind real time.",
-        &[(c.clone(), s.frames_dropped.load(Ordering::Relaxed) as f64)],
+        &per_channel(&|s| s.frames_dropped.load(Ordering::Relaxed) as f64),
     );
     // How pictures reached the pool: in place (no copy), converted once,
     // copied (a repeat filling a gap), or black standing in for a fault.
-    let paths = [
-        ("in_place", &s.frames_in_place),
-        ("converted", &s.frames_converted),
-        ("copied", &s.frames_copied),
-        ("substituted", &s.frames_substituted),
-    ];
+    let mut paths = Vec::new();
+    for ch in &channels {
+        let s = &ch.taps.status;
+        for (p, v) in [
+            ("in_place", &s.frames_in_place),
+            ("converted", &s.frames_converted),
+            ("copied", &s.frames_copied),
+            ("substituted", &s.frames_substituted),
+        ] {
+            paths.push((format!("channel=\"{}\",path=\"{p}\"", ch.id), v.load(Ordering::Relaxed) as f64));
+        }
+    }
     metric(
         "lockstep_capture_frames_total",
         "counter",
         "Frames from a device-paced source by how they reached the frame pool (path=in_place means no copy).",
-        &paths.map(|(p, v)| (format!("{c},path=\"{p}\""), v.load(Ordering::Relaxed) as f64)),
+        &paths,
     );
     metric(
         "lockstep_input_faults_total",
         "counter",
         "Input faults (no signal, no lock, timeouts, corrupt frames) since the daemon started.",
-        &[(c.clone(), s.input_faults.load(Ordering::Relaxed) as f64)],
+        &per_channel(&|s| s.input_faults.load(Ordering::Relaxed) as f64),
     );
     metric(
         "lockstep_input_fault",
         "gauge",
         "1 while the input has a fault.",
-        &[(c.clone(), f64::from(u8::from(lock(&s.input_fault).is_some())))],
+        &per_channel(&|s| f64::from(u8::from(lock(&s.input_fault).is_some()))),
     );
     metric(
         "lockstep_encode_latency_seconds",
         "gauge",
         "Capture of a segment's last frame to its publication.",
-        &[(c.clone(), s.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6)],
+        &per_channel(&|s| s.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6),
     );
     if let Some(sw) = state.ctx.swarm.as_ref() {
         let v = sw.view();
@@ -1156,4 +1287,47 @@ async fn metrics(State(state): Shared) -> Response {
         &[(String::new(), state.events.count() as f64)],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Every channel's `metrics.prom` as one exposition: a family's `# HELP`
+/// and `# TYPE` lines once (the format allows them once), the samples of
+/// every channel together under them, families in first-seen order.
+fn merge_metrics(files: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for file in files {
+        let mut family = String::new();
+        for line in file.lines().filter(|l| !l.trim().is_empty()) {
+            let head = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE "));
+            let name = match head {
+                Some(rest) => rest.split_whitespace().next().unwrap_or_default().to_string(),
+                None if line.starts_with('#') => continue,
+                // A sample belongs to the family above it, or its own.
+                None if family.is_empty() => line.split(['{', ' ']).next().unwrap_or_default().to_string(),
+                None => family.clone(),
+            };
+            if !families.contains_key(&name) {
+                order.push(name.clone());
+            }
+            let (heads, samples) = families.entry(name.clone()).or_default();
+            match head {
+                Some(_) => {
+                    family = name;
+                    if !heads.iter().any(|h| h == line) {
+                        heads.push(line.to_string());
+                    }
+                }
+                None => samples.push(line.to_string()),
+            }
+        }
+    }
+    let mut text = String::new();
+    for name in order {
+        let (heads, samples) = &families[&name];
+        for line in heads.iter().chain(samples) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::channels::{Channel, Channels};
 use crate::config::Config;
-use crate::daemon::{self, Supervisor};
+use crate::daemon;
 use crate::pipeline::{self, RunLimits, Taps};
 
 /// What one pipeline run looked like.
@@ -97,9 +98,10 @@ pub fn run(seconds: f64, clients: usize) -> anyhow::Result<()> {
     config.admin.listen = Some("127.0.0.1:0".into());
     config.admin.tokens_file = Some(tokens);
     config.validate()?;
-    let taps = daemon::taps();
-    let (supervisor, _commands) = Supervisor::new(&config);
-    let services = daemon::services(&config, &taps, supervisor)?;
+    let (first, _commands) = Channel::first(&config);
+    let taps = first.taps.clone();
+    let channels = Channels::new(first, &RunLimits::default(), None);
+    let services = daemon::services(&config, &channels)?;
     let addr = services.admin.as_ref().map(|a| a.addr).ok_or_else(|| anyhow::anyhow!("admin API did not start"))?;
     println!(
         "bench api: demo ladder in real time, {seconds} s per run; {clients} clients (threads of this process at nice 19) polling {} routes",

@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::channels::{Channel, Channels};
 use crate::config::Config;
-use crate::daemon::Supervisor;
 use crate::origin::OriginMetrics;
-use crate::pipeline::Taps;
 use crate::swarm::Swarm;
 
 use auth::Auth;
@@ -35,12 +34,11 @@ use events::{EventLog, History, Sample, ViewDiff};
 pub struct Context {
     /// The daemon's configuration.
     pub config: Config,
-    /// The channel's shared status, controls and feeds.
-    pub taps: Taps,
-    /// The swarm node, when in a swarm.
+    /// The appliance's channels: their status, controls, feeds and
+    /// supervisors.
+    pub channels: Arc<Channels>,
+    /// The swarm node (of the first channel), when in a swarm.
     pub swarm: Option<Arc<Swarm>>,
-    /// Starts and stops the channel.
-    pub supervisor: Supervisor,
     /// The origin's address, when it runs.
     pub origin: Option<SocketAddr>,
     /// The origin's counters.
@@ -85,6 +83,15 @@ pub struct SegmentRow {
     pub kbps: f64,
 }
 
+/// What the admin server keeps of one channel for the page.
+#[derive(Debug, Default)]
+pub struct Rows {
+    /// Its analysed segments, oldest first.
+    pub analysis: VecDeque<AnalysisRow>,
+    /// Its published segments by track, oldest first.
+    pub segments: BTreeMap<String, VecDeque<SegmentRow>>,
+}
+
 /// Counters of the API itself.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
@@ -119,8 +126,8 @@ pub struct AppState {
     auth: Auth,
     events: Arc<EventLog>,
     history: History,
-    analysis: Mutex<VecDeque<AnalysisRow>>,
-    segments: Mutex<BTreeMap<String, VecDeque<SegmentRow>>>,
+    /// By channel id.
+    rows: Mutex<BTreeMap<String, Rows>>,
     api: ApiMetrics,
     audit: Mutex<Option<std::fs::File>>,
     tls: bool,
@@ -185,8 +192,7 @@ pub fn start(ctx: Context) -> anyhow::Result<Admin> {
         auth,
         events: Arc::clone(&events),
         history: History::default(),
-        analysis: Mutex::default(),
-        segments: Mutex::default(),
+        rows: Mutex::default(),
         api: ApiMetrics::default(),
         audit: Mutex::new(Some(audit)),
         tls: tls.is_some(),
@@ -231,22 +237,31 @@ pub fn start(ctx: Context) -> anyhow::Result<Admin> {
     Ok(Admin { addr, events, _threads: vec![watcher, server] })
 }
 
-/// Follows the channel and the swarm: feeds the timeline, the charts and
-/// the event log.
-fn watch(state: &Arc<AppState>) {
-    crate::rt::lower_priority(crate::rt::ADMIN_NICE);
-    let taps = &state.ctx.taps;
-    let mut analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
-    let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
-    let mut diff = ViewDiff::default();
-    let mut running = false;
-    let mut write_errors = 0;
-    let mut last_sample = Instant::now() - Duration::from_secs(1);
-    loop {
-        if let Some(rx) = analyses.as_mut() {
+/// What the watcher follows of one channel.
+struct Follow {
+    channel: Arc<Channel>,
+    analyses: Option<tokio::sync::broadcast::Receiver<Arc<crate::analysis::stage::SegmentReport>>>,
+    segments: Option<tokio::sync::broadcast::Receiver<Arc<crate::pipeline::PublishedSegment>>>,
+    running: bool,
+    write_errors: u64,
+    run_error: Option<String>,
+}
+
+impl Follow {
+    fn new(channel: Arc<Channel>) -> Self {
+        let taps = &channel.taps;
+        let analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
+        let segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
+        Self { channel, analyses, segments, running: false, write_errors: 0, run_error: None }
+    }
+
+    /// Takes in what the channel published since the last call.
+    fn update(&mut self, state: &AppState) {
+        let mut all = lock(&state.rows);
+        let rows = all.entry(self.channel.id.clone()).or_default();
+        if let Some(rx) = self.analyses.as_mut() {
             while let Ok(r) = rx.try_recv() {
-                let mut rows = lock(&state.analysis);
-                rows.push_back(AnalysisRow {
+                rows.analysis.push_back(AnalysisRow {
                     index: r.index,
                     timecode: r.timecode.clone(),
                     complexity: r.analysis.complexity,
@@ -254,37 +269,72 @@ fn watch(state: &Arc<AppState>) {
                     scene_cuts: r.analysis.scene_cuts.len(),
                     frames_skipped: r.analysis.frames_skipped,
                 });
-                while rows.len() > ANALYSIS_KEPT {
-                    rows.pop_front();
+                while rows.analysis.len() > ANALYSIS_KEPT {
+                    rows.analysis.pop_front();
                 }
             }
         }
-        if let Some(rx) = segments.as_mut() {
+        if let Some(rx) = self.segments.as_mut() {
             while let Ok(p) = rx.try_recv() {
-                let mut tracks = lock(&state.segments);
-                let rows = tracks.entry(p.track.clone()).or_default();
+                let track = rows.segments.entry(p.track.clone()).or_default();
                 let kbps = if p.duration_s > 0.0 { p.bytes as f64 * 8.0 / p.duration_s / 1000.0 } else { 0.0 };
-                rows.push_back(SegmentRow { index: p.index, bytes: p.bytes, kbps });
-                while rows.len() > SEGMENTS_KEPT {
-                    rows.pop_front();
+                track.push_back(SegmentRow { index: p.index, bytes: p.bytes, kbps });
+                while track.len() > SEGMENTS_KEPT {
+                    track.pop_front();
                 }
             }
         }
-        let now_running = taps.status.running.load(Ordering::Relaxed);
-        if now_running != running {
-            let channel = &state.ctx.config.channel.id;
+        drop(all);
+        let status = &self.channel.taps.status;
+        let me = Some(state.ctx.config.appliance.id.as_str());
+        let now_running = status.running.load(Ordering::Relaxed);
+        if now_running != self.running {
             let what = if now_running { "started" } else { "stopped" };
-            state.events.push("channel", Some(&state.ctx.config.appliance.id), format!("channel {channel} {what}"));
-            running = now_running;
+            state.events.push("channel", me, format!("channel {} {what}", self.channel.id));
+            self.running = now_running;
         }
-        let errors = taps.status.write_errors.load(Ordering::Relaxed);
-        if errors > write_errors {
+        let run_error = lock(&status.run_error).clone();
+        if run_error != self.run_error {
+            if let Some(why) = &run_error {
+                state.events.push("error", me, format!("channel {} stopped: {why}", self.channel.id));
+            }
+            self.run_error = run_error;
+        }
+        let errors = status.write_errors.load(Ordering::Relaxed);
+        if errors > self.write_errors {
             state.events.push(
                 "error",
-                Some(&state.ctx.config.appliance.id),
-                format!("{} segment writes failed (total {errors}); see the journal", errors - write_errors),
+                me,
+                format!(
+                    "channel {}: {} segment writes failed (total {errors}); see the journal",
+                    self.channel.id,
+                    errors - self.write_errors
+                ),
             );
-            write_errors = errors;
+            self.write_errors = errors;
+        }
+    }
+}
+
+/// Follows the channels and the swarm: feeds the timelines, the charts
+/// and the event log.
+fn watch(state: &Arc<AppState>) {
+    crate::rt::lower_priority(crate::rt::ADMIN_NICE);
+    let mut follows: Vec<Follow> = Vec::new();
+    let mut diff = ViewDiff::default();
+    let mut last_sample = Instant::now() - Duration::from_secs(1);
+    loop {
+        // Channels come and go through the API.
+        let channels = state.ctx.channels.all();
+        follows.retain(|f| channels.iter().any(|c| Arc::ptr_eq(c, &f.channel)));
+        for c in channels {
+            if !follows.iter().any(|f| Arc::ptr_eq(&c, &f.channel)) {
+                follows.push(Follow::new(c));
+            }
+        }
+        lock(&state.rows).retain(|id, _| follows.iter().any(|f| &f.channel.id == id));
+        for f in &mut follows {
+            f.update(state);
         }
         let view = state.ctx.swarm.as_ref().map(|s| s.view());
         if let Some(view) = &view {
@@ -303,8 +353,9 @@ fn watch(state: &Arc<AppState>) {
 
 fn sample(state: &AppState, view: Option<&crate::swarm::View>) -> Sample {
     let me = &state.ctx.config.appliance.id;
-    let complexity = lock(&state.analysis).back().map_or(0.0, |r| r.complexity);
-    let latency = state.ctx.taps.status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1000.0;
+    let first = state.ctx.channels.first();
+    let complexity = lock(&state.rows).get(&first.id).and_then(|r| r.analysis.back()).map_or(0.0, |r| r.complexity);
+    let latency = first.taps.status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1000.0;
     let (mut weights, mut cpu) = (BTreeMap::new(), BTreeMap::new());
     if let Some(view) = view {
         weights = view.weights.clone();

@@ -13,12 +13,14 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{ApiError, ApiResult, COMMAND_TIMEOUT, Shared, apply_from, check_channel, json, parse_body};
+use super::api::{
+    ApiError, ApiResult, COMMAND_TIMEOUT, Shared, apply_from, channel_error, check_channel, config_error, json,
+    parse_body,
+};
 use super::auth::Actor;
 use super::{AppState, lock};
-use crate::config::{
-    AudioConfig, Config, ConfigError, EncoderConfig, OutputMode, RenditionConfig, SourceConfig, SourceKind,
-};
+use crate::channels::Channel;
+use crate::config::{AudioConfig, Config, EncoderConfig, OutputMode, RenditionConfig, SourceConfig, SourceKind};
 use crate::control::{LadderChange, unix_ms};
 
 /// Body of `PATCH /api/v1/channels/{id}/config`: the sections to replace,
@@ -51,8 +53,8 @@ pub struct OutputEdit {
 /// The editable view; bitrates are those in force or announced (a live
 /// change wins over the configured value), so a form sent back unchanged
 /// changes nothing.
-fn view(config: &Config, state: &AppState) -> Value {
-    let control = &state.ctx.taps.control;
+fn view(config: &Config, ch: &Channel, state: &AppState) -> Value {
+    let control = &ch.taps.control;
     let renditions: Vec<RenditionConfig> = config
         .renditions
         .iter()
@@ -72,15 +74,16 @@ fn view(config: &Config, state: &AppState) -> Value {
             "segment_seconds": config.channel.segment_seconds,
             "output_dir": config.output.dir,
         },
-        "swarm": state.ctx.swarm.is_some(),
-        "last_error": lock(&state.ctx.taps.status.config_error).clone(),
-        "saved": state.ctx.supervisor.saved(),
+        "swarm": ch.first && state.ctx.swarm.is_some(),
+        "first": ch.first,
+        "last_error": lock(&ch.taps.status.config_error).clone(),
+        "saved": state.ctx.channels.saved(),
     })
 }
 
 pub(super) async fn get(State(state): Shared, Path(id): Path<String>) -> ApiResult {
-    check_channel(&state, &id)?;
-    Ok(json(StatusCode::OK, view(&state.ctx.supervisor.config(), &state)))
+    let ch = check_channel(&state, &id)?;
+    Ok(json(StatusCode::OK, view(&ch.supervisor.config(), &ch, &state)))
 }
 
 /// The edit applied to `running`, validated; errors name the key.
@@ -102,13 +105,13 @@ pub fn merged(running: &Config, edit: ChannelEdit) -> Result<Config, ApiError> {
         next.output.mode = output.mode.unwrap_or(next.output.mode);
         next.output.window_segments = output.window_segments.unwrap_or(next.output.window_segments);
     }
-    next.validate().map_err(|e| match e {
-        ConfigError::Invalid { key, message } => {
-            ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, &key, format!("{key}: {message}"))
-        }
-        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
-    })?;
-    // What the loader cannot see: the source must be there now.
+    next.validate().map_err(config_error)?;
+    source_present(&next)?;
+    Ok(next)
+}
+
+/// What the loader cannot see: the source of `next` must be there now.
+pub(super) fn source_present(next: &Config) -> Result<(), ApiError> {
     match next.source.kind {
         SourceKind::File => {
             if let Some(path) = &next.source.path
@@ -130,7 +133,7 @@ pub fn merged(running: &Config, edit: ChannelEdit) -> Result<Config, ApiError> {
         }
         _ => {}
     }
-    Ok(next)
+    Ok(())
 }
 
 /// The ladder's shape: names and sizes, not bitrates or backends.
@@ -146,13 +149,21 @@ pub(super) async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    check_channel(&state, &id)?;
+    let ch = check_channel(&state, &id)?;
     let edit: ChannelEdit = parse_body(&headers, &body)?;
+    if !ch.first && edit.output.is_some() {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "output",
+            "output: the appliance's output is shared by its channels; change it on the first channel",
+        ));
+    }
     // With the bitrates in force or announced: an edit that leaves the
     // renditions out keeps them, rather than reverting a live change.
-    let running = crate::persist::effective(&state.ctx.supervisor.config(), &state.ctx.taps.control);
+    let running = ch.effective();
     let next = merged(&running, edit)?;
-    if state.ctx.swarm.is_some() && shape(&next) != shape(&running) {
+    state.ctx.channels.check(&id, &next).map_err(channel_error)?;
+    if ch.first && state.ctx.swarm.is_some() && shape(&next) != shape(&running) {
         return Err(ApiError::field(
             StatusCode::CONFLICT,
             "renditions",
@@ -162,8 +173,8 @@ pub(super) async fn patch(
     }
     // Bitrates go through the live changes, which the swarm agrees on and
     // which win over the configured values from their segment on.
-    let from_segment = apply_from(&state);
-    let control = &state.ctx.taps.control;
+    let from_segment = apply_from(&ch);
+    let control = &ch.taps.control;
     let mut changes = Vec::new();
     for r in &next.renditions {
         let now = running.renditions.iter().find(|o| o.name == r.name);
@@ -182,13 +193,13 @@ pub(super) async fn patch(
     if !restructure && changes.is_empty() {
         return Ok(json(
             StatusCode::ACCEPTED,
-            json!({ "applied": { "how": "unchanged" }, "config": view(&running, &state) }),
+            json!({ "applied": { "how": "unchanged" }, "config": view(&running, &ch, &state) }),
         ));
     }
     for c in &changes {
         control.add(c.clone());
     }
-    let supervisor = state.ctx.supervisor.clone();
+    let supervisor = ch.supervisor.clone();
     let applied = tokio::task::spawn_blocking(move || supervisor.reconfigure(next, COMMAND_TIMEOUT))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration change failed"))?
@@ -213,7 +224,7 @@ pub(super) async fn patch(
         Some(&state.ctx.config.appliance.id),
         format!("channel {id}: new configuration {words} (by {})", actor.name()),
     );
-    let running_now = state.ctx.taps.status.running.load(Ordering::Relaxed);
+    let running_now = ch.taps.status.running.load(Ordering::Relaxed);
     let saved = save(&state).await;
     Ok(json(
         StatusCode::ACCEPTED,
@@ -221,7 +232,7 @@ pub(super) async fn patch(
             "applied": applied,
             "running": running_now,
             "saved": saved,
-            "config": view(&state.ctx.supervisor.config(), &state),
+            "config": view(&ch.supervisor.config(), &ch, &state),
         }),
     ))
 }
@@ -229,6 +240,6 @@ pub(super) async fn patch(
 /// Writes the effective configuration to the daemon's file now (off the
 /// async runtime: it is file I/O); `None` when the daemon has no file.
 pub(super) async fn save(state: &std::sync::Arc<AppState>) -> Option<crate::persist::SaveStatus> {
-    let (supervisor, control) = (state.ctx.supervisor.clone(), std::sync::Arc::clone(&state.ctx.taps.control));
-    tokio::task::spawn_blocking(move || supervisor.save(&control)).await.ok().flatten()
+    let channels = std::sync::Arc::clone(&state.ctx.channels);
+    tokio::task::spawn_blocking(move || channels.save()).await.ok().flatten()
 }
