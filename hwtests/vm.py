@@ -431,9 +431,16 @@ def boot_vivid(vm, api):
     expect(status == 200, f"restoring the signal mode refused: {status} {body[:200]!r}")
     wait("the fault to clear", 20, lambda: api.get("/api/v1/sources")[0]["input_fault"] is None)
     after = api.get("/api/v1/sources")[0]
-    time.sleep(3)
-    again = api.get("/api/v1/sources")[0]
-    expect(again["frames"]["in_place"] > after["frames"]["in_place"], "capture did not resume after the fault")
+    # vivid's generator under TCG stalls for seconds at a time (seen in CI:
+    # frames flowed, then "no frame for 500 ms" again half a second later),
+    # so give the first frames in place after the fault up to 30 s.
+    def resumed():
+        now = api.get("/api/v1/sources")[0]
+        return now if now["frames"]["in_place"] > after["frames"]["in_place"] else None
+    try:
+        again = wait("frames in place after the fault", 30, resumed)
+    except Failure as e:
+        raise Failure(f"capture did not resume after the fault: {e}") from e
     log(f"signal back: faults {again['input_faults']}, frames {again['frames']}")
 
     # The device disappears (vivid's Disconnect button: every ioctl then

@@ -49,6 +49,17 @@ pub enum Which {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// Channels of the demo ladder at once in real time, 1 to `--max`:
+    /// CPU per channel against one channel alone, and the most that keep
+    /// real time on this machine.
+    Channels {
+        /// Most channels to try.
+        #[arg(long, default_value_t = 16)]
+        max: usize,
+        /// Seconds of media per run.
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+    },
     /// Swarm gossip convergence and leader failure detection on loopback.
     Swarm {
         /// Nodes.
@@ -107,6 +118,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Analysis { frames } => analysis_bench(frames),
         Which::Swarm { nodes } => crate::swarm::bench::run(nodes),
         Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
+        Which::Channels { max, seconds } => crate::channels::bench::run(max, seconds),
     }
 }
 
@@ -224,7 +236,7 @@ fn pipeline_bench(frames: u64, full_ladder: bool) -> anyhow::Result<()> {
 }
 
 /// User + system CPU time of this process so far, in seconds.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: getrusage writes a full rusage into the pointer on success.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {

@@ -105,11 +105,13 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         "three healthy nodes",
         "preview plays",
         "bitrate change took effect",
+        "channel pop created from the page",
+        "channel pop deleted from the page",
         "failover event",
     ] {
         assert!(stdout.contains(step), "step `{step}` not reported");
     }
-    for shot in ["login", "overview", "bitrate", "failover"] {
+    for shot in ["login", "overview", "bitrate", "channels", "failover"] {
         let png = shots.join(format!("{shot}.png"));
         assert!(std::fs::metadata(&png).is_ok_and(|m| m.len() > 10_000), "{} missing or empty", png.display());
     }

@@ -126,6 +126,38 @@ try {
   const t1 = await played(2, 60_000);
   step(`${applied} The preview plays on (currentTime ${t1.toFixed(1)} s)`);
 
+  // Channels: a bad id is refused naming its key; a good channel is
+  // created from the page, shown, played, and deleted again.
+  await page.click('#channel-new');
+  await page.fill('#new-id', 'combined');
+  await page.fill('#new-width', '320');
+  await page.fill('#new-height', '180');
+  await page.fill('#new-ladder', '180p:200');
+  await page.uncheck('#new-audio');
+  await page.click('#new-create');
+  await page.waitForFunction(() => document.querySelector('#new-message').classList.contains('error'), null, { timeout: 15_000 });
+  const badId = await page.evaluate(() => ({
+    text: document.querySelector('#new-message').textContent,
+    marked: document.querySelector('#new-id').classList.contains('invalid'),
+  }));
+  if (!badId.text.includes('channel.id') || !badId.marked) fail(`reserved id not named and marked: ${JSON.stringify(badId)}`);
+  await page.fill('#new-id', 'pop');
+  await page.click('#new-create');
+  await page.waitForSelector('#channel-list tr[data-channel="pop"][data-running="true"]', { timeout: 30_000 });
+  await page.waitForFunction(() => document.querySelector('#channel-id').textContent === 'pop', null, { timeout: 15_000 });
+  const tp = await played(2, 60_000);
+  const popUrl = await page.evaluate(() => document.querySelector('#preview-url').textContent);
+  if (!popUrl.includes('/pop/')) fail(`the preview does not play the new channel: ${popUrl}`);
+  await page.locator('.p-channels').evaluate((e) => e.scrollIntoView({ block: 'center' }));
+  await page.locator('.p-channels').screenshot({ path: join(shots, 'channels.png') });
+  step(`refused "${badId.text}"; channel pop created from the page, its preview plays ${popUrl} (currentTime ${tp.toFixed(1)} s)`);
+  await page.click('#channel-list tr[data-channel="pop"] .delete');
+  await page.click('#channel-list tr[data-channel="pop"] .delete.armed');
+  await page.waitForFunction(() => !document.querySelector('#channel-list tr[data-channel="pop"]'), null, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('#channel-id').textContent !== 'pop', null, { timeout: 15_000 });
+  await played(1, 60_000);
+  step('channel pop deleted from the page; the page shows the first channel again and its preview plays');
+
   // Kill the node whose segments are chosen; watch from another node.
   const chosen = await page.evaluate(async () => {
     const r = await fetch('/api/v1/swarm/alignment?limit=1', { credentials: 'same-origin' });

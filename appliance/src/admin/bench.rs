@@ -15,27 +15,27 @@ use crate::pipeline::{self, RunLimits, Taps};
 
 /// What one pipeline run looked like.
 #[derive(Debug, Default)]
-struct Run {
-    frames: u64,
-    dropped: u64,
-    latency_ms: Vec<f64>,
+pub(crate) struct Run {
+    pub(crate) frames: u64,
+    pub(crate) dropped: u64,
+    pub(crate) latency_ms: Vec<f64>,
 }
 
 impl Run {
-    fn mean_latency(&self) -> f64 {
+    pub(crate) fn mean_latency(&self) -> f64 {
         if self.latency_ms.is_empty() {
             0.0
         } else {
             self.latency_ms.iter().sum::<f64>() / self.latency_ms.len() as f64
         }
     }
-    fn max_latency(&self) -> f64 {
+    pub(crate) fn max_latency(&self) -> f64 {
         self.latency_ms.iter().copied().fold(0.0, f64::max)
     }
 }
 
 /// Runs the pipeline for `seconds` of media, sampling the segment latency.
-fn pipeline_run(config: &Config, taps: &Taps, seconds: f64) -> anyhow::Result<Run> {
+pub(crate) fn pipeline_run(config: &Config, taps: &Taps, seconds: f64) -> anyhow::Result<Run> {
     let (frames0, dropped0) =
         (taps.status.frames_captured.load(Ordering::Relaxed), taps.status.frames_dropped.load(Ordering::Relaxed));
     let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);

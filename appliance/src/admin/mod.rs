@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod events;
+mod metrics;
 pub mod settings;
 mod tls;
 

@@ -69,6 +69,7 @@
     slowBusy: false,
     actionSeq: 0,        // bumped when start/stop completes (see refreshFast)
     channelBusy: false,
+    channels: [],             // GET /channels: every channel of the appliance
     renditionRows: new Map(), // name → row handles
     config: null,             // GET /channels/{id}/config, as the form was filled
     localPending: new Map(),  // name → {bitrate_kbps, from_segment} after a 202
@@ -292,7 +293,7 @@
   /** Clears everything shown for the previous session. */
   function resetView() {
     Object.assign(state, {
-      status: null, swarm: null, channel: null, channelId: null,
+      status: null, swarm: null, channel: null, channelId: null, channels: [],
       analysis: [], history: [], lastEventId: 0, ticks: 0, pollCount: 0,
     });
     state.events.clear();
@@ -303,6 +304,7 @@
     $('alignment').replaceChildren();
     $('events').replaceChildren();
     $('channel-stats').replaceChildren();
+    $('channel-list').replaceChildren();
     renderCharts();
   }
 
@@ -420,10 +422,12 @@
         get('/swarm'),
         id ? get(channelPath(id)) : Promise.resolve(null),
         get(`/swarm/alignment?limit=${ALIGNMENT_LIMIT}`),
+        get('/channels'),
       ]);
       if (gen !== state.gen) return;
       noteReachability(results);
-      const [status, swarm, channel, alignment] = results;
+      const [status, swarm, channel, alignment, channels] = results;
+      if (channels.status === 'fulfilled' && Array.isArray(channels.value)) renderChannelList(channels.value);
       // A start/stop finished while these were in flight: their running
       // flags are older than what we know; skip them rather than flicker.
       const stale = seq !== state.actionSeq;
@@ -476,7 +480,7 @@
     const gen = state.gen;
     try {
       const [analysis, history] = await Promise.allSettled([
-        get(`/analysis?limit=${ANALYSIS_LIMIT}`),
+        get(`/analysis?limit=${ANALYSIS_LIMIT}${state.channelId ? `&channel=${encodeURIComponent(state.channelId)}` : ''}`),
         get('/history'),
       ]);
       if (gen !== state.gen) return;
@@ -705,6 +709,157 @@
       }
     }
     $('swarm-summary').replaceChildren(...chips);
+  }
+
+  // ------------------------------------------------------------ channel list
+
+  /**
+   * The appliance's channels, one row each: picking one shows it in the
+   * channel, preview, chart and configuration panels; any but the first
+   * can be deleted (two clicks: the first one asks).
+   */
+  function renderChannelList(list) {
+    state.channels = list;
+    const selected = state.channelId;
+    // The channel shown was deleted (here or elsewhere): show the first.
+    if (selected && list.length && !list.some((c) => c.id === selected)) selectChannel(list[0].id);
+    $('channels-note').textContent = list.length === 1 ? '1 channel' : `${list.length} channels`;
+    const body = $('channel-list');
+    const rows = list.map((c) => {
+      const tone = c.running ? 'ok' : c.error ? 'bad' : 'neutral';
+      const words = c.running ? 'running' : c.error ? `stopped: ${c.error}` : 'stopped';
+      const old = body.querySelector(`tr[data-channel="${CSS.escape(c.id)}"]`);
+      const armed = old && old.querySelector('.delete.armed');
+      return el('tr', { dataset: { channel: c.id, running: String(!!c.running) }, class: c.id === state.channelId ? 'selected' : null },
+        el('td', null,
+          el('button', { type: 'button', class: 'pick', text: c.id, title: `Show ${c.id}`, 'aria-pressed': String(c.id === state.channelId), onclick: () => selectChannel(c.id) }),
+          c.first ? el('span', { class: 'panel-note', text: c.swarm ? ' first · swarm' : ' first' }) : null),
+        el('td', { class: `state tone-${tone}`, text: words }),
+        el('td', { class: 'num', text: c.running && isNum(c.current_segment) ? fmtInt(c.current_segment) : DASH }),
+        el('td', null, c.first ? null : el('button', {
+          type: 'button', class: `btn small danger delete${armed ? ' armed' : ''}`, text: armed ? 'Confirm delete' : 'Delete',
+          title: 'Stops the channel and removes it; its segments stay on disk',
+          onclick: (ev) => deleteChannel(c.id, ev.currentTarget),
+        })));
+    });
+    body.replaceChildren(...rows);
+  }
+
+  function selectChannel(id) {
+    if (!id || id === state.channelId) return;
+    state.channelId = id;
+    state.channel = null;
+    state.config = null;
+    state.analysis = [];
+    state.localPending.clear();
+    state.renditionRows.clear();
+    $('renditions').replaceChildren();
+    document.querySelectorAll('#channel-list tr').forEach((tr) => {
+      const on = tr.dataset.channel === id;
+      tr.classList.toggle('selected', on);
+      const pick = tr.querySelector('.pick');
+      if (pick) pick.setAttribute('aria-pressed', String(on));
+    });
+    refreshChannel();
+    loadConfig();
+    refreshSlow();
+  }
+
+  async function deleteChannel(id, button) {
+    if (!button.classList.contains('armed')) {
+      button.classList.add('armed');
+      button.textContent = 'Confirm delete';
+      return;
+    }
+    button.disabled = true;
+    try {
+      const res = await api('DELETE', channelPath(id));
+      toast(`Channel ${id} deleted; its segments stay on disk.${savedText(res && res.saved)}`, 'ok');
+      state.channels = state.channels.filter((c) => c.id !== id);
+      renderChannelList(state.channels);
+    } catch (err) {
+      if (err.status !== 401) toast(`Could not delete ${id}: ${err.message}`, 'bad');
+      button.disabled = false;
+    }
+  }
+
+  function showNewChannelFields() {
+    const kind = $('new-kind').value;
+    document.querySelectorAll('#new-channel [data-new-kinds]').forEach((label) => {
+      label.hidden = !label.dataset.newKinds.split(' ').includes(kind);
+    });
+  }
+
+  function toggleNewChannel(open) {
+    const form = $('new-channel');
+    form.hidden = !open;
+    $('channel-new').disabled = open;
+    setNewMessage('', '');
+    if (open) $('new-id').focus();
+  }
+
+  function setNewMessage(kind, text) {
+    const m = $('new-message');
+    m.className = `cfg-message ${kind}`;
+    m.textContent = text;
+  }
+
+  /** `360p:800, 180p:250` → renditions; the height comes from the name. */
+  function parseLadder(text) {
+    return text.split(',').map((part) => part.trim()).filter(Boolean).map((part) => {
+      const [name, kbps] = part.split(':').map((x) => x.trim());
+      const height = /^(\d+)p$/.exec(name || '');
+      return { name: name || '', height: height ? Number(height[1]) : null, bitrate_kbps: numberOrNull(kbps || '') };
+    });
+  }
+
+  function newChannelBody() {
+    const kind = $('new-kind').value;
+    const source = { kind };
+    if (kind === 'test' || kind === 'v4l2') {
+      source.width = numberOrNull($('new-width').value);
+      source.height = numberOrNull($('new-height').value);
+    }
+    if (kind === 'test') source.fps = $('new-fps').value.trim();
+    if (kind === 'file') Object.assign(source, { path: $('new-path').value.trim(), loop: $('new-loop').checked });
+    if (kind === 'v4l2') source.device = $('new-device').value.trim();
+    const channel = { id: $('new-id').value.trim(), segment_seconds: numberOrNull($('new-seconds').value) };
+    // A number left empty keeps the default.
+    for (const o of [source, channel]) Object.keys(o).forEach((k) => { if (o[k] === null) delete o[k]; });
+    return {
+      channel,
+      source,
+      audio: { enabled: $('new-audio').checked },
+      renditions: parseLadder($('new-ladder').value),
+      start: $('new-start').checked,
+    };
+  }
+
+  async function createChannel(ev) {
+    ev.preventDefault();
+    document.querySelectorAll('#new-channel .invalid').forEach((n) => n.classList.remove('invalid'));
+    const button = $('new-create');
+    button.disabled = true;
+    setNewMessage('info', 'Creating…');
+    try {
+      const ch = await api('POST', '/channels', newChannelBody());
+      toast(`Channel ${ch.id} created.${savedText(ch.saved)}`, 'ok');
+      toggleNewChannel(false);
+      state.channels = [...state.channels, ch];
+      renderChannelList(state.channels);
+      selectChannel(ch.id);
+    } catch (err) {
+      if (err.status === 401) return;
+      setNewMessage('error', err.message);
+      const field = err.field && err.field.replace(/^renditions\[\d+\]\..*/, 'renditions');
+      const input = field && document.querySelector(`#new-channel [data-field="${field}"]`);
+      if (input) {
+        input.classList.add('invalid');
+        input.focus();
+      }
+    } finally {
+      button.disabled = false;
+    }
   }
 
   // ------------------------------------------------------------ channel
@@ -1549,6 +1704,9 @@
     $('cfg-force-sw').checked = !!encoder.force_software;
     $('cfg-mode').value = (cfg.output && cfg.output.mode) || 'sliding';
     $('cfg-window').value = (cfg.output && cfg.output.window_segments) ?? '';
+    // The output is the appliance's: changed on the first channel only.
+    $('cfg-mode').disabled = cfg.first === false;
+    $('cfg-window').disabled = cfg.first === false;
     const body = $('cfg-renditions');
     body.replaceChildren(...(cfg.renditions || []).map((r) => configRow(r, cfg.swarm)));
     $('cfg-add').disabled = !!cfg.swarm;
@@ -1620,7 +1778,8 @@
       channels: Number($('cfg-audio-channels').value),
     });
     const encoder = { backend: $('cfg-backend').value, force_software: $('cfg-force-sw').checked };
-    return { source, audio, encoder, renditions, output };
+    // The output is the appliance's: it is changed on the first channel only.
+    return loaded.first === false ? { source, audio, encoder, renditions } : { source, audio, encoder, renditions, output };
   }
 
   function clearFieldMarks() {
@@ -1709,6 +1868,10 @@
     $('config-form').addEventListener('submit', applyConfig);
     $('config-reload').addEventListener('click', loadConfig);
     $('cfg-kind').addEventListener('change', showSourceFields);
+    $('channel-new').addEventListener('click', () => toggleNewChannel(true));
+    $('new-cancel').addEventListener('click', () => toggleNewChannel(false));
+    $('new-kind').addEventListener('change', showNewChannelFields);
+    $('new-channel').addEventListener('submit', createChannel);
     $('cfg-add').addEventListener('click', () => {
       const row = configRow({ name: '', height: '', width: null, bitrate_kbps: '' }, false);
       $('cfg-renditions').append(row);

@@ -13,6 +13,8 @@
 //! channel's with every other channel as a `[[channels]]` entry, so a
 //! channel created or changed through the API is there after a restart.
 
+pub mod bench;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
