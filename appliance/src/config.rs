@@ -488,8 +488,9 @@ pub struct SourceConfig {
     /// Test source height.
     #[serde(default = "default_height")]
     pub height: u32,
-    /// Test source frame rate ("25", "29.97", "30000/1001").
-    #[serde(default = "default_fps")]
+    /// Test source frame rate ("25", "29.97", "30000/1001"; a bare number
+    /// such as `fps = 29.97` is taken as its text).
+    #[serde(default = "default_fps", deserialize_with = "fps_text")]
     pub fps: String,
     /// Real time or as fast as possible.
     #[serde(default = "default_pacing")]
@@ -539,6 +540,26 @@ fn default_height() -> u32 {
 }
 fn default_fps() -> String {
     "30".into()
+}
+
+/// A frame rate as text: `"29.97"`, `"30000/1001"`, or a bare number
+/// (`29.97`, `25`) written without quotes.
+fn fps_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Fps {
+        Text(String),
+        Whole(u64),
+        Number(f64),
+    }
+    match Fps::deserialize(d) {
+        Ok(Fps::Text(s)) => Ok(s),
+        Ok(Fps::Whole(n)) => Ok(n.to_string()),
+        Ok(Fps::Number(x)) => Ok(x.to_string()),
+        Err(_) => Err(serde::de::Error::custom(
+            "a frame rate: a number (25, 29.97) or a fraction as a string (\"30000/1001\")",
+        )),
+    }
 }
 fn default_pacing() -> Pacing {
     Pacing::Realtime
@@ -880,6 +901,28 @@ impl Config {
         }
     }
 
+    /// What loads but is probably a mistake, in words naming the keys: a
+    /// rendition with fewer lines than another but a higher bitrate
+    /// (players stepping up to it would get less picture for more bits).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let ladders = std::iter::once((String::new(), &self.renditions))
+            .chain(self.channels.iter().enumerate().map(|(i, c)| (format!("channels[{i}]."), &c.renditions)));
+        for (prefix, ladder) in ladders {
+            for (j, low) in ladder.iter().enumerate() {
+                let above =
+                    ladder.iter().enumerate().find(|(_, r)| r.height > low.height && r.bitrate_kbps < low.bitrate_kbps);
+                if let Some((i, high)) = above {
+                    out.push(format!(
+                        "{prefix}renditions[{j}] (`{}`, {} lines) at {} kbit/s is above {prefix}renditions[{i}] (`{}`, {} lines) at {} kbit/s: a rung with fewer lines normally gets fewer bits",
+                        low.name, low.height, low.bitrate_kbps, high.name, high.height, high.bitrate_kbps
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The configuration channel `spec` runs with: this one's appliance
     /// sections with its own channel sections. It is not in the swarm (the
     /// swarm federates `[channel]`).
@@ -1018,6 +1061,28 @@ renditions = [{ name = "360p", height = 360, bitrate_kbps = 600 }]
         let text = toml::to_string(&spec).expect("serialises");
         let back: ChannelSpec = toml::from_str(&text).expect("parses back");
         assert_eq!((back.channel.id.as_str(), back.renditions[0].bitrate_kbps), ("news", 600));
+    }
+
+    #[test]
+    fn a_frame_rate_may_be_written_as_a_bare_number() {
+        let c = with(("fps = \"30\"", "fps = 29.97")).expect("29.97 as a number");
+        assert_eq!(Some(c.source_rate().expect("a rate")), Rate::new(30000, 1001));
+        let c = with(("fps = \"30\"", "fps = 25")).expect("25 as a number");
+        assert_eq!(c.source.fps, "25");
+        let e = with(("fps = \"30\"", "fps = true")).expect_err("not a rate");
+        assert!(e.to_string().contains("\"30000/1001\""), "{e}");
+    }
+
+    #[test]
+    fn a_lower_rung_above_a_higher_ones_bitrate_is_warned_about() {
+        assert!(Config::embedded_default().warnings().is_empty(), "the shipped ladder is in order");
+        let c = with(("bitrate_kbps = 700", "bitrate_kbps = 70000")).expect("loads");
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("renditions[3] (`360p`") && w[0].contains("renditions[0] (`1080p`"), "{w:?}");
+        let c = plus(&SECOND.replace("}]", "}, { name = \"180p\", height = 180, bitrate_kbps = 900 }]"))
+            .expect("two rungs");
+        assert!(c.warnings()[0].starts_with("channels[0].renditions[1]"), "{:?}", c.warnings());
     }
 
     #[test]

@@ -209,6 +209,9 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
 /// channels (`[[channels]]`, or created through the API) run beside it
 /// until the daemon ends.
 pub fn run(config: &Config, file: Option<&ConfigFile>, limits: &RunLimits) -> anyhow::Result<Option<RunSummary>> {
+    for w in config.warnings() {
+        tracing::warn!("configuration: {w}");
+    }
     let (first, commands) = Channel::first(config);
     let taps = first.taps.clone();
     let stop = limits.stop.clone().unwrap_or_default();

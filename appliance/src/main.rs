@@ -424,6 +424,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
+            for w in c.warnings() {
+                eprintln!("warning: {}: {w}", config.display());
+            }
             println!("{}: ok ({} renditions, source {:?})", config.display(), c.renditions.len(), c.source.kind);
             Ok(ExitCode::SUCCESS)
         }
