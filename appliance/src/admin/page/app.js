@@ -33,6 +33,7 @@
   const SHORT_HASH_LEN = 8;
   const ALL_TRACKS = '*';
   const DASH = '—';
+  const DELETE_CONFIRM_MS = 5000;  // how long Delete waits for its confirming click
 
   const NODE_COLOURS = ['#5aa9ff', '#b48cff', '#3cc8c8', '#ff7eb6', '#d8c27a', '#8fa3bf', '#ff9d76', '#7fd1a8'];
 
@@ -769,6 +770,15 @@
     if (!button.classList.contains('armed')) {
       button.classList.add('armed');
       button.textContent = 'Confirm delete';
+      // Unconfirmed, the button goes back to Delete (rows are redrawn each
+      // tick, so look it up again).
+      setTimeout(() => {
+        const now = document.querySelector(`#channel-list tr[data-channel="${CSS.escape(id)}"] .delete`);
+        if (now && !now.disabled) {
+          now.classList.remove('armed');
+          now.textContent = 'Delete';
+        }
+      }, DELETE_CONFIRM_MS);
       return;
     }
     button.disabled = true;
