@@ -410,9 +410,17 @@ def boot_vivid(vm, api):
     status, body = api.request("PATCH", f"/api/v1/channels/{CHANNEL}/source/controls",
                                {"name": "DV Timings Signal Mode", "value": no_signal})
     expect(status == 200, f"setting the signal mode refused: {status} {body[:200]!r}")
-    fault = wait("the input fault", 20, lambda: api.get("/api/v1/sources")[0]["input_fault"])
+    # vivid's generator under TCG may already have stalled ("no frame for
+    # 500 ms"): wait for the fault that names the missing signal.
+    def no_signal_fault():
+        f = api.get("/api/v1/sources")[0]["input_fault"]
+        return f if f and "no signal" in f else None
+    try:
+        fault = wait("the input fault", 20, no_signal_fault)
+    except Failure as e:
+        last = api.get("/api/v1/sources")[0]["input_fault"]
+        raise Failure(f"fault does not say no signal: {last}: {e}") from e
     log(f"input fault reported: {fault}")
-    expect("no signal" in fault, f"fault does not say no signal: {fault}")
     before = api.get("/api/v1/status")["channel"]["segment"]
     # Two segments later (at most 30 s: TCG may run the encoder slower
     # than real time while vivid's generator spins).
