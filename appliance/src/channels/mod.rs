@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::config::{ChannelSpec, Config, ConfigError};
 use crate::daemon::{self, Supervisor};
 use crate::persist::{SaveStatus, Saver};
-use crate::pipeline::{RunLimits, Taps};
+use crate::pipeline::{RunLimits, Taps, lock};
 
 /// One channel as the daemon runs it.
 #[derive(Debug)]
@@ -257,8 +257,4 @@ fn keep_supervising(config: Config, limits: &RunLimits, taps: &Taps, commands: &
         config = commands.config();
         config.appliance.role = crate::config::Role::Standby;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
