@@ -1040,6 +1040,8 @@ fn channels_created_through_the_api_run_beside_the_first_outlive_a_restart_and_a
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(!has_channel_table(&text, "extra") && !text.contains("[[channels]]"), "{text}");
     assert!(!segments(&theirs).is_empty(), "its segments stay on disk");
+    let playlist = std::fs::read_to_string(theirs.join("playlist.m3u8")).unwrap();
+    assert!(playlist.trim_end().ends_with("#EXT-X-ENDLIST"), "a deleted channel's playlist ends:\n{playlist}");
     let kept = segments(&theirs).len();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(segments(&theirs).len(), kept, "a deleted channel publishes no more");
