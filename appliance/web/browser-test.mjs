@@ -159,18 +159,26 @@ try {
   step('channel pop deleted from the page; the page shows the first channel again and its preview plays');
 
   // Kill the node whose segments are chosen; watch from another node.
-  const chosen = await page.evaluate(async () => {
-    const r = await fetch('/api/v1/swarm/alignment?limit=1', { credentials: 'same-origin' });
-    const rows = (await r.json()).rows;
-    return rows.find((x) => x.track === '180p')?.chosen || rows[0]?.chosen;
+  // "Chosen" is read from the newest index that every node has published
+  // and agrees on, as the watching node sees it: the newest index alone
+  // may so far hold only the first node to finish it.
+  const chosenNow = () => page.evaluate(async () => {
+    const r = await fetch('/api/v1/swarm/alignment?limit=4', { credentials: 'same-origin' });
+    const body = await r.json();
+    const settled = body.rows.filter((x) => x.agree && x.chosen && Object.keys(x.hashes).length === body.nodes.length);
+    return (settled.find((x) => x.track === '180p') || settled[0])?.chosen;
   });
-  if (!chosen || !pids[chosen]) fail(`no chosen node found (${chosen})`);
-  const viewer = Object.keys(admins).find((n) => n !== chosen);
-  if (admins[viewer] !== args.admin) {
-    await login(admins[viewer]);
+  let current = Object.keys(admins).find((n) => admins[n] === args.admin);
+  let chosen = await chosenNow();
+  for (let tries = 0; chosen && chosen === current && tries < 3; tries += 1) {
+    current = Object.keys(admins).find((n) => n !== chosen);
+    await login(admins[current]);
     await page.waitForFunction(() => document.querySelectorAll('#members [data-node]').length === 3, null, { timeout: 30_000 });
     await played(1, 60_000);
+    chosen = await chosenNow();
   }
+  if (!chosen || !pids[chosen] || chosen === current) fail(`no chosen node other than the watching one found (${chosen})`);
+  const viewer = current;
   process.kill(Number(pids[chosen]), 'SIGKILL');
   step(`killed ${chosen} (pid ${pids[chosen]}), the node whose segments were chosen; watching from ${viewer}`);
   await page.waitForFunction(
