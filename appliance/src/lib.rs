@@ -8,6 +8,7 @@ pub mod bench;
 pub mod capture;
 pub mod channels;
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -311,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("lockstep demo: playlist at http://{}/{}/master.m3u8", o.addr, config.channel.id);
             }
             eprintln!("lockstep demo: Ctrl-C stops");
-            report(pipeline::run(&config, &limits(&l)?, &lockstep::daemon::taps())?)
+            report(pipeline::run(&config, &limits(&l)?, &lockstep::channels::driver::taps())?)
         }
         Command::Analyze { input, json, csv, segment_seconds } => {
             anyhow::ensure!(

@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use super::auth::{Actor, COOKIE, Login};
 use super::{AppState, lock};
 use crate::channels::{Channel, ChannelError};
+use crate::command::{ChannelCommand, CommandError};
 use crate::config::{BITRATE_KBPS, ChannelSpec};
 use crate::control::{LadderChange, unix_ms};
-use crate::daemon::ChannelCommand;
 
 pub(super) type Shared = State<Arc<AppState>>;
 
@@ -634,13 +634,33 @@ async fn set_rendition(
     Ok(json(StatusCode::ACCEPTED, body))
 }
 
-async fn command(state: Arc<AppState>, actor: Actor, from: SocketAddr, id: String, cmd: ChannelCommand) -> ApiResult {
-    let supervisor = check_channel(&state, &id)?.supervisor.clone();
-    let name = cmd.name();
-    let running = tokio::task::spawn_blocking(move || supervisor.send(cmd, COMMAND_TIMEOUT))
+/// The API's answer to a command the supervisor refused: 409 when the
+/// channel must run first, 503 when trying again later may work.
+pub(super) fn command_error(e: CommandError) -> ApiError {
+    let code = match e {
+        CommandError::NotRunning => StatusCode::CONFLICT,
+        CommandError::ChangePending | CommandError::Busy | CommandError::NoAnswer(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// Sends `cmd` to channel `id`'s supervisor off the async runtime.
+async fn ask(ch: &Channel, cmd: ChannelCommand) -> Result<crate::command::Answer, ApiError> {
+    let supervisor = ch.supervisor.clone();
+    tokio::task::spawn_blocking(move || supervisor.ask(cmd, COMMAND_TIMEOUT))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "channel command failed"))?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(command_error)
+}
+
+async fn command(state: Arc<AppState>, actor: Actor, from: SocketAddr, id: String, cmd: ChannelCommand) -> ApiResult {
+    let ch = check_channel(&state, &id)?;
+    let name = cmd.name();
+    let running = match ask(&ch, cmd).await? {
+        crate::command::Answer::Running(running) => running,
+        other => return Err(command_error(CommandError::Unexpected(other))),
+    };
     state.audit(&actor.name(), Some(from), name, json!({ "channel": id }));
     Ok(json(StatusCode::OK, json!({ "running": running })))
 }
@@ -814,11 +834,10 @@ async fn hang_drill(
             format!("seconds {seconds}: allowed 1 to {HANG_DRILL_MAX_S}"),
         ));
     }
-    let s = &ch.taps.status;
-    if !s.running.load(Ordering::Relaxed) {
+    if !ch.taps.status.running.load(Ordering::Relaxed) {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to hang")));
     }
-    s.hang_ms.store(u64::from(seconds) * 1000, Ordering::Relaxed);
+    ask(&ch, ChannelCommand::Hang(Duration::from_secs(u64::from(seconds)))).await?;
     let watchdog_s = crate::systemd::watchdog_period().map(|w| w.as_secs_f64());
     let detail = json!({ "channel": id, "seconds": seconds, "watchdog_s": watchdog_s });
     state.audit(&actor.name(), Some(from), "hang-drill", detail.clone());
@@ -858,10 +877,7 @@ async fn set_clock_fault(
     })?;
     // Every channel's pipeline keeps to the appliance's clock.
     for ch in state.ctx.channels.all() {
-        *lock(&ch.taps.status.clock_fault) = Some(fault);
-        if let Some(c) = lock(&ch.taps.status.media_clock).as_ref() {
-            c.fault().set(&fault);
-        }
+        ask(&ch, ChannelCommand::ClockFault(fault)).await?;
     }
     let detail = serde_json::to_value(fault).unwrap_or_default();
     state.audit(&actor.name(), Some(from), "set-clock-fault", detail);

@@ -189,7 +189,7 @@ pub(super) async fn patch(
             });
         }
     }
-    let restructure = crate::daemon::more_than_bitrates(&running, &next);
+    let restructure = crate::channels::supervisor::more_than_bitrates(&running, &next);
     if !restructure && changes.is_empty() {
         return Ok(json(
             StatusCode::ACCEPTED,
@@ -203,10 +203,10 @@ pub(super) async fn patch(
     let applied = tokio::task::spawn_blocking(move || supervisor.reconfigure(next, COMMAND_TIMEOUT))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "configuration change failed"))?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(super::api::command_error)?;
     let applied = match applied {
         // Only bitrates: the running encoders take them at `from_segment`.
-        crate::daemon::Applied::Live => json!({ "how": "live", "from_segment": from_segment }),
+        crate::command::Applied::Live => json!({ "how": "live", "from_segment": from_segment }),
         other => serde_json::to_value(other).unwrap_or_default(),
     };
     let detail = json!({ "channel": id, "applied": applied, "body": serde_json::from_slice::<Value>(&body).ok() });

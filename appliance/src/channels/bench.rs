@@ -49,8 +49,10 @@ fn run_count(base: &Config, n: usize, seconds: f64) -> anyhow::Result<Count> {
         .collect();
     let c0 = crate::bench::cpu_seconds();
     let runs = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            configs.iter().map(|c| s.spawn(move || pipeline_run(c, &crate::daemon::taps(), seconds))).collect();
+        let handles: Vec<_> = configs
+            .iter()
+            .map(|c| s.spawn(move || pipeline_run(c, &crate::channels::driver::taps(), seconds)))
+            .collect();
         handles
             .into_iter()
             .map(|h| h.join().map_err(|_| anyhow::anyhow!("a channel's pipeline panicked"))?)

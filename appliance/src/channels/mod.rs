@@ -14,14 +14,16 @@
 //! channel created or changed through the API is there after a restart.
 
 pub mod bench;
+pub mod driver;
+pub mod supervisor;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{ChannelSpec, Config, ConfigError};
-use crate::daemon::{self, Supervisor};
 use crate::persist::{SaveStatus, Saver};
 use crate::pipeline::{RunLimits, Taps, lock};
+use driver::Supervisor;
 
 /// One channel as the daemon runs it.
 #[derive(Debug)]
@@ -43,13 +45,13 @@ pub struct Channel {
 
 impl Channel {
     /// The first channel, supervised by the caller.
-    pub fn first(config: &Config) -> (Arc<Self>, daemon::Commands) {
+    pub fn first(config: &Config) -> (Arc<Self>, driver::Commands) {
         let mut config = config.clone();
         config.channels.clear();
         let (supervisor, commands) = Supervisor::new(&config);
         let channel = Self {
             id: config.channel.id.clone(),
-            taps: daemon::taps(),
+            taps: driver::taps(),
             supervisor,
             first: true,
             start: true,
@@ -169,7 +171,7 @@ impl Channels {
         let config = list[0].supervisor.config().with_channel(spec);
         Self::check_in(&list, &id, &config)?;
         let (supervisor, commands) = Supervisor::new(&config);
-        let taps = daemon::taps();
+        let taps = driver::taps();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (taps, stop, limits) = (taps.clone(), Arc::clone(&stop), self.limits.clone());
@@ -239,22 +241,8 @@ impl Channels {
 /// Supervises a channel other than the first until `stop`: when its run
 /// ends on its own (a file's end, an error), the channel stays, stopped,
 /// and waits for a start command.
-fn keep_supervising(config: Config, limits: &RunLimits, taps: &Taps, commands: &daemon::Commands, stop: &AtomicBool) {
-    let id = config.channel.id.clone();
-    let mut config = config;
-    while !stop.load(Ordering::Relaxed) {
-        match daemon::supervise(&config, limits, taps, commands, stop) {
-            Ok(_) if stop.load(Ordering::Relaxed) => break,
-            Ok(_) => {
-                tracing::info!(channel = %id, "the channel's run ended; it waits for a start command");
-                *lock(&taps.status.run_error) = None;
-            }
-            Err(e) => {
-                tracing::error!(channel = %id, "channel stopped: {e:#}; it waits for a start command");
-                *lock(&taps.status.run_error) = Some(format!("{e:#}"));
-            }
-        }
-        config = commands.config();
-        config.appliance.role = crate::config::Role::Standby;
+fn keep_supervising(config: Config, limits: &RunLimits, taps: &Taps, commands: &driver::Commands, stop: &AtomicBool) {
+    if let Err(e) = driver::supervise(&config, limits, taps, commands, stop, false) {
+        tracing::warn!(channel = %config.channel.id, "the channel's last run ended with an error: {e:#}");
     }
 }
