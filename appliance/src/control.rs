@@ -53,7 +53,7 @@ pub struct LiveControl {
 
 impl LiveControl {
     fn changes(&self) -> std::sync::MutexGuard<'_, BTreeSet<LadderChange>> {
-        self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.changes)
     }
 
     /// The bitrate a change sets for `rendition` at `segment`, if any.

@@ -42,7 +42,7 @@ pub struct Handover {
 
 impl Handover {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Schedules the end of the run at segment `segment`, whose first frame

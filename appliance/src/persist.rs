@@ -16,7 +16,6 @@
 //! since the daemon read or wrote it (an edit, a new provisioning bundle),
 //! it is not overwritten, and the status says so.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -146,28 +145,6 @@ pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, St
     Ok(out)
 }
 
-/// Writes `text` to `path` through a file next to it, renamed over it
-/// (keeping the old file's permissions), then syncs the directory.
-fn replace(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
-    let tmp = dir.join(format!(".{name}.saving"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 impl Saver {
     /// A saver for the file the daemon was started from; `text` is what
     /// the daemon read from it.
@@ -178,12 +155,12 @@ impl Saver {
 
     /// The outcome of the last save.
     pub fn status(&self) -> SaveStatus {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status.clone()
+        crate::sync::lock(&self.inner).status.clone()
     }
 
     /// Makes the file hold `effective`, if it does not already.
     pub fn save(&self, effective: &Config) -> SaveStatus {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = crate::sync::lock(&self.inner);
         let outcome = self.save_locked(&mut inner, effective);
         let before = inner.status.clone();
         inner.status = match outcome {
@@ -218,7 +195,8 @@ impl Saver {
         if next == text {
             return Ok(false);
         }
-        replace(&self.path, &next).map_err(|e| format!("{name}: {e}"))?;
+        crate::files::write_atomic(&self.path, next.as_bytes(), crate::files::Mode::KeepExisting, false)
+            .map_err(|e| format!("{name}: {e}"))?;
         inner.seen = digest(next.as_bytes());
         Ok(true)
     }
@@ -304,7 +282,7 @@ mod tests {
         assert!(s.error.unwrap_or_default().contains("changed on disk"));
         assert_eq!(Config::load(&path).unwrap().appliance.id, "enc-5");
         assert_eq!(Config::load(&path).unwrap().renditions[0].bitrate_kbps, 500);
-        assert!(!dir.path().join(".lockstep.toml.saving").exists());
+        assert!(!crate::files::temp_path(&dir.path().join("lockstep.toml")).exists());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::encode::{self, AudioJob, VideoJob, Work, WorkerError};
 use crate::handover::Handover;
 use crate::package::store::StoreError;
 use crate::package::{self, Packager, PackagerConfig, PackagerStats, TrackId, TrackSpec};
+use crate::sync::lock;
 use crate::timeline::Grid;
 
 /// Why a channel could not run.
@@ -80,6 +81,23 @@ const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Frames the analysis stage may queue.
 const ANALYSIS_QUEUE: usize = 4;
 
+impl Taps {
+    /// The channel's per-segment figures as Prometheus text (analysis,
+    /// packager, media clock): what `metrics.prom` holds and `/metrics`
+    /// serves, rendered from the same counters by this one function.
+    pub fn render_metrics(&self, channel: &str) -> String {
+        let mut text = String::new();
+        self.metrics.render(channel, &mut text);
+        if let Some(stats) = lock(&self.status.packaged).as_ref() {
+            stats.render(channel, &mut text);
+        }
+        if let Some(quality) = lock(&self.status.clock).as_ref() {
+            quality.render(channel, &mut text);
+        }
+        text
+    }
+}
+
 /// Who listens to a running channel besides its files.
 #[derive(Debug, Clone, Default)]
 pub struct Taps {
@@ -125,6 +143,8 @@ pub struct ChannelStatus {
     pub encode_latency_us: std::sync::atomic::AtomicU64,
     /// Media clock quality, refreshed every segment.
     pub clock: std::sync::Mutex<Option<crate::clock::ClockQuality>>,
+    /// The packager's figures, refreshed every segment.
+    pub packaged: std::sync::Mutex<Option<crate::package::PackagerStats>>,
     /// The pipeline is running.
     pub running: AtomicBool,
     /// Frames per segment of the running grid (0 before the first run).
@@ -181,10 +201,6 @@ pub struct SourceInfo {
     pub fps: String,
     /// A live source (paced by the clock) rather than a file.
     pub live: bool,
-}
-
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn hash32(hex_text: &str) -> [u8; 32] {
@@ -492,7 +508,7 @@ pub fn run_with_device(
     let pool = device.frame_pool(layout, config.pipeline.pool_frames + ANALYSIS_QUEUE as u32 + 1)?;
     let depth = config.pipeline.pool_frames as usize;
     let (pkg_tx, pkg_rx) = bounded::<ToPackager>(64);
-    let metrics = Arc::clone(&taps.metrics);
+    let metrics_taps = taps.clone();
     let channel_id = config.channel.id.clone();
     let clock_for_metrics = Arc::clone(&clock);
     let (status, segment_bus) = (Arc::clone(&taps.status), taps.segments.clone());
@@ -522,13 +538,10 @@ pub fn run_with_device(
                     ToPackager::Analysis(index, analysis) => {
                         packager.add_analysis(index, &analysis);
                         // Metrics once a segment, next to the playlists (a
-                        // Prometheus textfile until the admin API serves them).
-                        let mut text = String::new();
-                        metrics.render(&channel_id, &mut text);
-                        packager.stats().render(&channel_id, &mut text);
-                        let quality = clock_for_metrics.quality();
-                        quality.render(&channel_id, &mut text);
-                        *lock(&status.clock) = Some(quality);
+                        // Prometheus textfile for a node without the admin API).
+                        *lock(&status.packaged) = Some(packager.stats());
+                        *lock(&status.clock) = Some(clock_for_metrics.quality());
+                        let text = metrics_taps.render_metrics(&channel_id);
                         if let Err(e) = packager.write_file(&metrics_path, text.as_bytes()) {
                             tracing::warn!("metrics: {e}");
                         }

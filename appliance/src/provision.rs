@@ -13,7 +13,6 @@
 //! previous configuration in place, and applying the same bundle again
 //! changes nothing.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -547,15 +546,7 @@ fn ptp4l_conf(p: &PtpSettings) -> String {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let tmp = path.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::files::write_atomic(path, bytes, crate::files::Mode::Exactly(mode), true).map_err(io(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ProvisionError> {

@@ -18,12 +18,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::auth::{Actor, COOKIE, Login};
-use super::{AppState, lock};
 use crate::channels::{Channel, ChannelError};
 use crate::command::{ChannelCommand, CommandError};
 use crate::config::{BITRATE_KBPS, ChannelSpec};
 use crate::control::{LadderChange, unix_ms};
+use crate::sync::lock;
 
 pub(super) type Shared = State<Arc<AppState>>;
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
 
@@ -61,14 +62,8 @@ pub fn hash_password(password: &str) -> std::io::Result<String> {
 /// Writes a file readable by its owner only (keys, password hashes),
 /// replacing it atomically.
 pub fn write_private(path: &Path, text: &str) -> Result<(), AuthError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| AuthError::Io { path: path.to_path_buf(), source };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_atomic(path, text.as_bytes(), crate::files::Mode::Exactly(0o600), false)
+        .map_err(|source| AuthError::Io { path: path.to_path_buf(), source })
 }
 
 /// Stores the hash of `password` in `path` (`lockstep passwd`).
@@ -364,10 +359,6 @@ fn warn_if_readable(path: &Path) {
     {
         tracing::warn!(path = %path.display(), "credentials file readable by others; chmod 600 it");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::control::unix_ms;
 use crate::swarm::View;
+use crate::sync::lock;
 
 /// Events kept.
 const EVENTS_KEPT: usize = 1000;
@@ -218,8 +219,4 @@ impl ViewDiff {
         self.moves = still;
         self.seen = true;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

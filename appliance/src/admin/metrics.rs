@@ -1,9 +1,9 @@
 //! `GET /metrics`: one Prometheus exposition for the appliance. Each
-//! channel's pipeline writes its analysis, encoder, packager and clock
-//! figures to `<output.dir>/<id>/metrics.prom` every segment; they are
-//! read off the async runtime, merged (one `# HELP`/`# TYPE` per family,
-//! every channel's samples under it), and followed by the live counters
-//! of the channels, the swarm, the origin and the API itself.
+//! channel's per-segment figures (analysis, packager, clock) are rendered
+//! from its counters in memory (`Taps::render_metrics`, the same text the
+//! pipeline writes to `metrics.prom`), merged (one `# HELP`/`# TYPE` per
+//! family, every channel's samples under it), and followed by the live
+//! counters of the channels, the swarm, the origin and the API itself.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::api::Shared;
-use super::lock;
+use crate::sync::lock;
 
 /// Prometheus text: what the pipeline writes each segment (analysis,
 /// packager, clock) plus live pipeline, swarm, origin and API counters.
@@ -21,15 +21,8 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
     use std::fmt::Write;
     let config = &state.ctx.config;
     let channels = state.ctx.channels.all();
-    let paths: Vec<std::path::PathBuf> =
-        channels.iter().map(|ch| ch.supervisor.config().output.dir.join(&ch.id).join("metrics.prom")).collect();
-    // File reads stay off the async runtime.
-    let files = tokio::task::spawn_blocking(move || {
-        paths.iter().map(|file| std::fs::read_to_string(file).unwrap_or_default()).collect::<Vec<String>>()
-    })
-    .await
-    .unwrap_or_default();
-    let mut text = merge_metrics(&files);
+    let rendered: Vec<String> = channels.iter().map(|ch| ch.taps.render_metrics(&ch.id)).collect();
+    let mut text = merge_metrics(&rendered);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
@@ -180,13 +173,13 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// Every channel's `metrics.prom` as one exposition: a family's `# HELP`
+/// Every channel's per-segment figures as one exposition: a family's `# HELP`
 /// and `# TYPE` lines once (the format allows them once), the samples of
 /// every channel together under them, families in first-seen order.
-fn merge_metrics(files: &[String]) -> String {
+fn merge_metrics(texts: &[String]) -> String {
     let mut order: Vec<String> = Vec::new();
     let mut families: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    for file in files {
+    for file in texts {
         let mut family = String::new();
         for line in file.lines().filter(|l| !l.trim().is_empty()) {
             let head = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE "));

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::origin::OriginMetrics;
 use crate::swarm::Swarm;
 
+use crate::sync::lock;
 use auth::Auth;
 use events::{EventLog, History, Sample, ViewDiff};
 
@@ -368,8 +369,4 @@ fn sample(state: &AppState, view: Option<&crate::swarm::View>) -> Sample {
         }
     }
     Sample { t_ms: crate::control::unix_ms(), weights, cpu, complexity, encode_latency_ms: latency }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

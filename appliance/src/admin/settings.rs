@@ -13,15 +13,16 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::api::{
     ApiError, ApiResult, COMMAND_TIMEOUT, Shared, apply_from, channel_error, check_channel, config_error, json,
     parse_body,
 };
 use super::auth::Actor;
-use super::{AppState, lock};
 use crate::channels::Channel;
 use crate::config::{AudioConfig, Config, EncoderConfig, OutputMode, RenditionConfig, SourceConfig, SourceKind};
 use crate::control::{LadderChange, unix_ms};
+use crate::sync::lock;
 
 /// Body of `PATCH /api/v1/channels/{id}/config`: the sections to replace,
 /// each whole; sections left out stay as they are.

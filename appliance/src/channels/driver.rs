@@ -14,7 +14,8 @@ use crate::analysis::stage::SegmentReport;
 use crate::command::{Answer, Applied, ChannelCommand, CommandError};
 use crate::config::Config;
 use crate::handover::Handover;
-use crate::pipeline::{self, PipelineError, RunLimits, RunSummary, Taps, lock};
+use crate::pipeline::{self, PipelineError, RunLimits, RunSummary, Taps};
+use crate::sync::{lock, read, write};
 
 type Reply = Sender<Result<Answer, CommandError>>;
 
@@ -46,7 +47,7 @@ impl Supervisor {
 
     /// The configuration the channel runs with now.
     pub fn config(&self) -> Config {
-        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        read(&self.config).clone()
     }
 
     /// Sends `cmd` and waits for the answer, at most `timeout` each way.
@@ -247,7 +248,7 @@ impl Driver<'_> {
                     self.queue.push_back(Event::TakenBack { run, kept, now: Instant::now() });
                 }
                 Action::Publish(config) => {
-                    *self.commands.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = *config;
+                    *write(&self.commands.config) = *config;
                 }
                 Action::Status(change) => match change {
                     StatusChange::WaitingForDevice(w) => status.waiting_for_device.store(w, Ordering::Relaxed),

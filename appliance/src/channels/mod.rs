@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{ChannelSpec, Config, ConfigError};
 use crate::persist::{SaveStatus, Saver};
-use crate::pipeline::{RunLimits, Taps, lock};
+use crate::pipeline::{RunLimits, Taps};
+use crate::sync::{lock, read, write};
 use driver::Supervisor;
 
 /// One channel as the daemon runs it.
@@ -160,7 +161,7 @@ impl Channels {
     /// Creates channel `spec` and starts its supervisor (which starts it
     /// unless `spec.start` is false).
     pub fn add(&self, spec: &ChannelSpec) -> Result<Arc<Channel>, ChannelError> {
-        let mut list = self.list.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut list = write(&self.list);
         let id = spec.channel.id.clone();
         if list.iter().any(|c| c.id == id) {
             return Err(ChannelError::Conflict(format!("channel `{id}` exists already")));
@@ -197,7 +198,7 @@ impl Channels {
     /// first channel cannot be removed.
     pub fn remove(&self, id: &str) -> Result<(), ChannelError> {
         let channel = {
-            let mut list = self.list.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut list = write(&self.list);
             let Some(at) = list.iter().position(|c| c.id == id) else {
                 return Err(ChannelError::Missing(id.to_string()));
             };
@@ -234,7 +235,7 @@ impl Channels {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Channel>>> {
-        self.list.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        read(&self.list)
     }
 }
 

@@ -186,11 +186,11 @@ struct Shared {
 
 impl Shared {
     fn status(&self) -> MutexGuard<'_, source::Status> {
-        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.status)
     }
 
     fn discipline(&self) -> Option<MutexGuard<'_, Discipline>> {
-        self.discipline.as_ref().map(|d| d.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        self.discipline.as_ref().map(|d| crate::sync::lock(d))
     }
 }
 

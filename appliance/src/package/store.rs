@@ -54,13 +54,13 @@ impl Store {
 
     /// Writes `data` to `path` atomically and durably.
     pub fn write_atomic(&mut self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
-        let tmp = temp_path(path);
+        let tmp = crate::files::temp_path(path);
         let err = |source| StoreError { path: path.to_path_buf(), source };
         let result = (|| {
             let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             self.write_and_sync(&file, data)?;
             drop(file);
-            std::fs::rename(&tmp, path)
+            crate::files::rename_into_place(&tmp, path)
         })();
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
@@ -120,11 +120,6 @@ impl Default for Store {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// Checks that `dir` can be created and written, naming the cause if not.

@@ -8,6 +8,7 @@
 //! plane never waits for it.
 
 pub mod bench;
+pub mod decide;
 pub mod election;
 pub mod replicate;
 pub mod state;
@@ -18,7 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
@@ -26,7 +27,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::realtime_ns;
-use election::{Candidate, Replica, WeightInputs};
+use crate::sync::lock;
+
 use state::{ClockSummary, ConfidenceInputs, EncodingState, LoadSampler, SegmentHashes};
 use wire::{FleetKey, Kind, Opener, Sealer, WireStats};
 
@@ -222,10 +224,6 @@ struct Shared {
     view: Mutex<View>,
     stats: WireStats,
     throughput: Mutex<BTreeMap<String, f32>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A running swarm node.
@@ -537,79 +535,24 @@ impl Node {
         self.peers.retain(|_, p| p.down_since.is_none_or(|t| t.elapsed() < Duration::from_secs(60)));
         let isolated = self.ever_joined && members.is_empty();
 
-        // Preferred neighbours: the healthy peers with the lowest latency.
-        let mut by_latency: Vec<(f32, String)> =
-            self.peers.values().filter(|p| p.healthy).map(|p| (p.latency_ms, p.state.node.clone())).collect();
-        by_latency.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let neighbours: Vec<String> = by_latency.iter().take(self.settings.neighbours).map(|x| x.1.clone()).collect();
+        let (neighbours, latency, jitter) = decide::neighbours(&self.peers, self.settings.neighbours);
         for p in self.peers.values_mut() {
             p.neighbour = neighbours.contains(&p.state.node);
         }
-        let near: Vec<&PeerView> = self.peers.values().filter(|p| p.neighbour).collect();
-        let (latency, jitter) = if near.is_empty() {
-            (0.0, 0.0)
-        } else {
-            let n = near.len() as f32;
-            (near.iter().map(|p| p.latency_ms).sum::<f32>() / n, near.iter().map(|p| p.jitter_ms).sum::<f32>() / n)
-        };
-
         let me = self.own_state(latency, jitter, isolated);
-
-        // Leader of this node's group.
-        let mut everyone: Vec<Candidate> = self
-            .peers
-            .values()
-            .map(|p| Candidate {
-                node: p.state.node.clone(),
-                confidence: p.state.confidence,
-                latency_ms: p.state.neighbour_latency_ms,
-                healthy: p.healthy,
-            })
-            .collect();
-        everyone.push(Candidate {
-            node: me.node.clone(),
-            confidence: me.confidence,
-            latency_ms: me.neighbour_latency_ms,
-            healthy: true,
-        });
-        let groups = election::groups(everyone.iter().map(|c| c.node.clone()).collect());
-        let group = groups.into_iter().find(|g| g.contains(&me.node)).unwrap_or_default();
-        let in_group: Vec<Candidate> = everyone.iter().filter(|c| group.contains(&c.node)).cloned().collect();
-        // The incumbent is the leader a majority of the group's healthy
-        // members named in their last packets: the same for every observer.
-        let named: Vec<Option<String>> = self
-            .peers
-            .values()
-            .filter(|p| p.healthy && group.contains(&p.state.node))
-            .map(|p| p.state.leader.clone())
-            .chain(std::iter::once(self.leader.clone()))
-            .collect();
-        let incumbent = election::majority(&named);
-        let leader = election::elect(&in_group, incumbent.as_deref());
+        let prior = decide::Prior { leader: self.leader.clone(), weight: self.own_weight };
+        let decide::Decisions { group, leader, weight, weights, selection } =
+            decide::decide(&self.peers, &me, isolated, &prior);
         if leader != self.leader {
             tracing::info!(leader = leader.as_deref().unwrap_or("none"), "group leader");
-            self.leader = leader.clone();
+            self.leader = leader;
         }
-
-        // This node's weight; the others' come in their packets.
-        let predicted = election::predicted_weight(&WeightInputs {
-            complexity: me.complexity,
-            process_cpu: me.load.process_cpu,
-            confidence: me.confidence,
-            healthy: !isolated,
-        });
-        self.own_weight = election::update_weight(self.own_weight, predicted);
-        let me = EncodingState { weight: self.own_weight, ..me };
-        let mut weights: BTreeMap<String, f32> =
-            self.peers.values().map(|p| (p.state.node.clone(), if p.healthy { p.state.weight } else { 0.0 })).collect();
-        weights.insert(me.node.clone(), self.own_weight);
+        self.own_weight = weight;
         for p in self.peers.values_mut() {
             p.weight = weights.get(&p.state.node).copied().unwrap_or(0.0);
         }
 
-        // Replica selection for recent segments.
-        let selection = self.select(&me, &weights);
-
+        let me = EncodingState { weight: self.own_weight, ..me };
         let me = EncodingState { leader: self.leader.clone(), ..me };
         self.send_state(&me, &members);
         let mut view = lock(&self.shared.view);
@@ -680,32 +623,6 @@ impl Node {
         }
     }
 
-    fn select(&self, me: &EncodingState, weights: &BTreeMap<String, f32>) -> BTreeMap<i64, BTreeMap<String, String>> {
-        let mut replicas: BTreeMap<(i64, String), Vec<Replica>> = BTreeMap::new();
-        let sources = self.peers.values().map(|p| (&p.state, p.healthy)).chain(std::iter::once((me, true)));
-        for (state, healthy) in sources {
-            // In 0.05 steps: observers a packet apart still agree.
-            let weight = (weights.get(&state.node).copied().unwrap_or(0.0) * 20.0).round() / 20.0;
-            for seg in &state.segments {
-                for (track, hash) in &seg.tracks {
-                    replicas.entry((seg.index, track.clone())).or_default().push(Replica {
-                        node: state.node.clone(),
-                        hash: *hash,
-                        weight,
-                        healthy,
-                    });
-                }
-            }
-        }
-        let mut out: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
-        for ((index, track), r) in replicas {
-            if let Some((node, _)) = election::select(&r) {
-                out.entry(index).or_default().insert(track, node);
-            }
-        }
-        out
-    }
-
     fn send_state(&mut self, me: &EncodingState, members: &[NodeId]) {
         let payload = state::encode(me);
         let packet = self.sealer.seal(Kind::State, &payload, realtime_ns() / 1_000_000);
@@ -723,8 +640,7 @@ fn now_tai_ns() -> i128 {
 
 fn write_view(path: &std::path::Path, view: &View) {
     let Ok(text) = serde_json::to_vec_pretty(view) else { return };
-    let tmp = path.with_extension("json.tmp");
-    if std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
+    if crate::files::write_atomic(path, &text, crate::files::Mode::Default, false).is_err() {
         tracing::debug!(path = %path.display(), "swarm view not written");
     }
 }

@@ -165,11 +165,7 @@ fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, String> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path.parent().ok_or("no directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = path.with_extension("part");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
+    crate::files::write_atomic(path, bytes, crate::files::Mode::Default, true)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 

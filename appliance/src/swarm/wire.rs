@@ -250,7 +250,7 @@ impl Sealer {
     /// Seals with an explicit version and counter (tests build odd packets).
     pub fn seal_with(&self, version: u8, kind: Kind, counter: u64, payload: &[u8], now_ms: i64) -> Vec<u8> {
         let mut nonce = [0u8; 24];
-        self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fill_bytes(&mut nonce);
+        crate::sync::lock(&self.rng).fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(version);

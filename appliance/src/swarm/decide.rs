@@ -1,0 +1,261 @@
+//! The swarm's decisions each round as pure functions of what the node
+//! knows (its peers' last packets and health, its own state and what it
+//! decided the round before): preferred neighbours, the group and its
+//! leader, the weights and the replica chosen for every recent segment.
+//! The node's thread (`super::Node`) only gathers the inputs and applies
+//! the result; these are tested without sockets, threads or clocks.
+
+use std::collections::BTreeMap;
+
+use super::PeerView;
+use super::election::{self, Candidate, Replica, WeightInputs};
+use super::state::EncodingState;
+
+/// The preferred neighbours: the `n` healthy peers with the lowest
+/// latency (ties: lower id), with their mean latency and jitter, ms.
+pub fn neighbours(peers: &BTreeMap<String, PeerView>, n: usize) -> (Vec<String>, f32, f32) {
+    let mut by_latency: Vec<&PeerView> = peers.values().filter(|p| p.healthy).collect();
+    by_latency.sort_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms).then_with(|| a.state.node.cmp(&b.state.node)));
+    by_latency.truncate(n);
+    let chosen = by_latency.iter().map(|p| p.state.node.clone()).collect();
+    if by_latency.is_empty() {
+        return (chosen, 0.0, 0.0);
+    }
+    let k = by_latency.len() as f32;
+    let latency = by_latency.iter().map(|p| p.latency_ms).sum::<f32>() / k;
+    let jitter = by_latency.iter().map(|p| p.jitter_ms).sum::<f32>() / k;
+    (chosen, latency, jitter)
+}
+
+/// What the node decided the round before.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prior {
+    /// The leader it named.
+    pub leader: Option<String>,
+    /// Its own weight.
+    pub weight: f32,
+}
+
+/// One round's decisions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decisions {
+    /// This node's group (sorted node ids).
+    pub group: Vec<String>,
+    /// The group's leader.
+    pub leader: Option<String>,
+    /// This node's new weight.
+    pub weight: f32,
+    /// Every node's weight (0 for an unhealthy peer), this one included.
+    pub weights: BTreeMap<String, f32>,
+    /// For each recent segment index and track: the node whose replica the
+    /// combined output uses.
+    pub selection: BTreeMap<i64, BTreeMap<String, String>>,
+}
+
+/// The round's decisions from the peers' last packets, this node's state
+/// `me` (its weight and leader fields are ignored) and the round before.
+pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: bool, prior: &Prior) -> Decisions {
+    // Leader of this node's group.
+    let mut everyone: Vec<Candidate> = peers
+        .values()
+        .map(|p| Candidate {
+            node: p.state.node.clone(),
+            confidence: p.state.confidence,
+            latency_ms: p.state.neighbour_latency_ms,
+            healthy: p.healthy,
+        })
+        .collect();
+    everyone.push(Candidate {
+        node: me.node.clone(),
+        confidence: me.confidence,
+        latency_ms: me.neighbour_latency_ms,
+        healthy: true,
+    });
+    let groups = election::groups(everyone.iter().map(|c| c.node.clone()).collect());
+    let group = groups.into_iter().find(|g| g.contains(&me.node)).unwrap_or_default();
+    let in_group: Vec<Candidate> = everyone.into_iter().filter(|c| group.contains(&c.node)).collect();
+    // The incumbent is the leader a majority of the group's healthy members
+    // named in their last packets: the same for every observer.
+    let named: Vec<Option<String>> = peers
+        .values()
+        .filter(|p| p.healthy && group.contains(&p.state.node))
+        .map(|p| p.state.leader.clone())
+        .chain(std::iter::once(prior.leader.clone()))
+        .collect();
+    let incumbent = election::majority(&named);
+    let leader = election::elect(&in_group, incumbent.as_deref());
+
+    // This node's weight; the others' come in their packets.
+    let predicted = election::predicted_weight(&WeightInputs {
+        complexity: me.complexity,
+        process_cpu: me.load.process_cpu,
+        confidence: me.confidence,
+        healthy: !isolated,
+    });
+    let weight = election::update_weight(prior.weight, predicted);
+    let mut weights: BTreeMap<String, f32> =
+        peers.values().map(|p| (p.state.node.clone(), if p.healthy { p.state.weight } else { 0.0 })).collect();
+    weights.insert(me.node.clone(), weight);
+
+    let selection = select(peers, me, &weights);
+    Decisions { group, leader, weight, weights, selection }
+}
+
+/// The replica chosen for every (segment index, track) any node reports.
+fn select(
+    peers: &BTreeMap<String, PeerView>,
+    me: &EncodingState,
+    weights: &BTreeMap<String, f32>,
+) -> BTreeMap<i64, BTreeMap<String, String>> {
+    let mut replicas: BTreeMap<(i64, String), Vec<Replica>> = BTreeMap::new();
+    let sources = peers.values().map(|p| (&p.state, p.healthy)).chain(std::iter::once((me, true)));
+    for (state, healthy) in sources {
+        // In 0.05 steps: observers a packet apart still agree.
+        let weight = (weights.get(&state.node).copied().unwrap_or(0.0) * 20.0).round() / 20.0;
+        for seg in &state.segments {
+            for (track, hash) in &seg.tracks {
+                replicas.entry((seg.index, track.clone())).or_default().push(Replica {
+                    node: state.node.clone(),
+                    hash: *hash,
+                    weight,
+                    healthy,
+                });
+            }
+        }
+    }
+    let mut out: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+    for ((index, track), r) in replicas {
+        if let Some((node, _)) = election::select(&r) {
+            out.entry(index).or_default().insert(track, node);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::swarm::state::{ClockSummary, Load, SegmentHashes};
+
+    fn state(node: &str, confidence: f32, weight: f32, segments: &[(i64, u8)]) -> EncodingState {
+        EncodingState {
+            node: node.into(),
+            boot: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            origin: None,
+            channel: "main".into(),
+            sent_tai_ns: 0,
+            frame: 0,
+            timecode: String::new(),
+            complexity: 0.3,
+            segments: segments
+                .iter()
+                .map(|(index, h)| SegmentHashes {
+                    index: *index,
+                    input: [0; 32],
+                    tracks: vec![("360p".into(), [*h; 32])],
+                })
+                .collect(),
+            encode_latency_ms: 100.0,
+            neighbour_latency_ms: 1.0,
+            neighbour_jitter_ms: 0.1,
+            load: Load { cpu: 0.2, process_cpu: 0.1, memory: 0.3 },
+            clock: ClockSummary { state: "locked".into(), error_ns: Some(100.0) },
+            recent_errors: 0,
+            uptime_s: 60,
+            isolated: false,
+            confidence,
+            weight,
+            leader: None,
+            ladder: Vec::new(),
+        }
+    }
+
+    fn peer(state: EncodingState, healthy: bool, latency_ms: f32) -> (String, PeerView) {
+        let view = PeerView {
+            state,
+            alive: healthy,
+            healthy,
+            state_age_ms: 0,
+            latency_ms,
+            jitter_ms: latency_ms / 10.0,
+            weight: 0.0,
+            neighbour: false,
+            throughput_mbps: None,
+            last_state: None,
+            down_since: None,
+        };
+        (view.state.node.clone(), view)
+    }
+
+    #[test]
+    fn neighbours_are_the_nearest_healthy_peers() {
+        let peers: BTreeMap<_, _> = [
+            peer(state("a", 0.9, 0.5, &[]), true, 3.0),
+            peer(state("b", 0.9, 0.5, &[]), true, 1.0),
+            peer(state("c", 0.9, 0.5, &[]), false, 0.5),
+            peer(state("d", 0.9, 0.5, &[]), true, 1.0),
+        ]
+        .into();
+        let (near, latency, jitter) = neighbours(&peers, 2);
+        assert_eq!(near, ["b", "d"], "nearest first, ties by id, the unhealthy one left out");
+        assert_eq!((latency, jitter), (1.0, 0.1));
+        assert_eq!(neighbours(&BTreeMap::new(), 2), (vec![], 0.0, 0.0));
+    }
+
+    #[test]
+    fn the_most_confident_leads_and_an_incumbent_named_by_the_majority_stays() {
+        let me = state("b", 0.8, 0.5, &[]);
+        let peers: BTreeMap<_, _> =
+            [peer(state("a", 0.9, 0.5, &[]), true, 1.0), peer(state("c", 0.85, 0.5, &[]), true, 1.0)].into();
+        let d = decide(&peers, &me, false, &Prior::default());
+        assert_eq!(d.group, ["a", "b", "c"]);
+        assert_eq!(d.leader.as_deref(), Some("a"));
+        // c was named by a and c (and this node): its bonus keeps it
+        // leading over the slightly more confident a while it is healthy.
+        let mut named = peers.clone();
+        for p in named.values_mut() {
+            p.state.leader = Some("c".into());
+        }
+        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), weight: 0.5 });
+        assert_eq!(d.leader.as_deref(), Some("c"));
+        named.get_mut("c").unwrap().healthy = false;
+        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), weight: 0.5 });
+        assert_eq!(d.leader.as_deref(), Some("a"), "an unhealthy incumbent is replaced");
+    }
+
+    #[test]
+    fn an_unhealthy_peer_weighs_nothing_and_an_isolated_node_drains() {
+        let me = state("b", 0.9, 0.0, &[]);
+        let peers: BTreeMap<_, _> =
+            [peer(state("a", 0.9, 0.7, &[]), true, 1.0), peer(state("c", 0.9, 0.6, &[]), false, 1.0)].into();
+        let d = decide(&peers, &me, false, &Prior { leader: None, weight: 0.5 });
+        assert_eq!(d.weights["a"], 0.7);
+        assert_eq!(d.weights["c"], 0.0);
+        assert_eq!(d.weights["b"], d.weight);
+        let alone = decide(&peers, &me, true, &Prior { leader: None, weight: 0.5 });
+        assert!(alone.weight < 0.5, "isolated: the weight drifts down ({})", alone.weight);
+        assert!(d.weight > alone.weight);
+    }
+
+    #[test]
+    fn the_heaviest_healthy_replica_of_the_majority_hash_is_chosen() {
+        // Segment 10: a and b agree, c differs; c is heaviest but outvoted.
+        // Segment 11: only the unhealthy a has it, so nothing is chosen.
+        let me = state("b", 0.9, 0.0, &[(10, 1)]);
+        let peers: BTreeMap<_, _> = [
+            peer(state("a", 0.9, 0.9, &[(10, 1), (11, 1)]), true, 1.0),
+            peer(state("c", 0.9, 1.0, &[(10, 2)]), true, 1.0),
+        ]
+        .into();
+        let d = decide(&peers, &me, false, &Prior { leader: None, weight: 0.5 });
+        assert_eq!(d.selection[&10]["360p"], "a");
+        assert_eq!(d.selection[&11]["360p"], "a");
+        let mut down = peers.clone();
+        down.get_mut("a").unwrap().healthy = false;
+        let d = decide(&down, &me, false, &Prior { leader: None, weight: 0.5 });
+        assert_eq!(d.selection[&10]["360p"], "b", "a is down: b has the majority's bytes");
+        assert!(!d.selection.contains_key(&11), "no healthy node has segment 11");
+    }
+}
