@@ -79,6 +79,9 @@ pub fn run(config: &Config, file: Option<&ConfigFile>, limits: &RunLimits) -> an
     first_config.channels.clear();
     let outcome = driver::supervise(&first_config, limits, &taps, &commands, &stop, true);
     channels.shut_down();
+    if let Some(swarm) = &services.swarm {
+        swarm.close_output();
+    }
     outcome
 }
 

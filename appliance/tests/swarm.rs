@@ -82,6 +82,17 @@ fn a_demo_swarm_agrees_on_bytes_and_leader() {
     }
     let leaders: Vec<&serde_json::Value> = views.iter().map(|v| &v["leader"]).collect();
     assert!(leaders[0].is_string() && leaders.iter().all(|l| *l == leaders[0]), "leaders {leaders:?}");
+    // The run ended: the combined playlists end, as each node's own do.
+    for k in 1..=3 {
+        let combined = out.join(format!("node-{k}/combined/main"));
+        let tracks: Vec<_> =
+            std::fs::read_dir(&combined).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        assert!(!tracks.is_empty(), "node-{k}: no combined tracks in {}", combined.display());
+        for track in tracks {
+            let playlist = std::fs::read_to_string(track.join("playlist.m3u8")).unwrap();
+            assert!(playlist.trim_end().ends_with("#EXT-X-ENDLIST"), "{}:\n{playlist}", track.display());
+        }
+    }
 }
 
 /// A light appliance process in the swarm.

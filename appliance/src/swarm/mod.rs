@@ -220,6 +220,8 @@ pub struct View {
 #[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
+    /// The daemon ends: the combined output's playlists are ended.
+    closing: AtomicBool,
     local: Mutex<Local>,
     view: Mutex<View>,
     stats: WireStats,
@@ -231,6 +233,8 @@ struct Shared {
 pub struct Swarm {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The thread keeping the combined output, while it runs.
+    replicator: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Swarm {
@@ -240,6 +244,7 @@ impl Swarm {
             UdpSocket::bind(settings.bind).map_err(|source| SwarmError::Bind { addr: settings.bind, source })?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             local: Mutex::new(Local::default()),
             view: Mutex::new(View { node: settings.node.clone(), ..View::default() }),
             stats: WireStats::default(),
@@ -250,7 +255,25 @@ impl Swarm {
             .name("swarm".into())
             .spawn(move || Node::new(settings, socket, for_thread).run())
             .map_err(SwarmError::Thread)?;
-        Ok(Self { shared, thread: Some(thread) })
+        Ok(Self { shared, thread: Some(thread), replicator: Mutex::default() })
+    }
+
+    /// The daemon ends: the combined playlists get `#EXT-X-ENDLIST`, as the
+    /// node's own do. Waits for the replicator (at most one fetch, 3 s).
+    pub fn close_output(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+        let taken = lock(&self.replicator).take();
+        if let Some(t) = taken
+            && t.thread().id() != std::thread::current().id()
+            && t.join().is_err()
+        {
+            tracing::error!("the combined output's thread panicked");
+        }
+    }
+
+    /// Whether the daemon is ending ([`Swarm::close_output`]).
+    fn closing(&self) -> bool {
+        self.shared.closing.load(Ordering::Relaxed)
     }
 
     /// Updates what the node reports about its pipeline.
@@ -751,10 +774,11 @@ pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Res
             target_duration: config.channel.segment_seconds.ceil() as u32,
         };
         let weak = Arc::downgrade(&swarm);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("replicate".into())
             .spawn(move || replicate::run(&weak, &target))
             .map_err(SwarmError::Thread)?;
+        *lock(&swarm.replicator) = Some(thread);
     }
     Ok(Some(swarm))
 }

@@ -40,12 +40,16 @@ struct Track {
     init: bool,
 }
 
-/// Runs until the swarm is dropped.
+/// Runs until the swarm is dropped or closes its output; then ends the
+/// combined playlists.
 pub fn run(swarm: &Weak<Swarm>, target: &Target) {
     let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().new_agent();
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
     let mut master = false;
     while let Some(s) = swarm.upgrade() {
+        if s.closing() {
+            break;
+        }
         let view = s.view();
         drop(s);
         let mut round = Round::default();
@@ -68,7 +72,7 @@ pub fn run(swarm: &Weak<Swarm>, target: &Target) {
                                 tracing::trace!(segment = old, "combined: segment left the window");
                             }
                         }
-                        write_playlist(target, track, t);
+                        write_playlist(target, track, t, false);
                     }
                     Err(e) => tracing::warn!(segment = index, track = %track, from = %node, "combined output: {e}"),
                 }
@@ -83,6 +87,9 @@ pub fn run(swarm: &Weak<Swarm>, target: &Target) {
             master = copy_own(target, "master.m3u8");
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+    for (track, t) in tracks.iter().filter(|(_, t)| !t.entries.is_empty()) {
+        write_playlist(target, track, t, true);
     }
 }
 
@@ -175,7 +182,7 @@ fn copy_own(target: &Target, rel: &str) -> bool {
     std::fs::read(target.own.join(rel)).is_ok_and(|b| write_atomic(&target.combined.join(rel), &b).is_ok())
 }
 
-fn write_playlist(target: &Target, track: &str, t: &Track) {
+fn write_playlist(target: &Target, track: &str, t: &Track, ended: bool) {
     let entries: Vec<Entry> = t
         .entries
         .values()
@@ -190,7 +197,7 @@ fn write_playlist(target: &Target, track: &str, t: &Track) {
         &MediaPlaylist {
             target_duration: target.target_duration,
             archive: false,
-            ended: false,
+            ended,
             discontinuity_sequence: 0,
             map_uri: "init.mp4",
         },
