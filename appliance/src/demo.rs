@@ -250,3 +250,90 @@ pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
     }
     Ok(out)
 }
+
+/// `lockstep verify` in words: one line per track, then the verdict. A
+/// node whose last index is behind the newest by more than one segment
+/// is named as having stopped early (killed, or ended first).
+pub fn describe(report: &BTreeMap<String, TrackReport>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut stopped: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (track, r) in report {
+        let nodes: Vec<String> =
+            r.nodes.iter().map(|(n, (a, b, c))| format!("{n} has {c} segments ({a} to {b})")).collect();
+        let mut line = format!("{track}: {}; {} indices on more than one node", nodes.join(", "), r.shared);
+        if !r.conflicts.is_empty() {
+            line += &format!("; bytes differ at {}", list(&r.conflicts));
+        }
+        for (node, gaps) in &r.gaps {
+            line += &format!("; {node} misses {}", list(gaps));
+        }
+        lines.push(line);
+        let newest = r.nodes.values().map(|(_, last, _)| *last).max().unwrap_or(0);
+        for (node, (_, last, _)) in &r.nodes {
+            if *last < newest - 1 {
+                let e = stopped.entry(node.clone()).or_insert((*last, newest));
+                *e = (e.0.max(*last), e.1.max(newest));
+            }
+        }
+    }
+    for (node, (last, newest)) in &stopped {
+        lines.push(format!("{node} stopped early: its last segment is {last}, the others went on to {newest}"));
+    }
+    let conflicts: usize = report.values().map(|r| r.conflicts.len()).sum();
+    let shared: usize = report.values().map(|r| r.shared).sum();
+    lines.push(match (conflicts, shared) {
+        (0, 0) => "verdict: nothing to compare (no index was published by two nodes)".into(),
+        (0, n) => format!("verdict: identical (all {n} shared segments have the same bytes on every node)"),
+        (c, n) => format!("verdict: DIFFERENT ({c} of {n} shared segments differ between nodes)"),
+    });
+    lines
+}
+
+/// `1, 2, 5` (at most 10, then how many more).
+fn list(indices: &[i64]) -> String {
+    let mut s: Vec<String> = indices.iter().take(10).map(i64::to_string).collect();
+    if indices.len() > 10 {
+        s.push(format!("and {} more", indices.len() - 10));
+    }
+    s.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(nodes: &[(&str, i64, i64)], shared: usize, conflicts: &[i64]) -> TrackReport {
+        TrackReport {
+            nodes: nodes.iter().map(|(n, a, b)| ((*n).to_string(), (*a, *b, (b - a + 1) as usize))).collect(),
+            shared,
+            conflicts: conflicts.to_vec(),
+            gaps: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn verify_says_in_words_what_agrees_who_stopped_early_and_its_verdict() {
+        let report: BTreeMap<String, TrackReport> = [
+            ("main/180p".to_string(), track(&[("node-1", 10, 14), ("node-2", 10, 20)], 5, &[])),
+            ("main/360p".to_string(), track(&[("node-1", 10, 14), ("node-2", 10, 20)], 5, &[])),
+        ]
+        .into();
+        let lines = describe(&report);
+        assert_eq!(
+            lines[0],
+            "main/180p: node-1 has 5 segments (10 to 14), node-2 has 11 segments (10 to 20); 5 indices on more than one node"
+        );
+        assert_eq!(lines[2], "node-1 stopped early: its last segment is 14, the others went on to 20");
+        assert_eq!(lines[3], "verdict: identical (all 10 shared segments have the same bytes on every node)");
+        let mut bad = report.clone();
+        if let Some(r) = bad.get_mut("main/360p") {
+            r.conflicts = vec![12];
+        }
+        assert_eq!(
+            describe(&bad).last().map(String::as_str),
+            Some("verdict: DIFFERENT (1 of 10 shared segments differ between nodes)")
+        );
+        assert!(describe(&bad)[1].ends_with("; bytes differ at 12"));
+        assert!(describe(&BTreeMap::new()).last().is_some_and(|l| l.starts_with("verdict: nothing to compare")));
+    }
+}

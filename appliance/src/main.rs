@@ -352,18 +352,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                for (track, r) in &report {
-                    let nodes: Vec<String> =
-                        r.nodes.iter().map(|(n, (a, b, c))| format!("{n} {c} segs {a}..{b}")).collect();
-                    println!(
-                        "{track}: {} | shared {} | conflicts {:?} | gaps {:?}",
-                        nodes.join(", "),
-                        r.shared,
-                        r.conflicts,
-                        r.gaps
-                    );
+                for line in lockstep::demo::describe(&report) {
+                    println!("{line}");
                 }
-                println!("{} conflicting indices", conflicts);
             }
             Ok(if conflicts == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
