@@ -175,11 +175,43 @@ pub struct TrackReport {
     pub conflicts: Vec<i64>,
     /// Node → indices missing inside its own range.
     pub gaps: BTreeMap<String, Vec<i64>>,
+    /// Segment files on disk re-hashed (files that left the window are
+    /// compared by their manifest entries only).
+    pub rehashed: usize,
+    /// Node → indices whose file on disk does not hash to its manifest.
+    pub altered: BTreeMap<String, Vec<i64>>,
+    /// Node → (combined segments checked, indices whose bytes no node's
+    /// manifest has).
+    pub combined: BTreeMap<String, (usize, Vec<i64>)>,
 }
 
-/// Compares the manifests of every node under `dir` (`node-*/<channel>/<track>/manifest.jsonl`).
+impl TrackReport {
+    /// Indices whose bytes are wrong anywhere: differing between nodes,
+    /// differing from their manifest, or in a combined output.
+    pub fn problems(&self) -> usize {
+        self.conflicts.len()
+            + self.altered.values().map(Vec::len).sum::<usize>()
+            + self.combined.values().map(|(_, bad)| bad.len()).sum::<usize>()
+    }
+}
+
+/// SHA-256 of a file, hex; `None` when it cannot be read (gone).
+fn file_sha256(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    std::fs::read(path).ok().map(|b| hex::encode(sha2::Sha256::digest(&b)))
+}
+
+/// Compares the segments of every node under `dir`
+/// (`node-*/<channel>/<track>/manifest.jsonl`): every file still on disk is
+/// hashed again and checked against its manifest entry, the entries are
+/// compared between nodes, and each node's combined output
+/// (`node-*/combined/<channel>/<track>/`) is checked against them.
 pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
     let mut by_track: BTreeMap<String, BTreeMap<String, BTreeMap<i64, String>>> = BTreeMap::new();
+    let mut rehashed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut altered: BTreeMap<String, BTreeMap<String, Vec<i64>>> = BTreeMap::new();
+    // Per track: segment file name → index (the same name on every node).
+    let mut names: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut nodes: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}", dir.display()))?
         .filter_map(Result::ok)
@@ -200,7 +232,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
                 .filter(|p| p.is_dir())
                 .collect()
         };
-        for channel in dirs(&node) {
+        for channel in dirs(&node).into_iter().filter(|c| !c.ends_with("combined")) {
             for track in dirs(&channel) {
                 let manifest = track.join("manifest.jsonl");
                 if !manifest.exists() {
@@ -212,6 +244,14 @@ pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
                     track.file_name().unwrap_or_default().to_string_lossy()
                 );
                 let entries = read_manifest(&manifest).with_context(|| format!("{}", manifest.display()))?;
+                for e in &entries {
+                    names.entry(key.clone()).or_default().insert(e.file.clone(), e.index);
+                    let Some(actual) = file_sha256(&track.join(&e.file)) else { continue };
+                    *rehashed.entry(key.clone()).or_default() += 1;
+                    if actual != e.sha256 {
+                        altered.entry(key.clone()).or_default().entry(name.clone()).or_default().push(e.index);
+                    }
+                }
                 let hashes = entries.into_iter().map(|e| (e.index, e.sha256)).collect();
                 by_track.entry(key).or_default().insert(name.clone(), hashes);
             }
@@ -224,7 +264,12 @@ pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
     );
     let mut out = BTreeMap::new();
     for (track, per_node) in by_track {
-        let mut r = TrackReport::default();
+        let mut r = TrackReport {
+            rehashed: rehashed.remove(&track).unwrap_or(0),
+            altered: altered.remove(&track).unwrap_or_default(),
+            combined: check_combined(dir, &track, &per_node, names.get(&track)),
+            ..TrackReport::default()
+        };
         let mut all: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
         for (node, hashes) in &per_node {
             let (first, last) =
@@ -251,6 +296,34 @@ pub fn verify(dir: &Path) -> anyhow::Result<BTreeMap<String, TrackReport>> {
     Ok(out)
 }
 
+/// Each node's combined output of `track` (`<channel>/<track>`): every
+/// segment its playlist lists must hash to what some node's manifest says
+/// for that index.
+fn check_combined(
+    dir: &Path,
+    track: &str,
+    per_node: &BTreeMap<String, BTreeMap<i64, String>>,
+    names: Option<&BTreeMap<String, i64>>,
+) -> BTreeMap<String, (usize, Vec<i64>)> {
+    let mut out = BTreeMap::new();
+    for node in per_node.keys() {
+        let combined = dir.join(node).join("combined").join(track);
+        let Ok(playlist) = std::fs::read_to_string(combined.join("playlist.m3u8")) else { continue };
+        let (mut checked, mut bad) = (0, Vec::new());
+        for file in playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let Some(index) = names.and_then(|n| n.get(file)).copied() else { continue };
+            // A segment that left the window meanwhile is not counted.
+            let Some(actual) = file_sha256(&combined.join(file)) else { continue };
+            checked += 1;
+            if !per_node.values().any(|hashes| hashes.get(&index) == Some(&actual)) {
+                bad.push(index);
+            }
+        }
+        out.insert(node.clone(), (checked, bad));
+    }
+    out
+}
+
 /// `lockstep verify` in words: one line per track, then the verdict. A
 /// node whose last index is behind the newest by more than one segment
 /// is named as having stopped early (killed, or ended first).
@@ -267,6 +340,16 @@ pub fn describe(report: &BTreeMap<String, TrackReport>) -> Vec<String> {
         for (node, gaps) in &r.gaps {
             line += &format!("; {node} misses {}", list(gaps));
         }
+        line += &format!("; {} files hashed again", r.rehashed);
+        for (node, indices) in &r.altered {
+            line += &format!("; {node}'s files differ from its manifest at {}", list(indices));
+        }
+        for (node, (checked, bad)) in &r.combined {
+            line += &format!("; {node}'s combined output: {checked} checked");
+            if !bad.is_empty() {
+                line += &format!(", wrong bytes at {}", list(bad));
+            }
+        }
         lines.push(line);
         let newest = r.nodes.values().map(|(_, last, _)| *last).max().unwrap_or(0);
         for (node, (_, last, _)) in &r.nodes {
@@ -279,12 +362,14 @@ pub fn describe(report: &BTreeMap<String, TrackReport>) -> Vec<String> {
     for (node, (last, newest)) in &stopped {
         lines.push(format!("{node} stopped early: its last segment is {last}, the others went on to {newest}"));
     }
-    let conflicts: usize = report.values().map(|r| r.conflicts.len()).sum();
+    let problems: usize = report.values().map(TrackReport::problems).sum();
     let shared: usize = report.values().map(|r| r.shared).sum();
-    lines.push(match (conflicts, shared) {
+    lines.push(match (problems, shared) {
         (0, 0) => "verdict: nothing to compare (no index was published by two nodes)".into(),
         (0, n) => format!("verdict: identical (all {n} shared segments have the same bytes on every node)"),
-        (c, n) => format!("verdict: DIFFERENT ({c} of {n} shared segments differ between nodes)"),
+        (p, _) => format!(
+            "verdict: DIFFERENT ({p} segments with wrong bytes: between nodes, against a manifest or in a combined output)"
+        ),
     });
     lines
 }
@@ -299,6 +384,7 @@ fn list(indices: &[i64]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -307,7 +393,7 @@ mod tests {
             nodes: nodes.iter().map(|(n, a, b)| ((*n).to_string(), (*a, *b, (b - a + 1) as usize))).collect(),
             shared,
             conflicts: conflicts.to_vec(),
-            gaps: BTreeMap::new(),
+            ..TrackReport::default()
         }
     }
 
@@ -321,7 +407,8 @@ mod tests {
         let lines = describe(&report);
         assert_eq!(
             lines[0],
-            "main/180p: node-1 has 5 segments (10 to 14), node-2 has 11 segments (10 to 20); 5 indices on more than one node"
+            "main/180p: node-1 has 5 segments (10 to 14), node-2 has 11 segments (10 to 20); 5 indices on more than \
+             one node; 0 files hashed again"
         );
         assert_eq!(lines[2], "node-1 stopped early: its last segment is 14, the others went on to 20");
         assert_eq!(lines[3], "verdict: identical (all 10 shared segments have the same bytes on every node)");
@@ -329,11 +416,62 @@ mod tests {
         if let Some(r) = bad.get_mut("main/360p") {
             r.conflicts = vec![12];
         }
-        assert_eq!(
-            describe(&bad).last().map(String::as_str),
-            Some("verdict: DIFFERENT (1 of 10 shared segments differ between nodes)")
-        );
-        assert!(describe(&bad)[1].ends_with("; bytes differ at 12"));
+        assert!(describe(&bad).last().is_some_and(|l| l.starts_with("verdict: DIFFERENT (1 segments")));
+        assert!(describe(&bad)[1].contains("; bytes differ at 12;"));
         assert!(describe(&BTreeMap::new()).last().is_some_and(|l| l.starts_with("verdict: nothing to compare")));
+    }
+
+    /// Writes node `node`'s segments `(index, bytes)` of main/180p with a
+    /// manifest that says `claimed` bytes for each.
+    fn node_output(dir: &Path, node: &str, segments: &[(i64, &[u8], &[u8])]) {
+        use sha2::Digest;
+        let track = dir.join(node).join("main/180p");
+        std::fs::create_dir_all(&track).unwrap();
+        let mut manifest = String::new();
+        for (index, bytes, claimed) in segments {
+            let file = format!("seg-{index}.m4s");
+            std::fs::write(track.join(&file), bytes).unwrap();
+            let entry = crate::package::ManifestEntry {
+                index: *index,
+                file,
+                first_unit: 0,
+                samples: 1,
+                base_time: 0,
+                timescale: 90_000,
+                duration: 1.0,
+                bytes: bytes.len() as u64,
+                sha256: hex::encode(sha2::Sha256::digest(claimed)),
+                input_sha256: String::new(),
+                program_date_time: String::new(),
+                producer: node.into(),
+                analysis: None,
+            };
+            manifest += &format!("{}\n", serde_json::to_string(&entry).unwrap());
+        }
+        std::fs::write(track.join("manifest.jsonl"), manifest).unwrap();
+    }
+
+    #[test]
+    fn verify_hashes_the_files_not_only_the_manifests_and_checks_the_combined_output() {
+        let dir = tempfile::tempdir().unwrap();
+        node_output(dir.path(), "node-1", &[(1, b"one", b"one"), (2, b"two", b"two")]);
+        // node-2's manifest agrees with node-1's, but its file 2 does not.
+        node_output(dir.path(), "node-2", &[(1, b"one", b"one"), (2, b"TWO", b"two")]);
+        let combined = dir.path().join("node-1/combined/main/180p");
+        std::fs::create_dir_all(&combined).unwrap();
+        std::fs::write(combined.join("seg-1.m4s"), b"one").unwrap();
+        std::fs::write(combined.join("seg-2.m4s"), b"bad").unwrap();
+        std::fs::write(combined.join("playlist.m3u8"), "#EXTM3U\n#EXTINF:1.0,\nseg-1.m4s\n#EXTINF:1.0,\nseg-2.m4s\n")
+            .unwrap();
+        let report = verify(dir.path()).unwrap();
+        let r = &report["main/180p"];
+        assert_eq!(r.shared, 2);
+        assert!(r.conflicts.is_empty(), "the manifests agree");
+        assert_eq!(r.rehashed, 4);
+        assert_eq!(r.altered.get("node-2"), Some(&vec![2]), "{r:?}");
+        assert_eq!(r.combined.get("node-1"), Some(&(2, vec![2])), "{r:?}");
+        assert!(!r.combined.contains_key("node-2"), "node-2 has no combined output");
+        assert_eq!(r.problems(), 2);
+        assert!(describe(&report).last().is_some_and(|l| l.starts_with("verdict: DIFFERENT")));
     }
 }

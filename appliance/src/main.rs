@@ -348,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { dir, json } => {
             let report = lockstep::demo::verify(&dir)?;
-            let conflicts: usize = report.values().map(|r| r.conflicts.len()).sum();
+            let problems: usize = report.values().map(lockstep::demo::TrackReport::problems).sum();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -356,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{line}");
                 }
             }
-            Ok(if conflicts == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Fleet { what: FleetCommand::Key { file } } => {
             anyhow::ensure!(!file.exists(), "{} exists; a fleet key is never overwritten", file.display());

@@ -67,6 +67,15 @@ fn a_demo_swarm_agrees_on_bytes_and_leader() {
         assert!(r["shared"].as_u64().unwrap() >= 2, "{track}: {r}");
         assert_eq!(r["conflicts"].as_array().unwrap().len(), 0, "{track}: {r}");
         assert_eq!(r["nodes"].as_object().unwrap().len(), 3, "{track}: {r}");
+        // Files, not only manifests: every file on disk hashed again, and
+        // every node's combined output checked against the manifests.
+        assert!(r["rehashed"].as_u64().unwrap() >= 6, "{track}: {r}");
+        assert!(r["altered"].as_object().unwrap().is_empty(), "{track}: {r}");
+        let combined = r["combined"].as_object().unwrap();
+        assert_eq!(combined.len(), 3, "{track}: {r}");
+        for (node, c) in combined {
+            assert!(c[0].as_u64().unwrap() >= 1 && c[1].as_array().unwrap().is_empty(), "{track}: {node} {c}");
+        }
     }
     // Each node saw the two others, healthy, through authenticated packets
     // only, and all name the same leader.
