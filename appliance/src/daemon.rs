@@ -32,7 +32,7 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
         Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics))?),
         None => None,
     };
-    let swarm = crate::swarm::join(config, &channels.first().taps)?;
+    let swarm = crate::swarm::join(config, channels)?;
     let admin = match &config.admin.listen {
         Some(_) => Some(crate::admin::start(crate::admin::Context {
             config: config.clone(),

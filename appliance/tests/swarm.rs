@@ -111,6 +111,11 @@ fn node(dir: &Path, k: u16, ports: (u16, u16), key: &Path) -> Child {
 
 /// A node with extra `[output]` keys.
 fn node_with(dir: &Path, k: u16, ports: (u16, u16), key: &Path, output: &str) -> Child {
+    node_full(dir, k, ports, key, output, "")
+}
+
+/// A node with extra `[output]` keys and more tables at the end (`[[channels]]`).
+fn node_full(dir: &Path, k: u16, ports: (u16, u16), key: &Path, output: &str, tables: &str) -> Child {
     let seeds: Vec<String> = (0..3).filter(|&j| j != k).map(|j| format!("\"127.0.0.1:{}\"", ports.1 + j)).collect();
     let out = dir.join(format!("n{k}"));
     std::fs::create_dir_all(&out).unwrap();
@@ -118,7 +123,7 @@ fn node_with(dir: &Path, k: u16, ports: (u16, u16), key: &Path, output: &str) ->
         "[appliance]\nid = \"n{k}\"\n[channel]\nid = \"ch\"\n[source]\nkind = \"test\"\nwidth = 160\nheight = 90\nfps = \"25\"\n\
          [audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
          [output]\ndir = \"{}\"\n{output}[origin]\nlisten = \"127.0.0.1:{}\"\n\
-         [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\nstatus_file = \"{}\"\n",
+         [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\nstatus_file = \"{}\"\n{tables}",
         out.display(),
         ports.0 + k,
         ports.1 + k,
@@ -223,10 +228,8 @@ fn bad_packets_are_dropped_and_counted() {
         suspect_after: Duration::from_millis(900),
         expected_nodes: 3,
         neighbours: 3,
-        channel: "ch".into(),
         origin: None,
         frame_ns: 40e6,
-        segment_ms: 2000.0,
         status_file: None,
     })
     .unwrap();
@@ -379,7 +382,7 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
         assert!(restarted.elapsed() < Duration::from_secs(30), "A did not catch up: {:?}", weights);
         std::thread::sleep(Duration::from_millis(250));
         if let Some(v) = view(&dir.path().join("n1/swarm.json"))
-            && let Some(w) = v["peers"]["n0"]["weight"].as_f64()
+            && let Some(w) = v["peers"]["n0"]["weights"]["ch"].as_f64()
             && v["peers"]["n0"]["healthy"] == true
         {
             weights.push(w);
@@ -543,4 +546,103 @@ fn a_cut_off_node_keeps_producing_flags_itself_isolated_and_converges() {
         }
     }
     assert!(compared >= 5, "only {compared} combined segments in common");
+}
+
+/// Indices of the segments a playlist lists.
+fn listed(playlist: &Path) -> Vec<i64> {
+    std::fs::read_to_string(playlist)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("seg-")?.strip_suffix(".m4s")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_kill() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ports = (free_ports(3), free_ports(3));
+    // n0 and n1 encode `ch` and `two` (another picture size, another
+    // ladder); n2 encodes `ch` only.
+    let two = "[[channels]]\nchannel = { id = \"two\" }\n\
+               source = { kind = \"test\", width = 128, height = 72, fps = \"25\" }\n\
+               audio = { enabled = false }\n\
+               renditions = [{ name = \"72p\", height = 72, bitrate_kbps = 100 }]\n";
+    let window = "window_segments = 30\n";
+    let mut nodes = Nodes(
+        (0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k < 2 { two } else { "" })).collect(),
+    );
+    let n1 = || view(&dir.path().join("n1/swarm.json"));
+    let combined = |ch: &str, track: &str| dir.path().join(format!("n1/combined/{ch}/{track}"));
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    };
+    // Each channel's weights name the nodes that encode it, and n1's
+    // combined output of both channels grows.
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(40), "channels never settled: {:?}", n1());
+        std::thread::sleep(Duration::from_millis(250));
+        let Some(v) = n1() else { continue };
+        let settled = names(&v["channels"]["ch"]["weights"]) == ["n0", "n1", "n2"]
+            && names(&v["channels"]["two"]["weights"]) == ["n0", "n1"]
+            && v["peers"].as_object().is_some_and(|p| p.len() == 2 && p.values().all(|x| x["healthy"] == true));
+        if settled && listed(&combined("ch", "90p").join("playlist.m3u8")).len() >= 3
+            && listed(&combined("two", "72p").join("playlist.m3u8")).len() >= 3
+        {
+            break;
+        }
+    }
+    eprintln!("two channels settled in {:.1} s", started.elapsed().as_secs_f64());
+    // n2 knows `two` from its peers' packets, and keeps no combined output
+    // of a channel it does not encode.
+    let v2 = view(&dir.path().join("n2/swarm.json")).unwrap();
+    assert_eq!(names(&v2["channels"]["two"]["weights"]), ["n0", "n1"], "{v2}");
+    assert!(!dir.path().join("n2/combined/two").exists(), "n2 encodes no `two`");
+
+    nodes.0[0].kill().unwrap(); // kill -9 of n0
+    let _ = nodes.0[0].wait();
+    std::thread::sleep(Duration::from_secs(7));
+
+    for (ch, track) in [("ch", "90p"), ("two", "72p")] {
+        let (a, b) = (dir.path().join(format!("n0/{ch}/{track}")), dir.path().join(format!("n1/{ch}/{track}")));
+        let last_a = common::manifest(&a).iter().map(|e| e.index).max().unwrap();
+        let have = listed(&combined(ch, track).join("playlist.m3u8"));
+        assert!(have.windows(2).all(|w| w[1] == w[0] + 1), "{ch}: no missing index: {have:?}");
+        assert!(
+            have.first().is_some_and(|&f| f <= last_a) && have.last().is_some_and(|&l| l >= last_a + 3),
+            "{ch}: spans the kill: {have:?}, n0's last {last_a}"
+        );
+        // Where a segment came from, proven by the bytes: after the kill,
+        // n1's own file (n0 has none); before it, the bytes of every node
+        // that has the index.
+        for i in &have {
+            let f = format!("seg-{i}.m4s");
+            let bytes = std::fs::read(combined(ch, track).join(&f)).unwrap();
+            let theirs = std::fs::read(a.join(&f)).ok();
+            let own = std::fs::read(b.join(&f)).ok();
+            if *i > last_a {
+                assert!(theirs.is_none(), "{ch}/{f}: n0 was dead");
+                assert_eq!(own.as_ref(), Some(&bytes), "{ch}/{f}: after the kill, n1's own bytes");
+            } else {
+                assert!(theirs.is_some() || own.is_some(), "{ch}/{f}: from nowhere");
+                for x in [&theirs, &own].into_iter().flatten() {
+                    assert!(*x == bytes, "{ch}/{f}: the combined copy differs from a producer's file");
+                }
+            }
+        }
+    }
+    // n0 weighs nothing for either channel now.
+    let v = n1().unwrap();
+    for ch in ["ch", "two"] {
+        assert_eq!(v["channels"][ch]["weights"]["n0"].as_f64(), Some(0.0), "{ch}: {}", v["channels"][ch]);
+    }
+    // One channel's pictures are not another's: `two` and `ch` never
+    // share a file.
+    let one = std::fs::read(combined("ch", "90p").join("init.mp4")).unwrap();
+    let other = std::fs::read(combined("two", "72p").join("init.mp4")).unwrap();
+    assert_ne!(one, other);
 }

@@ -17,4 +17,9 @@ fuzz_target!(|data: &[u8]| {
         // What decodes encodes again (floats may be NaN: no equality check).
         assert!(state::decode(&state::encode(&s)).is_some());
     }
+    // Older members' single-channel packets, read as one channel.
+    if let Some(s) = state::decode_single_channel(data) {
+        assert_eq!(s.channels.len(), 1);
+        assert!(state::decode(&state::encode(&s)).is_some());
+    }
 });

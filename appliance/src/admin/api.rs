@@ -435,13 +435,13 @@ fn channel_json(state: &AppState, ch: &Channel, headers: &HeaderMap) -> Value {
         })
         .collect();
     drop(rows);
-    let combined = ch.first && state.ctx.swarm.is_some() && state.ctx.origin.is_some();
+    let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
     let id = &config.channel.id;
     let running = s.running.load(Ordering::Relaxed);
     json!({
         "id": id,
         "first": ch.first,
-        "swarm": ch.first && state.ctx.swarm.is_some(),
+        "swarm": state.ctx.swarm.is_some(),
         "running": running,
         "error": if running { None } else { lock(&s.run_error).clone() },
         "segment_seconds": config.channel.segment_seconds,
@@ -630,7 +630,7 @@ async fn set_rendition(
         format!("{id}/{name}: {bitrate_kbps} kbit/s from segment {} (by {})", change.from_segment, actor.name()),
     );
     let mut body = detail;
-    body["swarm_wide"] = Value::Bool(ch.first && state.ctx.swarm.is_some());
+    body["swarm_wide"] = Value::Bool(state.ctx.swarm.is_some());
     body["saved"] = serde_json::to_value(super::settings::save(&state).await).unwrap_or_default();
     Ok(json(StatusCode::ACCEPTED, body))
 }
@@ -926,7 +926,7 @@ async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {
 fn output_json(state: &AppState, ch: &Channel, origin: Option<&str>) -> Value {
     let config = &ch.supervisor.config();
     let id = &config.channel.id;
-    let combined = ch.first && state.ctx.swarm.is_some() && state.ctx.origin.is_some();
+    let combined = state.ctx.swarm.is_some() && state.ctx.origin.is_some();
     json!({
             "channel": id,
             "dir": config.output.dir.join(id),
@@ -942,31 +942,54 @@ fn output_json(state: &AppState, ch: &Channel, origin: Option<&str>) -> Value {
     })
 }
 
+/// A member as the API shows it. The frame, timecode, complexity,
+/// latency and weight at the top are those of this appliance's first
+/// channel (`null` when the member does not encode it); `channels` lists
+/// every channel it encodes. `weights` are as this node uses them (0 for
+/// an unhealthy peer).
 fn member_json(
     state: &crate::swarm::state::EncodingState,
-    me: bool,
-    alive: bool,
-    healthy: bool,
-    leader: bool,
+    first: &str,
+    weights: &BTreeMap<String, f32>,
+    flags: [bool; 4],
 ) -> Value {
+    let [me, alive, healthy, leader] = flags;
+    let own = state.channel(first);
+    let weight = |id: &str| weights.get(id).copied().unwrap_or(0.0);
+    let channels: Vec<Value> = state
+        .channels
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "weight": weight(&c.id),
+                "frame": c.frame,
+                "timecode": c.timecode,
+                "complexity": c.complexity,
+                "encode_latency_ms": c.encode_latency_ms,
+                "segment": c.segments.last().map(|s| s.index),
+            })
+        })
+        .collect();
     json!({
         "node": state.node,
         "self": me,
         "alive": alive,
         "healthy": healthy,
         "leader": leader,
-        "weight": state.weight,
+        "weight": own.map(|c| weight(&c.id)),
         "confidence": state.confidence,
         "clock": state.clock,
         "load": state.load,
-        "frame": state.frame,
-        "timecode": state.timecode,
-        "complexity": state.complexity,
+        "frame": own.map(|c| c.frame),
+        "timecode": own.map(|c| &c.timecode),
+        "complexity": own.map(|c| c.complexity),
         "uptime_s": state.uptime_s,
         "recent_errors": state.recent_errors,
         "origin": state.origin,
-        "encode_latency_ms": state.encode_latency_ms,
+        "encode_latency_ms": own.map(|c| c.encode_latency_ms),
         "isolated": state.isolated,
+        "channels": channels,
     })
 }
 
@@ -978,12 +1001,14 @@ async fn swarm(State(state): Shared) -> Response {
         );
     };
     let v = sw.view();
+    let first = state.ctx.channels.first().id.clone();
+    let is_leader = |node: &str| v.leader.as_deref() == Some(node);
     let mut members: Vec<Value> = v
         .peers
         .values()
         .map(|p| {
-            let mut m = member_json(&p.state, false, p.alive, p.healthy, v.leader.as_deref() == Some(&p.state.node));
-            m["weight"] = json!(p.weight);
+            let flags = [false, p.alive, p.healthy, is_leader(&p.state.node)];
+            let mut m = member_json(&p.state, &first, &p.weights, flags);
             m["latency_ms"] = json!(p.latency_ms);
             m["jitter_ms"] = json!(p.jitter_ms);
             m["state_age_ms"] = json!(p.state_age_ms);
@@ -993,7 +1018,8 @@ async fn swarm(State(state): Shared) -> Response {
         })
         .collect();
     if let Some(me) = &v.me {
-        let mut m = member_json(me, true, true, !v.isolated, v.leader.as_deref() == Some(&me.node));
+        let weights: BTreeMap<String, f32> = me.channels.iter().map(|c| (c.id.clone(), c.weight)).collect();
+        let mut m = member_json(me, &first, &weights, [true, true, !v.isolated, is_leader(&me.node)]);
         m["latency_ms"] = json!(me.neighbour_latency_ms);
         m["jitter_ms"] = json!(me.neighbour_jitter_ms);
         m["state_age_ms"] = json!(0);
@@ -1005,6 +1031,7 @@ async fn swarm(State(state): Shared) -> Response {
         json!({
             "enabled": true,
             "node": v.node,
+            "channel": first,
             "leader": v.leader,
             "group": v.group,
             "isolated": v.isolated,
@@ -1014,22 +1041,6 @@ async fn swarm(State(state): Shared) -> Response {
     )
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Limit {
-    limit: Option<usize>,
-}
-
-fn limit(
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
-    default: usize,
-    max: usize,
-) -> Result<usize, ApiError> {
-    let Query(Limit { limit }) =
-        q.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "limit", format!("query: {}", e.body_text())))?;
-    in_range(limit, default, max)
-}
-
 fn in_range(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
     match limit.unwrap_or(default) {
         n if (1..=max).contains(&n) => Ok(n),
@@ -1037,22 +1048,43 @@ fn in_range(limit: Option<usize>, default: usize, max: usize) -> Result<usize, A
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlignmentQuery {
+    limit: Option<usize>,
+    /// The channel; the first when left out.
+    channel: Option<String>,
+}
+
 async fn alignment(
     State(state): Shared,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<AlignmentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let n = limit(q, 12, 200)?;
+    let Query(AlignmentQuery { limit, channel }) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let n = in_range(limit, 12, 200)?;
     let Some(sw) = state.ctx.swarm.as_ref() else {
         return Ok(json(StatusCode::OK, json!({ "nodes": [state.ctx.config.appliance.id], "rows": [] })));
     };
     let v = sw.view();
+    // A channel this appliance does not encode may still be encoded by
+    // peers: it is known when the swarm decided on it.
+    let channel = match channel {
+        Some(id) if state.ctx.channels.get(&id).is_none() && !v.channels.contains_key(&id) => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no channel `{id}` on this appliance or its swarm")));
+        }
+        Some(id) => id,
+        None => state.ctx.channels.first().id.clone(),
+    };
+    let selection = v.channels.get(&channel).map(|c| &c.selection);
     // Every node's hash per (index, track), from its state packets.
     let mut hashes: BTreeMap<(i64, String), BTreeMap<String, String>> = BTreeMap::new();
     let states = v.peers.values().map(|p| &p.state).chain(v.me.iter());
     let mut nodes: Vec<String> = Vec::new();
     for s in states {
+        let Some(report) = s.channel(&channel) else { continue };
         nodes.push(s.node.clone());
-        for seg in &s.segments {
+        for seg in &report.segments {
             for (track, h) in &seg.tracks {
                 hashes.entry((seg.index, track.clone())).or_default().insert(s.node.clone(), hex::encode(&h[..6]));
             }
@@ -1064,7 +1096,7 @@ async fn alignment(
         if rows.len() >= n * 8 {
             break;
         }
-        let chosen = v.selection.get(index).and_then(|t| t.get(track)).cloned();
+        let chosen = selection.and_then(|s| s.get(index)).and_then(|t| t.get(track)).cloned();
         let first = by_node.values().next();
         let agree = by_node.values().all(|h| Some(h) == first);
         rows.push(json!({ "index": index, "track": track, "chosen": chosen, "agree": agree, "hashes": by_node }));
@@ -1076,7 +1108,7 @@ async fn alignment(
         i.into_iter().rev().take(n).collect()
     };
     rows.retain(|r| r["index"].as_i64().is_some_and(|i| indices.contains(&i)));
-    Ok(json(StatusCode::OK, json!({ "nodes": nodes, "rows": rows })))
+    Ok(json(StatusCode::OK, json!({ "channel": channel, "nodes": nodes, "rows": rows })))
 }
 
 #[derive(Debug, Deserialize)]

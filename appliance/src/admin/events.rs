@@ -87,7 +87,7 @@ impl EventLog {
 pub struct Sample {
     /// Unix time, ms.
     pub t_ms: u64,
-    /// Encoder weight per node.
+    /// Encoder weight per node, for the appliance's first channel.
     pub weights: BTreeMap<String, f32>,
     /// Machine CPU busy per node, 0–1.
     pub cpu: BTreeMap<String, f32>,
@@ -123,7 +123,8 @@ pub struct ViewDiff {
     leader: Option<String>,
     healthy: BTreeMap<String, bool>,
     isolated: bool,
-    chosen: BTreeMap<String, (i64, String)>,
+    /// The node chosen for the newest index, by (channel, track).
+    chosen: BTreeMap<(String, String), (i64, String)>,
     moves: Vec<Move>,
     seen: bool,
 }
@@ -131,6 +132,7 @@ pub struct ViewDiff {
 /// A change of the chosen node not yet explained.
 #[derive(Debug)]
 struct Move {
+    channel: String,
     from: String,
     to: String,
     index: i64,
@@ -178,16 +180,18 @@ impl ViewDiff {
         // a node that is, or within a few seconds turns out to be, gone or
         // unhealthy (selection may move before failure detection does).
         let gone = |node: &str| view.peers.get(node).is_none_or(|p| !p.healthy) && node != view.node;
-        if let Some((index, tracks)) = view.selection.iter().next_back() {
+        for (channel, decisions) in &view.channels {
+            let Some((index, tracks)) = decisions.selection.iter().next_back() else { continue };
             for (track, node) in tracks {
-                let before = self.chosen.insert(track.clone(), (*index, node.clone()));
+                let before = self.chosen.insert((channel.clone(), track.clone()), (*index, node.clone()));
                 if let Some((_, previous)) = before
                     && previous != *node
                 {
-                    match self.moves.iter_mut().find(|m| m.from == previous && m.to == *node) {
+                    match self.moves.iter_mut().find(|m| m.channel == *channel && m.from == previous && m.to == *node) {
                         Some(m) if !m.tracks.contains(track) => m.tracks.push(track.clone()),
                         Some(_) => {}
                         None => self.moves.push(Move {
+                            channel: channel.clone(),
                             from: previous,
                             to: node.clone(),
                             index: *index,
@@ -205,7 +209,8 @@ impl ViewDiff {
                     "failover",
                     Some(&m.to),
                     format!(
-                        "segments from {} instead of {} from index {} ({})",
+                        "channel {}: segments from {} instead of {} from index {} ({})",
+                        m.channel,
                         m.to,
                         m.from,
                         m.index,

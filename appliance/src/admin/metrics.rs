@@ -119,9 +119,12 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
             "1 when this node hears no peer.",
             &[(String::new(), f64::from(u8::from(v.isolated)))],
         );
-        let weights: Vec<(String, f64)> =
-            v.weights.iter().map(|(n, w)| (format!("node=\"{n}\""), f64::from(*w))).collect();
-        metric("lockstep_swarm_weight_ratio", "gauge", "Encoder weight of each node, 0-1.", &weights);
+        let weights: Vec<(String, f64)> = v
+            .channels
+            .iter()
+            .flat_map(|(c, d)| d.weights.iter().map(move |(n, w)| (format!("channel=\"{c}\",node=\"{n}\""), f64::from(*w))))
+            .collect();
+        metric("lockstep_swarm_weight_ratio", "gauge", "Encoder weight of each node for each channel, 0-1.", &weights);
         let mut confidence: Vec<(String, f64)> =
             v.peers.values().map(|p| (format!("node=\"{}\"", p.state.node), f64::from(p.state.confidence))).collect();
         if let Some(m) = &v.me {

@@ -360,7 +360,7 @@ fn sample(state: &AppState, view: Option<&crate::swarm::View>) -> Sample {
     let latency = first.taps.status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1000.0;
     let (mut weights, mut cpu) = (BTreeMap::new(), BTreeMap::new());
     if let Some(view) = view {
-        weights = view.weights.clone();
+        weights = view.channels.get(&first.id).map(|c| c.weights.clone()).unwrap_or_default();
         for (node, p) in &view.peers {
             cpu.insert(node.clone(), p.state.load.cpu);
         }

@@ -75,7 +75,7 @@ fn view(config: &Config, ch: &Channel, state: &AppState) -> Value {
             "segment_seconds": config.channel.segment_seconds,
             "output_dir": config.output.dir,
         },
-        "swarm": ch.first && state.ctx.swarm.is_some(),
+        "swarm": state.ctx.swarm.is_some(),
         "first": ch.first,
         "last_error": lock(&ch.taps.status.config_error).clone(),
         "saved": state.ctx.channels.saved(),
@@ -164,7 +164,7 @@ pub(super) async fn patch(
     let running = ch.effective();
     let next = merged(&running, edit)?;
     state.ctx.channels.check(&id, &next).map_err(channel_error)?;
-    if ch.first && state.ctx.swarm.is_some() && shape(&next) != shape(&running) {
+    if state.ctx.swarm.is_some() && shape(&next) != shape(&running) {
         return Err(ApiError::field(
             StatusCode::CONFLICT,
             "renditions",

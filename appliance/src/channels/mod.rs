@@ -1,13 +1,15 @@
 //! The channels of one appliance.
 //!
-//! The first channel is `[channel]` of the configuration: the swarm
-//! federates it, systemd's watchdog follows it, and the daemon's run ends
-//! when it ends on its own. More channels come from `[[channels]]` or are
-//! created through the API (`POST /api/v1/channels`). Each has its own
-//! source, ladder, supervisor (start, stop, live changes, handovers) and
-//! playlists under `<output.dir>/<id>/`, and shares the appliance's clock,
-//! output directory, origin and admin API. They are encoded by this
-//! appliance alone: the swarm does not replicate them.
+//! The first channel is `[channel]` of the configuration: systemd's
+//! watchdog follows it, and the daemon's run ends when it ends on its own.
+//! More channels come from `[[channels]]` or are created through the API
+//! (`POST /api/v1/channels`). Each has its own source, ladder, supervisor
+//! (start, stop, live changes, handovers) and playlists under
+//! `<output.dir>/<id>/`, and shares the appliance's clock, output
+//! directory, origin and admin API. In a swarm every running channel is
+//! in the node's state packets: appliances that encode a channel of the
+//! same id agree on its replicas, weights and combined output
+//! (`crate::swarm`), each channel on its own.
 //!
 //! The effective configuration written back to the file is the first
 //! channel's with every other channel as a `[[channels]]` entry, so a

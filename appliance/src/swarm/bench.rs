@@ -30,10 +30,8 @@ fn settings(node: usize, addr: SocketAddr, seed: SocketAddr, key: &FleetKey, n: 
         suspect_after: SUSPECT,
         expected_nodes: u32::try_from(n).unwrap_or(16),
         neighbours: 5,
-        channel: "bench".into(),
         origin: None,
         frame_ns: 40e6,
-        segment_ms: 2_000.0,
         status_file: None,
     }
 }

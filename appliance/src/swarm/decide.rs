@@ -1,11 +1,14 @@
 //! The swarm's decisions each round as pure functions of what the node
 //! knows (its peers' last packets and health, its own state and what it
 //! decided the round before): preferred neighbours, the group and its
-//! leader, the weights and the replica chosen for every recent segment.
+//! leader, and per channel the weights and the replica chosen for every
+//! recent segment.
 //! The node's thread (`super::Node`) only gathers the inputs and applies
 //! the result; these are tested without sockets, threads or clocks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
 
 use super::PeerView;
 use super::election::{self, Candidate, Replica, WeightInputs};
@@ -32,8 +35,19 @@ pub fn neighbours(peers: &BTreeMap<String, PeerView>, n: usize) -> (Vec<String>,
 pub struct Prior {
     /// The leader it named.
     pub leader: Option<String>,
-    /// Its own weight.
-    pub weight: f32,
+    /// Its own weight for each channel it encodes.
+    pub weights: BTreeMap<String, f32>,
+}
+
+/// One channel's decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChannelDecisions {
+    /// Weight of every node that encodes the channel (0 for an unhealthy
+    /// peer), this one included when it encodes it.
+    pub weights: BTreeMap<String, f32>,
+    /// For each recent segment index and track: the node whose replica the
+    /// combined output uses.
+    pub selection: BTreeMap<i64, BTreeMap<String, String>>,
 }
 
 /// One round's decisions.
@@ -43,17 +57,19 @@ pub struct Decisions {
     pub group: Vec<String>,
     /// The group's leader.
     pub leader: Option<String>,
-    /// This node's new weight.
-    pub weight: f32,
-    /// Every node's weight (0 for an unhealthy peer), this one included.
-    pub weights: BTreeMap<String, f32>,
-    /// For each recent segment index and track: the node whose replica the
-    /// combined output uses.
-    pub selection: BTreeMap<i64, BTreeMap<String, String>>,
+    /// This node's new weight for each channel it encodes.
+    pub own_weights: BTreeMap<String, f32>,
+    /// Per channel any node reports.
+    pub channels: BTreeMap<String, ChannelDecisions>,
 }
 
 /// The round's decisions from the peers' last packets, this node's state
 /// `me` (its weight and leader fields are ignored) and the round before.
+///
+/// The group and its leader are the appliance's (the leader is the most
+/// confident node, whatever it encodes). Weights and replicas are per
+/// channel: a node's weight for a channel follows that channel's
+/// complexity, and only nodes that encode a channel offer replicas of it.
 pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: bool, prior: &Prior) -> Decisions {
     // Leader of this node's group.
     let mut everyone: Vec<Candidate> = peers
@@ -85,34 +101,58 @@ pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: 
     let incumbent = election::majority(&named);
     let leader = election::elect(&in_group, incumbent.as_deref());
 
-    // This node's weight; the others' come in their packets.
-    let predicted = election::predicted_weight(&WeightInputs {
-        complexity: me.complexity,
-        process_cpu: me.load.process_cpu,
-        confidence: me.confidence,
-        healthy: !isolated,
-    });
-    let weight = election::update_weight(prior.weight, predicted);
-    let mut weights: BTreeMap<String, f32> =
-        peers.values().map(|p| (p.state.node.clone(), if p.healthy { p.state.weight } else { 0.0 })).collect();
-    weights.insert(me.node.clone(), weight);
-
-    let selection = select(peers, me, &weights);
-    Decisions { group, leader, weight, weights, selection }
+    // This node's weight per channel; the others' come in their packets.
+    let own_weights: BTreeMap<String, f32> = me
+        .channels
+        .iter()
+        .map(|c| {
+            let predicted = election::predicted_weight(&WeightInputs {
+                complexity: c.complexity,
+                process_cpu: me.load.process_cpu,
+                confidence: me.confidence,
+                healthy: !isolated,
+            });
+            let before = prior.weights.get(&c.id).copied().unwrap_or(0.0);
+            (c.id.clone(), election::update_weight(before, predicted))
+        })
+        .collect();
+    let ids: BTreeSet<&str> =
+        peers.values().flat_map(|p| &p.state.channels).chain(&me.channels).map(|c| c.id.as_str()).collect();
+    let channels = ids
+        .into_iter()
+        .map(|id| {
+            let mut weights: BTreeMap<String, f32> = peers
+                .values()
+                .filter_map(|p| {
+                    let c = p.state.channel(id)?;
+                    Some((p.state.node.clone(), if p.healthy { c.weight } else { 0.0 }))
+                })
+                .collect();
+            if let Some(w) = own_weights.get(id) {
+                weights.insert(me.node.clone(), *w);
+            }
+            let selection = select(peers, me, id, &weights);
+            (id.to_string(), ChannelDecisions { weights, selection })
+        })
+        .collect();
+    Decisions { group, leader, own_weights, channels }
 }
 
-/// The replica chosen for every (segment index, track) any node reports.
+/// The replica of `channel` chosen for every (segment index, track) any
+/// node reports.
 fn select(
     peers: &BTreeMap<String, PeerView>,
     me: &EncodingState,
+    channel: &str,
     weights: &BTreeMap<String, f32>,
 ) -> BTreeMap<i64, BTreeMap<String, String>> {
     let mut replicas: BTreeMap<(i64, String), Vec<Replica>> = BTreeMap::new();
     let sources = peers.values().map(|p| (&p.state, p.healthy)).chain(std::iter::once((me, true)));
     for (state, healthy) in sources {
+        let Some(report) = state.channel(channel) else { continue };
         // In 0.05 steps: observers a packet apart still agree.
         let weight = (weights.get(&state.node).copied().unwrap_or(0.0) * 20.0).round() / 20.0;
-        for seg in &state.segments {
+        for seg in &report.segments {
             for (track, hash) in &seg.tracks {
                 replicas.entry((seg.index, track.clone())).or_default().push(Replica {
                     node: state.node.clone(),
@@ -136,19 +176,16 @@ fn select(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::swarm::state::{ClockSummary, Load, SegmentHashes};
+    use crate::swarm::state::{ChannelReport, ClockSummary, Load, SegmentHashes};
 
-    fn state(node: &str, confidence: f32, weight: f32, segments: &[(i64, u8)]) -> EncodingState {
-        EncodingState {
-            node: node.into(),
-            boot: 1,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            origin: None,
-            channel: "main".into(),
-            sent_tai_ns: 0,
+    /// A channel report: weight, complexity and (index, hash byte) of its
+    /// 360p segments.
+    fn report(id: &str, weight: f32, complexity: f32, segments: &[(i64, u8)]) -> ChannelReport {
+        ChannelReport {
+            id: id.into(),
             frame: 0,
             timecode: String::new(),
-            complexity: 0.3,
+            complexity,
             segments: segments
                 .iter()
                 .map(|(index, h)| SegmentHashes {
@@ -158,6 +195,23 @@ mod tests {
                 })
                 .collect(),
             encode_latency_ms: 100.0,
+            weight,
+            ladder: Vec::new(),
+        }
+    }
+
+    /// A node encoding channel `main` only.
+    fn state(node: &str, confidence: f32, weight: f32, segments: &[(i64, u8)]) -> EncodingState {
+        on(node, confidence, vec![report("main", weight, 0.3, segments)])
+    }
+
+    fn on(node: &str, confidence: f32, channels: Vec<ChannelReport>) -> EncodingState {
+        EncodingState {
+            node: node.into(),
+            boot: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            origin: None,
+            sent_tai_ns: 0,
             neighbour_latency_ms: 1.0,
             neighbour_jitter_ms: 0.1,
             load: Load { cpu: 0.2, process_cpu: 0.1, memory: 0.3 },
@@ -166,10 +220,13 @@ mod tests {
             uptime_s: 60,
             isolated: false,
             confidence,
-            weight,
             leader: None,
-            ladder: Vec::new(),
+            channels,
         }
+    }
+
+    fn prior(weight: f32) -> Prior {
+        Prior { leader: None, weights: [("main".to_string(), weight)].into() }
     }
 
     fn peer(state: EncodingState, healthy: bool, latency_ms: f32) -> (String, PeerView) {
@@ -180,7 +237,7 @@ mod tests {
             state_age_ms: 0,
             latency_ms,
             jitter_ms: latency_ms / 10.0,
-            weight: 0.0,
+            weights: BTreeMap::new(),
             neighbour: false,
             throughput_mbps: None,
             last_state: None,
@@ -218,10 +275,10 @@ mod tests {
         for p in named.values_mut() {
             p.state.leader = Some("c".into());
         }
-        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), weight: 0.5 });
+        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), ..prior(0.5) });
         assert_eq!(d.leader.as_deref(), Some("c"));
         named.get_mut("c").unwrap().healthy = false;
-        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), weight: 0.5 });
+        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), ..prior(0.5) });
         assert_eq!(d.leader.as_deref(), Some("a"), "an unhealthy incumbent is replaced");
     }
 
@@ -230,13 +287,14 @@ mod tests {
         let me = state("b", 0.9, 0.0, &[]);
         let peers: BTreeMap<_, _> =
             [peer(state("a", 0.9, 0.7, &[]), true, 1.0), peer(state("c", 0.9, 0.6, &[]), false, 1.0)].into();
-        let d = decide(&peers, &me, false, &Prior { leader: None, weight: 0.5 });
-        assert_eq!(d.weights["a"], 0.7);
-        assert_eq!(d.weights["c"], 0.0);
-        assert_eq!(d.weights["b"], d.weight);
-        let alone = decide(&peers, &me, true, &Prior { leader: None, weight: 0.5 });
-        assert!(alone.weight < 0.5, "isolated: the weight drifts down ({})", alone.weight);
-        assert!(d.weight > alone.weight);
+        let d = decide(&peers, &me, false, &prior(0.5));
+        let weights = &d.channels["main"].weights;
+        assert_eq!(weights["a"], 0.7);
+        assert_eq!(weights["c"], 0.0);
+        assert_eq!(weights["b"], d.own_weights["main"]);
+        let alone = decide(&peers, &me, true, &prior(0.5));
+        assert!(alone.own_weights["main"] < 0.5, "isolated: the weight drifts down ({:?})", alone.own_weights);
+        assert!(d.own_weights["main"] > alone.own_weights["main"]);
     }
 
     #[test]
@@ -249,13 +307,44 @@ mod tests {
             peer(state("c", 0.9, 1.0, &[(10, 2)]), true, 1.0),
         ]
         .into();
-        let d = decide(&peers, &me, false, &Prior { leader: None, weight: 0.5 });
-        assert_eq!(d.selection[&10]["360p"], "a");
-        assert_eq!(d.selection[&11]["360p"], "a");
+        let d = decide(&peers, &me, false, &prior(0.5));
+        let selection = &d.channels["main"].selection;
+        assert_eq!(selection[&10]["360p"], "a");
+        assert_eq!(selection[&11]["360p"], "a");
         let mut down = peers.clone();
         down.get_mut("a").unwrap().healthy = false;
-        let d = decide(&down, &me, false, &Prior { leader: None, weight: 0.5 });
-        assert_eq!(d.selection[&10]["360p"], "b", "a is down: b has the majority's bytes");
-        assert!(!d.selection.contains_key(&11), "no healthy node has segment 11");
+        let d = decide(&down, &me, false, &prior(0.5));
+        let selection = &d.channels["main"].selection;
+        assert_eq!(selection[&10]["360p"], "b", "a is down: b has the majority's bytes");
+        assert!(!selection.contains_key(&11), "no healthy node has segment 11");
+    }
+
+    #[test]
+    fn each_channel_has_its_own_weights_and_replicas() {
+        // b (this node) encodes main and news, a encodes both too, c only
+        // main, d only sport. The same segment index means different
+        // pictures on different channels.
+        let me = on("b", 0.9, vec![report("main", 0.0, 0.2, &[(10, 1)]), report("news", 0.0, 0.9, &[(10, 5)])]);
+        let peers: BTreeMap<_, _> = [
+            peer(on("a", 0.9, vec![report("main", 0.8, 0.2, &[(10, 1)]), report("news", 0.2, 0.9, &[(10, 5)])]), true, 1.0),
+            peer(on("c", 0.9, vec![report("main", 0.9, 0.2, &[(10, 2)])]), true, 1.0),
+            peer(on("d", 0.9, vec![report("sport", 0.6, 0.5, &[(10, 7)])]), true, 1.0),
+        ]
+        .into();
+        let before = Prior { leader: None, weights: [("main".into(), 0.5), ("news".into(), 0.5)].into() };
+        let d = decide(&peers, &me, false, &before);
+        assert_eq!(d.channels.keys().collect::<Vec<_>>(), ["main", "news", "sport"]);
+        assert_eq!(d.own_weights.keys().collect::<Vec<_>>(), ["main", "news"], "weights only for what it encodes");
+        assert!(d.own_weights["main"] > d.own_weights["news"], "the busier channel weighs less: {:?}", d.own_weights);
+        let main = &d.channels["main"];
+        assert_eq!(main.weights.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(main.selection[&10]["360p"], "a", "a and b agree on main; c is outvoted");
+        let news = &d.channels["news"];
+        assert_eq!(news.weights.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(news.selection[&10]["360p"], "b", "b outweighs a on news");
+        assert_eq!(d.channels["sport"].selection[&10]["360p"], "d", "a channel only a peer encodes");
+        // The leader is the appliance's, whatever channels it encodes.
+        assert_eq!(d.group, ["a", "b", "c", "d"]);
+        assert!(d.leader.is_some());
     }
 }

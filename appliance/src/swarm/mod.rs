@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::realtime_ns;
 use crate::sync::lock;
 
-use state::{ClockSummary, ConfidenceInputs, EncodingState, LoadSampler, SegmentHashes};
+use decide::ChannelDecisions;
+use state::{ChannelReport, ClockSummary, ConfidenceInputs, EncodingState, LoadSampler, SegmentHashes};
 use wire::{FleetKey, Kind, Opener, Sealer, WireStats};
 
 /// Segments of hashes each node gossips.
@@ -106,21 +107,29 @@ pub struct Settings {
     pub expected_nodes: u32,
     /// Preferred neighbours.
     pub neighbours: usize,
-    /// Channel encoded.
-    pub channel: String,
     /// Origin URL, if served.
     pub origin: Option<String>,
-    /// One frame, ns.
+    /// One frame of the first channel, ns (the clock's share of the
+    /// confidence score is judged against it).
     pub frame_ns: f64,
-    /// One segment, ms.
-    pub segment_ms: f32,
     /// Where to write the view.
     pub status_file: Option<PathBuf>,
 }
 
-/// What the local pipeline reports to the swarm.
+/// What the local pipelines report to the swarm.
 #[derive(Debug, Default)]
 pub struct Local {
+    /// Clock state.
+    pub clock: Option<ClockSummary>,
+    /// When errors happened (last minute kept), every channel's.
+    pub errors: VecDeque<Instant>,
+    /// Every channel this node encodes, by id.
+    pub channels: BTreeMap<String, ChannelLocal>,
+}
+
+/// What one channel's pipeline reports to the swarm.
+#[derive(Debug, Default)]
+pub struct ChannelLocal {
     /// Current frame.
     pub frame: i64,
     /// Timecode of the last analysed segment.
@@ -131,15 +140,13 @@ pub struct Local {
     pub segments: VecDeque<SegmentHashes>,
     /// Capture-to-publish latency, ms.
     pub encode_latency_ms: f32,
-    /// Clock state.
-    pub clock: Option<ClockSummary>,
-    /// When errors happened (last minute kept).
-    pub errors: VecDeque<Instant>,
+    /// Segment length, ms.
+    pub segment_ms: f32,
     /// Live ladder changes known here.
     pub ladder: Vec<crate::control::LadderChange>,
 }
 
-impl Local {
+impl ChannelLocal {
     /// Records a published segment's hash under its index.
     pub fn add_segment(&mut self, track: &str, index: i64, sha256: [u8; 32], input: [u8; 32]) {
         match self.segments.iter_mut().find(|s| s.index == index) {
@@ -178,8 +185,8 @@ pub struct PeerView {
     pub latency_ms: f32,
     /// Jitter of that latency, ms, running mean.
     pub jitter_ms: f32,
-    /// Its weight.
-    pub weight: f32,
+    /// Its weight for each channel it encodes (0 while unhealthy).
+    pub weights: BTreeMap<String, f32>,
     /// One of this node's preferred neighbours.
     pub neighbour: bool,
     /// Throughput of this node's segment fetches from it, Mbit/s (running
@@ -206,10 +213,9 @@ pub struct View {
     pub group: Vec<String>,
     /// The group's leader.
     pub leader: Option<String>,
-    /// Weights of every node, this one included.
-    pub weights: BTreeMap<String, f32>,
-    /// For each recent segment index and track: the chosen replica.
-    pub selection: BTreeMap<i64, BTreeMap<String, String>>,
+    /// Per channel any node reports: every node's weight and the replica
+    /// chosen for each recent segment.
+    pub channels: BTreeMap<String, ChannelDecisions>,
     /// Hears no peer although it has been in a swarm.
     pub isolated: bool,
     /// Datagrams accepted and dropped, by reason.
@@ -226,6 +232,8 @@ struct Shared {
     view: Mutex<View>,
     stats: WireStats,
     throughput: Mutex<BTreeMap<String, f32>>,
+    /// The combined outputs to keep, by channel.
+    targets: Mutex<BTreeMap<String, replicate::Target>>,
 }
 
 /// A running swarm node.
@@ -249,6 +257,7 @@ impl Swarm {
             view: Mutex::new(View { node: settings.node.clone(), ..View::default() }),
             stats: WireStats::default(),
             throughput: Mutex::default(),
+            targets: Mutex::default(),
         });
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -269,6 +278,11 @@ impl Swarm {
         {
             tracing::error!("the combined output's thread panicked");
         }
+    }
+
+    /// The combined outputs to keep, by channel.
+    fn targets(&self) -> BTreeMap<String, replicate::Target> {
+        lock(&self.shared.targets).clone()
     }
 
     /// Whether the daemon is ending ([`Swarm::close_output`]).
@@ -334,7 +348,7 @@ struct Node {
     sealer: Sealer,
     opener: Opener,
     peers: BTreeMap<String, PeerView>,
-    own_weight: f32,
+    own_weights: BTreeMap<String, f32>,
     leader: Option<String>,
     load: LoadSampler,
     started: Instant,
@@ -385,7 +399,7 @@ impl Node {
             sealer,
             opener,
             peers: BTreeMap::new(),
-            own_weight: 0.0,
+            own_weights: BTreeMap::new(),
             leader: None,
             load: LoadSampler::default(),
             started: Instant::now(),
@@ -450,7 +464,11 @@ impl Node {
                 }
                 self.drain();
             }
-            Kind::State => match state::decode(&opened.payload) {
+            Kind::State | Kind::SingleChannelState => match if opened.kind == Kind::State {
+                state::decode(&opened.payload)
+            } else {
+                state::decode_single_channel(&opened.payload)
+            } {
                 Some(state) if state.node != self.settings.node => self.peer_state(state),
                 Some(_) => {}
                 None => {
@@ -472,7 +490,7 @@ impl Node {
             state_age_ms: 0,
             latency_ms: latency,
             jitter_ms: 0.0,
-            weight: 0.0,
+            weights: BTreeMap::new(),
             neighbour: false,
             throughput_mbps: None,
             last_state: None,
@@ -562,21 +580,25 @@ impl Node {
         for p in self.peers.values_mut() {
             p.neighbour = neighbours.contains(&p.state.node);
         }
-        let me = self.own_state(latency, jitter, isolated);
-        let prior = decide::Prior { leader: self.leader.clone(), weight: self.own_weight };
-        let decide::Decisions { group, leader, weight, weights, selection } =
+        let mut me = self.own_state(latency, jitter, isolated);
+        let prior = decide::Prior { leader: self.leader.clone(), weights: self.own_weights.clone() };
+        let decide::Decisions { group, leader, own_weights, channels } =
             decide::decide(&self.peers, &me, isolated, &prior);
         if leader != self.leader {
             tracing::info!(leader = leader.as_deref().unwrap_or("none"), "group leader");
             self.leader = leader;
         }
-        self.own_weight = weight;
+        self.own_weights = own_weights;
         for p in self.peers.values_mut() {
-            p.weight = weights.get(&p.state.node).copied().unwrap_or(0.0);
+            p.weights = channels
+                .iter()
+                .filter_map(|(id, c)| c.weights.get(&p.state.node).map(|w| (id.clone(), *w)))
+                .collect();
         }
-
-        let me = EncodingState { weight: self.own_weight, ..me };
-        let me = EncodingState { leader: self.leader.clone(), ..me };
+        for c in &mut me.channels {
+            c.weight = self.own_weights.get(&c.id).copied().unwrap_or(0.0);
+        }
+        me.leader = self.leader.clone();
         self.send_state(&me, &members);
         let mut view = lock(&self.shared.view);
         view.me = Some(me);
@@ -588,8 +610,7 @@ impl Node {
         drop(throughput);
         view.group = group;
         view.leader = self.leader.clone();
-        view.weights = weights;
-        view.selection = selection;
+        view.channels = channels;
         if isolated != view.isolated {
             if isolated {
                 tracing::warn!("isolated: no swarm member reachable; producing locally");
@@ -610,28 +631,41 @@ impl Node {
         let clock = local.clock.clone().unwrap_or(ClockSummary { state: "freerun".into(), error_ns: None });
         let recent_errors =
             local.errors.iter().filter(|t| t.elapsed() < Duration::from_secs(60)).count().min(u32::MAX as usize) as u32;
+        let latency_ratio = local
+            .channels
+            .values()
+            .filter(|c| c.segment_ms > 0.0)
+            .map(|c| c.encode_latency_ms / c.segment_ms)
+            .fold(0.0, f32::max);
         let confidence = state::confidence(&ConfidenceInputs {
             clock_state: &clock.state,
             clock_error_ns: clock.error_ns,
             frame_ns: self.settings.frame_ns,
             cpu: load.cpu,
             recent_errors,
-            encode_latency_ms: local.encode_latency_ms,
-            segment_ms: self.settings.segment_ms,
+            latency_ratio,
             isolated,
         });
+        let channels = local
+            .channels
+            .iter()
+            .map(|(id, c)| ChannelReport {
+                id: id.clone(),
+                frame: c.frame,
+                timecode: c.timecode.clone(),
+                complexity: c.complexity,
+                segments: c.segments.iter().cloned().collect(),
+                encode_latency_ms: c.encode_latency_ms,
+                weight: self.own_weights.get(id).copied().unwrap_or(0.0),
+                ladder: c.ladder.clone(),
+            })
+            .collect();
         EncodingState {
             node: self.settings.node.clone(),
             boot: self.sealer.boot(),
             addr: self.settings.advertise,
             origin: self.settings.origin.clone(),
-            channel: self.settings.channel.clone(),
             sent_tai_ns: i64::try_from(now_tai_ns()).unwrap_or(i64::MAX),
-            frame: local.frame,
-            timecode: local.timecode.clone(),
-            complexity: local.complexity,
-            segments: local.segments.iter().cloned().collect(),
-            encode_latency_ms: local.encode_latency_ms,
             neighbour_latency_ms: latency,
             neighbour_jitter_ms: jitter,
             load,
@@ -640,9 +674,8 @@ impl Node {
             uptime_s: self.started.elapsed().as_secs(),
             isolated,
             confidence,
-            weight: self.own_weight,
             leader: self.leader.clone(),
-            ladder: local.ladder.clone(),
+            channels,
         }
     }
 
@@ -668,18 +701,20 @@ fn write_view(path: &std::path::Path, view: &View) {
     }
 }
 
-/// Takes the ladder changes peers advertise that this node does not know.
-/// A change for a rendition this node lacks, or out of range, is ignored
-/// (logged): the ladders differ, and hash agreement will say so.
-fn adopt_ladder_changes(view: &View, control: &crate::control::LiveControl, renditions: &[String]) {
+/// Takes the ladder changes of `channel` that peers advertise and this
+/// node does not know. A change for a rendition this node lacks, or out of
+/// range, is ignored (logged): the ladders differ, and hash agreement will
+/// say so.
+fn adopt_ladder_changes(view: &View, channel: &str, control: &crate::control::LiveControl, renditions: &[String]) {
     for peer in view.peers.values().filter(|p| p.alive) {
-        for change in &peer.state.ladder {
+        for change in peer.state.channel(channel).map_or(&[][..], |c| &c.ladder[..]) {
             if !renditions.contains(&change.rendition) || !crate::config::BITRATE_KBPS.contains(&change.bitrate_kbps) {
-                tracing::debug!(peer = %peer.state.node, rendition = %change.rendition, "ladder change not applicable here");
+                tracing::debug!(peer = %peer.state.node, channel, rendition = %change.rendition, "ladder change not applicable here");
                 continue;
             }
             if control.add(change.clone()) {
                 tracing::info!(
+                    channel,
                     rendition = %change.rendition,
                     kbps = change.bitrate_kbps,
                     from_segment = change.from_segment,
@@ -691,9 +726,14 @@ fn adopt_ladder_changes(view: &View, control: &crate::control::LiveControl, rend
     }
 }
 
-/// Starts the node `config.swarm` describes (`None` when disabled) and a
-/// thread feeding it what the channel's taps report.
-pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Result<Option<Arc<Swarm>>, SwarmError> {
+/// Starts the node `config.swarm` describes (`None` when disabled), a
+/// thread feeding it what every channel's taps report and, when the
+/// appliance serves an origin, the thread keeping the combined output of
+/// every channel.
+pub fn join(
+    config: &crate::config::Config,
+    channels: &Arc<crate::channels::Channels>,
+) -> Result<Option<Arc<Swarm>>, SwarmError> {
     let s = &config.swarm;
     if !s.enabled {
         return Ok(None);
@@ -712,73 +752,120 @@ pub fn join(config: &crate::config::Config, taps: &crate::pipeline::Taps) -> Res
         suspect_after: Duration::from_millis(u64::from(s.suspect_after_ms)),
         expected_nodes: s.expected_nodes,
         neighbours: s.neighbours as usize,
-        channel: config.channel.id.clone(),
         origin: config.origin.listen.as_ref().map(|l| format!("http://{l}")),
         frame_ns: rate.map_or(40e6, |r| 1e9 / r.fps()),
-        segment_ms: (config.channel.segment_seconds * 1000.0) as f32,
         status_file: s.status_file.clone(),
     };
     let swarm = Arc::new(Swarm::start(settings)?);
     let weak = Arc::downgrade(&swarm);
-    let mut analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
-    let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
-    let status = Arc::clone(&taps.status);
-    let control = Arc::clone(&taps.control);
-    let renditions: Vec<String> = config.renditions.iter().map(|r| r.name.clone()).collect();
-    let spawned = std::thread::Builder::new().name("swarm-feed".into()).spawn(move || {
-        let mut errors_seen = 0;
-        let mut rounds = 0u64;
-        while let Some(swarm) = weak.upgrade() {
-            rounds += 1;
-            if rounds.is_multiple_of(3) {
-                adopt_ladder_changes(&swarm.view(), &control, &renditions);
-            }
-            swarm.local(|l| {
-                l.ladder = control.advertised();
-                if let Some(rx) = analyses.as_mut() {
-                    while let Ok(r) = rx.try_recv() {
-                        l.timecode = r.timecode.clone();
-                        l.complexity = r.analysis.complexity;
-                    }
-                }
-                if let Some(rx) = segments.as_mut() {
-                    while let Ok(p) = rx.try_recv() {
-                        l.add_segment(&p.track, p.index, p.sha256, p.input_sha256);
-                    }
-                }
-                l.frame = status.frame.load(Ordering::Relaxed);
-                l.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
-                if let Some(q) = lock(&status.clock).as_ref() {
-                    l.clock = Some(ClockSummary { state: q.state.name().to_string(), error_ns: q.error_ns });
-                }
-                let errors = status.write_errors.load(Ordering::Relaxed);
-                for _ in errors_seen..errors {
-                    l.errors.push_back(Instant::now());
-                }
-                errors_seen = errors;
-                while l.errors.front().is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
-                    l.errors.pop_front();
-                }
-            });
-            drop(swarm);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    spawned.map_err(SwarmError::Thread)?;
-    if config.origin.listen.is_some() {
-        let target = replicate::Target {
-            own: config.output.dir.join(&config.channel.id),
-            combined: config.output.dir.join("combined").join(&config.channel.id),
-            channel: config.channel.id.clone(),
-            window: config.output.window_segments as usize,
-            target_duration: config.channel.segment_seconds.ceil() as u32,
-        };
+    let serves = config.origin.listen.is_some();
+    let list = Arc::clone(channels);
+    std::thread::Builder::new()
+        .name("swarm-feed".into())
+        .spawn(move || feed(&weak, &list, serves))
+        .map_err(SwarmError::Thread)?;
+    if serves {
         let weak = Arc::downgrade(&swarm);
         let thread = std::thread::Builder::new()
             .name("replicate".into())
-            .spawn(move || replicate::run(&weak, &target))
+            .spawn(move || replicate::run(&weak))
             .map_err(SwarmError::Thread)?;
         *lock(&swarm.replicator) = Some(thread);
     }
     Ok(Some(swarm))
+}
+
+/// One channel's feeds, as the swarm's feeding thread reads them.
+struct Feed {
+    analyses: Option<tokio::sync::broadcast::Receiver<Arc<crate::analysis::stage::SegmentReport>>>,
+    segments: Option<tokio::sync::broadcast::Receiver<Arc<crate::pipeline::PublishedSegment>>>,
+    errors_seen: u64,
+}
+
+impl Feed {
+    fn subscribe(taps: &crate::pipeline::Taps) -> Self {
+        Self {
+            analyses: taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
+            segments: taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
+            errors_seen: taps.status.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves what the channel reported since the last call into `c`, and
+    /// the time of each new error into `errors`.
+    fn read(&mut self, taps: &crate::pipeline::Taps, c: &mut ChannelLocal, errors: &mut VecDeque<Instant>) {
+        c.ladder = taps.control.advertised();
+        if let Some(rx) = self.analyses.as_mut() {
+            while let Ok(r) = rx.try_recv() {
+                c.timecode = r.timecode.clone();
+                c.complexity = r.analysis.complexity;
+            }
+        }
+        if let Some(rx) = self.segments.as_mut() {
+            while let Ok(p) = rx.try_recv() {
+                c.add_segment(&p.track, p.index, p.sha256, p.input_sha256);
+            }
+        }
+        let status = &taps.status;
+        c.frame = status.frame.load(Ordering::Relaxed);
+        c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
+        let written = status.write_errors.load(Ordering::Relaxed);
+        for _ in self.errors_seen..written {
+            errors.push_back(Instant::now());
+        }
+        self.errors_seen = written;
+    }
+}
+
+/// Feeds the swarm node what every running channel reports, ten times a
+/// second, until the node is dropped. A stopped or deleted channel leaves
+/// the node's packets (its peers then select other replicas for it);
+/// ladder changes peers advertise are adopted per channel.
+fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::Channels, serves: bool) {
+    let mut feeds: BTreeMap<String, Feed> = BTreeMap::new();
+    let mut rounds = 0u64;
+    while let Some(swarm) = swarm.upgrade() {
+        rounds += 1;
+        let running: Vec<_> =
+            channels.all().into_iter().filter(|c| c.taps.status.running.load(Ordering::Relaxed)).collect();
+        feeds.retain(|id, _| running.iter().any(|c| &c.id == id));
+        let view = rounds.is_multiple_of(3).then(|| swarm.view());
+        let mut targets = BTreeMap::new();
+        swarm.local(|l| {
+            l.channels.retain(|id, _| running.iter().any(|c| &c.id == id));
+            for ch in &running {
+                let config = ch.supervisor.config();
+                if let Some(view) = &view {
+                    let renditions: Vec<String> = config.renditions.iter().map(|r| r.name.clone()).collect();
+                    adopt_ladder_changes(view, &ch.id, &ch.taps.control, &renditions);
+                }
+                let c = l.channels.entry(ch.id.clone()).or_default();
+                c.segment_ms = (config.channel.segment_seconds * 1000.0) as f32;
+                feeds.entry(ch.id.clone()).or_insert_with(|| Feed::subscribe(&ch.taps)).read(
+                    &ch.taps,
+                    c,
+                    &mut l.errors,
+                );
+                if (l.clock.is_none() || ch.first)
+                    && let Some(q) = lock(&ch.taps.status.clock).as_ref()
+                {
+                    l.clock = Some(ClockSummary { state: q.state.name().to_string(), error_ns: q.error_ns });
+                }
+                if serves {
+                    targets.insert(ch.id.clone(), replicate::Target::of(&config));
+                }
+            }
+            while l.errors.front().is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+                l.errors.pop_front();
+            }
+        });
+        // A channel stopped keeps its combined output open (it may start
+        // again); one deleted has it ended.
+        let mut kept = lock(&swarm.shared.targets);
+        kept.retain(|id, _| channels.get(id).is_some());
+        kept.extend(targets);
+        drop(kept);
+        drop(swarm);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -33,6 +33,20 @@ pub struct Target {
     pub target_duration: u32,
 }
 
+impl Target {
+    /// The combined output of the channel `config` runs.
+    pub fn of(config: &crate::config::Config) -> Self {
+        let id = &config.channel.id;
+        Self {
+            own: config.output.dir.join(id),
+            combined: config.output.dir.join("combined").join(id),
+            channel: id.clone(),
+            window: config.output.window_segments as usize,
+            target_duration: config.channel.segment_seconds.ceil() as u32,
+        }
+    }
+}
+
 /// Per-track state of the combined output.
 #[derive(Debug, Default)]
 struct Track {
@@ -40,27 +54,27 @@ struct Track {
     init: bool,
 }
 
-/// Runs until the swarm is dropped or closes its output; then ends the
-/// combined playlists.
-pub fn run(swarm: &Weak<Swarm>, target: &Target) {
-    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().new_agent();
-    let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
-    let mut master = false;
-    while let Some(s) = swarm.upgrade() {
-        if s.closing() {
-            break;
-        }
-        let view = s.view();
-        drop(s);
-        let mut round = Round::default();
-        for (index, per_track) in &view.selection {
+/// One channel's combined output.
+#[derive(Debug)]
+struct Output {
+    target: Target,
+    tracks: BTreeMap<String, Track>,
+    master: bool,
+}
+
+impl Output {
+    /// Places every selected replica not placed yet.
+    fn pass(&mut self, agent: &ureq::Agent, view: &super::View, round: &mut Round) {
+        let Some(selection) = view.channels.get(&self.target.channel).map(|c| &c.selection) else { return };
+        let target = &self.target;
+        for (index, per_track) in selection {
             for (track, node) in per_track {
-                let t = tracks.entry(track.clone()).or_default();
+                let t = self.tracks.entry(track.clone()).or_default();
                 if t.entries.contains_key(index) {
                     continue;
                 }
-                let Some(hash) = gossiped_hash(&view, node, *index, track) else { continue };
-                match place(&agent, &view, target, track, *index, node, &hash, &mut round) {
+                let Some(hash) = gossiped_hash(view, node, &target.channel, *index, track) else { continue };
+                match place(agent, view, target, track, *index, node, &hash, round) {
                     Ok(entry) => {
                         if !t.init {
                             t.init = copy_own(target, &format!("{track}/init.mp4"));
@@ -74,38 +88,85 @@ pub fn run(swarm: &Weak<Swarm>, target: &Target) {
                         }
                         write_playlist(target, track, t, false);
                     }
-                    Err(e) => tracing::warn!(segment = index, track = %track, from = %node, "combined output: {e}"),
+                    Err(e) => tracing::warn!(
+                        channel = %target.channel,
+                        segment = index,
+                        track = %track,
+                        from = %node,
+                        "combined output: {e}"
+                    ),
                 }
             }
+        }
+        if !self.master && !self.tracks.is_empty() {
+            self.master = copy_own(target, "master.m3u8");
+        }
+    }
+
+    /// Ends its playlists (`#EXT-X-ENDLIST`).
+    fn end(&self) {
+        for (track, t) in self.tracks.iter().filter(|(_, t)| !t.entries.is_empty()) {
+            write_playlist(&self.target, track, t, true);
+        }
+    }
+}
+
+/// Runs until the swarm is dropped or closes its output, keeping the
+/// combined output of every channel the swarm node has a target for
+/// (the feeding thread keeps them); a channel that goes away, and every channel at
+/// the end, gets its playlists ended.
+pub fn run(swarm: &Weak<Swarm>) {
+    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().new_agent();
+    let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
+    while let Some(s) = swarm.upgrade() {
+        if s.closing() {
+            break;
+        }
+        let view = s.view();
+        let targets = s.targets();
+        drop(s);
+        outputs.retain(|id, o| {
+            let keep = targets.contains_key(id);
+            if !keep {
+                o.end();
+            }
+            keep
+        });
+        let mut round = Round::default();
+        for (id, target) in targets {
+            let o = outputs.entry(id).or_insert_with(|| Output {
+                target: target.clone(),
+                tracks: BTreeMap::new(),
+                master: false,
+            });
+            o.target = target;
+            o.pass(&agent, &view, &mut round);
         }
         if let Some(s) = swarm.upgrade() {
             for (node, bytes, seconds) in round.transfers {
                 s.record_transfer(&node, bytes, seconds);
             }
         }
-        if !master && !tracks.is_empty() {
-            master = copy_own(target, "master.m3u8");
-        }
         std::thread::sleep(Duration::from_millis(250));
     }
-    for (track, t) in tracks.iter().filter(|(_, t)| !t.entries.is_empty()) {
-        write_playlist(target, track, t, true);
+    for o in outputs.values() {
+        o.end();
     }
 }
 
 /// What one pass over the selection fetched.
 #[derive(Debug, Default)]
 struct Round {
-    /// Manifests fetched, by (node, track).
+    /// Manifests fetched, by (node, channel/track).
     manifests: BTreeMap<(String, String), Vec<ManifestEntry>>,
     /// Segment fetches: (node, bytes, seconds).
     transfers: Vec<(String, usize, f64)>,
 }
 
-/// The hash `node` gossiped for (index, track).
-fn gossiped_hash(view: &super::View, node: &str, index: i64, track: &str) -> Option<[u8; 32]> {
+/// The hash `node` gossiped for (index, track) of `channel`.
+fn gossiped_hash(view: &super::View, node: &str, channel: &str, index: i64, track: &str) -> Option<[u8; 32]> {
     let state = if view.node == node { view.me.as_ref()? } else { &view.peers.get(node)?.state };
-    let seg = state.segments.iter().find(|s| s.index == index)?;
+    let seg = state.channel(channel)?.segments.iter().find(|s| s.index == index)?;
     seg.tracks.iter().find(|(t, _)| t == track).map(|(_, h)| *h)
 }
 
@@ -140,7 +201,7 @@ fn place(
         view.peers.get(node).and_then(|p| p.state.origin.clone()).ok_or("the selected node serves no origin")?
     };
     let base = format!("{origin}/{}/{track}", target.channel);
-    let key = (node.to_string(), track.to_string());
+    let key = (node.to_string(), format!("{}/{track}", target.channel));
     if !manifests.contains_key(&key) {
         let text = get(agent, &format!("{base}/manifest.jsonl"))?;
         let entries = String::from_utf8_lossy(&text).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();

@@ -36,21 +36,12 @@ pub struct ClockSummary {
     pub error_ns: Option<f64>,
 }
 
-/// One node's Encoding State Packet.
+/// One channel as a node reports it in its Encoding State Packet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EncodingState {
-    /// Appliance id (`appliance.id`).
-    pub node: String,
-    /// Boot id of the sending process.
-    pub boot: u64,
-    /// Swarm address.
-    pub addr: SocketAddr,
-    /// Origin base URL, if it serves one.
-    pub origin: Option<String>,
-    /// Channel encoded.
-    pub channel: String,
-    /// Media time when sent, TAI ns (gives one-way latency on a shared clock).
-    pub sent_tai_ns: i64,
+pub struct ChannelReport {
+    /// Channel id (`[channel] id`); the same channel has the same id on
+    /// every appliance that encodes it.
+    pub id: String,
     /// Current frame number.
     pub frame: i64,
     /// Timecode of the last analysed segment.
@@ -61,6 +52,27 @@ pub struct EncodingState {
     pub segments: Vec<SegmentHashes>,
     /// Capture of a segment's last frame to its publication, ms.
     pub encode_latency_ms: f32,
+    /// The node's encoder weight for this channel, 0–1, as it updates it
+    /// each round (`election::update_weight`).
+    pub weight: f32,
+    /// Live ladder changes it knows (docs/swarm.md, "Live changes").
+    pub ladder: Vec<crate::control::LadderChange>,
+}
+
+/// One node's Encoding State Packet: the node, then every channel it
+/// encodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncodingState {
+    /// Appliance id (`appliance.id`).
+    pub node: String,
+    /// Boot id of the sending process.
+    pub boot: u64,
+    /// Swarm address.
+    pub addr: SocketAddr,
+    /// Origin base URL, if it serves one.
+    pub origin: Option<String>,
+    /// Media time when sent, TAI ns (gives one-way latency on a shared clock).
+    pub sent_tai_ns: i64,
     /// Mean one-way latency to this node's neighbours, ms.
     pub neighbour_latency_ms: f32,
     /// Mean jitter of that latency, ms.
@@ -77,16 +89,23 @@ pub struct EncodingState {
     pub isolated: bool,
     /// Self-assessed stability, 0–1 ([`confidence`]).
     pub confidence: f32,
-    /// The node's encoder weight, 0–1, as it updates it each round
-    /// (`election::update_weight`).
-    pub weight: f32,
     /// The leader of its group as this node computes it.
     pub leader: Option<String>,
-    /// Live ladder changes it knows (docs/swarm.md, "Live changes").
-    pub ladder: Vec<crate::control::LadderChange>,
+    /// Every channel it encodes, by id.
+    pub channels: Vec<ChannelReport>,
 }
 
-/// Decodes a state packet's payload (postcard); `None` when malformed.
+impl EncodingState {
+    /// Its report of channel `id`, if it encodes it.
+    pub fn channel(&self, id: &str) -> Option<&ChannelReport> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+}
+
+/// Decodes a state packet's payload (postcard, [`wire::Kind::State`]);
+/// `None` when malformed.
+///
+/// [`wire::Kind::State`]: super::wire::Kind::State
 pub fn decode(payload: &[u8]) -> Option<EncodingState> {
     postcard::from_bytes(payload).ok()
 }
@@ -94,6 +113,71 @@ pub fn decode(payload: &[u8]) -> Option<EncodingState> {
 /// Encodes a state packet's payload.
 pub fn encode(state: &EncodingState) -> Vec<u8> {
     postcard::to_allocvec(state).unwrap_or_default()
+}
+
+/// The packet of a node from before channel lists
+/// ([`wire::Kind::SingleChannelState`]): one channel, its fields beside the
+/// node's. Decoded so that a swarm keeps its older members during a
+/// rolling upgrade; never sent.
+///
+/// [`wire::Kind::SingleChannelState`]: super::wire::Kind::SingleChannelState
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SingleChannelState {
+    node: String,
+    boot: u64,
+    addr: SocketAddr,
+    origin: Option<String>,
+    channel: String,
+    sent_tai_ns: i64,
+    frame: i64,
+    timecode: String,
+    complexity: f32,
+    segments: Vec<SegmentHashes>,
+    encode_latency_ms: f32,
+    neighbour_latency_ms: f32,
+    neighbour_jitter_ms: f32,
+    load: Load,
+    clock: ClockSummary,
+    recent_errors: u32,
+    uptime_s: u64,
+    isolated: bool,
+    confidence: f32,
+    weight: f32,
+    leader: Option<String>,
+    ladder: Vec<crate::control::LadderChange>,
+}
+
+/// Decodes the payload of a single-channel state packet (an older member)
+/// as a packet with one channel; `None` when malformed.
+pub fn decode_single_channel(payload: &[u8]) -> Option<EncodingState> {
+    let s: SingleChannelState = postcard::from_bytes(payload).ok()?;
+    let channel = ChannelReport {
+        id: s.channel,
+        frame: s.frame,
+        timecode: s.timecode,
+        complexity: s.complexity,
+        segments: s.segments,
+        encode_latency_ms: s.encode_latency_ms,
+        weight: s.weight,
+        ladder: s.ladder,
+    };
+    Some(EncodingState {
+        node: s.node,
+        boot: s.boot,
+        addr: s.addr,
+        origin: s.origin,
+        sent_tai_ns: s.sent_tai_ns,
+        neighbour_latency_ms: s.neighbour_latency_ms,
+        neighbour_jitter_ms: s.neighbour_jitter_ms,
+        load: s.load,
+        clock: s.clock,
+        recent_errors: s.recent_errors,
+        uptime_s: s.uptime_s,
+        isolated: s.isolated,
+        confidence: s.confidence,
+        leader: s.leader,
+        channels: vec![channel],
+    })
 }
 
 /// What the confidence score is made of.
@@ -109,10 +193,8 @@ pub struct ConfidenceInputs<'a> {
     pub cpu: f32,
     /// Errors in the last minute.
     pub recent_errors: u32,
-    /// Capture-to-publish latency, ms.
-    pub encode_latency_ms: f32,
-    /// Segment length, ms.
-    pub segment_ms: f32,
+    /// Capture-to-publish latency over segment length, the worst channel's.
+    pub latency_ratio: f32,
     /// Isolated from the swarm.
     pub isolated: bool,
 }
@@ -125,8 +207,9 @@ pub struct ConfidenceInputs<'a> {
 ///   error estimate grows to a quarter frame;
 /// - CPU headroom: 1 up to 85 % busy, falling linearly to 0.5 at 100 %;
 /// - errors: 1 / (1 + errors in the last minute);
-/// - latency: 1 while a segment is published within one segment length
-///   of its end, else segment length / latency;
+/// - latency: 1 while every channel publishes a segment within one
+///   segment length of its end, else segment length / latency of the
+///   worst channel;
 /// - isolation: 0.5 when the node hears no peer.
 pub fn confidence(i: &ConfidenceInputs<'_>) -> f32 {
     let quarter_frame = i.frame_ns / 4.0;
@@ -141,11 +224,7 @@ pub fn confidence(i: &ConfidenceInputs<'_>) -> f32 {
     };
     let cpu = if i.cpu <= 0.85 { 1.0 } else { 1.0 - 0.5 * ((i.cpu.min(1.0) - 0.85) / 0.15) };
     let errors = 1.0 / (1.0 + i.recent_errors as f32);
-    let latency = if i.encode_latency_ms <= i.segment_ms || i.encode_latency_ms <= 0.0 {
-        1.0
-    } else {
-        i.segment_ms / i.encode_latency_ms
-    };
+    let latency = if i.latency_ratio <= 1.0 { 1.0 } else { 1.0 / i.latency_ratio };
     let isolation = if i.isolated { 0.5 } else { 1.0 };
     (clock * cpu * errors * latency * isolation).clamp(0.0, 1.0)
 }
@@ -222,8 +301,7 @@ mod tests {
             frame_ns: 40e6,
             cpu: 0.5,
             recent_errors: 0,
-            encode_latency_ms: 800.0,
-            segment_ms: 2000.0,
+            latency_ratio: 0.4,
             isolated: false,
         }
     }
@@ -241,7 +319,7 @@ mod tests {
             ConfidenceInputs { clock_state: "locking", ..inputs() },
             ConfidenceInputs { cpu: 0.97, ..inputs() },
             ConfidenceInputs { recent_errors: 2, ..inputs() },
-            ConfidenceInputs { encode_latency_ms: 5000.0, ..inputs() },
+            ConfidenceInputs { latency_ratio: 2.5, ..inputs() },
             ConfidenceInputs { isolated: true, ..inputs() },
         ];
         for c in cases {
@@ -252,6 +330,43 @@ mod tests {
             |e: f64| confidence(&ConfidenceInputs { clock_state: "holdover", clock_error_ns: Some(e), ..inputs() });
         assert!(holdover(1e6) > holdover(5e6) && holdover(5e6) > holdover(20e6), "falls with the error estimate");
         assert!((holdover(20e6) - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_older_members_single_channel_packet_reads_as_one_channel() {
+        let old = SingleChannelState {
+            node: "old".into(),
+            boot: 7,
+            addr: "127.0.0.1:7946".parse().unwrap_or_else(|_| unreachable!()),
+            origin: Some("http://127.0.0.1:8080".into()),
+            channel: "main".into(),
+            sent_tai_ns: 1,
+            frame: 500,
+            timecode: "00:00:20:00".into(),
+            complexity: 0.4,
+            segments: vec![SegmentHashes { index: 10, input: [1; 32], tracks: vec![("360p".into(), [2; 32])] }],
+            encode_latency_ms: 300.0,
+            neighbour_latency_ms: 0.5,
+            neighbour_jitter_ms: 0.1,
+            load: Load { cpu: 0.3, process_cpu: 0.2, memory: 0.4 },
+            clock: ClockSummary { state: "locked".into(), error_ns: Some(50.0) },
+            recent_errors: 1,
+            uptime_s: 60,
+            isolated: false,
+            confidence: 0.9,
+            weight: 0.6,
+            leader: Some("old".into()),
+            ladder: Vec::new(),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap_or_default();
+        let s = decode_single_channel(&bytes).unwrap_or_else(|| panic!("not decoded"));
+        assert_eq!((s.node.as_str(), s.confidence, s.leader.as_deref()), ("old", 0.9, Some("old")));
+        let c = s.channel("main").unwrap_or_else(|| panic!("no channel main: {s:?}"));
+        assert_eq!((c.frame, c.weight, c.segments.len(), c.timecode.as_str()), (500, 0.6, 1, "00:00:20:00"));
+        assert_eq!(decode(&encode(&s)), Some(s.clone()), "the channel-list form round-trips");
+        // The two forms are not confused: each decoder refuses the other's bytes.
+        assert!(decode_single_channel(&encode(&s)).is_none());
+        assert!(decode(&bytes).is_none());
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! Swarm wire format, version 1: every datagram between appliances is
+//! Swarm wire format, version 2: every datagram between appliances is
 //! sealed with the fleet key (XChaCha20-Poly1305) and carries, in its
 //! authenticated header, the sender's boot id, a per-boot counter and the
 //! time it was sent, which give replay protection.
 //!
 //! ```text
 //!  0  4  magic "LKSW"
-//!  4  1  protocol version (1)
-//!  5  1  kind: 1 membership (SWIM, foca), 2 encoding state
+//!  4  1  protocol version (2)
+//!  5  1  kind: 1 membership (SWIM, foca), 2 encoding state of one
+//!           channel (older members: read, never sent), 3 encoding state
+//!           with a list of channels
 //!  6  2  reserved, 0
 //!  8  8  sender boot id (random at process start), big-endian
 //! 16  8  counter, per boot, starts at 1, big-endian
@@ -49,7 +51,12 @@ const MAX_SENDERS: usize = 4096;
 pub enum Kind {
     /// A SWIM message for the membership library.
     Membership,
-    /// An Encoding State Packet.
+    /// An Encoding State Packet of a member from before channel lists:
+    /// one channel (`state::decode_single_channel`). Read, never sent, so
+    /// a swarm keeps its older members during a rolling upgrade.
+    SingleChannelState,
+    /// An Encoding State Packet with the list of channels the node
+    /// encodes (`state::decode`).
     State,
 }
 
@@ -57,7 +64,8 @@ impl Kind {
     fn byte(self) -> u8 {
         match self {
             Self::Membership => 1,
-            Self::State => 2,
+            Self::SingleChannelState => 2,
+            Self::State => 3,
         }
     }
 }
@@ -380,7 +388,8 @@ fn parse_header(p: &[u8]) -> Result<Header, Drop> {
     }
     let kind = match p[5] {
         1 => Kind::Membership,
-        2 => Kind::State,
+        2 => Kind::SingleChannelState,
+        3 => Kind::State,
         _ => return Err(Drop::Malformed),
     };
     if p[6] != 0 || p[7] != 0 {

@@ -422,7 +422,7 @@
         get('/status'),
         get('/swarm'),
         id ? get(channelPath(id)) : Promise.resolve(null),
-        get(`/swarm/alignment?limit=${ALIGNMENT_LIMIT}`),
+        get(`/swarm/alignment?limit=${ALIGNMENT_LIMIT}${id ? `&channel=${encodeURIComponent(id)}` : ''}`),
         get('/channels'),
       ]);
       if (gen !== state.gen) return;
@@ -607,6 +607,7 @@
       const self = sw && Array.isArray(sw.members) && sw.members.find((m) => m.self);
       members = self ? [self] : st ? [selfFromStatus(st)] : [];
     }
+    members = members.map((m) => forChannel(m, state.channelId));
     members.sort((a, b) => String(a.node).localeCompare(String(b.node)));
     knowNodes([...(sw && sw.group) || [], ...members.map((m) => m.node)]);
 
@@ -618,6 +619,25 @@
       body.replaceChildren(...members.map((m) => memberRow(m, leader, standalone)));
     }
     renderSwarmSummary(sw, members, standalone);
+  }
+
+  /**
+   * A member with the figures of channel `id` (its weight, frame, timecode,
+   * complexity and latency for that channel; none when it does not encode
+   * it) instead of those of the appliance's first channel.
+   */
+  function forChannel(m, id) {
+    if (!id || !Array.isArray(m.channels)) return m;
+    const c = m.channels.find((x) => x.id === id);
+    const pick = (k) => (c && k in c ? c[k] : null);
+    return {
+      ...m,
+      weight: pick('weight'),
+      frame: pick('frame'),
+      timecode: pick('timecode'),
+      complexity: pick('complexity'),
+      encode_latency_ms: pick('encode_latency_ms'),
+    };
   }
 
   function memberHealth(m) {
