@@ -572,77 +572,194 @@ fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_
                audio = { enabled = false }\n\
                renditions = [{ name = \"72p\", height = 72, bitrate_kbps = 100 }]\n";
     let window = "window_segments = 30\n";
-    let mut nodes = Nodes(
-        (0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k < 2 { two } else { "" })).collect(),
-    );
-    let n1 = || view(&dir.path().join("n1/swarm.json"));
-    let combined = |ch: &str, track: &str| dir.path().join(format!("n1/combined/{ch}/{track}"));
+    let mut nodes =
+        Nodes((0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k < 2 { two } else { "" })).collect());
+    let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
+    let combined = |k: usize, ch: &str, track: &str| dir.path().join(format!("n{k}/combined/{ch}/{track}"));
     let names = |v: &serde_json::Value| -> Vec<String> {
         v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
     };
-    // Each channel's weights name the nodes that encode it, and n1's
-    // combined output of both channels grows.
+    // Each channel's weights name the nodes that encode it, and the
+    // combined output of both channels grows on n0 and n1.
     let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < Duration::from_secs(40), "channels never settled: {:?}", n1());
+    let victim = loop {
+        assert!(started.elapsed() < Duration::from_secs(40), "channels never settled: {:?}", status(1));
         std::thread::sleep(Duration::from_millis(250));
-        let Some(v) = n1() else { continue };
+        let Some(v) = status(1) else { continue };
         let settled = names(&v["channels"]["ch"]["weights"]) == ["n0", "n1", "n2"]
             && names(&v["channels"]["two"]["weights"]) == ["n0", "n1"]
             && v["peers"].as_object().is_some_and(|p| p.len() == 2 && p.values().all(|x| x["healthy"] == true));
-        if settled && listed(&combined("ch", "90p").join("playlist.m3u8")).len() >= 3
-            && listed(&combined("two", "72p").join("playlist.m3u8")).len() >= 3
+        let growing = (0..2).all(|k| {
+            listed(&combined(k, "ch", "90p").join("playlist.m3u8")).len() >= 3
+                && listed(&combined(k, "two", "72p").join("playlist.m3u8")).len() >= 3
+        });
+        // The node selected for the newest index of `two`.
+        let chosen = v["channels"]["two"]["selection"]
+            .as_object()
+            .and_then(|s| s.iter().max_by_key(|(i, _)| i.parse::<i64>().unwrap_or(i64::MIN)))
+            .and_then(|(_, tracks)| tracks["72p"].as_str().map(str::to_string));
+        if settled
+            && growing
+            && let Some(chosen) = chosen
         {
-            break;
+            break chosen;
         }
-    }
-    eprintln!("two channels settled in {:.1} s", started.elapsed().as_secs_f64());
+    };
+    eprintln!("two channels settled in {:.1} s; {victim} is selected for `two`", started.elapsed().as_secs_f64());
     // n2 knows `two` from its peers' packets, and keeps no combined output
     // of a channel it does not encode.
-    let v2 = view(&dir.path().join("n2/swarm.json")).unwrap();
+    let v2 = status(2).unwrap();
     assert_eq!(names(&v2["channels"]["two"]["weights"]), ["n0", "n1"], "{v2}");
     assert!(!dir.path().join("n2/combined/two").exists(), "n2 encodes no `two`");
 
-    nodes.0[0].kill().unwrap(); // kill -9 of n0
-    let _ = nodes.0[0].wait();
+    // kill -9 of the node selected for `two`; the other one that runs
+    // `two` survives and is judged.
+    let dead: usize = victim.trim_start_matches('n').parse().unwrap();
+    let alive = 1 - dead;
+    nodes.0[dead].kill().unwrap();
+    let _ = nodes.0[dead].wait();
     std::thread::sleep(Duration::from_secs(7));
 
     for (ch, track) in [("ch", "90p"), ("two", "72p")] {
-        let (a, b) = (dir.path().join(format!("n0/{ch}/{track}")), dir.path().join(format!("n1/{ch}/{track}")));
-        let last_a = common::manifest(&a).iter().map(|e| e.index).max().unwrap();
-        let have = listed(&combined(ch, track).join("playlist.m3u8"));
+        let own = |k: usize| dir.path().join(format!("n{k}/{ch}/{track}"));
+        let last_dead = common::manifest(&own(dead)).iter().map(|e| e.index).max().unwrap();
+        let have = listed(&combined(alive, ch, track).join("playlist.m3u8"));
         assert!(have.windows(2).all(|w| w[1] == w[0] + 1), "{ch}: no missing index: {have:?}");
         assert!(
-            have.first().is_some_and(|&f| f <= last_a) && have.last().is_some_and(|&l| l >= last_a + 3),
-            "{ch}: spans the kill: {have:?}, n0's last {last_a}"
+            have.first().is_some_and(|&f| f <= last_dead) && have.last().is_some_and(|&l| l >= last_dead + 3),
+            "{ch}: spans the kill: {have:?}, {victim}'s last {last_dead}"
         );
         // Where a segment came from, proven by the bytes: after the kill,
-        // n1's own file (n0 has none); before it, the bytes of every node
-        // that has the index.
+        // the survivor's own file (the dead node has none); before it, the
+        // bytes of every node that has the index.
         for i in &have {
             let f = format!("seg-{i}.m4s");
-            let bytes = std::fs::read(combined(ch, track).join(&f)).unwrap();
-            let theirs = std::fs::read(a.join(&f)).ok();
-            let own = std::fs::read(b.join(&f)).ok();
-            if *i > last_a {
-                assert!(theirs.is_none(), "{ch}/{f}: n0 was dead");
-                assert_eq!(own.as_ref(), Some(&bytes), "{ch}/{f}: after the kill, n1's own bytes");
+            let bytes = std::fs::read(combined(alive, ch, track).join(&f)).unwrap();
+            let theirs = std::fs::read(own(dead).join(&f)).ok();
+            let mine = std::fs::read(own(alive).join(&f)).ok();
+            if *i > last_dead {
+                assert!(theirs.is_none(), "{ch}/{f}: {victim} was dead");
+                assert_eq!(mine.as_ref(), Some(&bytes), "{ch}/{f}: after the kill, the survivor's own bytes");
             } else {
-                assert!(theirs.is_some() || own.is_some(), "{ch}/{f}: from nowhere");
-                for x in [&theirs, &own].into_iter().flatten() {
+                assert!(theirs.is_some() || mine.is_some(), "{ch}/{f}: from nowhere");
+                for x in [&theirs, &mine].into_iter().flatten() {
                     assert!(*x == bytes, "{ch}/{f}: the combined copy differs from a producer's file");
                 }
             }
         }
     }
-    // n0 weighs nothing for either channel now.
-    let v = n1().unwrap();
+    // The dead node weighs nothing for either channel now.
+    let v = status(alive).unwrap();
     for ch in ["ch", "two"] {
-        assert_eq!(v["channels"][ch]["weights"]["n0"].as_f64(), Some(0.0), "{ch}: {}", v["channels"][ch]);
+        assert_eq!(v["channels"][ch]["weights"][&victim].as_f64(), Some(0.0), "{ch}: {}", v["channels"][ch]);
     }
-    // One channel's pictures are not another's: `two` and `ch` never
-    // share a file.
-    let one = std::fs::read(combined("ch", "90p").join("init.mp4")).unwrap();
-    let other = std::fs::read(combined("two", "72p").join("init.mp4")).unwrap();
+    // One channel's pictures are not another's.
+    let one = std::fs::read(combined(alive, "ch", "90p").join("init.mp4")).unwrap();
+    let other = std::fs::read(combined(alive, "two", "72p").join("init.mp4")).unwrap();
     assert_ne!(one, other);
+}
+
+/// A segment's hashes as an older member sends them: index, input hash,
+/// (track, file hash).
+type OldSegment = (i64, [u8; 32], Vec<(String, [u8; 32])>);
+
+/// The Encoding State Packet of a member from before channel lists, as
+/// such a member encodes it (postcard, fields in this order).
+#[derive(serde::Serialize)]
+struct SingleChannelPacket {
+    node: String,
+    boot: u64,
+    addr: SocketAddr,
+    origin: Option<String>,
+    channel: String,
+    sent_tai_ns: i64,
+    frame: i64,
+    timecode: String,
+    complexity: f32,
+    segments: Vec<OldSegment>,
+    encode_latency_ms: f32,
+    neighbour_latency_ms: f32,
+    neighbour_jitter_ms: f32,
+    load: (f32, f32, f32),
+    clock: (String, Option<f64>),
+    recent_errors: u32,
+    uptime_s: u64,
+    isolated: bool,
+    confidence: f32,
+    weight: f32,
+    leader: Option<String>,
+    ladder: Vec<(i64, u64, String, String, u32)>,
+}
+
+#[test]
+fn an_older_member_sending_single_channel_packets_stays_in_the_swarm() {
+    let key = FleetKey::generate();
+    let port = free_ports(1);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let swarm = Swarm::start(Settings {
+        node: "new".into(),
+        bind: addr,
+        advertise: addr,
+        seeds: Vec::new(),
+        key: key.clone(),
+        state_interval: Duration::from_millis(100),
+        probe_period: Duration::from_millis(300),
+        suspect_after: Duration::from_millis(900),
+        expected_nodes: 3,
+        neighbours: 3,
+        origin: None,
+        frame_ns: 40e6,
+        status_file: None,
+    })
+    .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let old = Sealer::new(&key);
+    let now_ms = lockstep::clock::realtime_ns() / 1_000_000;
+    let packet = SingleChannelPacket {
+        node: "old".into(),
+        boot: old.boot(),
+        addr: sock.local_addr().unwrap(),
+        origin: Some("http://127.0.0.1:1".into()),
+        channel: "main".into(),
+        sent_tai_ns: now_ms * 1_000_000,
+        frame: 1_000,
+        timecode: "00:00:40:00".into(),
+        complexity: 0.3,
+        segments: vec![(20, [1; 32], vec![("360p".into(), [9; 32])])],
+        encode_latency_ms: 400.0,
+        neighbour_latency_ms: 0.2,
+        neighbour_jitter_ms: 0.05,
+        load: (0.2, 0.1, 0.3),
+        clock: ("locked".into(), Some(100.0)),
+        recent_errors: 0,
+        uptime_s: 100,
+        isolated: false,
+        confidence: 0.95,
+        weight: 0.8,
+        leader: Some("old".into()),
+        ladder: vec![(30, 1, "old".into(), "360p".into(), 800)],
+    };
+    let payload = postcard::to_allocvec(&packet).unwrap();
+    sock.send_to(&old.seal(Kind::SingleChannelState, &payload, now_ms), addr).unwrap();
+    // The new member reads it as a member with one channel, whose segment
+    // and ladder it knows, and decides on that channel.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let v = swarm.view();
+        if v.peers.contains_key("old") && v.channels.contains_key("main") {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the older member's packet was not taken: {:?}", v.packets);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let state = &v.peers["old"].state;
+    let main = state.channel("main").expect("channel main");
+    assert_eq!((main.frame, main.weight, main.timecode.as_str()), (1_000, 0.8, "00:00:40:00"));
+    assert_eq!(main.segments[0].index, 20);
+    assert_eq!(main.segments[0].tracks, vec![("360p".to_string(), [9u8; 32])]);
+    assert_eq!((main.ladder[0].rendition.as_str(), main.ladder[0].bitrate_kbps), ("360p", 800));
+    assert_eq!((state.confidence, state.leader.as_deref()), (0.95, Some("old")));
+    assert_eq!(v.packets["accepted"], 1, "{:?}", v.packets);
+    assert_eq!(v.packets["malformed"], 0, "{:?}", v.packets);
+    swarm.stop();
 }

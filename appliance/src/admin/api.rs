@@ -1071,7 +1071,10 @@ async fn alignment(
     // peers: it is known when the swarm decided on it.
     let channel = match channel {
         Some(id) if state.ctx.channels.get(&id).is_none() && !v.channels.contains_key(&id) => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no channel `{id}` on this appliance or its swarm")));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no channel `{id}` on this appliance or its swarm"),
+            ));
         }
         Some(id) => id,
         None => state.ctx.channels.first().id.clone(),

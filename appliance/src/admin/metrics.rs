@@ -122,7 +122,9 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
         let weights: Vec<(String, f64)> = v
             .channels
             .iter()
-            .flat_map(|(c, d)| d.weights.iter().map(move |(n, w)| (format!("channel=\"{c}\",node=\"{n}\""), f64::from(*w))))
+            .flat_map(|(c, d)| {
+                d.weights.iter().map(move |(n, w)| (format!("channel=\"{c}\",node=\"{n}\""), f64::from(*w)))
+            })
             .collect();
         metric("lockstep_swarm_weight_ratio", "gauge", "Encoder weight of each node for each channel, 0-1.", &weights);
         let mut confidence: Vec<(String, f64)> =

@@ -326,7 +326,11 @@ mod tests {
         // pictures on different channels.
         let me = on("b", 0.9, vec![report("main", 0.0, 0.2, &[(10, 1)]), report("news", 0.0, 0.9, &[(10, 5)])]);
         let peers: BTreeMap<_, _> = [
-            peer(on("a", 0.9, vec![report("main", 0.8, 0.2, &[(10, 1)]), report("news", 0.2, 0.9, &[(10, 5)])]), true, 1.0),
+            peer(
+                on("a", 0.9, vec![report("main", 0.8, 0.2, &[(10, 1)]), report("news", 0.2, 0.9, &[(10, 5)])]),
+                true,
+                1.0,
+            ),
             peer(on("c", 0.9, vec![report("main", 0.9, 0.2, &[(10, 2)])]), true, 1.0),
             peer(on("d", 0.9, vec![report("sport", 0.6, 0.5, &[(10, 7)])]), true, 1.0),
         ]

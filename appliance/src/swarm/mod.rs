@@ -4,34 +4,34 @@
 //! from them ([`election`]): group leaders, weights, and which replica of
 //! each segment the combined output uses. See docs/swarm.md.
 //!
-//! One thread per node runs the protocol over one UDP socket; the data
-//! plane never waits for it.
+//! One thread per node runs the protocol over one UDP socket ([`node`]);
+//! another feeds it what the channels report ([`feed`]); with an origin, a
+//! third keeps the combined outputs ([`replicate`]). The data plane never
+//! waits for any of them.
 
 pub mod bench;
 pub mod decide;
 pub mod election;
+mod feed;
+mod node;
 pub mod replicate;
 pub mod state;
 pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::realtime_ns;
 use crate::sync::lock;
 
 use decide::ChannelDecisions;
-use state::{ChannelReport, ClockSummary, ConfidenceInputs, EncodingState, LoadSampler, SegmentHashes};
-use wire::{FleetKey, Kind, Opener, Sealer, WireStats};
+use state::{ClockSummary, EncodingState, SegmentHashes};
+use wire::{FleetKey, WireStats};
 
 /// Segments of hashes each node gossips.
 pub const RECENT_SEGMENTS: usize = 4;
@@ -262,7 +262,7 @@ impl Swarm {
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("swarm".into())
-            .spawn(move || Node::new(settings, socket, for_thread).run())
+            .spawn(move || node::Node::new(settings, socket, for_thread).run())
             .map_err(SwarmError::Thread)?;
         Ok(Self { shared, thread: Some(thread), replicator: Mutex::default() })
     }
@@ -337,395 +337,6 @@ impl Drop for Swarm {
     }
 }
 
-/// The protocol thread's state.
-struct Node {
-    settings: Settings,
-    socket: UdpSocket,
-    shared: Arc<Shared>,
-    foca: Foca<NodeId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>,
-    runtime: AccumulatingRuntime<NodeId>,
-    timers: Vec<(Instant, Timer<NodeId>)>,
-    sealer: Sealer,
-    opener: Opener,
-    peers: BTreeMap<String, PeerView>,
-    own_weights: BTreeMap<String, f32>,
-    leader: Option<String>,
-    load: LoadSampler,
-    started: Instant,
-    ever_joined: bool,
-    last_drop_log: Option<Instant>,
-    last_seed_announce: Instant,
-}
-
-fn foca_config(s: &Settings) -> foca::Config {
-    let n = NonZeroU32::new(s.expected_nodes.max(2)).unwrap_or(NonZeroU32::MIN);
-    let mut c = foca::Config::new_lan(n);
-    c.probe_period = s.probe_period;
-    c.probe_rtt = s.probe_period / 3;
-    c.suspect_to_down_after = s.suspect_after;
-    c.max_packet_size = NonZeroUsize::new(1_200).unwrap_or(NonZeroUsize::MIN);
-    // Re-announce often enough that a healed partition or a restarted
-    // seed converges within seconds, not minutes.
-    c.periodic_announce =
-        Some(foca::PeriodicParams { frequency: Duration::from_secs(2), num_members: NonZeroUsize::MIN });
-    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: Duration::from_secs(2),
-        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
-    });
-    c
-}
-
-impl Node {
-    fn new(settings: Settings, socket: UdpSocket, shared: Arc<Shared>) -> Self {
-        let id = NodeId {
-            addr: settings.advertise,
-            name: settings.node.clone(),
-            incarnation: u64::try_from(realtime_ns() / 1_000_000).unwrap_or(0),
-        };
-        let rng = rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
-            .unwrap_or_else(|_| rand::rngs::StdRng::seed_from_u64(id.incarnation ^ u64::from(std::process::id())));
-        let foca = Foca::new(id, foca_config(&settings), rng, PostcardCodec);
-        let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
-        let sealer = Sealer::new(&settings.key);
-        let opener = Opener::new(&settings.key);
-        lock(&shared.view).boot = format!("{:016x}", sealer.boot());
-        Self {
-            settings,
-            socket,
-            shared,
-            foca,
-            runtime: AccumulatingRuntime::new(),
-            timers: Vec::new(),
-            sealer,
-            opener,
-            peers: BTreeMap::new(),
-            own_weights: BTreeMap::new(),
-            leader: None,
-            load: LoadSampler::default(),
-            started: Instant::now(),
-            ever_joined: false,
-            last_drop_log: None,
-            last_seed_announce: Instant::now(),
-        }
-    }
-
-    fn run(mut self) {
-        tracing::info!(node = %self.settings.node, addr = %self.settings.advertise, seeds = self.settings.seeds.len(), "joining the swarm");
-        self.announce_to_seeds();
-        let mut next_round = Instant::now();
-        let mut buf = vec![0u8; 65_536];
-        while !self.shared.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            let mut due = Vec::new();
-            self.timers.retain(|(at, t)| {
-                if *at <= now {
-                    due.push(t.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            for t in due {
-                let _ = self.foca.handle_timer(t, &mut self.runtime);
-            }
-            self.drain();
-            if now >= next_round {
-                self.round();
-                next_round = now + self.settings.state_interval;
-            }
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, _from)) => self.receive(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => tracing::debug!("swarm socket: {e}"),
-            }
-        }
-    }
-
-    fn receive(&mut self, packet: &[u8]) {
-        let opened = self.opener.open(packet, realtime_ns() / 1_000_000);
-        self.shared.stats.count(opened.as_ref().map(|_| ()).map_err(|e| *e));
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                let quiet = self.last_drop_log.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
-                if !quiet {
-                    let counts: Vec<String> =
-                        self.shared.stats.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    tracing::warn!(packets = %counts.join(" "), "swarm packet dropped: {e} (logged at most every 10 s)");
-                    self.last_drop_log = Some(Instant::now());
-                }
-                return;
-            }
-        };
-        match opened.kind {
-            Kind::Membership => {
-                if let Err(e) = self.foca.handle_data(&opened.payload, &mut self.runtime) {
-                    tracing::debug!("swarm membership message refused: {e}");
-                }
-                self.drain();
-            }
-            Kind::State | Kind::SingleChannelState => match if opened.kind == Kind::State {
-                state::decode(&opened.payload)
-            } else {
-                state::decode_single_channel(&opened.payload)
-            } {
-                Some(state) if state.node != self.settings.node => self.peer_state(state),
-                Some(_) => {}
-                None => {
-                    // Authenticated yet undecodable: a peer with a bug.
-                    self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("undecodable state packet");
-                }
-            },
-        }
-    }
-
-    fn peer_state(&mut self, state: EncodingState) {
-        let now_tai = now_tai_ns();
-        let latency = ((now_tai - i128::from(state.sent_tai_ns)) as f64 / 1e6).max(0.0) as f32;
-        let peer = self.peers.entry(state.node.clone()).or_insert_with(|| PeerView {
-            state: state.clone(),
-            alive: true,
-            healthy: true,
-            state_age_ms: 0,
-            latency_ms: latency,
-            jitter_ms: 0.0,
-            weights: BTreeMap::new(),
-            neighbour: false,
-            throughput_mbps: None,
-            last_state: None,
-            down_since: None,
-        });
-        peer.jitter_ms += ((latency - peer.latency_ms).abs() - peer.jitter_ms) / 8.0;
-        peer.latency_ms += (latency - peer.latency_ms) / 8.0;
-        peer.state = state;
-        peer.last_state = Some(Instant::now());
-    }
-
-    /// Sends what foca asked for, schedules its timers, handles its news.
-    fn drain(&mut self) {
-        let now_ms = realtime_ns() / 1_000_000;
-        while let Some((to, data)) = self.runtime.to_send() {
-            let packet = self.sealer.seal(Kind::Membership, &data, now_ms);
-            let _ = self.socket.send_to(&packet, to.addr);
-        }
-        let now = Instant::now();
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.timers.push((now + after, timer));
-        }
-        while let Some(n) = self.runtime.to_notify() {
-            match n {
-                OwnedNotification::MemberUp(id) => {
-                    tracing::info!(peer = %id.name, addr = %id.addr, "swarm member up");
-                    self.ever_joined = true;
-                    if let Some(p) = self.peers.get_mut(&id.name) {
-                        p.alive = true;
-                        p.down_since = None;
-                    }
-                }
-                OwnedNotification::MemberDown(id) => {
-                    tracing::warn!(peer = %id.name, addr = %id.addr, "swarm member down");
-                    if let Some(p) = self.peers.get_mut(&id.name) {
-                        p.alive = false;
-                        p.down_since = Some(Instant::now());
-                    }
-                }
-                OwnedNotification::Idle => tracing::warn!("no swarm member reachable"),
-                OwnedNotification::Active => tracing::info!("swarm reachable"),
-                other => tracing::debug!(notification = ?other, "swarm"),
-            }
-        }
-    }
-
-    /// Announces to every seed. At start, and again every 2 s while no
-    /// member is reachable: after a partition longer than foca keeps down
-    /// members, the seeds are the way back.
-    fn announce_to_seeds(&mut self) {
-        for seed in self.settings.seeds.clone() {
-            if seed != self.settings.advertise {
-                let target = NodeId { addr: seed, name: String::new(), incarnation: 0 };
-                let _ = self.foca.announce(target, &mut self.runtime);
-            }
-        }
-        self.last_seed_announce = Instant::now();
-        self.drain();
-    }
-
-    fn alive_members(&self) -> Vec<NodeId> {
-        self.foca.iter_members().map(|m| m.id().clone()).collect()
-    }
-
-    /// One round: health, decisions, own state out, view written.
-    fn round(&mut self) {
-        let mut members = self.alive_members();
-        if members.is_empty() && self.last_seed_announce.elapsed() >= Duration::from_secs(2) {
-            self.announce_to_seeds();
-            members = self.alive_members();
-        }
-        let stale_after = self.settings.state_interval * 3;
-        for p in self.peers.values_mut() {
-            p.alive = members.iter().any(|m| m.name == p.state.node);
-            let age = p.last_state.map_or(Duration::MAX, |t| t.elapsed());
-            p.state_age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-            p.healthy = p.alive && age < stale_after;
-            if !p.alive && p.down_since.is_none() {
-                p.down_since = Some(Instant::now());
-            }
-        }
-        // Forget peers down for a minute.
-        self.peers.retain(|_, p| p.down_since.is_none_or(|t| t.elapsed() < Duration::from_secs(60)));
-        let isolated = self.ever_joined && members.is_empty();
-
-        let (neighbours, latency, jitter) = decide::neighbours(&self.peers, self.settings.neighbours);
-        for p in self.peers.values_mut() {
-            p.neighbour = neighbours.contains(&p.state.node);
-        }
-        let mut me = self.own_state(latency, jitter, isolated);
-        let prior = decide::Prior { leader: self.leader.clone(), weights: self.own_weights.clone() };
-        let decide::Decisions { group, leader, own_weights, channels } =
-            decide::decide(&self.peers, &me, isolated, &prior);
-        if leader != self.leader {
-            tracing::info!(leader = leader.as_deref().unwrap_or("none"), "group leader");
-            self.leader = leader;
-        }
-        self.own_weights = own_weights;
-        for p in self.peers.values_mut() {
-            p.weights = channels
-                .iter()
-                .filter_map(|(id, c)| c.weights.get(&p.state.node).map(|w| (id.clone(), *w)))
-                .collect();
-        }
-        for c in &mut me.channels {
-            c.weight = self.own_weights.get(&c.id).copied().unwrap_or(0.0);
-        }
-        me.leader = self.leader.clone();
-        self.send_state(&me, &members);
-        let mut view = lock(&self.shared.view);
-        view.me = Some(me);
-        view.peers = self.peers.clone();
-        let throughput = lock(&self.shared.throughput);
-        for (node, p) in view.peers.iter_mut() {
-            p.throughput_mbps = throughput.get(node).copied();
-        }
-        drop(throughput);
-        view.group = group;
-        view.leader = self.leader.clone();
-        view.channels = channels;
-        if isolated != view.isolated {
-            if isolated {
-                tracing::warn!("isolated: no swarm member reachable; producing locally");
-            } else {
-                tracing::info!("rejoined the swarm");
-            }
-        }
-        view.isolated = isolated;
-        view.packets = self.shared.stats.snapshot().iter().map(|(k, v)| ((*k).to_string(), *v)).collect();
-        if let Some(path) = &self.settings.status_file {
-            write_view(path, &view);
-        }
-    }
-
-    fn own_state(&mut self, latency: f32, jitter: f32, isolated: bool) -> EncodingState {
-        let load = self.load.sample();
-        let local = lock(&self.shared.local);
-        let clock = local.clock.clone().unwrap_or(ClockSummary { state: "freerun".into(), error_ns: None });
-        let recent_errors =
-            local.errors.iter().filter(|t| t.elapsed() < Duration::from_secs(60)).count().min(u32::MAX as usize) as u32;
-        let latency_ratio = local
-            .channels
-            .values()
-            .filter(|c| c.segment_ms > 0.0)
-            .map(|c| c.encode_latency_ms / c.segment_ms)
-            .fold(0.0, f32::max);
-        let confidence = state::confidence(&ConfidenceInputs {
-            clock_state: &clock.state,
-            clock_error_ns: clock.error_ns,
-            frame_ns: self.settings.frame_ns,
-            cpu: load.cpu,
-            recent_errors,
-            latency_ratio,
-            isolated,
-        });
-        let channels = local
-            .channels
-            .iter()
-            .map(|(id, c)| ChannelReport {
-                id: id.clone(),
-                frame: c.frame,
-                timecode: c.timecode.clone(),
-                complexity: c.complexity,
-                segments: c.segments.iter().cloned().collect(),
-                encode_latency_ms: c.encode_latency_ms,
-                weight: self.own_weights.get(id).copied().unwrap_or(0.0),
-                ladder: c.ladder.clone(),
-            })
-            .collect();
-        EncodingState {
-            node: self.settings.node.clone(),
-            boot: self.sealer.boot(),
-            addr: self.settings.advertise,
-            origin: self.settings.origin.clone(),
-            sent_tai_ns: i64::try_from(now_tai_ns()).unwrap_or(i64::MAX),
-            neighbour_latency_ms: latency,
-            neighbour_jitter_ms: jitter,
-            load,
-            clock,
-            recent_errors,
-            uptime_s: self.started.elapsed().as_secs(),
-            isolated,
-            confidence,
-            leader: self.leader.clone(),
-            channels,
-        }
-    }
-
-    fn send_state(&mut self, me: &EncodingState, members: &[NodeId]) {
-        let payload = state::encode(me);
-        let packet = self.sealer.seal(Kind::State, &payload, realtime_ns() / 1_000_000);
-        for m in members {
-            let _ = self.socket.send_to(&packet, m.addr);
-        }
-    }
-}
-
-/// Media time for latency stamps: the system clock in TAI terms is enough
-/// here (PTP-disciplined appliances keep it within microseconds).
-fn now_tai_ns() -> i128 {
-    i128::from(realtime_ns())
-}
-
-fn write_view(path: &std::path::Path, view: &View) {
-    let Ok(text) = serde_json::to_vec_pretty(view) else { return };
-    if crate::files::write_atomic(path, &text, crate::files::Mode::Default, false).is_err() {
-        tracing::debug!(path = %path.display(), "swarm view not written");
-    }
-}
-
-/// Takes the ladder changes of `channel` that peers advertise and this
-/// node does not know. A change for a rendition this node lacks, or out of
-/// range, is ignored (logged): the ladders differ, and hash agreement will
-/// say so.
-fn adopt_ladder_changes(view: &View, channel: &str, control: &crate::control::LiveControl, renditions: &[String]) {
-    for peer in view.peers.values().filter(|p| p.alive) {
-        for change in peer.state.channel(channel).map_or(&[][..], |c| &c.ladder[..]) {
-            if !renditions.contains(&change.rendition) || !crate::config::BITRATE_KBPS.contains(&change.bitrate_kbps) {
-                tracing::debug!(peer = %peer.state.node, channel, rendition = %change.rendition, "ladder change not applicable here");
-                continue;
-            }
-            if control.add(change.clone()) {
-                tracing::info!(
-                    channel,
-                    rendition = %change.rendition,
-                    kbps = change.bitrate_kbps,
-                    from_segment = change.from_segment,
-                    by = %change.origin,
-                    "ladder change from the swarm"
-                );
-            }
-        }
-    }
-}
-
 /// Starts the node `config.swarm` describes (`None` when disabled), a
 /// thread feeding it what every channel's taps report and, when the
 /// appliance serves an origin, the thread keeping the combined output of
@@ -762,7 +373,7 @@ pub fn join(
     let list = Arc::clone(channels);
     std::thread::Builder::new()
         .name("swarm-feed".into())
-        .spawn(move || feed(&weak, &list, serves))
+        .spawn(move || feed::feed(&weak, &list, serves))
         .map_err(SwarmError::Thread)?;
     if serves {
         let weak = Arc::downgrade(&swarm);
@@ -773,99 +384,4 @@ pub fn join(
         *lock(&swarm.replicator) = Some(thread);
     }
     Ok(Some(swarm))
-}
-
-/// One channel's feeds, as the swarm's feeding thread reads them.
-struct Feed {
-    analyses: Option<tokio::sync::broadcast::Receiver<Arc<crate::analysis::stage::SegmentReport>>>,
-    segments: Option<tokio::sync::broadcast::Receiver<Arc<crate::pipeline::PublishedSegment>>>,
-    errors_seen: u64,
-}
-
-impl Feed {
-    fn subscribe(taps: &crate::pipeline::Taps) -> Self {
-        Self {
-            analyses: taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
-            segments: taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
-            errors_seen: taps.status.write_errors.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Moves what the channel reported since the last call into `c`, and
-    /// the time of each new error into `errors`.
-    fn read(&mut self, taps: &crate::pipeline::Taps, c: &mut ChannelLocal, errors: &mut VecDeque<Instant>) {
-        c.ladder = taps.control.advertised();
-        if let Some(rx) = self.analyses.as_mut() {
-            while let Ok(r) = rx.try_recv() {
-                c.timecode = r.timecode.clone();
-                c.complexity = r.analysis.complexity;
-            }
-        }
-        if let Some(rx) = self.segments.as_mut() {
-            while let Ok(p) = rx.try_recv() {
-                c.add_segment(&p.track, p.index, p.sha256, p.input_sha256);
-            }
-        }
-        let status = &taps.status;
-        c.frame = status.frame.load(Ordering::Relaxed);
-        c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
-        let written = status.write_errors.load(Ordering::Relaxed);
-        for _ in self.errors_seen..written {
-            errors.push_back(Instant::now());
-        }
-        self.errors_seen = written;
-    }
-}
-
-/// Feeds the swarm node what every running channel reports, ten times a
-/// second, until the node is dropped. A stopped or deleted channel leaves
-/// the node's packets (its peers then select other replicas for it);
-/// ladder changes peers advertise are adopted per channel.
-fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::Channels, serves: bool) {
-    let mut feeds: BTreeMap<String, Feed> = BTreeMap::new();
-    let mut rounds = 0u64;
-    while let Some(swarm) = swarm.upgrade() {
-        rounds += 1;
-        let running: Vec<_> =
-            channels.all().into_iter().filter(|c| c.taps.status.running.load(Ordering::Relaxed)).collect();
-        feeds.retain(|id, _| running.iter().any(|c| &c.id == id));
-        let view = rounds.is_multiple_of(3).then(|| swarm.view());
-        let mut targets = BTreeMap::new();
-        swarm.local(|l| {
-            l.channels.retain(|id, _| running.iter().any(|c| &c.id == id));
-            for ch in &running {
-                let config = ch.supervisor.config();
-                if let Some(view) = &view {
-                    let renditions: Vec<String> = config.renditions.iter().map(|r| r.name.clone()).collect();
-                    adopt_ladder_changes(view, &ch.id, &ch.taps.control, &renditions);
-                }
-                let c = l.channels.entry(ch.id.clone()).or_default();
-                c.segment_ms = (config.channel.segment_seconds * 1000.0) as f32;
-                feeds.entry(ch.id.clone()).or_insert_with(|| Feed::subscribe(&ch.taps)).read(
-                    &ch.taps,
-                    c,
-                    &mut l.errors,
-                );
-                if (l.clock.is_none() || ch.first)
-                    && let Some(q) = lock(&ch.taps.status.clock).as_ref()
-                {
-                    l.clock = Some(ClockSummary { state: q.state.name().to_string(), error_ns: q.error_ns });
-                }
-                if serves {
-                    targets.insert(ch.id.clone(), replicate::Target::of(&config));
-                }
-            }
-            while l.errors.front().is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
-                l.errors.pop_front();
-            }
-        });
-        // A channel stopped keeps its combined output open (it may start
-        // again); one deleted has it ended.
-        let mut kept = lock(&swarm.shared.targets);
-        kept.retain(|id, _| channels.get(id).is_some());
-        kept.extend(targets);
-        drop(kept);
-        drop(swarm);
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -1,0 +1,132 @@
+//! What the daemon's channels report, fed to the swarm node ten times a
+//! second, and the live ladder changes peers advertise, adopted per
+//! channel.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::state::ClockSummary;
+use super::{ChannelLocal, Swarm, View, replicate};
+use crate::sync::lock;
+
+/// Takes the ladder changes of `channel` that peers advertise and this
+/// node does not know. A change for a rendition this node lacks, or out of
+/// range, is ignored (logged): the ladders differ, and hash agreement will
+/// say so.
+fn adopt_ladder_changes(view: &View, channel: &str, control: &crate::control::LiveControl, renditions: &[String]) {
+    for peer in view.peers.values().filter(|p| p.alive) {
+        for change in peer.state.channel(channel).map_or(&[][..], |c| &c.ladder[..]) {
+            if !renditions.contains(&change.rendition) || !crate::config::BITRATE_KBPS.contains(&change.bitrate_kbps) {
+                tracing::debug!(peer = %peer.state.node, channel, rendition = %change.rendition, "ladder change not applicable here");
+                continue;
+            }
+            if control.add(change.clone()) {
+                tracing::info!(
+                    channel,
+                    rendition = %change.rendition,
+                    kbps = change.bitrate_kbps,
+                    from_segment = change.from_segment,
+                    by = %change.origin,
+                    "ladder change from the swarm"
+                );
+            }
+        }
+    }
+}
+
+/// One channel's feeds, as the swarm's feeding thread reads them.
+struct Feed {
+    analyses: Option<tokio::sync::broadcast::Receiver<Arc<crate::analysis::stage::SegmentReport>>>,
+    segments: Option<tokio::sync::broadcast::Receiver<Arc<crate::pipeline::PublishedSegment>>>,
+    errors_seen: u64,
+}
+
+impl Feed {
+    fn subscribe(taps: &crate::pipeline::Taps) -> Self {
+        Self {
+            analyses: taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
+            segments: taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
+            errors_seen: taps.status.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves what the channel reported since the last call into `c`, and
+    /// the time of each new error into `errors`.
+    fn read(&mut self, taps: &crate::pipeline::Taps, c: &mut ChannelLocal, errors: &mut VecDeque<Instant>) {
+        c.ladder = taps.control.advertised();
+        if let Some(rx) = self.analyses.as_mut() {
+            while let Ok(r) = rx.try_recv() {
+                c.timecode = r.timecode.clone();
+                c.complexity = r.analysis.complexity;
+            }
+        }
+        if let Some(rx) = self.segments.as_mut() {
+            while let Ok(p) = rx.try_recv() {
+                c.add_segment(&p.track, p.index, p.sha256, p.input_sha256);
+            }
+        }
+        let status = &taps.status;
+        c.frame = status.frame.load(Ordering::Relaxed);
+        c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
+        let written = status.write_errors.load(Ordering::Relaxed);
+        for _ in self.errors_seen..written {
+            errors.push_back(Instant::now());
+        }
+        self.errors_seen = written;
+    }
+}
+
+/// Feeds the swarm node what every running channel reports, ten times a
+/// second, until the node is dropped. A stopped or deleted channel leaves
+/// the node's packets (its peers then select other replicas for it);
+/// ladder changes peers advertise are adopted per channel.
+pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::Channels, serves: bool) {
+    let mut feeds: BTreeMap<String, Feed> = BTreeMap::new();
+    let mut rounds = 0u64;
+    while let Some(swarm) = swarm.upgrade() {
+        rounds += 1;
+        let running: Vec<_> =
+            channels.all().into_iter().filter(|c| c.taps.status.running.load(Ordering::Relaxed)).collect();
+        feeds.retain(|id, _| running.iter().any(|c| &c.id == id));
+        let view = rounds.is_multiple_of(3).then(|| swarm.view());
+        let mut targets = BTreeMap::new();
+        swarm.local(|l| {
+            l.channels.retain(|id, _| running.iter().any(|c| &c.id == id));
+            for ch in &running {
+                let config = ch.supervisor.config();
+                if let Some(view) = &view {
+                    let renditions: Vec<String> = config.renditions.iter().map(|r| r.name.clone()).collect();
+                    adopt_ladder_changes(view, &ch.id, &ch.taps.control, &renditions);
+                }
+                let c = l.channels.entry(ch.id.clone()).or_default();
+                c.segment_ms = (config.channel.segment_seconds * 1000.0) as f32;
+                feeds.entry(ch.id.clone()).or_insert_with(|| Feed::subscribe(&ch.taps)).read(
+                    &ch.taps,
+                    c,
+                    &mut l.errors,
+                );
+                if (l.clock.is_none() || ch.first)
+                    && let Some(q) = lock(&ch.taps.status.clock).as_ref()
+                {
+                    l.clock = Some(ClockSummary { state: q.state.name().to_string(), error_ns: q.error_ns });
+                }
+                if serves {
+                    targets.insert(ch.id.clone(), replicate::Target::of(&config));
+                }
+            }
+            while l.errors.front().is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+                l.errors.pop_front();
+            }
+        });
+        // A channel stopped keeps its combined output open (it may start
+        // again); one deleted has it ended.
+        let mut kept = lock(&swarm.shared.targets);
+        kept.retain(|id, _| channels.get(id).is_some());
+        kept.extend(targets);
+        drop(kept);
+        drop(swarm);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
