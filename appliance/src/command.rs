@@ -22,6 +22,11 @@ pub enum ChannelCommand {
     /// Replace the media clock's injected fault (drills), for the running
     /// clock and every later run.
     ClockFault(ClockFaultConfig),
+    /// Drill: the capture slips by this many frames against the timeline
+    /// (positive: its pictures arrive late, each numbered that many frames
+    /// after the one the other appliances give it), as a capture that
+    /// lost or gained frames would. The built-in test source only.
+    Slip(i64),
 }
 
 impl ChannelCommand {
@@ -33,6 +38,7 @@ impl ChannelCommand {
             ChannelCommand::Reconfigure(_) => "channel-config",
             ChannelCommand::Hang(_) => "hang-drill",
             ChannelCommand::ClockFault(_) => "set-clock-fault",
+            ChannelCommand::Slip(_) => "slip-drill",
         }
     }
 }

@@ -147,6 +147,9 @@ pub struct ChannelStatus {
     pub packaged: std::sync::Mutex<Option<crate::package::PackagerStats>>,
     /// The pipeline is running.
     pub running: AtomicBool,
+    /// Fingerprints of the last frames captured (the swarm compares them
+    /// with its neighbours' to find frame offsets).
+    pub trail: std::sync::Mutex<crate::analysis::FrameTrail>,
     /// Frames per segment of the running grid (0 before the first run).
     pub segment_frames: std::sync::atomic::AtomicU32,
     /// Frames captured since the daemon started.
@@ -177,6 +180,10 @@ pub struct ChannelStatus {
     /// A hang drill: the capture loop stops for this many ms, once (the
     /// systemd watchdog is expected to restart the daemon).
     pub hang_ms: std::sync::atomic::AtomicU64,
+    /// A slip drill: the test source's pictures run this many frames late
+    /// against their numbers (frame `n` shows picture `n - slip_frames`),
+    /// from the next frame on, across runs, until changed again.
+    pub slip_frames: std::sync::atomic::AtomicI64,
     /// The source as the running pipeline opened it.
     pub source: std::sync::Mutex<Option<SourceInfo>>,
     /// The ladder resolved against the source size.
@@ -657,11 +664,18 @@ pub fn run_with_device(
     // line: every encoder needs it.
     let (cap_tx, cap_rx) = bounded::<FrameRef>(depth);
     let skipped = Arc::clone(&taps.metrics);
+    let status = Arc::clone(&taps.status);
+    // A successor's warm-up frames are the predecessor's to report.
+    let trail_from = if successor { first_segment * i64::from(grid.frames_per_segment) } else { i64::MIN };
     let fingerprint = thread::Builder::new()
         .name("fingerprint".into())
         .spawn(move || {
             for frame in cap_rx {
                 let hash = crate::analysis::fingerprint(&frame);
+                let number = frame.meta().number;
+                if number >= trail_from {
+                    lock(&status.trail).push(number, crate::analysis::short_fingerprint(&hash));
+                }
                 // Real time: never wait for analysis. Files and fast runs:
                 // analyse every frame, the result is the same on every run.
                 if !realtime {
@@ -746,9 +760,12 @@ pub fn run_with_device(
         }
         hang_drill(&taps.status);
         let mut writer = pool.acquire();
-        let first_sample = rate.audio_sample_at(n, 48_000);
-        let samples = usize::try_from(rate.audio_sample_at(n + 1, 48_000) - first_sample).unwrap_or(0);
-        match device.read(n, first_sample, samples, &mut writer.buffers()) {
+        // The picture (and its sound) the source gives for frame n: picture
+        // n, unless a slip drill shifted it.
+        let picture = n - taps.status.slip_frames.load(Ordering::Relaxed);
+        let first_sample = rate.audio_sample_at(picture, 48_000);
+        let samples = usize::try_from(rate.audio_sample_at(picture + 1, 48_000) - first_sample).unwrap_or(0);
+        match device.read(picture, first_sample, samples, &mut writer.buffers()) {
             Ok(Captured::Frame) => {}
             Ok(Captured::End) => break,
             Err(e) => {

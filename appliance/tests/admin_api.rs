@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -111,20 +111,6 @@ impl Drop for Daemon {
 
 const PASSWORD: &str = "rack-unit-7 secret";
 
-fn lockstep_stdin(args: &[&str], input: &str) -> String {
-    let mut child = common::lockstep()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "lockstep {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn start(dir: &Path, extra: &str) -> Daemon {
     start_edited(dir, extra, |t| t)
 }
@@ -137,9 +123,9 @@ fn start_edited(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Dae
 /// `start_edited` with the daemon's `--duration`.
 fn start_for(dir: &Path, extra: &str, edit: impl Fn(String) -> String, seconds: &str) -> Daemon {
     let passwd = dir.join("admin.passwd");
-    lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], &format!("{PASSWORD}\n"));
+    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], &format!("{PASSWORD}\n"));
     let tokens = dir.join("tokens");
-    let token = lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
+    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
     let (origin, admin) = (free_port(), free_port());
     let text = format!(
         "[appliance]\nid = \"unit-1\"\n[channel]\nid = \"ch\"\nsegment_seconds = 1.0\n\
@@ -281,6 +267,7 @@ fn every_documented_route_answers_as_documented() {
             p if p.contains("/renditions/") => r#"{"bitrate_kbps": 150}"#.to_string(),
             p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
+            p if p.ends_with("/drills/slip") => r#"{"frames": 1}"#.to_string(),
             p if p.ends_with("/source/controls") => r#"{"name": "Brightness", "value": 128}"#.to_string(),
             p if p.ends_with("/config") => r#"{"output": {"window_segments": 40}}"#.to_string(),
             _ => String::new(),
@@ -939,7 +926,12 @@ fn a_missing_capture_device_keeps_the_daemon_up_and_says_what_is_wrong() {
 
 /// Whether `text` (a config file) has a `[[channels]]` table for `id`.
 fn has_channel_table(text: &str, id: &str) -> bool {
-    lockstep::config::Config::from_toml(text, "test").unwrap().channels.iter().any(|c| c.channel.id == id)
+    channel_table(text, id).is_some()
+}
+
+/// The `[[channels]]` entry `id` of a configuration file.
+fn channel_table(text: &str, id: &str) -> Option<lockstep::config::ChannelSpec> {
+    lockstep::config::Config::from_toml(text, "test").unwrap().channels.into_iter().find(|c| c.channel.id == id)
 }
 
 #[test]
@@ -1022,7 +1014,18 @@ fn channels_created_through_the_api_run_beside_the_first_outlive_a_restart_and_a
     let r = d.send("DELETE", "/api/v1/channels/clip", &cookie, &csrf, "");
     assert_eq!(r.status, 200, "{}", r.text());
 
-    // The next start runs the channel created through the API.
+    // A channel stopped by command is saved as stopped (`start = false`).
+    let r = d.send("POST", "/api/v1/channels", &cookie, &csrf, &EXTRA_CHANNEL.replace("\"extra\"", "\"held\""));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(channel_table(&std::fs::read_to_string(&file).unwrap(), "held").is_some_and(|c| c.start));
+    let r = d.send("POST", "/api/v1/channels/held/stop", &cookie, &csrf, "");
+    assert_eq!((r.status, r.json()["running"].as_bool()), (200, Some(false)), "{}", r.text());
+    d.wait_for("the stop saved", Duration::from_secs(10), || {
+        channel_table(&std::fs::read_to_string(&file).unwrap(), "held").is_some_and(|c| !c.start)
+    });
+
+    // The next start runs the channel created through the API, and keeps
+    // the stopped one stopped.
     let (admin, origin, token) = (d.admin.clone(), d.origin.clone(), d.token.clone());
     drop(d);
     let d = launch(dir.path(), admin, origin, token);
@@ -1032,6 +1035,15 @@ fn channels_created_through_the_api_run_beside_the_first_outlive_a_restart_and_a
         segments(&theirs).len() >= before + 2
     });
     assert_eq!(d.get("/api/v1/channels/extra", &cookie).json()["running"], true);
+    let held = d.get("/api/v1/channels/held", &cookie).json();
+    assert_eq!(held["running"], false, "{held}");
+    let r = d.send("POST", "/api/v1/channels/held/start", &cookie, &csrf, "");
+    assert_eq!((r.status, r.json()["running"].as_bool()), (200, Some(true)), "{}", r.text());
+    d.wait_for("the start saved", Duration::from_secs(10), || {
+        channel_table(&std::fs::read_to_string(&file).unwrap(), "held").is_some_and(|c| c.start)
+    });
+    let r = d.send("DELETE", "/api/v1/channels/held", &cookie, &csrf, "");
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // Deleted: gone from the appliance and the file, its segments kept.
     let r = d.send("DELETE", "/api/v1/channels/extra", &cookie, &csrf, "");

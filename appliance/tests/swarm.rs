@@ -763,3 +763,107 @@ fn an_older_member_sending_single_channel_packets_stays_in_the_swarm() {
     assert_eq!(v.packets["malformed"], 0, "{:?}", v.packets);
     swarm.stop();
 }
+
+/// Sends `method path` with `body` (JSON) to an admin API with a bearer
+/// token; the status code and the body.
+fn request(admin: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let status = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn a_capture_slip_is_seen_by_the_neighbours_and_kept_out_of_the_combined_output() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ports = (free_ports(3), free_ports(3));
+    // n1 has the admin API, for the drill.
+    let passwd = dir.path().join("admin.passwd");
+    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
+    let tokens = dir.path().join("tokens");
+    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
+    let admin = format!("127.0.0.1:{}", free_ports(1));
+    let admin_table = format!(
+        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+        passwd.display(),
+        tokens.display()
+    );
+    let window = "window_segments = 30\n";
+    let _nodes = Nodes(
+        (0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k == 1 { &admin_table } else { "" })).collect(),
+    );
+    let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
+    let offset = |v: &serde_json::Value, node: &str| v["channels"]["ch"]["deviations"][node]["frame_offset"].as_i64();
+    // In lockstep first: every node finds its neighbours at offset 0.
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "no offsets: {:?}", status(0));
+        std::thread::sleep(Duration::from_millis(250));
+        let views: Vec<_> = (0..3).filter_map(status).collect();
+        let zero = |v: &serde_json::Value| {
+            let me = v["node"].as_str().unwrap_or_default().to_string();
+            (0..3).map(|k| format!("n{k}")).filter(|n| *n != me).all(|n| offset(v, &n) == Some(0))
+        };
+        if views.len() == 3 && views.iter().all(zero) {
+            break;
+        }
+    }
+    // n1's capture slips one frame (its pictures late).
+    let (code, body) = request(&admin, &token, "POST", "/api/v1/channels/ch/drills/slip", r#"{"frames": 1}"#);
+    assert_eq!(code, 202, "{body}");
+    let slipped = Instant::now();
+    let slip_frame = status(1).unwrap()["me"]["channels"][0]["frame"].as_i64().unwrap();
+    // Its neighbours see it a frame ahead, it sees them a frame behind,
+    // the two others stay in lockstep; its hashes stop agreeing.
+    let (seen, v0) = loop {
+        assert!(slipped.elapsed() < Duration::from_secs(15), "slip not seen: {:?}", status(0));
+        std::thread::sleep(Duration::from_millis(100));
+        let (Some(v0), Some(v1), Some(v2)) = (status(0), status(1), status(2)) else { continue };
+        if offset(&v0, "n1") == Some(1)
+            && offset(&v2, "n1") == Some(1)
+            && offset(&v1, "n0") == Some(-1)
+            && offset(&v0, "n2") == Some(0)
+            && v0["channels"]["ch"]["deviations"]["n1"]["hash_disagreements"].as_u64() > Some(0)
+        {
+            break (slipped.elapsed(), v0);
+        }
+    };
+    eprintln!("slip seen by the neighbours after {:.1} s: {}", seen.as_secs_f64(), v0["channels"]["ch"]["deviations"]);
+    std::thread::sleep(Duration::from_secs(4));
+    // The combined output of n0 never takes n1's segments after the slip:
+    // every index from the one after the slip on has n0's (and n2's) bytes,
+    // not n1's.
+    let segment_frames = 50;
+    let first_after = slip_frame / segment_frames + 1;
+    let combined = dir.path().join("n0/combined/ch/90p");
+    let have = listed(&combined.join("playlist.m3u8"));
+    let after: Vec<i64> = have.iter().copied().filter(|&i| i >= first_after).collect();
+    assert!(after.len() >= 2, "segments after the slip: {have:?} (slip at frame {slip_frame})");
+    for i in after {
+        let f = format!("seg-{i}.m4s");
+        let bytes = std::fs::read(combined.join(&f)).unwrap();
+        let n1 = std::fs::read(dir.path().join(format!("n1/ch/90p/{f}"))).ok();
+        let n0 = std::fs::read(dir.path().join(format!("n0/ch/90p/{f}"))).ok();
+        assert!(n1.as_ref().is_some_and(|b| *b != bytes), "{f}: n1's slipped segment differs and is not taken");
+        assert_eq!(n0.as_ref(), Some(&bytes), "{f}: the majority's bytes");
+    }
+    // n1 logged the drill and the deviation it sees as events.
+    let (code, events) = request(&admin, &token, "GET", "/api/v1/events?since=0", "");
+    assert_eq!(code, 200, "{events}");
+    assert!(events.contains("slip drill: channel ch's capture slips 1 frame late"), "{events}");
+    assert!(events.contains("channel ch: n0 numbers the same pictures 1 frame behind n1"), "{events}");
+}

@@ -153,6 +153,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/start", post(start_channel))
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
         .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
+        .route("/api/v1/channels/{id}/drills/slip", post(slip_drill))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
         .route("/api/v1/clock", get(clock))
@@ -658,10 +659,19 @@ async fn ask(ch: &Channel, cmd: ChannelCommand) -> Result<crate::command::Answer
 async fn command(state: Arc<AppState>, actor: Actor, from: SocketAddr, id: String, cmd: ChannelCommand) -> ApiResult {
     let ch = check_channel(&state, &id)?;
     let name = cmd.name();
+    let starts = match cmd {
+        ChannelCommand::Start => Some(true),
+        ChannelCommand::Stop => Some(false),
+        _ => None,
+    };
     let running = match ask(&ch, cmd).await? {
         crate::command::Answer::Running(running) => running,
         other => return Err(command_error(CommandError::Unexpected(other))),
     };
+    // Saved with the configuration (the saver follows within a second).
+    if let Some(starts) = starts {
+        ch.set_starts(starts);
+    }
     state.audit(&actor.name(), Some(from), name, json!({ "channel": id }));
     Ok(json(StatusCode::OK, json!({ "running": running })))
 }
@@ -850,6 +860,64 @@ async fn hang_drill(
     Ok(json(StatusCode::ACCEPTED, detail))
 }
 
+/// Body of `POST /api/v1/channels/{id}/drills/slip`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlipDrill {
+    frames: i64,
+}
+
+/// A slip drill: the channel's capture slips by `frames` against the
+/// shared timeline, as a capture that lost (positive) or gained frames
+/// would; its neighbours see the frame offset and the hashes disagree.
+/// The built-in test source only (a device or a file slips by itself).
+async fn slip_drill(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let ch = check_channel(&state, &id)?;
+    let SlipDrill { frames } = parse_body(&headers, &body)?;
+    let max = crate::swarm::deviation::MAX_OFFSET;
+    if frames == 0 || frames.abs() > max {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "frames",
+            format!("frames {frames}: allowed -{max} to {max}, not 0"),
+        ));
+    }
+    if ch.supervisor.config().source.kind != crate::config::SourceKind::Test {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "channel `{id}`: a slip drill needs the built-in test source (a capture device or file slips by itself)"
+            ),
+        ));
+    }
+    if !ch.taps.status.running.load(Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to slip")));
+    }
+    ask(&ch, ChannelCommand::Slip(frames)).await?;
+    let slip = ch.taps.status.slip_frames.load(Ordering::Relaxed);
+    let detail = json!({ "channel": id, "frames": frames, "slip_frames": slip });
+    state.audit(&actor.name(), Some(from), "slip-drill", detail.clone());
+    state.events.push(
+        "drill",
+        Some(&state.ctx.config.appliance.id),
+        format!(
+            "slip drill: channel {id}'s capture slips {} frame{} {} (now {slip} in all; by {})",
+            frames.abs(),
+            if frames.abs() == 1 { "" } else { "s" },
+            if frames > 0 { "late" } else { "early" },
+            actor.name()
+        ),
+    );
+    Ok(json(StatusCode::ACCEPTED, detail))
+}
+
 fn clock_json(state: &AppState) -> Value {
     let first = state.ctx.channels.first();
     let s = &first.taps.status;
@@ -945,12 +1013,14 @@ fn output_json(state: &AppState, ch: &Channel, origin: Option<&str>) -> Value {
 /// A member as the API shows it. The frame, timecode, complexity,
 /// latency and weight at the top are those of this appliance's first
 /// channel (`null` when the member does not encode it); `channels` lists
-/// every channel it encodes. `weights` are as this node uses them (0 for
-/// an unhealthy peer).
+/// every channel it encodes, with its deviation from this node on each
+/// channel both run. `weights` are as this node uses them (0 for an
+/// unhealthy peer).
 fn member_json(
     state: &crate::swarm::state::EncodingState,
     first: &str,
     weights: &BTreeMap<String, f32>,
+    decisions: &BTreeMap<String, crate::swarm::decide::ChannelDecisions>,
     flags: [bool; 4],
 ) -> Value {
     let [me, alive, healthy, leader] = flags;
@@ -968,6 +1038,7 @@ fn member_json(
                 "complexity": c.complexity,
                 "encode_latency_ms": c.encode_latency_ms,
                 "segment": c.segments.last().map(|s| s.index),
+                "deviation": decisions.get(&c.id).and_then(|d| d.deviations.get(&state.node)),
             })
         })
         .collect();
@@ -1008,7 +1079,7 @@ async fn swarm(State(state): Shared) -> Response {
         .values()
         .map(|p| {
             let flags = [false, p.alive, p.healthy, is_leader(&p.state.node)];
-            let mut m = member_json(&p.state, &first, &p.weights, flags);
+            let mut m = member_json(&p.state, &first, &p.weights, &v.channels, flags);
             m["latency_ms"] = json!(p.latency_ms);
             m["jitter_ms"] = json!(p.jitter_ms);
             m["state_age_ms"] = json!(p.state_age_ms);
@@ -1019,7 +1090,7 @@ async fn swarm(State(state): Shared) -> Response {
         .collect();
     if let Some(me) = &v.me {
         let weights: BTreeMap<String, f32> = me.channels.iter().map(|c| (c.id.clone(), c.weight)).collect();
-        let mut m = member_json(me, &first, &weights, [true, true, !v.isolated, is_leader(&me.node)]);
+        let mut m = member_json(me, &first, &weights, &v.channels, [true, true, !v.isolated, is_leader(&me.node)]);
         m["latency_ms"] = json!(me.neighbour_latency_ms);
         m["jitter_ms"] = json!(me.neighbour_jitter_ms);
         m["state_age_ms"] = json!(0);

@@ -126,6 +126,8 @@ pub struct ViewDiff {
     /// The node chosen for the newest index, by (channel, track).
     chosen: BTreeMap<(String, String), (i64, String)>,
     moves: Vec<Move>,
+    /// The last known frame offset of each (channel, neighbour).
+    offsets: BTreeMap<(String, String), i64>,
     seen: bool,
 }
 
@@ -202,6 +204,7 @@ impl ViewDiff {
                 }
             }
         }
+        self.deviations(view, log);
         let mut still = Vec::new();
         for m in std::mem::take(&mut self.moves) {
             if gone(&m.from) {
@@ -223,5 +226,33 @@ impl ViewDiff {
         }
         self.moves = still;
         self.seen = true;
+    }
+
+    /// A neighbour whose numbering of the same pictures moves away from
+    /// this node's, or back into lockstep (`deviation` events).
+    fn deviations(&mut self, view: &View, log: &EventLog) {
+        for (channel, decisions) in &view.channels {
+            for (node, d) in &decisions.deviations {
+                let Some(k) = d.frame_offset else { continue };
+                let before = self.offsets.insert((channel.clone(), node.clone()), k);
+                if before == Some(k) || (before.is_none() && k == 0) {
+                    continue;
+                }
+                let me = &view.node;
+                let text = match k {
+                    0 => format!("channel {channel}: {node} is in lockstep with {me} again"),
+                    k => format!(
+                        "channel {channel}: {node} numbers the same pictures {} frame{} {} {me} \
+                         ({} of {} recent segment hashes differ)",
+                        k.abs(),
+                        if k.abs() == 1 { "" } else { "s" },
+                        if k > 0 { "ahead of" } else { "behind" },
+                        d.hash_disagreements,
+                        d.hashes_compared
+                    ),
+                };
+                log.push("deviation", Some(node), text);
+            }
+        }
     }
 }

@@ -133,6 +133,27 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
             confidence.push((format!("node=\"{me}\""), f64::from(m.confidence)));
         }
         metric("lockstep_swarm_confidence_ratio", "gauge", "Confidence score of each node, 0-1.", &confidence);
+        let deviations = || {
+            v.channels
+                .iter()
+                .flat_map(|(c, d)| d.deviations.iter().map(move |(n, x)| (format!("channel=\"{c}\",node=\"{n}\""), x)))
+        };
+        let offsets: Vec<(String, f64)> =
+            deviations().filter_map(|(l, x)| x.frame_offset.map(|k| (l, k as f64))).collect();
+        metric(
+            "lockstep_swarm_frame_offset",
+            "gauge",
+            "Frame offset of each neighbour's numbering of the same pictures against this node's (0: lockstep).",
+            &offsets,
+        );
+        let disagreements: Vec<(String, f64)> =
+            deviations().map(|(l, x)| (l, f64::from(x.hash_disagreements))).collect();
+        metric(
+            "lockstep_swarm_hash_disagreements",
+            "gauge",
+            "Recent segment tracks whose hash differs between each neighbour and this node.",
+            &disagreements,
+        );
         let packets: Vec<(String, f64)> =
             v.packets.iter().map(|(k, n)| (format!("outcome=\"{k}\""), *n as f64)).collect();
         metric("lockstep_swarm_packets_total", "counter", "Swarm packets received, by outcome.", &packets);

@@ -259,6 +259,9 @@ impl Driver<'_> {
                 Action::Hang(d) => {
                     status.hang_ms.store(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                 }
+                Action::Slip(frames) => {
+                    status.slip_frames.fetch_add(frames, Ordering::Relaxed);
+                }
                 Action::ClockFault(fault) => {
                     *lock(&status.clock_fault) = Some(fault);
                     if let Some(c) = lock(&status.media_clock).as_ref() {

@@ -39,8 +39,10 @@ pub struct Channel {
     pub supervisor: Supervisor,
     /// Whether it is the appliance's first channel (`[channel]`).
     pub first: bool,
-    /// Whether it runs from the daemon's start (`[[channels]] start`).
-    pub start: bool,
+    /// Whether it runs from the daemon's start (`[[channels]] start`):
+    /// follows the last start or stop command, so a channel an operator
+    /// stopped stays stopped after a restart.
+    start: AtomicBool,
     /// The supervisor thread of a channel other than the first (the
     /// daemon's own thread supervises the first), and its stop flag.
     thread: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
@@ -57,7 +59,7 @@ impl Channel {
             taps: driver::taps(),
             supervisor,
             first: true,
-            start: true,
+            start: AtomicBool::new(true),
             thread: Mutex::default(),
         };
         (Arc::new(channel), commands)
@@ -66,6 +68,18 @@ impl Channel {
     /// The configuration it runs with now, bitrates as in force or announced.
     pub fn effective(&self) -> Config {
         crate::persist::effective(&self.supervisor.config(), &self.taps.control)
+    }
+
+    /// Whether it runs from the daemon's start.
+    pub fn starts(&self) -> bool {
+        self.start.load(Ordering::Relaxed)
+    }
+
+    /// Records a start (`true`) or stop command, for the saved
+    /// configuration (the first channel has no such key: it always starts,
+    /// unless the appliance is a standby unit).
+    pub fn set_starts(&self, start: bool) {
+        self.start.store(start, Ordering::Relaxed);
     }
 
     /// Stops its supervisor and waits for it (not the first's).
@@ -138,7 +152,7 @@ impl Channels {
     pub fn effective(&self) -> Config {
         let list = self.read();
         let mut config = list[0].effective();
-        config.channels = list[1..].iter().map(|c| c.effective().spec(c.start)).collect();
+        config.channels = list[1..].iter().map(|c| c.effective().spec(c.starts())).collect();
         config
     }
 
@@ -188,7 +202,7 @@ impl Channels {
             taps,
             supervisor,
             first: false,
-            start: spec.start,
+            start: AtomicBool::new(spec.start),
             thread: Mutex::new(Some((stop, thread))),
         });
         list.push(Arc::clone(&channel));

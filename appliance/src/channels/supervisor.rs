@@ -189,6 +189,9 @@ pub enum Action {
     Status(StatusChange),
     /// Stop the running capture loop for this long (a drill).
     Hang(Duration),
+    /// Shift the capture's pictures against the timeline by this many
+    /// frames (a drill).
+    Slip(i64),
     /// Apply this clock fault to the running clock and later runs.
     ClockFault(ClockFaultConfig),
     /// Answer the command being handled.
@@ -426,6 +429,13 @@ fn command(s: &mut Supervision, actions: &mut Vec<Action>, cmd: ChannelCommand, 
         ChannelCommand::Hang(d) => match s.state.current() {
             Some(_) => {
                 actions.push(Action::Hang(d));
+                Ok(Answer::Done)
+            }
+            None => Err(CommandError::NotRunning),
+        },
+        ChannelCommand::Slip(frames) => match s.state.current() {
+            Some(_) => {
+                actions.push(Action::Slip(frames));
                 Ok(Answer::Done)
             }
             None => Err(CommandError::NotRunning),
@@ -778,10 +788,15 @@ mod tests {
         let (s, actions) = command_at(s, ChannelCommand::Hang(Duration::from_secs(3)), t);
         assert!(matches!(actions[0], Action::Hang(d) if d == Duration::from_secs(3)));
         assert_eq!(reply(&actions), Ok(Answer::Done));
+        let (s, actions) = command_at(s, ChannelCommand::Slip(-2), t);
+        assert!(matches!(actions[0], Action::Slip(-2)));
+        assert_eq!(reply(&actions), Ok(Answer::Done));
         let (s, _) = command_at(s, ChannelCommand::Stop, t);
         let (s, actions) = ended_at(s, 1, false, RunEnd::Failed("disk full".into()), t);
         assert_eq!(status(&actions), [StatusChange::RunError(Some("disk full".into()))]);
         let (s, actions) = command_at(s, ChannelCommand::Hang(Duration::from_secs(3)), t);
+        assert_eq!(reply(&actions), Err(CommandError::NotRunning));
+        let (s, actions) = command_at(s, ChannelCommand::Slip(1), t);
         assert_eq!(reply(&actions), Err(CommandError::NotRunning));
         let (_, actions) = command_at(s, ChannelCommand::ClockFault(ClockFaultConfig::default()), t);
         assert!(matches!(actions[0], Action::ClockFault(_)), "a fault is kept for the next run");

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::PeerView;
+use super::deviation::{Deviation, deviation};
 use super::election::{self, Candidate, Replica, WeightInputs};
 use super::state::EncodingState;
 
@@ -48,6 +49,9 @@ pub struct ChannelDecisions {
     /// For each recent segment index and track: the node whose replica the
     /// combined output uses.
     pub selection: BTreeMap<i64, BTreeMap<String, String>>,
+    /// How far each peer that runs the channel deviates from this node
+    /// (empty when this node does not run it).
+    pub deviations: BTreeMap<String, Deviation>,
 }
 
 /// One round's decisions.
@@ -132,7 +136,14 @@ pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: 
                 weights.insert(me.node.clone(), *w);
             }
             let selection = select(peers, me, id, &weights);
-            (id.to_string(), ChannelDecisions { weights, selection })
+            let deviations = match me.channel(id) {
+                Some(mine) => peers
+                    .values()
+                    .filter_map(|p| Some((p.state.node.clone(), deviation(mine, p.state.channel(id)?))))
+                    .collect(),
+                None => BTreeMap::new(),
+            };
+            (id.to_string(), ChannelDecisions { weights, selection, deviations })
         })
         .collect();
     Decisions { group, leader, own_weights, channels }
@@ -197,6 +208,8 @@ mod tests {
             encode_latency_ms: 100.0,
             weight,
             ladder: Vec::new(),
+            trail_first: 0,
+            trail: Vec::new(),
         }
     }
 

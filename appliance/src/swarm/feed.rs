@@ -68,6 +68,7 @@ impl Feed {
             }
         }
         let status = &taps.status;
+        (c.trail_first, c.trail) = lock(&status.trail).snapshot();
         c.frame = status.frame.load(Ordering::Relaxed);
         c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
         let written = status.write_errors.load(Ordering::Relaxed);

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod decide;
+pub mod deviation;
 pub mod election;
 mod feed;
 mod node;
@@ -144,6 +145,10 @@ pub struct ChannelLocal {
     pub segment_ms: f32,
     /// Live ladder changes known here.
     pub ladder: Vec<crate::control::LadderChange>,
+    /// Frame number of the first fingerprint in `trail`.
+    pub trail_first: i64,
+    /// Fingerprints of the last frames captured.
+    pub trail: Vec<u64>,
 }
 
 impl ChannelLocal {

@@ -337,6 +337,8 @@ impl Node {
                 encode_latency_ms: c.encode_latency_ms,
                 weight: self.own_weights.get(id).copied().unwrap_or(0.0),
                 ladder: c.ladder.clone(),
+                trail_first: c.trail_first,
+                trail: c.trail.clone(),
             })
             .collect();
         EncodingState {

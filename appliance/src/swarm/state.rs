@@ -57,6 +57,11 @@ pub struct ChannelReport {
     pub weight: f32,
     /// Live ladder changes it knows (docs/swarm.md, "Live changes").
     pub ladder: Vec<crate::control::LadderChange>,
+    /// Frame number of the first fingerprint in `trail`.
+    pub trail_first: i64,
+    /// 64-bit fingerprints of its last captured frames, consecutive from
+    /// `trail_first` (`crate::analysis::FrameTrail`).
+    pub trail: Vec<u64>,
 }
 
 /// One node's Encoding State Packet: the node, then every channel it
@@ -160,6 +165,8 @@ pub fn decode_single_channel(payload: &[u8]) -> Option<EncodingState> {
         encode_latency_ms: s.encode_latency_ms,
         weight: s.weight,
         ladder: s.ladder,
+        trail_first: 0,
+        trail: Vec::new(),
     };
     Some(EncodingState {
         node: s.node,

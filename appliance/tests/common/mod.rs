@@ -13,6 +13,19 @@ pub fn lockstep() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockstep"))
 }
 
+/// Runs the binary with `args`, `input` on its stdin; its stdout, trimmed
+/// (fails on an error exit).
+pub fn lockstep_stdin(args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child =
+        lockstep().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "lockstep {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Fails loudly (never skips) when a tool the test needs is missing.
 pub fn require_tool(name: &str) {
     let ok = Command::new(name).arg("-version").output().is_ok_and(|o| o.status.success());

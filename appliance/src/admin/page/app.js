@@ -637,7 +637,20 @@
       timecode: pick('timecode'),
       complexity: pick('complexity'),
       encode_latency_ms: pick('encode_latency_ms'),
+      deviation: pick('deviation'),
     };
+  }
+
+  /** A tag for a neighbour out of lockstep: its frame offset against this node. */
+  function offsetTag(deviation) {
+    const k = deviation && deviation.frame_offset;
+    if (!isNum(k) || k === 0) return null;
+    const d = deviation;
+    return el('span', {
+      class: 'tag bad',
+      title: `numbers the same pictures ${Math.abs(k)} frame${Math.abs(k) === 1 ? '' : 's'} ${k > 0 ? 'ahead of' : 'behind'} this node; ${d.hash_disagreements} of ${d.hashes_compared} recent segment hashes differ`,
+      text: `${k > 0 ? '+' : ''}${k} fr`,
+    });
   }
 
   function memberHealth(m) {
@@ -681,7 +694,7 @@
       el('td', null, clockCell(m.clock)),
       el('td', { class: `num${cpuTone ? ` tone-${cpuTone}-text` : ''}`, text: fmtPct(load.cpu) }),
       el('td', { class: 'num', text: m.self && !isNum(m.latency_ms) ? DASH : fmtMs(m.latency_ms) }),
-      el('td', { class: 'num', title: m.timecode || null, text: fmtId(m.frame) }),
+      el('td', { class: 'num', title: m.timecode || null }, fmtId(m.frame), offsetTag(m.deviation)),
       el('td', { class: 'num', text: fmtDuration(m.uptime_s) }));
   }
 

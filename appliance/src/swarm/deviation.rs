@@ -1,0 +1,176 @@
+//! How far a neighbour's encoding of a channel deviates from this node's,
+//! measured every round from the two nodes' last state packets: the frame
+//! offset between their numbering of the same pictures (from the
+//! fingerprint trails), how many recent segments' hashes disagree, and
+//! the difference in encode latency. Pure functions; the prediction and
+//! the resynchronisation that act on them build on these (docs/swarm.md,
+//! "Deviation").
+
+use serde::Serialize;
+
+use super::state::ChannelReport;
+
+/// Largest frame offset looked for, either way.
+pub const MAX_OFFSET: i64 = 12;
+/// Fewest frames compared at an offset for it to count.
+pub const MIN_OVERLAP: usize = 24;
+/// Only this node's newest frames are compared (its trail holds more), so
+/// a slip shows within about this many frames (2.6 s at 25 fps) while a
+/// neighbour's packet up to half a second old still overlaps enough.
+pub const RECENT_FRAMES: usize = 64;
+/// Share of the frames compared at an offset that must match (9 in 10:
+/// a frame substituted on one node during an input fault does not hide
+/// the offset).
+const MATCH_TENTHS: usize = 9;
+
+/// One neighbour's deviation on one channel, as this node measures it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Deviation {
+    /// The neighbour's frame number for the picture this node numbers
+    /// `n`, minus `n`: 0 in lockstep, 1 when its numbering runs a frame
+    /// ahead (its pictures are a frame late). `None` when the trails
+    /// cannot tell: too little overlap, no offset within
+    /// ±[`MAX_OFFSET`] matches, or several do (a still picture).
+    pub frame_offset: Option<i64>,
+    /// Frames that matched at that offset.
+    pub matched_frames: u32,
+    /// Recent (segment, track) pairs both produced.
+    pub hashes_compared: u32,
+    /// Of those, the pairs whose hashes differ.
+    pub hash_disagreements: u32,
+    /// Its encode latency minus this node's, ms.
+    pub encode_latency_ms: f32,
+}
+
+/// The deviation of `theirs` from `mine` (the same channel on two nodes).
+pub fn deviation(mine: &ChannelReport, theirs: &ChannelReport) -> Deviation {
+    let offset = frame_offset((mine.trail_first, &mine.trail), (theirs.trail_first, &theirs.trail));
+    let (mut compared, mut differ) = (0u32, 0u32);
+    for seg in &mine.segments {
+        let Some(other) = theirs.segments.iter().find(|s| s.index == seg.index) else { continue };
+        for (track, hash) in &seg.tracks {
+            if let Some((_, h)) = other.tracks.iter().find(|(t, _)| t == track) {
+                compared += 1;
+                differ += u32::from(h != hash);
+            }
+        }
+    }
+    Deviation {
+        frame_offset: offset.map(|(k, _)| k),
+        matched_frames: offset.map_or(0, |(_, m)| u32::try_from(m).unwrap_or(u32::MAX)),
+        hashes_compared: compared,
+        hash_disagreements: differ,
+        encode_latency_ms: theirs.encode_latency_ms - mine.encode_latency_ms,
+    }
+}
+
+/// The offset `k` for which frame `n` of `mine` carries the picture of
+/// frame `n + k` of `theirs`, with the number of frames that matched; each
+/// trail is (first frame number, fingerprints), and only the newest
+/// [`RECENT_FRAMES`] of `mine` are compared. `None` unless exactly one
+/// offset within ±[`MAX_OFFSET`] compares at least [`MIN_OVERLAP`] frames
+/// and matches 9 in 10 of them.
+pub fn frame_offset(mine: (i64, &[u64]), theirs: (i64, &[u64])) -> Option<(i64, usize)> {
+    let (mine_first, mine) = mine;
+    let (theirs_first, theirs) = theirs;
+    let mut found = None;
+    for k in -MAX_OFFSET..=MAX_OFFSET {
+        let (mut compared, mut matched) = (0usize, 0usize);
+        for (i, print) in mine.iter().enumerate().skip(mine.len().saturating_sub(RECENT_FRAMES)) {
+            let j = mine_first + i as i64 + k - theirs_first;
+            if let Some(other) = usize::try_from(j).ok().and_then(|j| theirs.get(j)) {
+                compared += 1;
+                matched += usize::from(other == print);
+            }
+        }
+        if compared < MIN_OVERLAP || matched * 10 < compared * MATCH_TENTHS {
+            continue;
+        }
+        if found.is_some() {
+            return None; // ambiguous: a still or repeating picture
+        }
+        found = Some((k, matched));
+    }
+    found
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::swarm::state::SegmentHashes;
+
+    /// Fingerprints of a moving picture: a different value every frame.
+    fn pictures(first: i64, len: usize) -> Vec<u64> {
+        (first..first + len as i64).map(|n| (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect()
+    }
+
+    #[test]
+    fn the_offset_between_two_numberings_of_the_same_pictures_is_found() {
+        let base = pictures(1_000, 100);
+        assert_eq!(frame_offset((1_000, &base), (1_000, &base)), Some((0, 64)), "in lockstep, the newest 64");
+        // A node whose numbering runs one frame ahead: its frame n + 1
+        // holds the picture this node numbers n. Trails sent at different
+        // moments overlap only in part.
+        let ahead: Vec<u64> = pictures(1_030, 100);
+        assert_eq!(frame_offset((1_031, &ahead), (1_000, &base)), Some((-1, 34)));
+        assert_eq!(frame_offset((1_000, &base), (1_031, &ahead)), Some((1, 64)));
+        let behind3 = pictures(1_010, 100);
+        assert_eq!(frame_offset((1_000, &base), (1_007, &behind3)), Some((-3, 64)));
+    }
+
+    #[test]
+    fn a_still_picture_or_too_little_overlap_cannot_tell() {
+        let still = vec![42u64; 100];
+        assert_eq!(frame_offset((0, &still), (0, &still)), None, "every offset matches a still picture");
+        let base = pictures(0, 100);
+        assert_eq!(frame_offset((0, &base), (90, &pictures(90, 100))), None, "10 frames overlap");
+        assert_eq!(frame_offset((0, &base), (0, &pictures(5_000, 100))), None, "other pictures");
+        assert_eq!(frame_offset((0, &base), (0, &[])), None);
+        assert_eq!(frame_offset((0, &base), (20, &pictures(0, 100))), None, "20 frames off: beyond the search");
+    }
+
+    #[test]
+    fn a_few_substituted_frames_do_not_hide_the_offset() {
+        let base = pictures(0, 100);
+        let mut theirs = pictures(0, 100);
+        for f in theirs.iter_mut().skip(40).take(5) {
+            *f = 0; // black frames during a short input fault
+        }
+        assert_eq!(frame_offset((0, &base), (1, &theirs[1..])), Some((0, 59)));
+    }
+
+    fn report(trail_first: i64, trail: Vec<u64>, segments: &[(i64, u8)], latency: f32) -> ChannelReport {
+        ChannelReport {
+            id: "main".into(),
+            frame: 0,
+            timecode: String::new(),
+            complexity: 0.2,
+            segments: segments
+                .iter()
+                .map(|(index, h)| SegmentHashes {
+                    index: *index,
+                    input: [0; 32],
+                    tracks: vec![("360p".into(), [*h; 32]), ("audio".into(), [0; 32])],
+                })
+                .collect(),
+            encode_latency_ms: latency,
+            weight: 0.5,
+            ladder: Vec::new(),
+            trail_first,
+            trail,
+        }
+    }
+
+    #[test]
+    fn the_deviation_counts_disagreeing_hashes_and_latency() {
+        let mine = report(0, pictures(0, 100), &[(10, 1), (11, 1), (12, 1)], 300.0);
+        let theirs = report(1, pictures(0, 100), &[(11, 1), (12, 2), (13, 2)], 450.0);
+        let d = deviation(&mine, &theirs);
+        assert_eq!(d.frame_offset, Some(1));
+        assert_eq!((d.hashes_compared, d.hash_disagreements), (4, 1), "segments 11 and 12, two tracks each");
+        assert_eq!(d.encode_latency_ms, 150.0);
+        assert_eq!(deviation(&mine, &mine).frame_offset, Some(0));
+        assert_eq!(deviation(&mine, &mine).hash_disagreements, 0);
+    }
+}
