@@ -184,6 +184,12 @@ pub struct ChannelStatus {
     /// against their numbers (frame `n` shows picture `n - slip_frames`),
     /// from the next frame on, across runs, until changed again.
     pub slip_frames: std::sync::atomic::AtomicI64,
+    /// A realignment the swarm approved: from frame `realign_at` on, the
+    /// capture's numbering moves by `realign_frames` (0: none;
+    /// `crate::swarm::resync`).
+    pub realign_at: std::sync::atomic::AtomicI64,
+    /// Frames of that realignment.
+    pub realign_frames: std::sync::atomic::AtomicI64,
     /// The source as the running pipeline opened it.
     pub source: std::sync::Mutex<Option<SourceInfo>>,
     /// The ladder resolved against the source size.
@@ -761,7 +767,8 @@ pub fn run_with_device(
         hang_drill(&taps.status);
         let mut writer = pool.acquire();
         // The picture (and its sound) the source gives for frame n: picture
-        // n, unless a slip drill shifted it.
+        // n, unless a slip drill shifted it or a realignment moved it back.
+        realign(&taps.status, n);
         let picture = n - taps.status.slip_frames.load(Ordering::Relaxed);
         let first_sample = rate.audio_sample_at(picture, 48_000);
         let samples = usize::try_from(rate.audio_sample_at(picture + 1, 48_000) - first_sample).unwrap_or(0);
@@ -807,6 +814,18 @@ pub fn run_with_device(
 }
 
 /// A hang drill asked for through the API: the capture loop stops here.
+/// Applies the realignment the swarm approved once frame `n` reaches its
+/// boundary: the picture numbered `m` before is numbered `m + frames`
+/// from then on.
+fn realign(status: &ChannelStatus, n: i64) {
+    let at = status.realign_at.load(Ordering::Relaxed);
+    if at != 0 && n >= at && status.realign_at.swap(0, Ordering::Relaxed) == at {
+        let frames = status.realign_frames.load(Ordering::Relaxed);
+        let slip = status.slip_frames.fetch_add(frames, Ordering::Relaxed) + frames;
+        tracing::info!(frame = n, frames, slip, "capture realigned with the swarm's majority");
+    }
+}
+
 fn hang_drill(status: &ChannelStatus) {
     let hang_ms = status.hang_ms.swap(0, Ordering::Relaxed);
     if hang_ms > 0 {

@@ -784,7 +784,7 @@ fn request(admin: &str, token: &str, method: &str, path: &str, body: &str) -> (u
 }
 
 #[test]
-fn a_capture_slip_is_seen_by_the_neighbours_and_kept_out_of_the_combined_output() {
+fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_majority_vote() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("fleet.key");
@@ -843,27 +843,97 @@ fn a_capture_slip_is_seen_by_the_neighbours_and_kept_out_of_the_combined_output(
         }
     };
     eprintln!("slip seen by the neighbours after {:.1} s: {}", seen.as_secs_f64(), v0["channels"]["ch"]["deviations"]);
-    std::thread::sleep(Duration::from_secs(4));
-    // The combined output of n0 never takes n1's segments after the slip:
-    // every index from the one after the slip on has n0's (and n2's) bytes,
-    // not n1's.
+    // n1 finds itself out of step with the majority, proposes to realign
+    // by -1 at a boundary, n0 and n2 approve from their own measurements,
+    // and n1's capture moves at that boundary.
+    let resync = |v: &serde_json::Value| v["resync"]["ch"].clone();
+    let (at, carried) = loop {
+        assert!(slipped.elapsed() < Duration::from_secs(30), "not carried: {:?}", status(1).map(|v| resync(&v)));
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(v1) = status(1) else { continue };
+        let r = resync(&v1);
+        if r["outcome"] == "applied" {
+            break (r["proposal"]["at_segment"].as_i64().unwrap(), r);
+        }
+    };
+    assert_eq!(carried["proposal"]["correction"], serde_json::json!({"realign": {"frames": -1}}), "{carried}");
+    assert_eq!(carried["approvals"], serde_json::json!(["n0", "n2"]), "{carried}");
+    // Back in lockstep: offsets 0 again, and n1's segments from the
+    // boundary on are the others' bytes again.
     let segment_frames = 50;
+    let back = loop {
+        assert!(slipped.elapsed() < Duration::from_secs(45), "not back in lockstep: {:?}", status(0));
+        std::thread::sleep(Duration::from_millis(100));
+        let (Some(v0), Some(v1)) = (status(0), status(1)) else { continue };
+        let done = (0..3).all(|k| dir.path().join(format!("n{k}/ch/90p/seg-{}.m4s", at + 1)).exists());
+        if offset(&v0, "n1") == Some(0) && offset(&v1, "n0") == Some(0) && done {
+            break slipped.elapsed();
+        }
+    };
+    eprintln!(
+        "slip at frame {slip_frame} (segment {}), corrected from segment {at}, in lockstep again after {:.1} s",
+        slip_frame / segment_frames,
+        back.as_secs_f64()
+    );
+    assert!(at - slip_frame / segment_frames <= 4, "corrected within 4 segments of the slip: {at}");
+    let own = |k: usize, i: i64| std::fs::read(dir.path().join(format!("n{k}/ch/90p/seg-{i}.m4s"))).ok();
+    for i in at..=at + 1 {
+        assert!(
+            own(1, i).is_some() && own(1, i) == own(0, i) && own(2, i) == own(0, i),
+            "segment {i}: identical again"
+        );
+    }
+    // The combined output of n0 never took n1's slipped segments: every
+    // index between the slip and the correction has n0's bytes, not n1's.
     let first_after = slip_frame / segment_frames + 1;
     let combined = dir.path().join("n0/combined/ch/90p");
     let have = listed(&combined.join("playlist.m3u8"));
-    let after: Vec<i64> = have.iter().copied().filter(|&i| i >= first_after).collect();
-    assert!(after.len() >= 2, "segments after the slip: {have:?} (slip at frame {slip_frame})");
-    for i in after {
+    let slipped_indices: Vec<i64> = have.iter().copied().filter(|&i| i >= first_after && i < at).collect();
+    assert!(!slipped_indices.is_empty(), "segments made slipped: {have:?} (slip at frame {slip_frame}, back at {at})");
+    for i in slipped_indices {
         let f = format!("seg-{i}.m4s");
         let bytes = std::fs::read(combined.join(&f)).unwrap();
-        let n1 = std::fs::read(dir.path().join(format!("n1/ch/90p/{f}"))).ok();
-        let n0 = std::fs::read(dir.path().join(format!("n0/ch/90p/{f}"))).ok();
-        assert!(n1.as_ref().is_some_and(|b| *b != bytes), "{f}: n1's slipped segment differs and is not taken");
-        assert_eq!(n0.as_ref(), Some(&bytes), "{f}: the majority's bytes");
+        assert!(own(1, i).is_some_and(|b| b != bytes), "{f}: n1's slipped segment differs and is not taken");
+        assert_eq!(own(0, i).as_ref(), Some(&bytes), "{f}: the majority's bytes");
     }
-    // n1 logged the drill and the deviation it sees as events.
+    assert!(have.windows(2).all(|w| w[1] == w[0] + 1), "no index missing from the combined output: {have:?}");
+
+    // A node that forges a proposal (no neighbour measures the offset it
+    // claims) is outvoted, and nothing changes.
+    let (code, body) =
+        request(&admin, &token, "POST", "/api/v1/channels/ch/drills/forged-proposal", r#"{"frames": 3}"#);
+    assert_eq!(code, 202, "{body}");
+    let forged = Instant::now();
+    let outvoted = loop {
+        assert!(forged.elapsed() < Duration::from_secs(20), "not outvoted: {:?}", status(1).map(|v| resync(&v)));
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(v1) = status(1) else { continue };
+        let r = resync(&v1);
+        if r["proposal"]["correction"]["realign"]["frames"] == 3 {
+            assert_ne!(r["outcome"], "applied", "a forged proposal carried: {r}");
+            if r["outcome"] == "outvoted" {
+                break r;
+            }
+        }
+    };
+    assert_eq!(outvoted["approvals"], serde_json::json!([]), "{outvoted}");
+    std::thread::sleep(Duration::from_secs(3));
+    let (v0, v1) = (status(0).unwrap(), status(1).unwrap());
+    assert_eq!((offset(&v0, "n1"), offset(&v1, "n0")), (Some(0), Some(0)), "nothing moved");
+
+    // n1 logged it all as events.
     let (code, events) = request(&admin, &token, "GET", "/api/v1/events?since=0", "");
     assert_eq!(code, 200, "{events}");
-    assert!(events.contains("slip drill: channel ch's capture slips 1 frame late"), "{events}");
-    assert!(events.contains("channel ch: n0 numbers the same pictures 1 frame behind n1"), "{events}");
+    for needle in [
+        "slip drill: channel ch's capture slips 1 frame late",
+        "channel ch: n0 numbers the same pictures 1 frame behind n1",
+        "channel ch: n1 proposes to realign its capture by -1 frame at segment",
+        "channel ch: n1 will realign its capture by -1 frame at segment",
+        "carried by 2 of 2 (n0, n2)",
+        "channel ch: n0 is in lockstep with n1 again",
+        "proposal to realign its capture by 3 frames at segment",
+        "was outvoted (0 of 2 approved); nothing changes",
+    ] {
+        assert!(events.contains(needle), "no event with {needle:?}: {events}");
+    }
 }

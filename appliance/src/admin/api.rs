@@ -154,6 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
         .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
         .route("/api/v1/channels/{id}/drills/slip", post(slip_drill))
+        .route("/api/v1/channels/{id}/drills/forged-proposal", post(forged_proposal_drill))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
         .route("/api/v1/clock", get(clock))
@@ -918,6 +919,48 @@ async fn slip_drill(
     Ok(json(StatusCode::ACCEPTED, detail))
 }
 
+/// A forged-proposal drill: this node proposes to realign its capture of
+/// the channel by `frames` with made-up evidence. Its neighbours measure
+/// no such offset, vote it down, and nothing changes (the outcome shows in
+/// `GET /api/v1/swarm` and the events).
+async fn forged_proposal_drill(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let ch = check_channel(&state, &id)?;
+    let SlipDrill { frames } = parse_body(&headers, &body)?;
+    let max = crate::swarm::deviation::MAX_OFFSET;
+    if frames == 0 || frames.abs() > max {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "frames",
+            format!("frames {frames}: allowed -{max} to {max}, not 0"),
+        ));
+    }
+    let Some(swarm) = state.ctx.swarm.as_ref() else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "this appliance is in no swarm: nobody to propose to"));
+    };
+    if !ch.taps.status.running.load(Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to propose")));
+    }
+    swarm.forge_proposal(&id, frames);
+    let detail = json!({ "channel": id, "frames": frames });
+    state.audit(&actor.name(), Some(from), "forged-proposal-drill", detail.clone());
+    state.events.push(
+        "drill",
+        Some(&state.ctx.config.appliance.id),
+        format!(
+            "forged-proposal drill: channel {id}: a realignment by {frames} frames proposed without cause (by {})",
+            actor.name()
+        ),
+    );
+    Ok(json(StatusCode::ACCEPTED, detail))
+}
+
 fn clock_json(state: &AppState) -> Value {
     let first = state.ctx.channels.first();
     let s = &first.taps.status;
@@ -1108,6 +1151,7 @@ async fn swarm(State(state): Shared) -> Response {
             "isolated": v.isolated,
             "members": members,
             "packets": v.packets,
+            "resync": v.resync,
         }),
     )
 }

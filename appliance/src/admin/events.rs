@@ -128,6 +128,8 @@ pub struct ViewDiff {
     moves: Vec<Move>,
     /// The last known frame offset of each (channel, neighbour).
     offsets: BTreeMap<(String, String), i64>,
+    /// This node's last proposal per channel: (id, outcome).
+    proposals: BTreeMap<String, (u64, crate::swarm::resync::Outcome)>,
     seen: bool,
 }
 
@@ -205,6 +207,7 @@ impl ViewDiff {
             }
         }
         self.deviations(view, log);
+        self.resync(view, log);
         let mut still = Vec::new();
         for m in std::mem::take(&mut self.moves) {
             if gone(&m.from) {
@@ -226,6 +229,43 @@ impl ViewDiff {
         }
         self.moves = still;
         self.seen = true;
+    }
+
+    /// This node's resynchronisation proposals and their outcomes
+    /// (`resync` events).
+    fn resync(&mut self, view: &View, log: &EventLog) {
+        use crate::swarm::resync::{Correction, Outcome};
+        for (channel, s) in &view.resync {
+            let now = (s.proposal.id, s.outcome);
+            if self.proposals.insert(channel.clone(), now) == Some(now) {
+                continue;
+            }
+            let Correction::Realign { frames } = s.proposal.correction;
+            let what = format!(
+                "realign its capture by {frames} frame{} at segment {}",
+                if frames.abs() == 1 { "" } else { "s" },
+                s.proposal.at_segment
+            );
+            let me = &view.node;
+            let evidence: Vec<String> = s.proposal.evidence.iter().map(|(n, k)| format!("{n} {k:+}")).collect();
+            let text = match s.outcome {
+                Outcome::Proposed => {
+                    format!("channel {channel}: {me} proposes to {what} (offsets measured: {})", evidence.join(", "))
+                }
+                Outcome::Applied => format!(
+                    "channel {channel}: {me} will {what}: carried by {} of {} ({})",
+                    s.approvals.len(),
+                    s.voters,
+                    s.approvals.join(", ")
+                ),
+                Outcome::Outvoted => format!(
+                    "channel {channel}: {me}'s proposal to {what} was outvoted ({} of {} approved); nothing changes",
+                    s.approvals.len(),
+                    s.voters
+                ),
+            };
+            log.push("resync", Some(me), text);
+        }
     }
 
     /// A neighbour whose numbering of the same pictures moves away from

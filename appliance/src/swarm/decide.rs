@@ -210,6 +210,8 @@ mod tests {
             ladder: Vec::new(),
             trail_first: 0,
             trail: Vec::new(),
+            proposal: None,
+            votes: Vec::new(),
         }
     }
 

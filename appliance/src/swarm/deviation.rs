@@ -159,6 +159,8 @@ mod tests {
             ladder: Vec::new(),
             trail_first,
             trail,
+            proposal: None,
+            votes: Vec::new(),
         }
     }
 

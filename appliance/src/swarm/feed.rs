@@ -69,6 +69,7 @@ impl Feed {
         }
         let status = &taps.status;
         (c.trail_first, c.trail) = lock(&status.trail).snapshot();
+        c.segment_frames = i64::from(status.segment_frames.load(Ordering::Relaxed));
         c.frame = status.frame.load(Ordering::Relaxed);
         c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
         let written = status.write_errors.load(Ordering::Relaxed);
@@ -127,6 +128,15 @@ pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::C
         kept.retain(|id, _| channels.get(id).is_some());
         kept.extend(targets);
         drop(kept);
+        // Corrections the swarm approved go to the channels' captures.
+        let approved = std::mem::take(&mut *lock(&swarm.shared.corrections));
+        for (id, at_frame, correction) in approved {
+            let Some(ch) = channels.get(&id) else { continue };
+            let super::resync::Correction::Realign { frames } = correction;
+            ch.taps.status.realign_frames.store(frames, Ordering::Relaxed);
+            ch.taps.status.realign_at.store(at_frame, Ordering::Relaxed);
+            tracing::info!(channel = %id, frames, at_frame, "the swarm approved a realignment of this capture");
+        }
         drop(swarm);
         std::thread::sleep(Duration::from_millis(100));
     }

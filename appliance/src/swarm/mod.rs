@@ -16,6 +16,7 @@ pub mod election;
 mod feed;
 mod node;
 pub mod replicate;
+pub mod resync;
 pub mod state;
 pub mod wire;
 
@@ -149,6 +150,8 @@ pub struct ChannelLocal {
     pub trail_first: i64,
     /// Fingerprints of the last frames captured.
     pub trail: Vec<u64>,
+    /// Frames per segment.
+    pub segment_frames: i64,
 }
 
 impl ChannelLocal {
@@ -221,6 +224,9 @@ pub struct View {
     /// Per channel any node reports: every node's weight and the replica
     /// chosen for each recent segment.
     pub channels: BTreeMap<String, ChannelDecisions>,
+    /// Per channel this node runs: its last proposal to get back into
+    /// lockstep and where it stands.
+    pub resync: BTreeMap<String, resync::Status>,
     /// Hears no peer although it has been in a swarm.
     pub isolated: bool,
     /// Datagrams accepted and dropped, by reason.
@@ -239,6 +245,11 @@ struct Shared {
     throughput: Mutex<BTreeMap<String, f32>>,
     /// The combined outputs to keep, by channel.
     targets: Mutex<BTreeMap<String, replicate::Target>>,
+    /// Corrections the swarm approved, for the channels' captures:
+    /// (channel, first frame, correction).
+    corrections: Mutex<Vec<(String, i64, resync::Correction)>>,
+    /// Forged proposals asked for by a drill: (channel, frames).
+    forged: Mutex<Vec<(String, i64)>>,
 }
 
 /// A running swarm node.
@@ -263,6 +274,8 @@ impl Swarm {
             stats: WireStats::default(),
             throughput: Mutex::default(),
             targets: Mutex::default(),
+            corrections: Mutex::default(),
+            forged: Mutex::default(),
         });
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -283,6 +296,14 @@ impl Swarm {
         {
             tracing::error!("the combined output's thread panicked");
         }
+    }
+
+    /// Drill: this node proposes to realign its capture of `channel` by
+    /// `frames` with forged evidence at its next round. Its neighbours'
+    /// own measurements do not agree, so they vote it down and nothing
+    /// changes (docs/swarm.md, "Resynchronisation").
+    pub fn forge_proposal(&self, channel: &str, frames: i64) {
+        lock(&self.shared.forged).push((channel.to_string(), frames));
     }
 
     /// The combined outputs to keep, by channel.

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
 use rand::SeedableRng;
 
+use super::decide::ChannelDecisions;
 use super::state::{self, ChannelReport, ClockSummary, ConfidenceInputs, EncodingState, LoadSampler};
 use super::wire::{Kind, Opener, Sealer};
-use super::{NodeId, PeerView, Settings, Shared, View, decide};
+use super::{NodeId, PeerView, Settings, Shared, View, decide, resync};
 use crate::clock::realtime_ns;
 use crate::sync::lock;
 
@@ -36,6 +37,11 @@ pub(super) struct Node {
     ever_joined: bool,
     last_drop_log: Option<Instant>,
     last_seed_announce: Instant,
+    /// Per channel: its last proposal and where it stands.
+    resync: BTreeMap<String, resync::Status>,
+    /// Per channel: no new proposal before this segment (the neighbours'
+    /// measurements still show the offset a correction just removed).
+    quiet_until: BTreeMap<String, i64>,
 }
 
 fn foca_config(s: &Settings) -> foca::Config {
@@ -85,6 +91,8 @@ impl Node {
             load: LoadSampler::default(),
             started: Instant::now(),
             ever_joined: false,
+            resync: BTreeMap::new(),
+            quiet_until: BTreeMap::new(),
             last_drop_log: None,
             last_seed_announce: Instant::now(),
         }
@@ -278,6 +286,7 @@ impl Node {
             c.weight = self.own_weights.get(&c.id).copied().unwrap_or(0.0);
         }
         me.leader = self.leader.clone();
+        self.resync_round(&mut me, &channels, &group);
         self.send_state(&me, &members);
         let mut view = lock(&self.shared.view);
         view.me = Some(me);
@@ -290,6 +299,7 @@ impl Node {
         view.group = group;
         view.leader = self.leader.clone();
         view.channels = channels;
+        view.resync = self.resync.clone();
         if isolated != view.isolated {
             if isolated {
                 tracing::warn!("isolated: no swarm member reachable; producing locally");
@@ -302,6 +312,113 @@ impl Node {
         if let Some(path) = &self.settings.status_file {
             write_view(path, &view);
         }
+    }
+
+    /// Resynchronisation, per channel this node runs: its votes on the
+    /// others' proposals, its own proposal when a majority sees it out of
+    /// step (or a drill forged one), and the fate of that proposal:
+    /// carried (the correction goes to the capture), outvoted, or open.
+    fn resync_round(
+        &mut self,
+        me: &mut EncodingState,
+        channels: &BTreeMap<String, ChannelDecisions>,
+        group: &[String],
+    ) {
+        let segment_frames: BTreeMap<String, i64> =
+            lock(&self.shared.local).channels.iter().map(|(id, c)| (id.clone(), c.segment_frames.max(1))).collect();
+        let mut forged = std::mem::take(&mut *lock(&self.shared.forged));
+        let now_ms = u64::try_from(realtime_ns() / 1_000_000).unwrap_or(0);
+        for c in &mut me.channels {
+            let Some(decisions) = channels.get(&c.id) else { continue };
+            let frames_per_segment = segment_frames.get(&c.id).copied().unwrap_or(1);
+            let segment = c.frame.div_euclid(frames_per_segment);
+            let voters: Vec<&PeerView> = self
+                .peers
+                .values()
+                .filter(|p| p.healthy && group.contains(&p.state.node) && p.state.channel(&c.id).is_some())
+                .collect();
+            c.votes = voters
+                .iter()
+                .filter_map(|p| {
+                    let proposal = p.state.channel(&c.id)?.proposal.as_ref()?;
+                    let approve = resync::vote(proposal, decisions.deviations.get(&p.state.node));
+                    Some(resync::Vote { node: p.state.node.clone(), id: proposal.id, approve })
+                })
+                .collect();
+            let names: Vec<String> = voters.iter().map(|p| p.state.node.clone()).collect();
+            let approvals: Vec<String> = match self.resync.get(&c.id) {
+                Some(s) => voters
+                    .iter()
+                    .filter(|p| {
+                        p.state.channel(&c.id).is_some_and(|x| {
+                            x.votes.iter().any(|v| v.node == self.settings.node && v.id == s.proposal.id && v.approve)
+                        })
+                    })
+                    .map(|p| p.state.node.clone())
+                    .collect(),
+                None => Vec::new(),
+            };
+            match self.resync.get_mut(&c.id) {
+                Some(s) if s.outcome == resync::Outcome::Proposed => {
+                    s.approvals = approvals;
+                    s.voters = names.len();
+                    if resync::carried(s.approvals.len(), s.voters) && segment < s.proposal.at_segment {
+                        s.outcome = resync::Outcome::Applied;
+                        let at_frame = s.proposal.at_segment * frames_per_segment;
+                        lock(&self.shared.corrections).push((c.id.clone(), at_frame, s.proposal.correction));
+                        self.quiet_until.insert(c.id.clone(), s.proposal.at_segment + 3);
+                        tracing::info!(channel = %c.id, approvals = ?s.approvals, at_segment = s.proposal.at_segment, "resynchronisation carried");
+                    } else if segment >= s.proposal.at_segment {
+                        s.outcome = resync::Outcome::Outvoted;
+                        self.quiet_until.insert(c.id.clone(), segment + 2);
+                        tracing::warn!(channel = %c.id, approvals = ?s.approvals, voters = s.voters, "resynchronisation outvoted; nothing changes");
+                    }
+                }
+                // Carried and its boundary not reached yet: nothing new.
+                Some(s) if s.outcome == resync::Outcome::Applied && segment <= s.proposal.at_segment => {}
+                _ => {
+                    let quiet = self.quiet_until.get(&c.id).is_some_and(|q| segment < *q);
+                    let drill = forged.iter().position(|(id, _)| id == &c.id).map(|at| forged.remove(at));
+                    let wanted = match drill {
+                        // A drill: a correction nobody measured, with made-up evidence.
+                        Some((_, frames)) => Some((
+                            resync::Correction::Realign { frames },
+                            names.iter().map(|n| (n.clone(), frames)).collect(),
+                        )),
+                        None if quiet => None,
+                        None => resync::proposal_needed(&decisions.deviations, &names),
+                    };
+                    if let Some((correction, evidence)) = wanted {
+                        let proposal = resync::Proposal {
+                            id: now_ms,
+                            correction,
+                            at_segment: segment + resync::LEAD_SEGMENTS,
+                            evidence,
+                        };
+                        tracing::info!(channel = %c.id, ?proposal, "proposing a resynchronisation");
+                        let status = resync::Status {
+                            proposal,
+                            outcome: resync::Outcome::Proposed,
+                            approvals: Vec::new(),
+                            voters: names.len(),
+                        };
+                        self.resync.insert(c.id.clone(), status);
+                    }
+                }
+            }
+            // The proposal goes out while it is open, and once carried until
+            // its boundary, so every voter sees how it ended.
+            c.proposal = self
+                .resync
+                .get(&c.id)
+                .filter(|s| {
+                    s.outcome == resync::Outcome::Proposed
+                        || (s.outcome == resync::Outcome::Applied && segment <= s.proposal.at_segment)
+                })
+                .map(|s| s.proposal.clone());
+        }
+        // A drill for a channel with a proposal under way waits its turn.
+        lock(&self.shared.forged).extend(forged);
     }
 
     fn own_state(&mut self, latency: f32, jitter: f32, isolated: bool) -> EncodingState {
@@ -339,6 +456,8 @@ impl Node {
                 ladder: c.ladder.clone(),
                 trail_first: c.trail_first,
                 trail: c.trail.clone(),
+                proposal: None,
+                votes: Vec::new(),
             })
             .collect();
         EncodingState {

@@ -62,6 +62,11 @@ pub struct ChannelReport {
     /// 64-bit fingerprints of its last captured frames, consecutive from
     /// `trail_first` (`crate::analysis::FrameTrail`).
     pub trail: Vec<u64>,
+    /// Its open proposal to get back into lockstep, if any
+    /// (docs/swarm.md, "Resynchronisation").
+    pub proposal: Option<super::resync::Proposal>,
+    /// Its votes on the other nodes' open proposals for this channel.
+    pub votes: Vec<super::resync::Vote>,
 }
 
 /// One node's Encoding State Packet: the node, then every channel it
@@ -167,6 +172,8 @@ pub fn decode_single_channel(payload: &[u8]) -> Option<EncodingState> {
         ladder: s.ladder,
         trail_first: 0,
         trail: Vec::new(),
+        proposal: None,
+        votes: Vec::new(),
     };
     Some(EncodingState {
         node: s.node,
