@@ -212,13 +212,11 @@ fn a_killed_leader_is_detected_and_replaced() {
     assert!(d < Duration::from_secs(5) && r < Duration::from_secs(5));
 }
 
-#[test]
-fn bad_packets_are_dropped_and_counted() {
-    let key = FleetKey::generate();
-    let port = free_ports(1);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+/// An in-process swarm node with no seeds, on a free loopback port.
+fn lone_node(name: &str, key: &FleetKey) -> (Swarm, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_ports(1)).parse().unwrap();
     let swarm = Swarm::start(Settings {
-        node: "target".into(),
+        node: name.into(),
         bind: addr,
         advertise: addr,
         seeds: Vec::new(),
@@ -233,6 +231,13 @@ fn bad_packets_are_dropped_and_counted() {
         status_file: None,
     })
     .unwrap();
+    (swarm, addr)
+}
+
+#[test]
+fn bad_packets_are_dropped_and_counted() {
+    let key = FleetKey::generate();
+    let (swarm, addr) = lone_node("target", &key);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let now_ms = || lockstep::clock::realtime_ns() / 1_000_000;
     let ours = Sealer::new(&key);
@@ -694,24 +699,7 @@ struct SingleChannelPacket {
 #[test]
 fn an_older_member_sending_single_channel_packets_stays_in_the_swarm() {
     let key = FleetKey::generate();
-    let port = free_ports(1);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let swarm = Swarm::start(Settings {
-        node: "new".into(),
-        bind: addr,
-        advertise: addr,
-        seeds: Vec::new(),
-        key: key.clone(),
-        state_interval: Duration::from_millis(100),
-        probe_period: Duration::from_millis(300),
-        suspect_after: Duration::from_millis(900),
-        expected_nodes: 3,
-        neighbours: 3,
-        origin: None,
-        frame_ns: 40e6,
-        status_file: None,
-    })
-    .unwrap();
+    let (swarm, addr) = lone_node("new", &key);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let old = Sealer::new(&key);
     let now_ms = lockstep::clock::realtime_ns() / 1_000_000;

@@ -868,6 +868,21 @@ struct SlipDrill {
     frames: i64,
 }
 
+/// The frames of a slip or forged-proposal drill: within the offsets the
+/// swarm looks for, not 0.
+fn drill_frames(headers: &HeaderMap, body: &Bytes) -> Result<i64, ApiError> {
+    let SlipDrill { frames } = parse_body(headers, body)?;
+    let max = crate::swarm::deviation::MAX_OFFSET;
+    if frames == 0 || frames.abs() > max {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "frames",
+            format!("frames {frames}: allowed -{max} to {max}, not 0"),
+        ));
+    }
+    Ok(frames)
+}
+
 /// A slip drill: the channel's capture slips by `frames` against the
 /// shared timeline, as a capture that lost (positive) or gained frames
 /// would; its neighbours see the frame offset and the hashes disagree.
@@ -881,15 +896,7 @@ async fn slip_drill(
     body: Bytes,
 ) -> ApiResult {
     let ch = check_channel(&state, &id)?;
-    let SlipDrill { frames } = parse_body(&headers, &body)?;
-    let max = crate::swarm::deviation::MAX_OFFSET;
-    if frames == 0 || frames.abs() > max {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "frames",
-            format!("frames {frames}: allowed -{max} to {max}, not 0"),
-        ));
-    }
+    let frames = drill_frames(&headers, &body)?;
     if ch.supervisor.config().source.kind != crate::config::SourceKind::Test {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -932,15 +939,7 @@ async fn forged_proposal_drill(
     body: Bytes,
 ) -> ApiResult {
     let ch = check_channel(&state, &id)?;
-    let SlipDrill { frames } = parse_body(&headers, &body)?;
-    let max = crate::swarm::deviation::MAX_OFFSET;
-    if frames == 0 || frames.abs() > max {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "frames",
-            format!("frames {frames}: allowed -{max} to {max}, not 0"),
-        ));
-    }
+    let frames = drill_frames(&headers, &body)?;
     let Some(swarm) = state.ctx.swarm.as_ref() else {
         return Err(ApiError::new(StatusCode::CONFLICT, "this appliance is in no swarm: nobody to propose to"));
     };
