@@ -863,7 +863,7 @@ fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_major
         slip_frame / segment_frames,
         back.as_secs_f64()
     );
-    assert!(at - slip_frame / segment_frames <= 4, "corrected within 4 segments of the slip: {at}");
+    assert!(at - slip_frame / segment_frames <= 4, "corrected within 4 segments of the slip (3 seen): {at}");
     let own = |k: usize, i: i64| std::fs::read(dir.path().join(format!("n{k}/ch/90p/seg-{i}.m4s"))).ok();
     for i in at..=at + 1 {
         assert!(

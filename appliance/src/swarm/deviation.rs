@@ -14,10 +14,10 @@ use super::state::ChannelReport;
 pub const MAX_OFFSET: i64 = 12;
 /// Fewest frames compared at an offset for it to count.
 pub const MIN_OVERLAP: usize = 24;
-/// Only this node's newest frames are compared (its trail holds more), so
-/// a slip shows within about this many frames (2.6 s at 25 fps) while a
-/// neighbour's packet up to half a second old still overlaps enough.
-pub const RECENT_FRAMES: usize = 64;
+/// Only the newest frames both trails hold at an offset are compared
+/// (the trails hold more), so a slip shows within about this many frames
+/// of the neighbour's last packet (1.3 s at 25 fps).
+pub const RECENT_FRAMES: usize = 32;
 /// Share of the frames compared at an offset that must match (9 in 10:
 /// a frame substituted on one node during an input fault does not hide
 /// the offset).
@@ -67,7 +67,7 @@ pub fn deviation(mine: &ChannelReport, theirs: &ChannelReport) -> Deviation {
 /// The offset `k` for which frame `n` of `mine` carries the picture of
 /// frame `n + k` of `theirs`, with the number of frames that matched; each
 /// trail is (first frame number, fingerprints), and only the newest
-/// [`RECENT_FRAMES`] of `mine` are compared. `None` unless exactly one
+/// [`RECENT_FRAMES`] frames both hold are compared. `None` unless exactly one
 /// offset within ±[`MAX_OFFSET`] compares at least [`MIN_OVERLAP`] frames
 /// and matches 9 in 10 of them.
 pub fn frame_offset(mine: (i64, &[u64]), theirs: (i64, &[u64])) -> Option<(i64, usize)> {
@@ -76,11 +76,14 @@ pub fn frame_offset(mine: (i64, &[u64]), theirs: (i64, &[u64])) -> Option<(i64, 
     let mut found = None;
     for k in -MAX_OFFSET..=MAX_OFFSET {
         let (mut compared, mut matched) = (0usize, 0usize);
-        for (i, print) in mine.iter().enumerate().skip(mine.len().saturating_sub(RECENT_FRAMES)) {
+        for (i, print) in mine.iter().enumerate().rev() {
             let j = mine_first + i as i64 + k - theirs_first;
             if let Some(other) = usize::try_from(j).ok().and_then(|j| theirs.get(j)) {
                 compared += 1;
                 matched += usize::from(other == print);
+                if compared == RECENT_FRAMES {
+                    break;
+                }
             }
         }
         if compared < MIN_OVERLAP || matched * 10 < compared * MATCH_TENTHS {
@@ -108,15 +111,15 @@ mod tests {
     #[test]
     fn the_offset_between_two_numberings_of_the_same_pictures_is_found() {
         let base = pictures(1_000, 100);
-        assert_eq!(frame_offset((1_000, &base), (1_000, &base)), Some((0, 64)), "in lockstep, the newest 64");
+        assert_eq!(frame_offset((1_000, &base), (1_000, &base)), Some((0, 32)), "in lockstep, the newest 32");
         // A node whose numbering runs one frame ahead: its frame n + 1
         // holds the picture this node numbers n. Trails sent at different
         // moments overlap only in part.
         let ahead: Vec<u64> = pictures(1_030, 100);
-        assert_eq!(frame_offset((1_031, &ahead), (1_000, &base)), Some((-1, 34)));
-        assert_eq!(frame_offset((1_000, &base), (1_031, &ahead)), Some((1, 64)));
+        assert_eq!(frame_offset((1_031, &ahead), (1_000, &base)), Some((-1, 32)));
+        assert_eq!(frame_offset((1_000, &base), (1_031, &ahead)), Some((1, 32)));
         let behind3 = pictures(1_010, 100);
-        assert_eq!(frame_offset((1_000, &base), (1_007, &behind3)), Some((-3, 64)));
+        assert_eq!(frame_offset((1_000, &base), (1_007, &behind3)), Some((-3, 32)));
     }
 
     #[test]
@@ -134,10 +137,12 @@ mod tests {
     fn a_few_substituted_frames_do_not_hide_the_offset() {
         let base = pictures(0, 100);
         let mut theirs = pictures(0, 100);
-        for f in theirs.iter_mut().skip(40).take(5) {
+        for f in theirs.iter_mut().skip(90).take(3) {
             *f = 0; // black frames during a short input fault
         }
-        assert_eq!(frame_offset((0, &base), (1, &theirs[1..])), Some((0, 59)));
+        assert_eq!(frame_offset((0, &base), (1, &theirs[1..])), Some((0, 29)));
+        theirs[80] = 0;
+        assert_eq!(frame_offset((0, &base), (1, &theirs[1..])), None, "4 in 32 are too many");
     }
 
     fn report(trail_first: i64, trail: Vec<u64>, segments: &[(i64, u8)], latency: f32) -> ChannelReport {

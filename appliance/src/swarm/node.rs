@@ -324,13 +324,16 @@ impl Node {
         channels: &BTreeMap<String, ChannelDecisions>,
         group: &[String],
     ) {
-        let segment_frames: BTreeMap<String, i64> =
-            lock(&self.shared.local).channels.iter().map(|(id, c)| (id.clone(), c.segment_frames.max(1))).collect();
+        let segment_frames: BTreeMap<String, (i64, f32)> = lock(&self.shared.local)
+            .channels
+            .iter()
+            .map(|(id, c)| (id.clone(), (c.segment_frames.max(1), c.segment_ms)))
+            .collect();
         let mut forged = std::mem::take(&mut *lock(&self.shared.forged));
         let now_ms = u64::try_from(realtime_ns() / 1_000_000).unwrap_or(0);
         for c in &mut me.channels {
             let Some(decisions) = channels.get(&c.id) else { continue };
-            let frames_per_segment = segment_frames.get(&c.id).copied().unwrap_or(1);
+            let (frames_per_segment, segment_ms) = segment_frames.get(&c.id).copied().unwrap_or((1, 0.0));
             let segment = c.frame.div_euclid(frames_per_segment);
             let voters: Vec<&PeerView> = self
                 .peers
@@ -392,7 +395,7 @@ impl Node {
                         let proposal = resync::Proposal {
                             id: now_ms,
                             correction,
-                            at_segment: segment + resync::LEAD_SEGMENTS,
+                            at_segment: resync::boundary(c.frame, frames_per_segment, segment_ms),
                             evidence,
                         };
                         tracing::info!(channel = %c.id, ?proposal, "proposing a resynchronisation");

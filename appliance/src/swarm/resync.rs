@@ -15,9 +15,19 @@ use serde::{Deserialize, Serialize};
 
 use super::deviation::Deviation;
 
-/// Segments between a proposal and the boundary it acts at: time for the
-/// votes (a round or two) whatever the position in the current segment.
-pub const LEAD_SEGMENTS: i64 = 2;
+/// Time the votes need before the boundary a proposal acts at: the
+/// proposal out, the votes back, a round to count them (state every
+/// 500 ms), with room to spare.
+pub const VOTE_TIME_MS: f32 = 1_500.0;
+
+/// The boundary a proposal made at `frame` acts at: the next one when at
+/// least [`VOTE_TIME_MS`] away, else the one after.
+pub fn boundary(frame: i64, frames_per_segment: i64, segment_ms: f32) -> i64 {
+    let per = frames_per_segment.max(1);
+    let segment = frame.div_euclid(per);
+    let left = (per - frame.rem_euclid(per)) as f32 / per as f32 * segment_ms;
+    if left >= VOTE_TIME_MS { segment + 1 } else { segment + 2 }
+}
 
 /// What a node proposes to do to get back into lockstep.
 /// (Externally tagged: the packets are postcard, which cannot read an
@@ -218,6 +228,16 @@ mod tests {
             }],
         };
         assert_eq!(state::decode(&state::encode(&s)), Some(s));
+    }
+
+    #[test]
+    fn a_proposal_acts_at_the_first_boundary_the_votes_can_reach() {
+        // 2 s segments of 50 frames: 1.5 s is 37.5 frames.
+        assert_eq!(boundary(1_000, 50, 2_000.0), 21, "at a segment's start: the next boundary");
+        assert_eq!(boundary(1_012, 50, 2_000.0), 21, "38 frames (1.52 s) left");
+        assert_eq!(boundary(1_013, 50, 2_000.0), 22, "37 frames (1.48 s) left: the one after");
+        assert_eq!(boundary(1_049, 50, 2_000.0), 22);
+        assert_eq!(boundary(1_000, 25, 1_000.0), 42, "1 s segments: always the one after");
     }
 
     #[test]
