@@ -104,6 +104,14 @@ fn a_demo_swarm_agrees_on_bytes_and_leader() {
     }
 }
 
+/// A new fleet key in `dir/fleet.key`, mode 600, as the nodes need it.
+fn fleet_key(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("fleet.key");
+    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    key
+}
+
 /// A light appliance process in the swarm.
 fn node(dir: &Path, k: u16, ports: (u16, u16), key: &Path) -> Child {
     node_with(dir, k, ports, key, "")
@@ -154,9 +162,7 @@ impl Drop for Nodes {
 fn a_killed_leader_is_detected_and_replaced() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("fleet.key");
-    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = fleet_key(dir.path());
     let ports = (free_ports(3), free_ports(3));
     let mut nodes = Nodes((0..3).map(|k| node(dir.path(), k, ports, &key)).collect());
     let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
@@ -294,9 +300,7 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
     let _turn = one_at_a_time();
     common::require_tool("ffprobe");
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("fleet.key");
-    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = fleet_key(dir.path());
     let ports = (free_ports(3), free_ports(3));
     let window = "window_segments = 30\n";
     let mut nodes = Nodes(vec![node_with(dir.path(), 0, ports, &key, window)]);
@@ -482,9 +486,7 @@ fn a_cut_off_node_keeps_producing_flags_itself_isolated_and_converges() {
     assert!(common::is_root(), "this test creates a network namespace and needs root (CI runs as root)");
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("fleet.key");
-    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = fleet_key(dir.path());
     let tag = std::process::id() % 100_000;
     let ns = Netns::new(tag);
     let net = tag % 250;
@@ -566,9 +568,7 @@ fn listed(playlist: &Path) -> Vec<i64> {
 fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_kill() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("fleet.key");
-    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = fleet_key(dir.path());
     let ports = (free_ports(3), free_ports(3));
     // n0 and n1 encode `ch` and `two` (another picture size, another
     // ladder); n2 encodes `ch` only.
@@ -775,9 +775,7 @@ fn request(admin: &str, token: &str, method: &str, path: &str, body: &str) -> (u
 fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_majority_vote() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("fleet.key");
-    std::fs::write(&key, FleetKey::generate().to_hex()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key = fleet_key(dir.path());
     let ports = (free_ports(3), free_ports(3));
     // n1 has the admin API, for the drill.
     let passwd = dir.path().join("admin.passwd");
