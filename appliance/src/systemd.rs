@@ -76,7 +76,7 @@ impl Sample {
     pub fn of(status: &ChannelStatus) -> Self {
         Self {
             running: status.running.load(Ordering::Relaxed),
-            frames: status.frames_captured.load(Ordering::Relaxed),
+            frames: status.capture.frames_captured.load(Ordering::Relaxed),
             segments: status.segments_published.load(Ordering::Relaxed),
         }
     }

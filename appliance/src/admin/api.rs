@@ -323,7 +323,7 @@ async fn session(State(state): Shared, axum::Extension(actor): axum::Extension<A
 fn current_segment(channel: &Channel) -> i64 {
     let status = &channel.taps.status;
     let frames = i64::from(status.segment_frames.load(Ordering::Relaxed).max(1));
-    status.frame.load(Ordering::Relaxed).div_euclid(frames)
+    status.capture.frame.load(Ordering::Relaxed).div_euclid(frames)
 }
 
 async fn status(State(state): Shared) -> Response {
@@ -356,15 +356,15 @@ async fn status(State(state): Shared) -> Response {
             "channel": {
                 "id": first.id,
                 "running": s.running.load(Ordering::Relaxed),
-                "frame": s.frame.load(Ordering::Relaxed),
+                "frame": s.capture.frame.load(Ordering::Relaxed),
                 "segment": current_segment(&first),
             },
             "channels": state.ctx.channels.all().len(),
             "clock": clock,
             "encode_latency_ms": s.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "write_errors": s.write_errors.load(Ordering::Relaxed),
-            "frames_captured": s.frames_captured.load(Ordering::Relaxed),
-            "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
+            "frames_captured": s.capture.frames_captured.load(Ordering::Relaxed),
+            "frames_dropped": s.capture.frames_dropped.load(Ordering::Relaxed),
             "swarm": swarm,
         }),
     )
@@ -472,13 +472,13 @@ fn source_json(ch: &Channel) -> Value {
         },
         "path": config.source.path,
         "device": (config.source.kind == crate::config::SourceKind::V4l2).then(|| config.source.device.clone()),
-        "input_fault": lock(&status.input_fault).clone(),
-        "input_faults": status.input_faults.load(Ordering::Relaxed),
+        "input_fault": lock(&status.capture.input_fault).clone(),
+        "input_faults": status.capture.input_faults.load(Ordering::Relaxed),
         "frames": {
-            "in_place": status.frames_in_place.load(Ordering::Relaxed),
-            "converted": status.frames_converted.load(Ordering::Relaxed),
-            "copied": status.frames_copied.load(Ordering::Relaxed),
-            "substituted": status.frames_substituted.load(Ordering::Relaxed),
+            "in_place": status.capture.frames_in_place.load(Ordering::Relaxed),
+            "converted": status.capture.frames_converted.load(Ordering::Relaxed),
+            "copied": status.capture.frames_copied.load(Ordering::Relaxed),
+            "substituted": status.capture.frames_substituted.load(Ordering::Relaxed),
         },
         "description": info.as_ref().map(|i| i.description.clone()),
         "width": info.as_ref().map(|i| i.width),
@@ -909,7 +909,7 @@ async fn slip_drill(
         return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to slip")));
     }
     ask(&ch, ChannelCommand::Slip(frames)).await?;
-    let slip = ch.taps.status.slip_frames.load(Ordering::Relaxed);
+    let slip = ch.taps.status.capture.slip_frames.load(Ordering::Relaxed);
     let detail = json!({ "channel": id, "frames": frames, "slip_frames": slip });
     state.audit(&actor.name(), Some(from), "slip-drill", detail.clone());
     state.events.push(

@@ -36,8 +36,10 @@ impl Run {
 
 /// Runs the pipeline for `seconds` of media, sampling the segment latency.
 pub(crate) fn pipeline_run(config: &Config, taps: &Taps, seconds: f64) -> anyhow::Result<Run> {
-    let (frames0, dropped0) =
-        (taps.status.frames_captured.load(Ordering::Relaxed), taps.status.frames_dropped.load(Ordering::Relaxed));
+    let (frames0, dropped0) = (
+        taps.status.capture.frames_captured.load(Ordering::Relaxed),
+        taps.status.capture.frames_dropped.load(Ordering::Relaxed),
+    );
     let mut segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -63,8 +65,8 @@ pub(crate) fn pipeline_run(config: &Config, taps: &Taps, seconds: f64) -> anyhow
     let latency_ms = sampler.join().map_err(|_| anyhow::anyhow!("latency sampler panicked"))?;
     result?;
     Ok(Run {
-        frames: taps.status.frames_captured.load(Ordering::Relaxed) - frames0,
-        dropped: taps.status.frames_dropped.load(Ordering::Relaxed) - dropped0,
+        frames: taps.status.capture.frames_captured.load(Ordering::Relaxed) - frames0,
+        dropped: taps.status.capture.frames_dropped.load(Ordering::Relaxed) - dropped0,
         latency_ms,
     })
 }

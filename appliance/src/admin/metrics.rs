@@ -46,13 +46,13 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
         "lockstep_frames_captured_total",
         "counter",
         "Frames captured since the daemon started.",
-        &per_channel(&|s| s.frames_captured.load(Ordering::Relaxed) as f64),
+        &per_channel(&|s| s.capture.frames_captured.load(Ordering::Relaxed) as f64),
     );
     metric(
         "lockstep_frames_dropped_total",
         "counter",
         "Frames skipped because capture fell behind real time.",
-        &per_channel(&|s| s.frames_dropped.load(Ordering::Relaxed) as f64),
+        &per_channel(&|s| s.capture.frames_dropped.load(Ordering::Relaxed) as f64),
     );
     // How pictures reached the pool: in place (no copy), converted once,
     // copied (a repeat filling a gap), or black standing in for a fault.
@@ -60,10 +60,10 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
     for ch in &channels {
         let s = &ch.taps.status;
         for (p, v) in [
-            ("in_place", &s.frames_in_place),
-            ("converted", &s.frames_converted),
-            ("copied", &s.frames_copied),
-            ("substituted", &s.frames_substituted),
+            ("in_place", &s.capture.frames_in_place),
+            ("converted", &s.capture.frames_converted),
+            ("copied", &s.capture.frames_copied),
+            ("substituted", &s.capture.frames_substituted),
         ] {
             paths.push((format!("channel=\"{}\",path=\"{p}\"", ch.id), v.load(Ordering::Relaxed) as f64));
         }
@@ -78,13 +78,13 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
         "lockstep_input_faults_total",
         "counter",
         "Input faults (no signal, no lock, timeouts, corrupt frames) since the daemon started.",
-        &per_channel(&|s| s.input_faults.load(Ordering::Relaxed) as f64),
+        &per_channel(&|s| s.capture.input_faults.load(Ordering::Relaxed) as f64),
     );
     metric(
         "lockstep_input_fault",
         "gauge",
         "1 while the input has a fault.",
-        &per_channel(&|s| f64::from(u8::from(lock(&s.input_fault).is_some()))),
+        &per_channel(&|s| f64::from(u8::from(lock(&s.capture.input_fault).is_some()))),
     );
     metric(
         "lockstep_encode_latency_seconds",

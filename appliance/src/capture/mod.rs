@@ -4,7 +4,9 @@
 //! are always present: the built-in test source and the file source (Y4M
 //! read directly, anything else decoded by an ffmpeg child process).
 
+pub mod pacing;
 pub mod pool;
+pub mod run;
 pub mod testsrc;
 pub mod v4l2;
 pub mod y4m;

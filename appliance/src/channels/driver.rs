@@ -165,7 +165,7 @@ pub(crate) fn supervise(
         let Ok((cmd, reply)) = commands.rx.recv_timeout(POLL) else { continue };
         let status = &taps.status;
         let frames = i64::from(status.segment_frames.load(Ordering::Relaxed).max(1));
-        let segment = status.frame.load(Ordering::Relaxed).div_euclid(frames);
+        let segment = status.capture.frame.load(Ordering::Relaxed).div_euclid(frames);
         driver.reply = Some(reply);
         driver.queue.push_back(Event::Command { cmd, segment, now: Instant::now() });
         sup = driver.drain(sup);
@@ -252,15 +252,15 @@ impl Driver<'_> {
                 }
                 Action::Status(change) => match change {
                     StatusChange::WaitingForDevice(w) => status.waiting_for_device.store(w, Ordering::Relaxed),
-                    StatusChange::InputFault(e) => *lock(&status.input_fault) = Some(e),
+                    StatusChange::InputFault(e) => *lock(&status.capture.input_fault) = Some(e),
                     StatusChange::ConfigError(e) => *lock(&status.config_error) = e,
                     StatusChange::RunError(e) => *lock(&status.run_error) = e,
                 },
                 Action::Hang(d) => {
-                    status.hang_ms.store(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    status.capture.hang_ms.store(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                 }
                 Action::Slip(frames) => {
-                    status.slip_frames.fetch_add(frames, Ordering::Relaxed);
+                    status.capture.slip_frames.fetch_add(frames, Ordering::Relaxed);
                 }
                 Action::ClockFault(fault) => {
                     *lock(&status.clock_fault) = Some(fault);

@@ -15,8 +15,8 @@ use lockstep_encoder_api::{
 use sha2::{Digest, Sha256};
 
 use crate::capture::pool::FrameRef;
+use crate::package::sink::SegmentSink;
 use crate::package::{EncodedSegment, TrackId, avc, fmp4};
-use crate::pipeline::SegmentSink;
 use crate::timeline::Grid;
 
 /// Work for an encoder: a fingerprinted frame, or the end.

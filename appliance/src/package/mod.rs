@@ -8,6 +8,7 @@
 pub mod avc;
 pub mod fmp4;
 pub mod hls;
+pub mod sink;
 pub mod store;
 
 use std::collections::VecDeque;

@@ -70,7 +70,7 @@ impl Feed {
         let status = &taps.status;
         (c.trail_first, c.trail) = lock(&status.trail).snapshot();
         c.segment_frames = i64::from(status.segment_frames.load(Ordering::Relaxed));
-        c.frame = status.frame.load(Ordering::Relaxed);
+        c.frame = status.capture.frame.load(Ordering::Relaxed);
         c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
         let written = status.write_errors.load(Ordering::Relaxed);
         for _ in self.errors_seen..written {
@@ -133,8 +133,8 @@ pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::C
         for (id, at_frame, correction) in approved {
             let Some(ch) = channels.get(&id) else { continue };
             let super::resync::Correction::Realign { frames } = correction;
-            ch.taps.status.realign_frames.store(frames, Ordering::Relaxed);
-            ch.taps.status.realign_at.store(at_frame, Ordering::Relaxed);
+            ch.taps.status.capture.realign_frames.store(frames, Ordering::Relaxed);
+            ch.taps.status.capture.realign_at.store(at_frame, Ordering::Relaxed);
             tracing::info!(channel = %id, frames, at_frame, "the swarm approved a realignment of this capture");
         }
         drop(swarm);
