@@ -19,16 +19,30 @@ use crate::timeline::Rate;
 /// resynchronises (a gap is filled by repeating the last picture, a frame
 /// ahead of the timeline is dropped). While the input has a fault, black
 /// frames stand in so every segment of the timeline still completes.
+///
+/// A realignment the swarm approved ([`DevicePacing::realign`]) moves the
+/// numbering against the capture times for good: forward, the numbers
+/// passed over carry the last picture again; back, as many pictures are
+/// dropped.
 #[derive(Default)]
 pub struct DevicePacing {
     last: Option<FrameRef>,
     fault: bool,
+    /// Frames added to the timeline slot a capture time maps to.
+    shift: i64,
+    /// Deliveries still to drop for a realignment backwards.
+    skip: u64,
 }
 
 impl std::fmt::Debug for DevicePacing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let last = self.last.as_ref().map(|frame| frame.meta().number);
-        f.debug_struct("DevicePacing").field("last", &last).field("fault", &self.fault).finish()
+        f.debug_struct("DevicePacing")
+            .field("last", &last)
+            .field("fault", &self.fault)
+            .field("shift", &self.shift)
+            .field("skip", &self.skip)
+            .finish()
     }
 }
 
@@ -59,7 +73,7 @@ impl DevicePacing {
                 }
                 *lock(&status.input_fault) = Some(why);
                 // Every frame due by now, so the timeline keeps moving.
-                let now = rate.frame_at(clock.now_tai_ns());
+                let now = rate.frame_at(clock.now_tai_ns()) + self.shift;
                 while *n <= now {
                     let mut w = pool.acquire();
                     let b = w.buffers();
@@ -81,10 +95,17 @@ impl DevicePacing {
                     tracing::info!("input fault cleared: frames flow again");
                 }
                 *lock(&status.input_fault) = None;
+                if self.skip > 0 {
+                    // A realignment backwards: this picture's number went
+                    // to the one before it.
+                    self.skip -= 1;
+                    status.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
                 let age = (crate::capture::v4l2::monotonic_ns() - captured_mono_ns).max(0);
                 let tai = clock.now_tai_ns() - age;
                 // The nearest frame slot of the timeline.
-                let nearest = rate.frame_at(tai);
+                let nearest = rate.frame_at(tai) + self.shift;
                 let ahead = nearest - *n;
                 if ahead <= -2 {
                     // The device runs ahead of the media clock: this frame has no slot.
@@ -100,28 +121,8 @@ impl DevicePacing {
                 } else if ahead >= 2 {
                     // Frames missing (the driver or the pipeline dropped
                     // them): repeat the last picture so segments stay whole.
-                    for _ in 0..ahead {
-                        let mut w = pool.acquire();
-                        let b = w.buffers();
-                        match &self.last {
-                            Some(last) => {
-                                let (y, u, v) = last.planes();
-                                b.y.copy_from_slice(y);
-                                b.u.copy_from_slice(u);
-                                b.v.copy_from_slice(v);
-                            }
-                            None => {
-                                b.y.fill(16);
-                                b.u.fill(128);
-                                b.v.fill(128);
-                            }
-                        }
-                        status.frames_copied.fetch_add(1, Ordering::Relaxed);
-                        let number = *n;
-                        *n += 1;
-                        if !emit(w.publish(meta(number))) {
-                            return false;
-                        }
+                    if !self.repeat(ahead, n, pool, clock, status, emit) {
+                        return false;
                     }
                 }
                 match path {
@@ -134,6 +135,66 @@ impl DevicePacing {
                 emit(frame)
             }
         }
+    }
+
+    /// Moves the numbering by `frames` from `n` on (a realignment the
+    /// swarm approved): the picture that would have been numbered `m` is
+    /// numbered `m + frames`. Forward, the numbers passed over repeat the
+    /// last picture, handed to `emit` at once; back, the next `-frames`
+    /// pictures are dropped. False when `emit` refused a frame.
+    pub fn realign(
+        &mut self,
+        frames: i64,
+        n: &mut i64,
+        pool: &Arc<FramePool>,
+        clock: &Clock,
+        status: &CaptureStatus,
+        emit: &mut dyn FnMut(FrameRef) -> bool,
+    ) -> bool {
+        self.shift += frames;
+        if frames < 0 {
+            self.skip += frames.unsigned_abs();
+            return true;
+        }
+        self.repeat(frames, n, pool, clock, status, emit)
+    }
+
+    /// Publishes `count` copies of the last picture (black before the
+    /// first) as the next frames, each handed to `emit` before the next
+    /// slot is taken.
+    fn repeat(
+        &self,
+        count: i64,
+        n: &mut i64,
+        pool: &Arc<FramePool>,
+        clock: &Clock,
+        status: &CaptureStatus,
+        emit: &mut dyn FnMut(FrameRef) -> bool,
+    ) -> bool {
+        for _ in 0..count {
+            let mut w = pool.acquire();
+            let b = w.buffers();
+            match &self.last {
+                Some(last) => {
+                    let (y, u, v) = last.planes();
+                    b.y.copy_from_slice(y);
+                    b.u.copy_from_slice(u);
+                    b.v.copy_from_slice(v);
+                }
+                None => {
+                    b.y.fill(16);
+                    b.u.fill(128);
+                    b.v.fill(128);
+                }
+            }
+            status.frames_copied.fetch_add(1, Ordering::Relaxed);
+            let number = *n;
+            *n += 1;
+            if !emit(w.publish(FrameMeta { number, audio_len: 0, captured_tai_ns: clock.now_tai_ns() })) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -272,5 +333,39 @@ mod tests {
         let out = place(&mut pacing, frame(&pool, &clock, next, 9), &mut n, &pool, &clock, &status);
         assert_eq!(numbers(&out), [next]);
         assert!(lock(&status.input_fault).is_none());
+    }
+
+    #[test]
+    fn a_realignment_moves_the_numbering_against_the_capture_times_for_good() {
+        let (pool, clock, status) = setup();
+        let mut pacing = DevicePacing::default();
+        let n0 = RATE.frame_at(clock.now_tai_ns()) - 100;
+        let mut n = n0;
+        place(&mut pacing, frame(&pool, &clock, n0, 1), &mut n, &pool, &clock, &status);
+        // Forward by 2: two repeats of picture 1 take the next numbers, and
+        // the picture captured in slot n0 + 1 is numbered n0 + 3.
+        let mut out = Vec::new();
+        assert!(pacing.realign(2, &mut n, &pool, &clock, &status, &mut |f| {
+            out.push(f);
+            true
+        }));
+        assert_eq!(numbers(&out), [n0 + 1, n0 + 2]);
+        assert!(out.iter().all(|f| f.planes().0[0] == 1));
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 1, 2), &mut n, &pool, &clock, &status);
+        assert_eq!(numbers(&out), [n0 + 3]);
+        // It stays moved: the next slot's picture is the next number.
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 2, 3), &mut n, &pool, &clock, &status);
+        assert_eq!(numbers(&out), [n0 + 4]);
+        // Back by 1 (a single frame, which the jitter tolerance alone
+        // would never absorb): one picture is dropped, the next one takes
+        // its number, and the count follows the slots again.
+        let dropped = status.frames_dropped.load(Ordering::Relaxed);
+        assert!(pacing.realign(-1, &mut n, &pool, &clock, &status, &mut |_| true));
+        assert!(place(&mut pacing, frame(&pool, &clock, n0 + 3, 4), &mut n, &pool, &clock, &status).is_empty());
+        assert_eq!(status.frames_dropped.load(Ordering::Relaxed), dropped + 1);
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 4, 5), &mut n, &pool, &clock, &status);
+        assert_eq!((numbers(&out), out[0].planes().0[0]), (vec![n0 + 5], 5));
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 5, 6), &mut n, &pool, &clock, &status);
+        assert_eq!(numbers(&out), [n0 + 6]);
     }
 }

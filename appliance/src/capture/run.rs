@@ -52,6 +52,10 @@ pub struct CaptureStatus {
     pub realign_at: AtomicI64,
     /// Frames of that realignment.
     pub realign_frames: AtomicI64,
+    /// The running source can be realigned: a live source read by frame
+    /// number (the test source) or a device that paces itself. A file is
+    /// read in order and cannot, so the swarm never proposes it moves.
+    pub can_realign: AtomicBool,
 }
 
 impl CaptureStatus {
@@ -144,16 +148,10 @@ impl CaptureLoop<'_> {
         let mut n = self.first_frame;
         let (mut frames, mut dropped) = (0u64, 0u64);
         let mut paced = self.device_paced.then(DevicePacing::default);
+        status.can_realign.store(self.device_paced || self.live, Ordering::Relaxed);
         while !self.stop.load(Ordering::Relaxed) && !past_end(n) {
             status.hang_drill();
             if let Some(pacing) = paced.as_mut() {
-                let delivery = match device.deliver(pool) {
-                    Ok(delivery) => delivery,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
                 // Past the end or the handover: the frame is not sent, and
                 // the loop condition ends the run.
                 let mut downstream_gone = false;
@@ -170,6 +168,17 @@ impl CaptureLoop<'_> {
                     }
                     frames += 1;
                     true
+                };
+                if let Some(moved) = status.realignment_due(n) {
+                    tracing::info!(frame = n, frames = moved, "capture realigned with the swarm's majority");
+                    pacing.realign(moved, &mut n, pool, clock, status, &mut emit);
+                }
+                let delivery = match device.deliver(pool) {
+                    Ok(delivery) => delivery,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 };
                 pacing.place(delivery, &mut n, pool, clock, rate, status, &mut emit);
                 if downstream_gone {

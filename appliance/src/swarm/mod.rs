@@ -152,6 +152,9 @@ pub struct ChannelLocal {
     pub trail: Vec<u64>,
     /// Frames per segment.
     pub segment_frames: i64,
+    /// Its capture can move its numbering (a file cannot): only then does
+    /// it propose a realignment.
+    pub can_realign: bool,
 }
 
 impl ChannelLocal {

@@ -324,16 +324,16 @@ impl Node {
         channels: &BTreeMap<String, ChannelDecisions>,
         group: &[String],
     ) {
-        let segment_frames: BTreeMap<String, (i64, f32)> = lock(&self.shared.local)
+        let local: BTreeMap<String, (i64, f32, bool)> = lock(&self.shared.local)
             .channels
             .iter()
-            .map(|(id, c)| (id.clone(), (c.segment_frames.max(1), c.segment_ms)))
+            .map(|(id, c)| (id.clone(), (c.segment_frames.max(1), c.segment_ms, c.can_realign)))
             .collect();
         let mut forged = std::mem::take(&mut *lock(&self.shared.forged));
         let now_ms = u64::try_from(realtime_ns() / 1_000_000).unwrap_or(0);
         for c in &mut me.channels {
             let Some(decisions) = channels.get(&c.id) else { continue };
-            let (frames_per_segment, segment_ms) = segment_frames.get(&c.id).copied().unwrap_or((1, 0.0));
+            let (frames_per_segment, segment_ms, can_realign) = local.get(&c.id).copied().unwrap_or((1, 0.0, false));
             let segment = c.frame.div_euclid(frames_per_segment);
             let voters: Vec<&PeerView> = self
                 .peers
@@ -388,7 +388,9 @@ impl Node {
                             resync::Correction::Realign { frames },
                             names.iter().map(|n| (n.clone(), frames)).collect(),
                         )),
-                        None if quiet => None,
+                        // A source that cannot move (a file) shows its
+                        // deviation but never proposes.
+                        None if quiet || !can_realign => None,
                         None => resync::proposal_needed(&decisions.deviations, &names),
                     };
                     if let Some((correction, evidence)) = wanted {
