@@ -217,6 +217,10 @@ pub struct SwarmConfig {
     pub expected_nodes: u32,
     /// Preferred neighbours kept per node (3–7).
     pub neighbours: u32,
+    /// A neighbour's media clock predicted to reach half a frame from
+    /// this node's within this many seconds is flagged (docs/swarm.md,
+    /// "Drift").
+    pub drift_horizon_s: f64,
     /// Where the node writes its view of the swarm (JSON), if anywhere.
     pub status_file: Option<PathBuf>,
 }
@@ -234,6 +238,7 @@ impl Default for SwarmConfig {
             suspect_after_ms: 1_500,
             expected_nodes: 16,
             neighbours: 5,
+            drift_horizon_s: 10.0,
             status_file: None,
         }
     }
@@ -267,6 +272,9 @@ impl SwarmConfig {
         }
         if !(3..=7).contains(&self.neighbours) {
             return Err(invalid("swarm.neighbours", "must be between 3 and 7"));
+        }
+        if !(1.0..=600.0).contains(&self.drift_horizon_s) {
+            return Err(invalid("swarm.drift_horizon_s", "must be between 1 and 600 seconds"));
         }
         Ok(())
     }

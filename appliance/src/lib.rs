@@ -21,6 +21,7 @@ pub mod origin;
 pub mod package;
 pub mod persist;
 pub mod pipeline;
+pub mod predict;
 pub mod provision;
 pub mod rt;
 pub mod swarm;

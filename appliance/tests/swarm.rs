@@ -235,6 +235,7 @@ fn lone_node(name: &str, key: &FleetKey) -> (Swarm, SocketAddr) {
         origin: None,
         frame_ns: 40e6,
         status_file: None,
+        drift_horizon_s: 10.0,
     })
     .unwrap();
     (swarm, addr)
@@ -921,5 +922,82 @@ fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_major
         "was outvoted (0 of 2 approved); nothing changes",
     ] {
         assert!(events.contains(needle), "no event with {needle:?}: {events}");
+    }
+}
+
+#[test]
+fn a_drifting_media_clock_is_predicted_before_it_is_half_a_frame_off() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let key = fleet_key(dir.path());
+    let ports = (free_ports(3), free_ports(3));
+    // n0 has the admin API (for the events); n2's media clock gains
+    // 1000 ppm from its start: 1 ms a second, half a frame (20 ms at
+    // 25 fps) after 20 s.
+    let passwd = dir.path().join("admin.passwd");
+    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
+    let tokens = dir.path().join("tokens");
+    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
+    let admin = format!("127.0.0.1:{}", free_ports(1));
+    let admin_table = format!(
+        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+        passwd.display(),
+        tokens.display()
+    );
+    let tables = |k: u16| match k {
+        0 => admin_table.clone(),
+        2 => "[clock.fault]\nfrequency_ppm = 1000.0\n".to_string(),
+        _ => String::new(),
+    };
+    let _nodes = Nodes((0..3).map(|k| node_full(dir.path(), k, ports, &key, "", &tables(k))).collect());
+    let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
+    let clock = |v: &serde_json::Value, node: &str| v["channels"]["ch"]["deviations"][node]["clock"].clone();
+    let started = Instant::now();
+    // Each of n0 and n1 predicts n2 reaching half a frame within the
+    // horizon (10 s) while it is still less than half a frame off.
+    let mut flagged: Vec<Option<(f64, f64, f64)>> = vec![None, None];
+    let mut last = (serde_json::Value::Null, serde_json::Value::Null);
+    while flagged.iter().any(Option::is_none) {
+        assert!(started.elapsed() < Duration::from_secs(40), "not predicted: {flagged:?} {last:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        for (k, flag) in flagged.iter_mut().enumerate() {
+            let Some(v) = status(k) else { continue };
+            let c = clock(&v, "n2");
+            if flag.is_none()
+                && let (Some(left), Some(offset), Some(ppm)) =
+                    (c["half_frame_in_s"].as_f64(), c["offset_ms"].as_f64(), c["drift_ppm"].as_f64())
+                && left <= 10.0
+            {
+                assert!(offset.abs() < 20.0, "n{k} flagged n2 only once half a frame off: {c}");
+                assert!((ppm - 1000.0).abs() < 300.0, "n{k} measures n2's drift at {ppm} ppm: {c}");
+                *flag = Some((started.elapsed().as_secs_f64(), offset, left));
+            }
+            last = (c, clock(&v, if k == 0 { "n1" } else { "n0" }));
+        }
+    }
+    for (k, f) in flagged.iter().enumerate() {
+        let (at, offset, left) = f.unwrap();
+        eprintln!("n{k} predicted n2 half a frame off in {left:.1} s, at {at:.1} s, with n2 {offset:+.1} ms off");
+    }
+    // n0 and n1 are in step with each other: no drift between them.
+    let v0 = status(0).unwrap();
+    let between = clock(&v0, "n1");
+    assert!(between["drift_ppm"].as_f64().is_some_and(|p| p.abs() < 100.0), "n0 on n1: {between}");
+    assert!(between["offset_ms"].as_f64().is_some_and(|o| o.abs() < 5.0), "n0 on n1: {between}");
+    assert!(between["half_frame_in_s"].as_f64().is_none_or(|s| s > 60.0), "n0 on n1: {between}");
+    // n2 sees both others drifting the other way.
+    let v2 = status(2).unwrap();
+    let seen = clock(&v2, "n0");
+    assert!(seen["drift_ppm"].as_f64().is_some_and(|p| (p + 1000.0).abs() < 300.0), "n2 on n0: {seen}");
+    // n0 logged the prediction (its event log follows the view 4 times a second).
+    let logged = Instant::now();
+    loop {
+        let (code, events) = request(&admin, &token, "GET", "/api/v1/events?since=0", "");
+        assert_eq!(code, 200, "{events}");
+        if events.contains("channel ch: n2's media clock drifts +") {
+            break;
+        }
+        assert!(logged.elapsed() < Duration::from_secs(5), "no drift event: {events}");
+        std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lockstep::swarm::state;
+use lockstep::swarm::{state, timing};
 use lockstep::swarm::wire::{FleetKey, Opener};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,5 +21,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(s) = state::decode_single_channel(data) {
         assert_eq!(s.channels.len(), 1);
         assert!(state::decode(&state::encode(&s)).is_some());
+    }
+    // Timing packets: each channel's media time and readings.
+    if let Some(t) = timing::decode(data) {
+        assert_eq!(timing::decode(&timing::encode(&t)), Some(t));
     }
 });

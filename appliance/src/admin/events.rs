@@ -128,6 +128,8 @@ pub struct ViewDiff {
     moves: Vec<Move>,
     /// The last known frame offset of each (channel, neighbour).
     offsets: BTreeMap<(String, String), i64>,
+    /// (channel, neighbour) whose media clock is flagged as drifting.
+    drifting: std::collections::BTreeSet<(String, String)>,
     /// This node's last proposal per channel: (id, outcome).
     proposals: BTreeMap<String, (u64, crate::swarm::resync::Outcome)>,
     seen: bool,
@@ -269,10 +271,37 @@ impl ViewDiff {
     }
 
     /// A neighbour whose numbering of the same pictures moves away from
-    /// this node's, or back into lockstep (`deviation` events).
+    /// this node's, or back into lockstep, and one whose media clock is
+    /// predicted to reach half a frame from this node's within the
+    /// horizon, or no longer is (`deviation` events).
     fn deviations(&mut self, view: &View, log: &EventLog) {
         for (channel, decisions) in &view.channels {
             for (node, d) in &decisions.deviations {
+                let drifting =
+                    d.clock.filter(|c| c.half_frame_in_s.is_some_and(|s| f64::from(s) <= view.drift_horizon_s));
+                let key = (channel.clone(), node.clone());
+                if drifting.is_some() != self.drifting.contains(&key) {
+                    let me = &view.node;
+                    let text = match drifting {
+                        Some(c) => {
+                            self.drifting.insert(key);
+                            format!(
+                                "channel {channel}: {node}'s media clock drifts {:+.0} ppm against {me}'s ({:+.1} ms now): \
+                                 half a frame in {:.0} s",
+                                c.drift_ppm,
+                                c.offset_ms,
+                                c.half_frame_in_s.unwrap_or(0.0)
+                            )
+                        }
+                        None => {
+                            self.drifting.remove(&key);
+                            format!(
+                                "channel {channel}: {node}'s media clock is no longer heading half a frame away from {me}'s"
+                            )
+                        }
+                    };
+                    log.push("deviation", Some(node), text);
+                }
                 let Some(k) = d.frame_offset else { continue };
                 let before = self.offsets.insert((channel.clone(), node.clone()), k);
                 if before == Some(k) || (before.is_none() && k == 0) {

@@ -154,6 +154,25 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
             "Recent segment tracks whose hash differs between each neighbour and this node.",
             &disagreements,
         );
+        let clocks = || deviations().filter_map(|(l, x)| x.clock.map(|c| (l, c)));
+        metric(
+            "lockstep_swarm_clock_offset_seconds",
+            "gauge",
+            "Each neighbour's media clock minus this node's, per channel (filtered, the network delay cancelled).",
+            &clocks().map(|(l, c)| (l, f64::from(c.offset_ms) / 1e3)).collect::<Vec<_>>(),
+        );
+        metric(
+            "lockstep_swarm_clock_drift_ppm",
+            "gauge",
+            "How fast each neighbour's media clock moves away from this node's, ppm.",
+            &clocks().map(|(l, c)| (l, f64::from(c.drift_ppm))).collect::<Vec<_>>(),
+        );
+        metric(
+            "lockstep_swarm_half_frame_seconds",
+            "gauge",
+            "Predicted seconds until a neighbour's media clock is half a frame from this node's (only while heading there).",
+            &clocks().filter_map(|(l, c)| c.half_frame_in_s.map(|s| (l, f64::from(s)))).collect::<Vec<_>>(),
+        );
         let packets: Vec<(String, f64)> =
             v.packets.iter().map(|(k, n)| (format!("outcome=\"{k}\""), *n as f64)).collect();
         metric("lockstep_swarm_packets_total", "counter", "Swarm packets received, by outcome.", &packets);

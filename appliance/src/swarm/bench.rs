@@ -33,6 +33,7 @@ fn settings(node: usize, addr: SocketAddr, seed: SocketAddr, key: &FleetKey, n: 
         origin: None,
         frame_ns: 40e6,
         status_file: None,
+        drift_horizon_s: 10.0,
     }
 }
 

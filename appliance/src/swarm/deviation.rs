@@ -40,6 +40,23 @@ pub struct Deviation {
     pub hash_disagreements: u32,
     /// Its encode latency minus this node's, ms.
     pub encode_latency_ms: f32,
+    /// Its media clock against this node's, once the readings have
+    /// settled (`super::timing`).
+    pub clock: Option<ClockDrift>,
+}
+
+/// A neighbour's media clock against this node's on one channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ClockDrift {
+    /// Its media clock minus this node's, ms.
+    pub offset_ms: f32,
+    /// How fast that changes, ppm (1 ppm: 1 µs a second).
+    pub drift_ppm: f32,
+    /// Standard error of the offset, ms.
+    pub error_ms: f32,
+    /// Seconds until the difference reaches half a frame at that rate
+    /// (0: it has; `None`: it is not heading there).
+    pub half_frame_in_s: Option<f32>,
 }
 
 /// The deviation of `theirs` from `mine` (the same channel on two nodes).
@@ -61,6 +78,7 @@ pub fn deviation(mine: &ChannelReport, theirs: &ChannelReport) -> Deviation {
         hashes_compared: compared,
         hash_disagreements: differ,
         encode_latency_ms: theirs.encode_latency_ms - mine.encode_latency_ms,
+        clock: None,
     }
 }
 

@@ -72,6 +72,7 @@ impl Feed {
         c.segment_frames = i64::from(status.segment_frames.load(Ordering::Relaxed));
         c.frame = status.capture.frame.load(Ordering::Relaxed);
         c.can_realign = status.capture.can_realign.load(Ordering::Relaxed);
+        c.clock = lock(&status.media_clock).clone();
         c.encode_latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f32 / 1_000.0;
         let written = status.write_errors.load(Ordering::Relaxed);
         for _ in self.errors_seen..written {

@@ -18,6 +18,7 @@ mod node;
 pub mod replicate;
 pub mod resync;
 pub mod state;
+pub mod timing;
 pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -116,6 +117,9 @@ pub struct Settings {
     pub frame_ns: f64,
     /// Where to write the view.
     pub status_file: Option<PathBuf>,
+    /// Flag a neighbour's clock predicted to reach half a frame within
+    /// this long, s.
+    pub drift_horizon_s: f64,
 }
 
 /// What the local pipelines report to the swarm.
@@ -155,6 +159,8 @@ pub struct ChannelLocal {
     /// Its capture can move its numbering (a file cannot): only then does
     /// it propose a realignment.
     pub can_realign: bool,
+    /// Its running media clock (timing packets carry its time).
+    pub clock: Option<std::sync::Arc<crate::clock::Clock>>,
 }
 
 impl ChannelLocal {
@@ -232,6 +238,9 @@ pub struct View {
     pub resync: BTreeMap<String, resync::Status>,
     /// Hears no peer although it has been in a swarm.
     pub isolated: bool,
+    /// A neighbour's clock predicted to reach half a frame within this
+    /// many seconds is flagged (`swarm.drift_horizon_s`).
+    pub drift_horizon_s: f64,
     /// Datagrams accepted and dropped, by reason.
     pub packets: BTreeMap<String, u64>,
 }
@@ -395,6 +404,7 @@ pub fn join(
         origin: config.origin.listen.as_ref().map(|l| format!("http://{l}")),
         frame_ns: rate.map_or(40e6, |r| 1e9 / r.fps()),
         status_file: s.status_file.clone(),
+        drift_horizon_s: s.drift_horizon_s,
     };
     let swarm = Arc::new(Swarm::start(settings)?);
     let weak = Arc::downgrade(&swarm);

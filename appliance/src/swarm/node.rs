@@ -15,8 +15,8 @@ use rand::SeedableRng;
 use super::decide::ChannelDecisions;
 use super::state::{self, ChannelReport, ClockSummary, ConfidenceInputs, EncodingState, LoadSampler};
 use super::wire::{Kind, Opener, Sealer};
-use super::{NodeId, PeerView, Settings, Shared, View, decide, resync};
-use crate::clock::realtime_ns;
+use super::{NodeId, PeerView, Settings, Shared, View, decide, resync, timing};
+use crate::clock::{MediaClock, realtime_ns};
 use crate::sync::lock;
 
 /// The protocol thread's state.
@@ -42,6 +42,8 @@ pub(super) struct Node {
     /// Per channel: no new proposal before this segment (the neighbours'
     /// measurements still show the offset a correction just removed).
     quiet_until: BTreeMap<String, i64>,
+    /// Media clocks against the neighbours', per channel.
+    clocks: timing::ClockWatch,
 }
 
 fn foca_config(s: &Settings) -> foca::Config {
@@ -93,6 +95,7 @@ impl Node {
             ever_joined: false,
             resync: BTreeMap::new(),
             quiet_until: BTreeMap::new(),
+            clocks: timing::ClockWatch::default(),
             last_drop_log: None,
             last_seed_announce: Instant::now(),
         }
@@ -166,7 +169,31 @@ impl Node {
                     tracing::debug!("undecodable state packet");
                 }
             },
+            Kind::Timing => match timing::decode(&opened.payload) {
+                Some(t) if t.node != self.settings.node => {
+                    let own = self.own_media_times();
+                    let own_media = |id: &str| own.iter().find(|(c, _)| c == id).map(|(_, t)| *t);
+                    self.clocks.receive(&self.settings.node, &t, &own_media, realtime_ns());
+                }
+                Some(_) => {}
+                None => {
+                    self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("undecodable timing packet");
+                }
+            },
         }
+    }
+
+    /// Every channel's media time now, for the channels whose pipeline runs.
+    fn own_media_times(&self) -> Vec<(String, i64)> {
+        lock(&self.shared.local)
+            .channels
+            .iter()
+            .filter_map(|(id, c)| {
+                let clock = c.clock.as_ref()?;
+                Some((id.clone(), i64::try_from(clock.now_tai_ns()).ok()?))
+            })
+            .collect()
     }
 
     fn peer_state(&mut self, state: EncodingState) {
@@ -278,6 +305,8 @@ impl Node {
             self.leader = leader;
         }
         self.own_weights = own_weights;
+        let mut channels = channels;
+        self.clock_deviations(&mut channels);
         for p in self.peers.values_mut() {
             p.weights =
                 channels.iter().filter_map(|(id, c)| c.weights.get(&p.state.node).map(|w| (id.clone(), *w))).collect();
@@ -300,6 +329,7 @@ impl Node {
         view.leader = self.leader.clone();
         view.channels = channels;
         view.resync = self.resync.clone();
+        view.drift_horizon_s = self.settings.drift_horizon_s;
         if isolated != view.isolated {
             if isolated {
                 tracing::warn!("isolated: no swarm member reachable; producing locally");
@@ -311,6 +341,27 @@ impl Node {
         view.packets = self.shared.stats.snapshot().iter().map(|(k, v)| ((*k).to_string(), *v)).collect();
         if let Some(path) = &self.settings.status_file {
             write_view(path, &view);
+        }
+    }
+
+    /// Adds each neighbour's media clock against this node's to its
+    /// deviation, with the time left until it reaches half a frame of the
+    /// channel; forgets the readings of nodes and channels gone.
+    fn clock_deviations(&mut self, channels: &mut BTreeMap<String, ChannelDecisions>) {
+        let half_frames: BTreeMap<String, f64> = lock(&self.shared.local)
+            .channels
+            .iter()
+            .filter(|(_, c)| c.segment_frames > 0 && c.segment_ms > 0.0)
+            .map(|(id, c)| (id.clone(), f64::from(c.segment_ms) * 1e6 / c.segment_frames as f64 / 2.0))
+            .collect();
+        let peers = &self.peers;
+        self.clocks.retain(|c, n| half_frames.contains_key(c) && peers.contains_key(n));
+        let now = realtime_ns();
+        for (id, c) in channels.iter_mut() {
+            let Some(&half_frame_ns) = half_frames.get(id) else { continue };
+            for (node, d) in c.deviations.iter_mut() {
+                d.clock = self.clocks.drift(id, node, now, half_frame_ns);
+            }
         }
     }
 
@@ -489,6 +540,14 @@ impl Node {
         let packet = self.sealer.seal(Kind::State, &payload, realtime_ns() / 1_000_000);
         for m in members {
             let _ = self.socket.send_to(&packet, m.addr);
+        }
+        // The media times last, as close to sending as they can be.
+        let timing = self.clocks.packet(&self.settings.node, &self.own_media_times());
+        if !timing.channels.is_empty() {
+            let packet = self.sealer.seal(Kind::Timing, &timing::encode(&timing), realtime_ns() / 1_000_000);
+            for m in members {
+                let _ = self.socket.send_to(&packet, m.addr);
+            }
         }
     }
 }

@@ -58,6 +58,9 @@ pub enum Kind {
     /// An Encoding State Packet with the list of channels the node
     /// encodes (`state::decode`).
     State,
+    /// A timing packet: each channel's media time and the one-way
+    /// readings of the neighbours heard (`timing::decode`).
+    Timing,
 }
 
 impl Kind {
@@ -66,6 +69,7 @@ impl Kind {
             Self::Membership => 1,
             Self::SingleChannelState => 2,
             Self::State => 3,
+            Self::Timing => 4,
         }
     }
 }
@@ -390,6 +394,7 @@ fn parse_header(p: &[u8]) -> Result<Header, Drop> {
         1 => Kind::Membership,
         2 => Kind::SingleChannelState,
         3 => Kind::State,
+        4 => Kind::Timing,
         _ => return Err(Drop::Malformed),
     };
     if p[6] != 0 || p[7] != 0 {

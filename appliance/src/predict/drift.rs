@@ -1,0 +1,226 @@
+//! Media-clock drift against a neighbour, and when it will matter.
+//!
+//! Each round a node measures, per neighbour and channel, how far its own
+//! media clock is ahead of the neighbour's (`swarm::node`, from the media
+//! times both put in their packets, the one-way delay cancelled by taking
+//! both directions). A [`DriftTracker`] filters those measurements with
+//! the two-state Kalman filter the PTP servo uses (state: offset and its
+//! rate) and says when the offset will reach a limit — half a frame, where
+//! a capture device would number a picture differently. Single outlying
+//! measurements (a delayed packet) are left out; a jump that persists (a
+//! clock step, or a correction applied) starts the filter afresh so its
+//! rate is learnt again rather than carried over.
+
+use lockstep_ptp::servo::{Discipline, ServoConfig};
+
+/// Measurements before an estimate is trusted (about 4 s at two a second).
+pub const MIN_SAMPLES: u32 = 8;
+
+/// Filter tuning for media clocks compared over a network: measurements
+/// good to about half a millisecond (scheduling and network jitter), and
+/// a rate that may change quickly (a clock losing its reference, a drill).
+fn config() -> ServoConfig {
+    ServoConfig {
+        measurement_noise_ns: 500_000.0,
+        phase_noise: 1_000.0,
+        frequency_noise: 3e-10,
+        lock_threshold_ns: 2_000_000.0,
+        min_samples: MIN_SAMPLES,
+        holdover_after_ns: 10_000_000_000,
+        max_slew: 1e-3,
+    }
+}
+
+/// The filtered offset of this node's media clock against one other.
+#[derive(Debug, Clone)]
+pub struct DriftTracker {
+    filter: Discipline,
+    samples: u32,
+}
+
+impl Default for DriftTracker {
+    fn default() -> Self {
+        Self { filter: Discipline::new(config()), samples: 0 }
+    }
+}
+
+/// What a tracker knows now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftEstimate {
+    /// This node's media clock minus the other's, ns.
+    pub offset_ns: f64,
+    /// How fast that grows, ppm (1 ppm = 1 µs per second).
+    pub drift_ppm: f64,
+    /// Standard error of the offset, ns.
+    pub error_ns: f64,
+    /// Measurements taken since the filter (re)started.
+    pub samples: u32,
+}
+
+impl DriftTracker {
+    /// Feeds one measurement taken at `t_ns` (this node's clock, ns):
+    /// this node's media clock minus the other's.
+    pub fn measure(&mut self, t_ns: i64, offset_ns: f64) {
+        let steps = self.filter.quality(t_ns).steps;
+        self.filter.measure(t_ns, offset_ns, [0; 8]);
+        if self.filter.quality(t_ns).steps != steps {
+            // The offset jumped and stayed: a new filter learns the rate
+            // from here (the servo keeps its frequency across a step, which
+            // suits an oscillator, not a clock that was just corrected).
+            self.filter = Discipline::new(config());
+            self.filter.measure(t_ns, offset_ns, [0; 8]);
+            self.samples = 1;
+            return;
+        }
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    /// The estimate at `t_ns`; `None` before [`MIN_SAMPLES`] measurements.
+    pub fn estimate(&self, t_ns: i64) -> Option<DriftEstimate> {
+        if self.samples < MIN_SAMPLES {
+            return None;
+        }
+        let q = self.filter.quality(t_ns);
+        Some(DriftEstimate {
+            offset_ns: q.offset_ns,
+            drift_ppm: q.frequency * 1e6,
+            error_ns: q.error_ns,
+            samples: self.samples,
+        })
+    }
+}
+
+impl DriftEstimate {
+    /// Seconds until the offset's magnitude reaches `limit_ns` at the
+    /// estimated rate: 0 when it already has, `None` when it is not
+    /// heading there (steady, or coming back).
+    pub fn time_to(&self, limit_ns: f64) -> Option<f64> {
+        if self.offset_ns.abs() >= limit_ns {
+            return Some(0.0);
+        }
+        let rate_ns_per_s = self.drift_ppm * 1_000.0;
+        // Drift within 1 ppm is no drift worth acting on (PTP keeps
+        // clocks far closer; an unlocked crystal is a few ppm).
+        if rate_ns_per_s.abs() < 1_000.0 {
+            return None;
+        }
+        let target = limit_ns.copysign(rate_ns_per_s);
+        let t = (target - self.offset_ns) / rate_ns_per_s;
+        (t >= 0.0).then_some(t)
+    }
+}
+
+/// Half a frame of `fps`, ns: the offset at which a capture device
+/// numbers a picture differently from its neighbours.
+pub fn half_frame_ns(fps: f64) -> f64 {
+    0.5e9 / fps.max(1.0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    /// Reproducible noise, roughly uniform in ±a.
+    struct Noise(u64);
+
+    impl Noise {
+        fn next(&mut self, a: f64) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * a
+        }
+    }
+
+    /// Feeds measurements twice a second from `from` to `to` (s) of a true
+    /// offset `truth(t)` with ±1 ms of noise; returns the first time a
+    /// prediction within `horizon_s` of reaching `limit` was made.
+    fn run(
+        tracker: &mut DriftTracker,
+        noise: &mut Noise,
+        (from, to): (i64, i64),
+        truth: &dyn Fn(f64) -> f64,
+        (limit, horizon_s): (f64, f64),
+    ) -> Option<f64> {
+        let mut t = from * S;
+        while t < to * S {
+            tracker.measure(t, truth(t as f64 / 1e9) + noise.next(1_000_000.0));
+            if let Some(e) = tracker.estimate(t)
+                && e.time_to(limit).is_some_and(|left| left < horizon_s)
+            {
+                return Some(t as f64 / 1e9);
+            }
+            t += S / 2;
+        }
+        None
+    }
+
+    #[test]
+    fn drift_starting_mid_run_is_predicted_well_before_half_a_frame() {
+        // 500 ppm from t = 20 s: half a frame at 25 fps (20 ms) is reached
+        // at t = 60 s.
+        let truth = |t: f64| 300_000.0 + if t > 20.0 { (t - 20.0) * 500_000.0 } else { 0.0 };
+        let mut tracker = DriftTracker::default();
+        let mut noise = Noise(3);
+        let limit = half_frame_ns(25.0);
+        assert_eq!(run(&mut tracker, &mut noise, (0, 20), &truth, (limit, 10.0)), None, "no drift, nothing predicted");
+        let fired = run(&mut tracker, &mut noise, (20, 60), &truth, (limit, 10.0)).expect("predicted");
+        let lead = 60.0 - fired;
+        eprintln!("predicted at {fired:.1} s, {lead:.1} s ahead");
+        assert!(lead >= 8.0, "predicted at {fired:.1} s, {lead:.1} s before half a frame");
+        let e = tracker.estimate(fired as i64 * S).unwrap();
+        assert!((e.drift_ppm - 500.0).abs() < 100.0, "{e:?}");
+    }
+
+    #[test]
+    fn a_steady_offset_with_noise_predicts_nothing_for_minutes() {
+        let mut tracker = DriftTracker::default();
+        let mut noise = Noise(11);
+        let fired = run(&mut tracker, &mut noise, (0, 600), &|_| -2_000_000.0, (half_frame_ns(25.0), 10.0));
+        assert_eq!(fired, None);
+        let e = tracker.estimate(600 * S).unwrap();
+        assert!((e.offset_ns + 2_000_000.0).abs() < 1_000_000.0 && e.drift_ppm.abs() < 50.0, "{e:?}");
+    }
+
+    #[test]
+    fn a_clock_step_restarts_the_filter_and_a_single_late_packet_is_ignored() {
+        let mut tracker = DriftTracker::default();
+        let mut noise = Noise(5);
+        let truth = |t: f64| if t < 30.0 { 0.0 } else { 8_000_000.0 };
+        let mut t = 0;
+        while t < 30 * S {
+            tracker.measure(t, truth(t as f64 / 1e9) + noise.next(1_000_000.0));
+            t += S / 2;
+        }
+        // One packet 15 ms late: left out.
+        tracker.measure(t, 15_000_000.0);
+        assert!(tracker.estimate(t).unwrap().offset_ns.abs() < 1_000_000.0);
+        // The step: after a few measurements, a fresh filter on 8 ms.
+        while t < 40 * S {
+            t += S / 2;
+            tracker.measure(t, truth(t as f64 / 1e9) + noise.next(1_000_000.0));
+        }
+        let e = tracker.estimate(t).expect("settled again");
+        assert!((e.offset_ns - 8_000_000.0).abs() < 1_000_000.0 && e.drift_ppm.abs() < 100.0, "{e:?}");
+        assert!(e.samples < 20, "restarted at the step: {e:?}");
+        // Fixed at 8 ms: half a frame is not near, but 5 ms has been reached.
+        assert!(e.time_to(half_frame_ns(25.0)).is_none_or(|left| left > 60.0), "{e:?}");
+        assert_eq!(e.time_to(5_000_000.0), Some(0.0));
+    }
+
+    #[test]
+    fn time_to_a_limit_follows_the_sign_of_the_drift() {
+        let e = |offset_ns, drift_ppm| DriftEstimate { offset_ns, drift_ppm, error_ns: 0.0, samples: 10 };
+        assert_eq!(e(0.0, 100.0).time_to(20_000_000.0), Some(200.0));
+        assert_eq!(e(0.0, -100.0).time_to(20_000_000.0), Some(200.0));
+        assert_eq!(e(10_000_000.0, 100.0).time_to(20_000_000.0), Some(100.0));
+        // Coming back from -10 ms at +100 ppm: crosses to +20 ms after 300 s.
+        assert_eq!(e(-10_000_000.0, 100.0).time_to(20_000_000.0), Some(300.0));
+        assert_eq!(e(5_000_000.0, 0.5).time_to(20_000_000.0), None);
+        assert_eq!(e(-25_000_000.0, 0.0).time_to(20_000_000.0), Some(0.0));
+        assert!((half_frame_ns(25.0) - 20_000_000.0).abs() < 1e-6);
+    }
+}

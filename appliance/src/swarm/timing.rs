@@ -1,0 +1,177 @@
+//! Timing packets: how far each node's media clock is from its
+//! neighbours', per channel, and where that is heading.
+//!
+//! Twice a second a node sends, for every channel it runs, the channel's
+//! media time as the packet is made and, for each neighbour it heard, the
+//! latest *one-way reading*: its own media time when that neighbour's
+//! packet arrived minus the media time in it. A reading is the network
+//! delay plus the clock difference; the two directions carry the same
+//! delay with opposite differences, so half their difference is the clock
+//! difference alone (as NTP does it). Each (channel, neighbour) pair feeds
+//! a [`DriftTracker`] (`crate::predict::drift`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::deviation::ClockDrift;
+use crate::predict::drift::{DriftEstimate, DriftTracker};
+
+/// A node's timing packet ([`super::wire::Kind::Timing`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Appliance id of the sender.
+    pub node: String,
+    /// Every channel it runs.
+    pub channels: Vec<ChannelTiming>,
+}
+
+/// One channel's media time and readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelTiming {
+    /// Channel id.
+    pub id: String,
+    /// The channel's media time when the packet was made, TAI ns.
+    pub media_tai_ns: i64,
+    /// (node, one-way reading in ns) for every neighbour heard on this
+    /// channel: the sender's media time at arrival minus the neighbour's
+    /// at sending.
+    pub heard: Vec<(String, i64)>,
+}
+
+/// Decodes a timing packet's payload; `None` when malformed.
+pub fn decode(payload: &[u8]) -> Option<Timing> {
+    postcard::from_bytes(payload).ok()
+}
+
+/// Encodes a timing packet's payload.
+pub fn encode(timing: &Timing) -> Vec<u8> {
+    postcard::to_allocvec(timing).unwrap_or_default()
+}
+
+/// This node's readings and trackers, per (channel, neighbour).
+#[derive(Debug, Default)]
+pub struct ClockWatch {
+    heard: BTreeMap<(String, String), i64>,
+    trackers: BTreeMap<(String, String), DriftTracker>,
+}
+
+impl ClockWatch {
+    /// A neighbour's packet arrived at `now_ns` (this node's clock);
+    /// `own_media(channel)` is this node's media time now on a channel it
+    /// runs. Returns how many channels gave a clock difference.
+    pub fn receive(
+        &mut self,
+        me: &str,
+        timing: &Timing,
+        own_media: &dyn Fn(&str) -> Option<i64>,
+        now_ns: i64,
+    ) -> usize {
+        let mut measured = 0;
+        for c in &timing.channels {
+            let Some(mine) = own_media(&c.id) else { continue };
+            let reading = mine.saturating_sub(c.media_tai_ns);
+            let key = (c.id.clone(), timing.node.clone());
+            self.heard.insert(key.clone(), reading);
+            // Theirs of us: their clock minus ours plus the same delay.
+            let Some(&(_, back)) = c.heard.iter().find(|(n, _)| n == me) else { continue };
+            let own_minus_theirs = (reading as f64 - back as f64) / 2.0;
+            self.trackers.entry(key).or_default().measure(now_ns, own_minus_theirs);
+            measured += 1;
+        }
+        measured
+    }
+
+    /// This node's packet: `channels` with their media times now.
+    pub fn packet(&self, me: &str, channels: &[(String, i64)]) -> Timing {
+        Timing {
+            node: me.to_string(),
+            channels: channels
+                .iter()
+                .map(|(id, media_tai_ns)| ChannelTiming {
+                    id: id.clone(),
+                    media_tai_ns: *media_tai_ns,
+                    heard: self
+                        .heard
+                        .range((id.clone(), String::new())..)
+                        .take_while(|((c, _), _)| c == id)
+                        .map(|((_, node), reading)| (node.clone(), *reading))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The filtered difference of this node's clock from `node`'s on
+    /// `channel` at `now_ns` (None until it has settled).
+    pub fn estimate(&self, channel: &str, node: &str, now_ns: i64) -> Option<DriftEstimate> {
+        self.trackers.get(&(channel.to_string(), node.to_string()))?.estimate(now_ns)
+    }
+
+    /// `node`'s media clock against this node's on `channel`, as a
+    /// deviation tells it (from the neighbour's side, like the frame
+    /// offset), with the time left until it reaches `half_frame_ns`.
+    pub fn drift(&self, channel: &str, node: &str, now_ns: i64, half_frame_ns: f64) -> Option<ClockDrift> {
+        let e = self.estimate(channel, node, now_ns)?;
+        Some(ClockDrift {
+            offset_ms: (-e.offset_ns / 1e6) as f32,
+            drift_ppm: -e.drift_ppm as f32,
+            error_ms: (e.error_ns / 1e6) as f32,
+            half_frame_in_s: e.time_to(half_frame_ns).map(|s| s as f32),
+        })
+    }
+
+    /// Forgets a channel's or a node's readings (it left).
+    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.heard.retain(|(c, n), _| keep(c, n));
+        self.trackers.retain(|(c, n), _| keep(c, n));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn the_delay_cancels_and_the_clock_difference_is_found_both_ways() {
+        // b's clock runs 3 ms ahead of a's; packets take 0.4 ms.
+        let (mut a, mut b) = (ClockWatch::default(), ClockWatch::default());
+        let delay = 400_000;
+        let clock_a = |t: i64| t;
+        let clock_b = |t: i64| t + 3_000_000;
+        let ch = "main".to_string();
+        for round in 0..20 {
+            let t = round * S / 2;
+            let from_a = a.packet("a", &[(ch.clone(), clock_a(t))]);
+            let arrive = t + delay;
+            b.receive("b", &decode(&encode(&from_a)).unwrap(), &|_| Some(clock_b(arrive)), arrive);
+            let from_b = b.packet("b", &[(ch.clone(), clock_b(t + S / 4))]);
+            let arrive = t + S / 4 + delay;
+            a.receive("a", &from_b, &|_| Some(clock_a(arrive)), arrive);
+        }
+        let seen_by_a = a.drift("main", "b", 10 * S, 20e6).unwrap();
+        let seen_by_b = b.drift("main", "a", 10 * S, 20e6).unwrap();
+        assert!((seen_by_a.offset_ms - 3.0).abs() < 0.05, "{seen_by_a:?}");
+        assert!((seen_by_b.offset_ms + 3.0).abs() < 0.05, "{seen_by_b:?}");
+        assert!(seen_by_a.drift_ppm.abs() < 5.0 && seen_by_a.half_frame_in_s.is_none(), "{seen_by_a:?}");
+        // A channel only one of them runs gives nothing; an unknown one is skipped.
+        let other = b.packet("b", &[("other".into(), 0)]);
+        assert_eq!(a.receive("a", &other, &|c| (c == "main").then_some(0), 11 * S), 0);
+        a.retain(|_, n| n != "b");
+        assert!(a.estimate("main", "b", 11 * S).is_none());
+        assert!(a.packet("a", &[(ch, 0)]).channels[0].heard.is_empty());
+    }
+
+    #[test]
+    fn garbage_does_not_decode_and_a_packet_round_trips() {
+        assert_eq!(decode(&[0xff; 3]), None);
+        let t = Timing {
+            node: "n1".into(),
+            channels: vec![ChannelTiming { id: "main".into(), media_tai_ns: -5, heard: vec![("n2".into(), 7)] }],
+        };
+        assert_eq!(decode(&encode(&t)), Some(t));
+    }
+}
