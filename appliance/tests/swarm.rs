@@ -926,40 +926,47 @@ fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_major
 }
 
 #[test]
-fn a_drifting_media_clock_is_predicted_before_it_is_half_a_frame_off() {
+fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_is_half_a_frame_off() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = fleet_key(dir.path());
     let ports = (free_ports(3), free_ports(3));
-    // n0 has the admin API (for the events); n2's media clock gains
-    // 1000 ppm from its start: 1 ms a second, half a frame (20 ms at
-    // 25 fps) after 20 s.
+    // n2's media clock gains 1000 ppm from its start: 1 ms a second, half
+    // a frame (20 ms at 25 fps) after 20 s. n2 has the admin API (events).
     let passwd = dir.path().join("admin.passwd");
     common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
     let tokens = dir.path().join("tokens");
     let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
     let admin = format!("127.0.0.1:{}", free_ports(1));
-    let admin_table = format!(
-        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+    let drifting = format!(
+        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n\
+         [clock.fault]\nfrequency_ppm = 1000.0\n",
         passwd.display(),
         tokens.display()
     );
-    let tables = |k: u16| match k {
-        0 => admin_table.clone(),
-        2 => "[clock.fault]\nfrequency_ppm = 1000.0\n".to_string(),
-        _ => String::new(),
-    };
-    let _nodes = Nodes((0..3).map(|k| node_full(dir.path(), k, ports, &key, "", &tables(k))).collect());
+    let window = "window_segments = 30\n";
+    let _nodes = Nodes(
+        (0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k == 2 { &drifting } else { "" })).collect(),
+    );
     let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
     let clock = |v: &serde_json::Value, node: &str| v["channels"]["ch"]["deviations"][node]["clock"].clone();
+    let offset_ms = |v: &serde_json::Value, node: &str| clock(v, node)["offset_ms"].as_f64();
     let started = Instant::now();
+    // The largest offset of n2 that n0 measured, all along.
+    let mut worst = 0.0f64;
+    let watch = |worst: &mut f64| {
+        if let Some(o) = status(0).and_then(|v| offset_ms(&v, "n2")) {
+            *worst = worst.max(o.abs());
+        }
+    };
     // Each of n0 and n1 predicts n2 reaching half a frame within the
     // horizon (10 s) while it is still less than half a frame off.
     let mut flagged: Vec<Option<(f64, f64, f64)>> = vec![None, None];
     let mut last = (serde_json::Value::Null, serde_json::Value::Null);
     while flagged.iter().any(Option::is_none) {
         assert!(started.elapsed() < Duration::from_secs(40), "not predicted: {flagged:?} {last:?}");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
+        watch(&mut worst);
         for (k, flag) in flagged.iter_mut().enumerate() {
             let Some(v) = status(k) else { continue };
             let c = clock(&v, "n2");
@@ -985,19 +992,71 @@ fn a_drifting_media_clock_is_predicted_before_it_is_half_a_frame_off() {
     assert!(between["drift_ppm"].as_f64().is_some_and(|p| p.abs() < 100.0), "n0 on n1: {between}");
     assert!(between["offset_ms"].as_f64().is_some_and(|o| o.abs() < 5.0), "n0 on n1: {between}");
     assert!(between["half_frame_in_s"].as_f64().is_none_or(|s| s > 60.0), "n0 on n1: {between}");
-    // n2 sees both others drifting the other way.
-    let v2 = status(2).unwrap();
-    let seen = clock(&v2, "n0");
-    assert!(seen["drift_ppm"].as_f64().is_some_and(|p| (p + 1000.0).abs() < 300.0), "n2 on n0: {seen}");
-    // n0 logged the prediction (its event log follows the view 4 times a second).
+
+    // n2, seen drifting by both, proposes to correct its clock; both
+    // approve from their own readings; it applies at the boundary.
+    let resync = |v: &serde_json::Value| v["resync"]["ch"].clone();
+    let carried = loop {
+        assert!(started.elapsed() < Duration::from_secs(45), "not carried: {:?}", status(2).map(|v| resync(&v)));
+        std::thread::sleep(Duration::from_millis(100));
+        watch(&mut worst);
+        let Some(v2) = status(2) else { continue };
+        let r = resync(&v2);
+        if r["outcome"] == "applied" {
+            break r;
+        }
+    };
+    let correction = &carried["proposal"]["correction"]["clock"];
+    let rate = correction["rate_ppb"].as_i64().unwrap_or_default();
+    assert!((rate + 1_000_000).abs() < 300_000, "n2 slows its clock by about 1000 ppm: {carried}");
+    assert!(correction["offset_ns"].as_i64().is_some_and(|o| o < 0), "and steps it back: {carried}");
+    assert_eq!(carried["approvals"], serde_json::json!(["n0", "n1"]), "{carried}");
+    let at = carried["proposal"]["at_segment"].as_i64().unwrap();
+    let applied = started.elapsed();
+    // Back with the others: n0 reads n2 within 3 ms and 150 ppm once its
+    // filter has learnt the new rate, and never saw it half a frame off.
+    let settled = loop {
+        assert!(
+            started.elapsed() < applied + Duration::from_secs(20),
+            "n2 not back in step: {:?}",
+            status(0).map(|v| clock(&v, "n2"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        watch(&mut worst);
+        let Some(v0) = status(0) else { continue };
+        let c = clock(&v0, "n2");
+        if let (Some(o), Some(p)) = (c["offset_ms"].as_f64(), c["drift_ppm"].as_f64())
+            && o.abs() < 3.0
+            && p.abs() < 150.0
+            && started.elapsed() > applied + Duration::from_secs(6)
+        {
+            break c;
+        }
+    };
+    eprintln!("corrected at segment {at}; n0 reads n2 at {settled}; at most {worst:.1} ms off all along");
+    assert!(worst < 20.0, "n2 was half a frame off: {worst} ms");
+    // Its segments stayed the others' bytes all along.
+    let own = |k: usize, i: i64| std::fs::read(dir.path().join(format!("n{k}/ch/90p/seg-{i}.m4s"))).ok();
+    let both: Vec<i64> = (at - 8..=at + 2).filter(|&i| own(0, i).is_some() && own(2, i).is_some()).collect();
+    assert!(both.len() >= 8, "segments around the correction: {both:?}");
+    for i in both {
+        assert_eq!(own(2, i), own(0, i), "segment {i}");
+    }
+    // n2 logged the prediction and the vote.
     let logged = Instant::now();
     loop {
         let (code, events) = request(&admin, &token, "GET", "/api/v1/events?since=0", "");
         assert_eq!(code, 200, "{events}");
-        if events.contains("channel ch: n2's media clock drifts +") {
+        let needles = [
+            "channel ch: n0's media clock drifts -",
+            "channel ch: n2 proposes to correct its media clock by -",
+            "channel ch: n2 will correct its media clock by -",
+            "carried by 2 of 2 (n0, n1)",
+        ];
+        if needles.iter().all(|n| events.contains(n)) {
             break;
         }
-        assert!(logged.elapsed() < Duration::from_secs(5), "no drift event: {events}");
+        assert!(logged.elapsed() < Duration::from_secs(5), "events missing ({needles:?}): {events}");
         std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -242,14 +242,14 @@ impl ViewDiff {
             if self.proposals.insert(channel.clone(), now) == Some(now) {
                 continue;
             }
-            let Correction::Realign { frames } = s.proposal.correction;
-            let what = format!(
-                "realign its capture by {frames} frame{} at segment {}",
-                if frames.abs() == 1 { "" } else { "s" },
-                s.proposal.at_segment
-            );
+            let what = format!("{} at segment {}", s.proposal.correction.describe(), s.proposal.at_segment);
             let me = &view.node;
-            let evidence: Vec<String> = s.proposal.evidence.iter().map(|(n, k)| format!("{n} {k:+}")).collect();
+            let evidence: Vec<String> = match s.proposal.correction {
+                Correction::Realign { .. } => s.proposal.evidence.iter().map(|(n, k)| format!("{n} {k:+}")).collect(),
+                Correction::Clock { .. } => {
+                    s.proposal.evidence.iter().map(|(n, us)| format!("{n} {:+.1} ms", *us as f64 / 1e3)).collect()
+                }
+            };
             let text = match s.outcome {
                 Outcome::Proposed => {
                     format!("channel {channel}: {me} proposes to {what} (offsets measured: {})", evidence.join(", "))

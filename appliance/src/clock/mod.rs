@@ -11,6 +11,7 @@
 
 pub mod fault;
 mod source;
+pub mod trim;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -179,6 +180,8 @@ struct Shared {
     status: Mutex<source::Status>,
     utc_offset_s: AtomicI64,
     fault: Fault,
+    /// The swarm's corrections of this channel's media clock, once set.
+    trim: std::sync::OnceLock<Arc<trim::Trim>>,
     /// Media time has been read: TAI − UTC may no longer change.
     handed_out: AtomicBool,
     stop: AtomicBool,
@@ -283,8 +286,16 @@ impl Clock {
         };
         let tai = i128::from(disciplined)
             + i128::from(self.shared.utc_offset_s.load(Ordering::Relaxed)) * 1_000_000_000
-            + i128::from(self.shared.fault.at(local));
+            + i128::from(self.shared.fault.at(local))
+            + self.shared.trim.get().map_or(0, |t| t.at(local));
         (local, tai)
+    }
+
+    /// Takes the channel's swarm corrections (set once, before media time
+    /// is first read; they outlive the clock, a new run's clock takes the
+    /// same).
+    pub fn follow_trim(&self, trim: Arc<trim::Trim>) {
+        let _ = self.shared.trim.set(trim);
     }
 
     /// The fault injection of this clock (tests, drills, the admin API).
@@ -300,6 +311,7 @@ fn shared(source: String, discipline: Option<Mutex<Discipline>>, utc_offset_s: i
         status: Mutex::new(source::Status::default()),
         utc_offset_s: AtomicI64::new(utc_offset_s),
         fault,
+        trim: std::sync::OnceLock::new(),
         handed_out: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     })

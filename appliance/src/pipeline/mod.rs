@@ -171,6 +171,9 @@ pub struct ChannelStatus {
     pub ladder: std::sync::Mutex<Vec<ResolvedRendition>>,
     /// The running media clock (the admin API injects faults into it).
     pub media_clock: std::sync::Mutex<Option<Arc<Clock>>>,
+    /// The media clock corrections the swarm approved (every run's clock
+    /// follows them).
+    pub clock_trim: Arc<crate::clock::trim::Trim>,
     /// A fault set through the admin API: replaces the configured one, and
     /// is applied again when the pipeline restarts.
     pub clock_fault: std::sync::Mutex<Option<crate::config::ClockFaultConfig>>,
@@ -297,6 +300,7 @@ pub fn run_with_device(
     taps: &Taps,
 ) -> Result<RunSummary, PipelineError> {
     let clock = Arc::new(Clock::open(&config.clock)?);
+    clock.follow_trim(Arc::clone(&taps.status.clock_trim));
     if let Some(f) = *lock(&taps.status.clock_fault) {
         clock.fault().set(&f);
     }

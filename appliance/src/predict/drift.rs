@@ -11,10 +11,15 @@
 //! clock step, or a correction applied) starts the filter afresh so its
 //! rate is learnt again rather than carried over.
 
-use lockstep_ptp::servo::{Discipline, ServoConfig};
+use lockstep_ptp::servo::{Discipline, OUTLIER_SIGMA, STEP_AFTER, ServoConfig};
 
 /// Measurements before an estimate is trusted (about 4 s at two a second).
 pub const MIN_SAMPLES: u32 = 8;
+
+/// A reading further than this (or [`OUTLIER_SIGMA`] standard errors)
+/// from the prediction is off: alone, a delayed packet, left out;
+/// [`STEP_AFTER`] in a row, a step: the filter starts afresh.
+pub const STEP_NS: f64 = 3_000_000.0;
 
 /// Filter tuning for media clocks compared over a network: measurements
 /// good to about half a millisecond (scheduling and network jitter), and
@@ -28,6 +33,9 @@ fn config() -> ServoConfig {
         min_samples: MIN_SAMPLES,
         holdover_after_ns: 10_000_000_000,
         max_slew: 1e-3,
+        // A clock that lost its reference may be far off from the start:
+        // ±1000 ppm, learnt from the first readings.
+        initial_frequency_var: 1e-6,
     }
 }
 
@@ -36,11 +44,13 @@ fn config() -> ServoConfig {
 pub struct DriftTracker {
     filter: Discipline,
     samples: u32,
+    /// Readings in a row far off the prediction.
+    off_in_row: u32,
 }
 
 impl Default for DriftTracker {
     fn default() -> Self {
-        Self { filter: Discipline::new(config()), samples: 0 }
+        Self { filter: Discipline::new(config()), samples: 0, off_in_row: 0 }
     }
 }
 
@@ -61,17 +71,22 @@ impl DriftTracker {
     /// Feeds one measurement taken at `t_ns` (this node's clock, ns):
     /// this node's media clock minus the other's.
     pub fn measure(&mut self, t_ns: i64, offset_ns: f64) {
-        let steps = self.filter.quality(t_ns).steps;
-        self.filter.measure(t_ns, offset_ns, [0; 8]);
-        if self.filter.quality(t_ns).steps != steps {
-            // The offset jumped and stayed: a new filter learns the rate
-            // from here (the servo keeps its frequency across a step, which
-            // suits an oscillator, not a clock that was just corrected).
-            self.filter = Discipline::new(config());
-            self.filter.measure(t_ns, offset_ns, [0; 8]);
-            self.samples = 1;
-            return;
+        if let Some(e) = self.estimate(t_ns) {
+            let off = (offset_ns - e.offset_ns).abs() > (OUTLIER_SIGMA * e.error_ns).max(STEP_NS);
+            if off {
+                self.off_in_row += 1;
+                if self.off_in_row < STEP_AFTER {
+                    return; // a delayed packet: left out
+                }
+                // The offset jumped and stayed: a new filter learns the
+                // rate from here (the servo would keep its frequency across
+                // a step, which suits an oscillator, not a clock that was
+                // just stepped or corrected).
+                *self = Self::default();
+            }
         }
+        self.off_in_row = 0;
+        self.filter.measure(t_ns, offset_ns, [0; 8]);
         self.samples = self.samples.saturating_add(1);
     }
 

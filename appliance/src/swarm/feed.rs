@@ -132,12 +132,25 @@ pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::C
         drop(kept);
         // Corrections the swarm approved go to the channels' captures.
         let approved = std::mem::take(&mut *lock(&swarm.shared.corrections));
-        for (id, at_frame, correction) in approved {
-            let Some(ch) = channels.get(&id) else { continue };
-            let super::resync::Correction::Realign { frames } = correction;
-            ch.taps.status.capture.realign_frames.store(frames, Ordering::Relaxed);
-            ch.taps.status.capture.realign_at.store(at_frame, Ordering::Relaxed);
-            tracing::info!(channel = %id, frames, at_frame, "the swarm approved a realignment of this capture");
+        for a in approved {
+            let Some(ch) = channels.get(&a.channel) else { continue };
+            let (id, at_frame) = (&a.channel, a.at_frame);
+            match a.correction {
+                super::resync::Correction::Realign { frames } => {
+                    ch.taps.status.capture.realign_frames.store(frames, Ordering::Relaxed);
+                    ch.taps.status.capture.realign_at.store(at_frame, Ordering::Relaxed);
+                    tracing::info!(channel = %id, frames, at_frame, "the swarm approved a realignment of this capture");
+                }
+                super::resync::Correction::Clock { offset_ns, rate_ppb } => {
+                    ch.taps.status.clock_trim.add(crate::clock::trim::Correction {
+                        from_ns: a.at_local_ns,
+                        measured_ns: i64::try_from(a.proposed_ms).unwrap_or(0).saturating_mul(1_000_000),
+                        offset_ns,
+                        rate_ppb,
+                    });
+                    tracing::info!(channel = %id, offset_ns, rate_ppb, at_frame, "the swarm approved a correction of this media clock");
+                }
+            }
         }
         drop(swarm);
         std::thread::sleep(Duration::from_millis(100));

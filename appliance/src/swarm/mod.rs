@@ -215,6 +215,22 @@ pub struct PeerView {
     down_since: Option<Instant>,
 }
 
+/// A correction the swarm approved for one of this node's channels, on
+/// its way to the channel (`feed`).
+#[derive(Debug, Clone)]
+pub(crate) struct Approved {
+    /// Channel id.
+    pub channel: String,
+    /// First frame it applies to.
+    pub at_frame: i64,
+    /// When that frame is due, local clock ns (within a frame).
+    pub at_local_ns: i64,
+    /// What to do.
+    pub correction: resync::Correction,
+    /// When it was proposed, ms since 1970 (its proposal's id).
+    pub proposed_ms: u64,
+}
+
 /// This node's view of the swarm, written to `swarm.status_file`.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct View {
@@ -259,7 +275,7 @@ struct Shared {
     targets: Mutex<BTreeMap<String, replicate::Target>>,
     /// Corrections the swarm approved, for the channels' captures:
     /// (channel, first frame, correction).
-    corrections: Mutex<Vec<(String, i64, resync::Correction)>>,
+    corrections: Mutex<Vec<Approved>>,
     /// Forged proposals asked for by a drill: (channel, frames).
     forged: Mutex<Vec<(String, i64)>>,
 }

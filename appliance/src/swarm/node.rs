@@ -44,6 +44,9 @@ pub(super) struct Node {
     quiet_until: BTreeMap<String, i64>,
     /// Media clocks against the neighbours', per channel.
     clocks: timing::ClockWatch,
+    /// (channel, node, proposal id) of the clock corrections whose filter
+    /// restart is scheduled.
+    clock_restarts: std::collections::BTreeSet<(String, String, u64)>,
 }
 
 fn foca_config(s: &Settings) -> foca::Config {
@@ -96,6 +99,7 @@ impl Node {
             resync: BTreeMap::new(),
             quiet_until: BTreeMap::new(),
             clocks: timing::ClockWatch::default(),
+            clock_restarts: std::collections::BTreeSet::new(),
             last_drop_log: None,
             last_seed_announce: Instant::now(),
         }
@@ -356,6 +360,7 @@ impl Node {
             .collect();
         let peers = &self.peers;
         self.clocks.retain(|c, n| half_frames.contains_key(c) && peers.contains_key(n));
+        self.clock_restarts.retain(|(c, n, _)| half_frames.contains_key(c) && peers.contains_key(n));
         let now = realtime_ns();
         for (id, c) in channels.iter_mut() {
             let Some(&half_frame_ns) = half_frames.get(id) else { continue };
@@ -391,14 +396,33 @@ impl Node {
                 .values()
                 .filter(|p| p.healthy && group.contains(&p.state.node) && p.state.channel(&c.id).is_some())
                 .collect();
+            // When a frame of this channel is due here (within a frame).
+            let frame_ns = f64::from(segment_ms) * 1e6 / frames_per_segment as f64;
+            let due_ns = |frame: i64| realtime_ns() + ((frame - c.frame) as f64 * frame_ns) as i64;
+            let mut moving = Vec::new();
             c.votes = voters
                 .iter()
                 .filter_map(|p| {
                     let proposal = p.state.channel(&c.id)?.proposal.as_ref()?;
-                    let approve = resync::vote(proposal, decisions.deviations.get(&p.state.node));
+                    let own = decisions.deviations.get(&p.state.node);
+                    let approve = resync::vote(proposal, own, self.settings.drift_horizon_s, now_ms);
+                    if approve && matches!(proposal.correction, resync::Correction::Clock { .. }) {
+                        moving.push((
+                            p.state.node.clone(),
+                            proposal.id,
+                            due_ns(proposal.at_segment * frames_per_segment),
+                        ));
+                    }
                     Some(resync::Vote { node: p.state.node.clone(), id: proposal.id, approve })
                 })
                 .collect();
+            // A clock this node approved a correction of moves at its
+            // boundary: the filter of it starts afresh after.
+            for (node, id, at_ns) in moving {
+                if self.clock_restarts.insert((c.id.clone(), node.clone(), id)) {
+                    self.clocks.restart(&c.id, Some(&node), at_ns);
+                }
+            }
             let names: Vec<String> = voters.iter().map(|p| p.state.node.clone()).collect();
             let approvals: Vec<String> = match self.resync.get(&c.id) {
                 Some(s) => voters
@@ -419,7 +443,18 @@ impl Node {
                     if resync::carried(s.approvals.len(), s.voters) && segment < s.proposal.at_segment {
                         s.outcome = resync::Outcome::Applied;
                         let at_frame = s.proposal.at_segment * frames_per_segment;
-                        lock(&self.shared.corrections).push((c.id.clone(), at_frame, s.proposal.correction));
+                        let at_local_ns = due_ns(at_frame);
+                        if matches!(s.proposal.correction, resync::Correction::Clock { .. }) {
+                            // This clock moves against every neighbour.
+                            self.clocks.restart(&c.id, None, at_local_ns);
+                        }
+                        lock(&self.shared.corrections).push(super::Approved {
+                            channel: c.id.clone(),
+                            at_frame,
+                            at_local_ns,
+                            correction: s.proposal.correction,
+                            proposed_ms: s.proposal.id,
+                        });
                         self.quiet_until.insert(c.id.clone(), s.proposal.at_segment + 3);
                         tracing::info!(channel = %c.id, approvals = ?s.approvals, at_segment = s.proposal.at_segment, "resynchronisation carried");
                     } else if segment >= s.proposal.at_segment {
@@ -439,10 +474,20 @@ impl Node {
                             resync::Correction::Realign { frames },
                             names.iter().map(|n| (n.clone(), frames)).collect(),
                         )),
+                        None if quiet => None,
                         // A source that cannot move (a file) shows its
-                        // deviation but never proposes.
-                        None if quiet || !can_realign => None,
-                        None => resync::proposal_needed(&decisions.deviations, &names),
+                        // frame offset but never proposes a realignment;
+                        // a clock drifting away is corrected on any source.
+                        None => can_realign
+                            .then(|| resync::proposal_needed(&decisions.deviations, &names))
+                            .flatten()
+                            .or_else(|| {
+                                resync::clock_proposal_needed(
+                                    &decisions.deviations,
+                                    &names,
+                                    self.settings.drift_horizon_s,
+                                )
+                            }),
                     };
                     if let Some((correction, evidence)) = wanted {
                         let proposal = resync::Proposal {

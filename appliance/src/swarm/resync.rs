@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::deviation::Deviation;
+use super::deviation::{ClockDrift, Deviation};
 
 /// Time the votes need before the boundary a proposal acts at: the
 /// proposal out, the votes back, a round to count them (state every
@@ -42,6 +42,32 @@ pub enum Correction {
         /// Frames to move its numbering by.
         frames: i64,
     },
+    /// Correct its media clock from the boundary on: add `offset_ns`
+    /// plus `rate_ppb` times the time since the proposal was made (its
+    /// id), so its clock runs with its neighbours' again (the clock
+    /// difference they measure, from its side; docs/swarm.md, Drift).
+    Clock {
+        /// Offset to add, as measured when the proposal was made, ns.
+        offset_ns: i64,
+        /// Rate to add, parts per 10⁹.
+        rate_ppb: i64,
+    },
+}
+
+impl Correction {
+    /// In words, for events and logs.
+    pub fn describe(&self) -> String {
+        match *self {
+            Self::Realign { frames } => {
+                format!("realign its capture by {frames} frame{}", if frames.abs() == 1 { "" } else { "s" })
+            }
+            Self::Clock { offset_ns, rate_ppb } => format!(
+                "correct its media clock by {:+.1} ms and {:+.0} ppm",
+                offset_ns as f64 / 1e6,
+                rate_ppb as f64 / 1e3
+            ),
+        }
+    }
 }
 
 /// A proposal, in the proposer's packets until it is applied or dropped.
@@ -53,7 +79,9 @@ pub struct Proposal {
     pub correction: Correction,
     /// The first segment made after it (applied at that boundary).
     pub at_segment: i64,
-    /// Its evidence: the frame offset it measured for each neighbour.
+    /// Its evidence, for each neighbour: the frame offset it measured
+    /// (a realignment) or the neighbour's media clock minus its own in µs
+    /// (a clock correction).
     pub evidence: Vec<(String, i64)>,
 }
 
@@ -113,13 +141,66 @@ pub fn proposal_needed(
     (k != 0 && majority(n, members.len() + 1)).then_some((Correction::Realign { frames: k }, evidence))
 }
 
+/// The clock correction this node should propose on a channel, if any:
+/// when a majority of the `members` see its media clock heading half a
+/// frame away within `horizon_s` (or there already), all the same way, it
+/// is the one drifting and proposes to take the median of what they
+/// measure: their clocks minus its own, offset and rate.
+pub fn clock_proposal_needed(
+    deviations: &BTreeMap<String, Deviation>,
+    members: &[String],
+    horizon_s: f64,
+) -> Option<(Correction, Vec<(String, i64)>)> {
+    let flagged: Vec<(&String, ClockDrift)> = members
+        .iter()
+        .filter_map(|n| Some((n, deviations.get(n)?.clock?)))
+        .filter(|(_, c)| heading_off(c, horizon_s))
+        .collect();
+    // The larger side by direction of drift (the neighbours of a fast
+    // clock all see it running ahead: their clocks fall behind).
+    let (ahead, behind): (Vec<_>, Vec<_>) = flagged.into_iter().partition(|(_, c)| c.drift_ppm > 0.0);
+    let side = if ahead.len() >= behind.len() { ahead } else { behind };
+    if !majority(side.len(), members.len() + 1) {
+        return None;
+    }
+    let median = |f: &dyn Fn(&ClockDrift) -> f32| {
+        let mut v: Vec<f32> = side.iter().map(|(_, c)| f(c)).collect();
+        v.sort_by(f32::total_cmp);
+        f64::from(v[v.len() / 2])
+    };
+    let correction = Correction::Clock {
+        offset_ns: (median(&|c| c.offset_ms) * 1e6).round() as i64,
+        rate_ppb: (median(&|c| c.drift_ppm) * 1e3).round() as i64,
+    };
+    let evidence = side.iter().map(|(n, c)| ((*n).clone(), (f64::from(c.offset_ms) * 1e3).round() as i64)).collect();
+    Some((correction, evidence))
+}
+
+/// A neighbour's clock predicted to be half a frame off within
+/// `horizon_s` (or already).
+pub fn heading_off(c: &ClockDrift, horizon_s: f64) -> bool {
+    c.half_frame_in_s.is_some_and(|s| f64::from(s) <= horizon_s)
+}
+
 /// This node's vote on `proposal` from `proposer`: approve only when its
-/// own measurement of the proposer shows the offset the correction
-/// removes (a realign by `k` is right when this node sees the proposer at
-/// `-k`).
-pub fn vote(proposal: &Proposal, own: Option<&Deviation>) -> bool {
+/// own measurement of the proposer shows what the correction removes. A
+/// realign by `k` is right when this node sees the proposer at `-k`; a
+/// clock correction when this node, too, sees the proposer's clock heading
+/// half a frame away within `horizon_s`, at about the opposite of the
+/// correction's rate and offset (now, `now_ms`; within 30 %, at least
+/// 100 ppm and 3 ms).
+pub fn vote(proposal: &Proposal, own: Option<&Deviation>, horizon_s: f64, now_ms: u64) -> bool {
     match proposal.correction {
         Correction::Realign { frames } => own.and_then(|d| d.frame_offset) == Some(-frames) && frames != 0,
+        Correction::Clock { offset_ns, rate_ppb } => {
+            let Some(c) = own.and_then(|d| d.clock) else { return false };
+            let since_s = now_ms.saturating_sub(proposal.id) as f64 / 1e3;
+            let offset_ms = (offset_ns as f64 + rate_ppb as f64 * since_s) / 1e6;
+            let rate_ppm = rate_ppb as f64 / 1e3;
+            heading_off(&c, horizon_s)
+                && (f64::from(c.offset_ms) + offset_ms).abs() <= (0.3 * offset_ms.abs()).max(3.0)
+                && (f64::from(c.drift_ppm) + rate_ppm).abs() <= (0.3 * rate_ppm.abs()).max(100.0)
+        }
     }
 }
 
@@ -179,6 +260,7 @@ mod tests {
     fn voters_judge_by_their_own_measurements() {
         let p = Proposal { id: 1, correction: Correction::Realign { frames: -1 }, at_segment: 10, evidence: vec![] };
         let d = |k: Option<i64>| Deviation { frame_offset: k, ..Deviation::default() };
+        let vote = |p: &Proposal, d: Option<&Deviation>| vote(p, d, 10.0, 1);
         assert!(vote(&p, Some(&d(Some(1)))), "the voter sees the proposer a frame ahead");
         assert!(!vote(&p, Some(&d(Some(0)))), "a proposer in step is not moved, whatever its evidence says");
         assert!(!vote(&p, Some(&d(Some(-1)))), "the wrong way");
@@ -186,6 +268,62 @@ mod tests {
         assert!(!vote(&p, None), "no measurement");
         let zero = Proposal { correction: Correction::Realign { frames: 0 }, ..p };
         assert!(!vote(&zero, Some(&d(Some(0)))), "moving by nothing is no correction");
+    }
+
+    /// A deviation whose clock is `offset_ms` and `ppm` from this node's,
+    /// reaching half a frame (20 ms) in `left_s`.
+    fn clock(offset_ms: f32, ppm: f32, left_s: Option<f32>) -> Deviation {
+        let clock = ClockDrift { offset_ms, drift_ppm: ppm, error_ms: 0.2, half_frame_in_s: left_s };
+        Deviation { clock: Some(clock), ..Deviation::default() }
+    }
+
+    #[test]
+    fn only_the_node_a_majority_sees_drifting_proposes_a_clock_correction() {
+        let all = members(&["n0", "n1"]);
+        // n2 gains 1000 ppm: both others' clocks fall behind it.
+        let mut seen = BTreeMap::new();
+        seen.insert("n0".to_string(), clock(-12.0, -1000.0, Some(8.0)));
+        seen.insert("n1".to_string(), clock(-13.0, -980.0, Some(7.0)));
+        let (c, evidence) = clock_proposal_needed(&seen, &all, 10.0).unwrap();
+        assert_eq!(c, Correction::Clock { offset_ns: -12_000_000, rate_ppb: -980_000 }, "the median of two: the upper");
+        assert_eq!(evidence, vec![("n0".to_string(), -12_000), ("n1".to_string(), -13_000)]);
+        assert_eq!(c.describe(), "correct its media clock by -12.0 ms and -980 ppm");
+        // n0 sees n2 drifting and n1 in step: one of two, no proposal.
+        let mut one = BTreeMap::new();
+        one.insert("n1".to_string(), clock(0.1, 5.0, None));
+        one.insert("n2".to_string(), clock(12.0, 1000.0, Some(8.0)));
+        assert_eq!(clock_proposal_needed(&one, &all_but("n0"), 10.0), None);
+        // Beyond the horizon, or the neighbours disagreeing on the way: none.
+        seen.insert("n1".to_string(), clock(-13.0, -980.0, Some(30.0)));
+        assert_eq!(clock_proposal_needed(&seen, &all, 10.0), None);
+        seen.insert("n1".to_string(), clock(13.0, 980.0, Some(7.0)));
+        assert_eq!(clock_proposal_needed(&seen, &all, 10.0), None);
+        // Already half a frame off (0 s left) counts.
+        seen.insert("n1".to_string(), clock(-21.0, -900.0, Some(0.0)));
+        assert!(clock_proposal_needed(&seen, &all, 10.0).is_some());
+    }
+
+    fn all_but(me: &str) -> Vec<String> {
+        ["n0", "n1", "n2"].iter().filter(|n| **n != me).map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_clock_correction_is_approved_only_by_those_who_see_it() {
+        // Proposed at t = 10 s: add -13 ms and -1000 ppm. Voted 2 s later,
+        // when the proposer is about 15 ms ahead of the voter.
+        let p = Proposal {
+            id: 10_000,
+            correction: Correction::Clock { offset_ns: -13_000_000, rate_ppb: -1_000_000 },
+            at_segment: 10,
+            evidence: vec![],
+        };
+        assert!(vote(&p, Some(&clock(15.0, 1000.0, Some(5.0))), 10.0, 12_000));
+        assert!(vote(&p, Some(&clock(16.5, 800.0, Some(4.0))), 10.0, 12_000), "within 30 %");
+        assert!(!vote(&p, Some(&clock(15.0, 1000.0, Some(25.0))), 10.0, 12_000), "not heading off soon enough here");
+        assert!(!vote(&p, Some(&clock(0.2, 3.0, None)), 10.0, 12_000), "in step here: a forged correction");
+        assert!(!vote(&p, Some(&clock(-15.0, -1000.0, Some(5.0))), 10.0, 12_000), "the wrong way");
+        assert!(!vote(&p, Some(&clock(15.0, 300.0, Some(5.0))), 10.0, 12_000), "a different rate");
+        assert!(!vote(&p, Some(&Deviation::default()), 10.0, 12_000), "no clock reading");
     }
 
     #[test]

@@ -54,7 +54,15 @@ pub fn encode(timing: &Timing) -> Vec<u8> {
 pub struct ClockWatch {
     heard: BTreeMap<(String, String), i64>,
     trackers: BTreeMap<(String, String), DriftTracker>,
+    /// Filters to start afresh with the first reading from this time on
+    /// (a clock correction takes effect then).
+    fresh_from: BTreeMap<(String, String), i64>,
 }
+
+/// Readings this long after a correction takes effect start the fresh
+/// filter: a reading pairs this node's latest view with the neighbour's
+/// of up to a round before, so the first ones after the step mix both.
+pub const SETTLE_NS: i64 = 1_200_000_000;
 
 impl ClockWatch {
     /// A neighbour's packet arrived at `now_ns` (this node's clock);
@@ -76,6 +84,13 @@ impl ClockWatch {
             // Theirs of us: their clock minus ours plus the same delay.
             let Some(&(_, back)) = c.heard.iter().find(|(n, _)| n == me) else { continue };
             let own_minus_theirs = (reading as f64 - back as f64) / 2.0;
+            if let Some(&from) = self.fresh_from.get(&key) {
+                if now_ns < from {
+                    continue; // the correction is under way: no reading yet
+                }
+                self.fresh_from.remove(&key);
+                self.trackers.remove(&key);
+            }
             self.trackers.entry(key).or_default().measure(now_ns, own_minus_theirs);
             measured += 1;
         }
@@ -121,10 +136,26 @@ impl ClockWatch {
         })
     }
 
+    /// A clock correction on `channel` (of this node, or of `node`)
+    /// takes effect at `at_ns`: the filters concerned start afresh with
+    /// the readings from [`SETTLE_NS`] after it, since the rate they learnt
+    /// no longer holds. `node` None: every neighbour (this node's clock
+    /// moves against all of them).
+    pub fn restart(&mut self, channel: &str, node: Option<&str>, at_ns: i64) {
+        let keys: Vec<(String, String)> = match node {
+            Some(n) => vec![(channel.to_string(), n.to_string())],
+            None => self.heard.keys().filter(|(c, _)| c == channel).cloned().collect(),
+        };
+        for key in keys {
+            self.fresh_from.insert(key, at_ns + SETTLE_NS);
+        }
+    }
+
     /// Forgets a channel's or a node's readings (it left).
     pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
         self.heard.retain(|(c, n), _| keep(c, n));
         self.trackers.retain(|(c, n), _| keep(c, n));
+        self.fresh_from.retain(|(c, n), _| keep(c, n));
     }
 }
 
@@ -163,6 +194,35 @@ mod tests {
         a.retain(|_, n| n != "b");
         assert!(a.estimate("main", "b", 11 * S).is_none());
         assert!(a.packet("a", &[(ch, 0)]).channels[0].heard.is_empty());
+    }
+
+    #[test]
+    fn after_a_correction_the_filter_starts_afresh_once_the_readings_settle() {
+        let mut a = ClockWatch::default();
+        let from_b = |t: i64, ahead: i64| Timing {
+            node: "b".into(),
+            channels: vec![ChannelTiming {
+                id: "main".into(),
+                media_tai_ns: t + ahead,
+                heard: vec![("a".into(), ahead)],
+            }],
+        };
+        // b runs 15 ms ahead, then corrects itself at 20 s.
+        for round in 0..40 {
+            let t = round * S / 2;
+            a.receive("a", &from_b(t, 15_000_000), &|_| Some(t), t);
+        }
+        assert!((a.drift("main", "b", 20 * S, 20e6).unwrap().offset_ms - 15.0).abs() < 0.1);
+        a.restart("main", Some("b"), 20 * S);
+        for round in 40..70 {
+            let t = round * S / 2;
+            a.receive("a", &from_b(t, 0), &|_| Some(t), t);
+            if t < 20 * S + SETTLE_NS {
+                assert!((a.drift("main", "b", t, 20e6).unwrap().offset_ms - 15.0).abs() < 0.1, "kept until settled");
+            }
+        }
+        let after = a.drift("main", "b", 35 * S, 20e6).unwrap();
+        assert!(after.offset_ms.abs() < 0.1 && after.drift_ppm.abs() < 5.0, "{after:?}");
     }
 
     #[test]

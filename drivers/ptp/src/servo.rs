@@ -58,6 +58,9 @@ pub struct ServoConfig {
     /// Largest rate at which disciplined time may deviate from the local
     /// clock's rate when it corrects (slew), e.g. 500e-6.
     pub max_slew: f64,
+    /// Variance of the frequency before the first measurement (1e-8: an
+    /// oscillator within about ±100 ppm).
+    pub initial_frequency_var: f64,
 }
 
 impl Default for ServoConfig {
@@ -70,6 +73,7 @@ impl Default for ServoConfig {
             min_samples: 8,
             holdover_after_ns: 2_000_000_000,
             max_slew: 500e-6,
+            initial_frequency_var: 1e-8,
         }
     }
 }
@@ -184,8 +188,8 @@ impl Discipline {
         let r = self.cfg.measurement_noise_ns.powi(2);
         let Some(f) = &mut self.filter else {
             // First sample: offset known to the measurement noise, frequency
-            // to ±100 ppm.
-            self.filter = Some(Filter { t, x: [offset_ns, 0.0], p: [[r, 0.0], [0.0, 1e-8]] });
+            // to the configured prior (±100 ppm by default).
+            self.filter = Some(Filter { t, x: [offset_ns, 0.0], p: [[r, 0.0], [0.0, self.cfg.initial_frequency_var]] });
             self.samples = 1;
             return;
         };
