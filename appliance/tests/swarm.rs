@@ -112,6 +112,22 @@ fn fleet_key(dir: &Path) -> std::path::PathBuf {
     key
 }
 
+/// An admin API for one node of a test: its address, a bearer token and
+/// the `[admin]` table that turns it on.
+fn admin_api(dir: &Path) -> (String, String, String) {
+    let passwd = dir.join("admin.passwd");
+    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
+    let tokens = dir.join("tokens");
+    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
+    let admin = format!("127.0.0.1:{}", free_ports(1));
+    let table = format!(
+        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+        passwd.display(),
+        tokens.display()
+    );
+    (admin, token, table)
+}
+
 /// A light appliance process in the swarm.
 fn node(dir: &Path, k: u16, ports: (u16, u16), key: &Path) -> Child {
     node_with(dir, k, ports, key, "")
@@ -779,16 +795,7 @@ fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_major
     let key = fleet_key(dir.path());
     let ports = (free_ports(3), free_ports(3));
     // n1 has the admin API, for the drill.
-    let passwd = dir.path().join("admin.passwd");
-    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
-    let tokens = dir.path().join("tokens");
-    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
-    let admin = format!("127.0.0.1:{}", free_ports(1));
-    let admin_table = format!(
-        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
-        passwd.display(),
-        tokens.display()
-    );
+    let (admin, token, admin_table) = admin_api(dir.path());
     let window = "window_segments = 30\n";
     let _nodes = Nodes(
         (0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k == 1 { &admin_table } else { "" })).collect(),
@@ -930,128 +937,134 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = fleet_key(dir.path());
-    let ports = (free_ports(3), free_ports(3));
-    // n2's media clock gains 1000 ppm from its start: 1 ms a second, half
-    // a frame (20 ms at 25 fps) after 20 s. n2 has the admin API (events).
-    let passwd = dir.path().join("admin.passwd");
-    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
-    let tokens = dir.path().join("tokens");
-    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
-    let admin = format!("127.0.0.1:{}", free_ports(1));
-    let drifting = format!(
-        "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n\
-         [clock.fault]\nfrequency_ppm = 1000.0\n",
-        passwd.display(),
-        tokens.display()
-    );
+    // Five appliances; n4's media clock gains 1000 ppm from its start:
+    // 1 ms a second, half a frame (20 ms at 25 fps) after 20 s. n4 has the
+    // admin API (events).
+    const N: usize = 5;
+    let drifter = "n4";
+    let ports = (free_ports(N as u16), free_ports(N as u16));
+    let (admin, token, admin_table) = admin_api(dir.path());
+    let drifting = format!("{admin_table}[clock.fault]\nfrequency_ppm = 1000.0\n");
     let window = "window_segments = 30\n";
     let _nodes = Nodes(
-        (0..3).map(|k| node_full(dir.path(), k, ports, &key, window, if k == 2 { &drifting } else { "" })).collect(),
+        (0..N as u16)
+            .map(|k| node_full(dir.path(), k, ports, &key, window, if k == 4 { &drifting } else { "" }))
+            .collect(),
     );
     let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
     let clock = |v: &serde_json::Value, node: &str| v["channels"]["ch"]["deviations"][node]["clock"].clone();
     let offset_ms = |v: &serde_json::Value, node: &str| clock(v, node)["offset_ms"].as_f64();
     let started = Instant::now();
-    // The largest offset of n2 that n0 measured, all along.
+    // The largest offset of n4 that n0 measured, all along.
     let mut worst = 0.0f64;
     let watch = |worst: &mut f64| {
-        if let Some(o) = status(0).and_then(|v| offset_ms(&v, "n2")) {
+        if let Some(o) = status(0).and_then(|v| offset_ms(&v, drifter)) {
             *worst = worst.max(o.abs());
         }
     };
-    // Each of n0 and n1 predicts n2 reaching half a frame within the
-    // horizon (10 s) while it is still less than half a frame off.
-    let mut flagged: Vec<Option<(f64, f64, f64)>> = vec![None, None];
-    let mut last = (serde_json::Value::Null, serde_json::Value::Null);
-    while flagged.iter().any(Option::is_none) {
-        assert!(started.elapsed() < Duration::from_secs(40), "not predicted: {flagged:?} {last:?}");
+    // The others predict n4 reaching half a frame within the horizon
+    // (10 s) while it is still less than half a frame off; once a
+    // majority does, n4 proposes to correct its clock, they approve from
+    // their own readings, and it applies at the boundary (a late one may
+    // never flag it: corrected, n4 no longer drifts).
+    let resync = |v: &serde_json::Value| v["resync"]["ch"].clone();
+    let mut flagged: Vec<Option<(f64, f64, f64)>> = vec![None; N - 1];
+    let carried = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "not carried: {flagged:?} {:?}",
+            status(4).map(|v| resync(&v))
+        );
         std::thread::sleep(Duration::from_millis(100));
         watch(&mut worst);
         for (k, flag) in flagged.iter_mut().enumerate() {
             let Some(v) = status(k) else { continue };
-            let c = clock(&v, "n2");
+            let c = clock(&v, drifter);
             if flag.is_none()
                 && let (Some(left), Some(offset), Some(ppm)) =
                     (c["half_frame_in_s"].as_f64(), c["offset_ms"].as_f64(), c["drift_ppm"].as_f64())
                 && left <= 10.0
             {
-                assert!(offset.abs() < 20.0, "n{k} flagged n2 only once half a frame off: {c}");
-                assert!((ppm - 1000.0).abs() < 300.0, "n{k} measures n2's drift at {ppm} ppm: {c}");
+                assert!(offset.abs() < 20.0, "n{k} flagged n4 only once half a frame off: {c}");
+                // The first estimates are the roughest (within half of the
+                // truth on a loaded machine); the correction's is held to
+                // 30 % below.
+                assert!((ppm - 1000.0).abs() < 500.0, "n{k} measures n4's drift at {ppm} ppm: {c}");
                 *flag = Some((started.elapsed().as_secs_f64(), offset, left));
             }
-            last = (c, clock(&v, if k == 0 { "n1" } else { "n0" }));
         }
-    }
-    for (k, f) in flagged.iter().enumerate() {
-        let (at, offset, left) = f.unwrap();
-        eprintln!("n{k} predicted n2 half a frame off in {left:.1} s, at {at:.1} s, with n2 {offset:+.1} ms off");
-    }
-    // n0 and n1 are in step with each other: no drift between them.
-    let v0 = status(0).unwrap();
-    let between = clock(&v0, "n1");
-    assert!(between["drift_ppm"].as_f64().is_some_and(|p| p.abs() < 100.0), "n0 on n1: {between}");
-    assert!(between["offset_ms"].as_f64().is_some_and(|o| o.abs() < 5.0), "n0 on n1: {between}");
-    assert!(between["half_frame_in_s"].as_f64().is_none_or(|s| s > 60.0), "n0 on n1: {between}");
-
-    // n2, seen drifting by both, proposes to correct its clock; both
-    // approve from their own readings; it applies at the boundary.
-    let resync = |v: &serde_json::Value| v["resync"]["ch"].clone();
-    let carried = loop {
-        assert!(started.elapsed() < Duration::from_secs(45), "not carried: {:?}", status(2).map(|v| resync(&v)));
-        std::thread::sleep(Duration::from_millis(100));
-        watch(&mut worst);
-        let Some(v2) = status(2) else { continue };
-        let r = resync(&v2);
-        if r["outcome"] == "applied" {
+        if let Some(r) = status(4).map(|v| resync(&v))
+            && r["outcome"] == "applied"
+        {
             break r;
         }
     };
+    for (k, f) in flagged.iter().enumerate() {
+        if let Some((at, offset, left)) = f {
+            eprintln!("n{k} predicted n4 half a frame off in {left:.1} s, at {at:.1} s, with n4 {offset:+.1} ms off");
+        }
+    }
+    assert!(flagged.iter().flatten().count() >= 3, "a majority predicted it: {flagged:?}");
+    // The four others are in step with each other: none is flagged, and
+    // what drift their noisy early readings show is far below n4's.
+    let v0 = status(0).unwrap();
+    for other in ["n1", "n2", "n3"] {
+        let between = clock(&v0, other);
+        assert!(between["drift_ppm"].as_f64().is_some_and(|p| p.abs() < 300.0), "n0 on {other}: {between}");
+        assert!(between["offset_ms"].as_f64().is_some_and(|o| o.abs() < 5.0), "n0 on {other}: {between}");
+        assert!(between["half_frame_in_s"].as_f64().is_none_or(|s| s > 60.0), "n0 on {other}: {between}");
+    }
     let correction = &carried["proposal"]["correction"]["clock"];
     let rate = correction["rate_ppb"].as_i64().unwrap_or_default();
-    assert!((rate + 1_000_000).abs() < 300_000, "n2 slows its clock by about 1000 ppm: {carried}");
+    assert!((rate + 1_000_000).abs() < 300_000, "n4 slows its clock by about 1000 ppm: {carried}");
     assert!(correction["offset_ns"].as_i64().is_some_and(|o| o < 0), "and steps it back: {carried}");
-    assert_eq!(carried["approvals"], serde_json::json!(["n0", "n1"]), "{carried}");
+    let approvals = carried["approvals"].as_array().map_or(0, Vec::len);
+    assert!(approvals >= 3 && carried["voters"] == 4, "a majority of five: {carried}");
     let at = carried["proposal"]["at_segment"].as_i64().unwrap();
     let applied = started.elapsed();
-    // Back with the others: n0 reads n2 within 3 ms and 150 ppm once its
-    // filter has learnt the new rate, and never saw it half a frame off.
+    // Back with the others: once its filter has learnt the new rate, n0
+    // reads n4 within 3 ms, not heading half a frame off for a minute (what
+    // rate is left, within 300 ppm, a later correction takes), and never
+    // saw it half a frame off.
     let settled = loop {
         assert!(
             started.elapsed() < applied + Duration::from_secs(20),
-            "n2 not back in step: {:?}",
-            status(0).map(|v| clock(&v, "n2"))
+            "n4 not back in step: {:?}",
+            status(0).map(|v| clock(&v, drifter))
         );
         std::thread::sleep(Duration::from_millis(100));
         watch(&mut worst);
         let Some(v0) = status(0) else { continue };
-        let c = clock(&v0, "n2");
+        let c = clock(&v0, drifter);
         if let (Some(o), Some(p)) = (c["offset_ms"].as_f64(), c["drift_ppm"].as_f64())
             && o.abs() < 3.0
-            && p.abs() < 150.0
+            && p.abs() < 300.0
+            && c["half_frame_in_s"].as_f64().is_none_or(|s| s > 60.0)
             && started.elapsed() > applied + Duration::from_secs(6)
         {
             break c;
         }
     };
-    eprintln!("corrected at segment {at}; n0 reads n2 at {settled}; at most {worst:.1} ms off all along");
-    assert!(worst < 20.0, "n2 was half a frame off: {worst} ms");
+    eprintln!("corrected at segment {at}; n0 reads n4 at {settled}; at most {worst:.1} ms off all along");
+    assert!(worst < 20.0, "n4 was half a frame off: {worst} ms");
     // Its segments stayed the others' bytes all along.
     let own = |k: usize, i: i64| std::fs::read(dir.path().join(format!("n{k}/ch/90p/seg-{i}.m4s"))).ok();
-    let both: Vec<i64> = (at - 8..=at + 2).filter(|&i| own(0, i).is_some() && own(2, i).is_some()).collect();
+    let both: Vec<i64> = (at - 8..=at + 2).filter(|&i| own(0, i).is_some() && own(4, i).is_some()).collect();
     assert!(both.len() >= 8, "segments around the correction: {both:?}");
     for i in both {
-        assert_eq!(own(2, i), own(0, i), "segment {i}");
+        assert_eq!(own(4, i), own(0, i), "segment {i}");
     }
-    // n2 logged the prediction and the vote.
+    // n4 logged the prediction (of at least the neighbours it proposed
+    // on) and the vote.
     let logged = Instant::now();
     loop {
         let (code, events) = request(&admin, &token, "GET", "/api/v1/events?since=0", "");
         assert_eq!(code, 200, "{events}");
         let needles = [
-            "channel ch: n0's media clock drifts -",
-            "channel ch: n2 proposes to correct its media clock by -",
-            "channel ch: n2 will correct its media clock by -",
-            "carried by 2 of 2 (n0, n1)",
+            "s media clock drifts -",
+            "channel ch: n4 proposes to correct its media clock by -",
+            "channel ch: n4 will correct its media clock by -",
+            "of 4 (n",
         ];
         if needles.iter().all(|n| events.contains(n)) {
             break;

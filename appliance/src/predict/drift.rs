@@ -13,8 +13,8 @@
 
 use lockstep_ptp::servo::{Discipline, OUTLIER_SIGMA, STEP_AFTER, ServoConfig};
 
-/// Measurements before an estimate is trusted (about 4 s at two a second).
-pub const MIN_SAMPLES: u32 = 8;
+/// Measurements before an estimate is trusted (6 s at two a second).
+pub const MIN_SAMPLES: u32 = 12;
 
 /// A reading further than this (or [`OUTLIER_SIGMA`] standard errors)
 /// from the prediction is off: alone, a delayed packet, left out;
@@ -61,6 +61,8 @@ pub struct DriftEstimate {
     pub offset_ns: f64,
     /// How fast that grows, ppm (1 ppm = 1 µs per second).
     pub drift_ppm: f64,
+    /// Standard error of the drift, ppm.
+    pub drift_error_ppm: f64,
     /// Standard error of the offset, ns.
     pub error_ns: f64,
     /// Measurements taken since the filter (re)started.
@@ -99,6 +101,7 @@ impl DriftTracker {
         Some(DriftEstimate {
             offset_ns: q.offset_ns,
             drift_ppm: q.frequency * 1e6,
+            drift_error_ppm: q.frequency_error * 1e6,
             error_ns: q.error_ns,
             samples: self.samples,
         })
@@ -108,15 +111,22 @@ impl DriftTracker {
 impl DriftEstimate {
     /// Seconds until the offset's magnitude reaches `limit_ns` at the
     /// estimated rate: 0 when it already has, `None` when it is not
-    /// heading there (steady, or coming back).
+    /// heading there (steady, or coming back) or the estimate is too
+    /// uncertain to say.
     pub fn time_to(&self, limit_ns: f64) -> Option<f64> {
+        // An offset known no better than a quarter of the limit (readings
+        // disturbed by load or an asymmetric path) predicts nothing.
+        if self.error_ns > limit_ns / 4.0 {
+            return None;
+        }
         if self.offset_ns.abs() >= limit_ns {
             return Some(0.0);
         }
         let rate_ns_per_s = self.drift_ppm * 1_000.0;
         // Drift within 1 ppm is no drift worth acting on (PTP keeps
-        // clocks far closer; an unlocked crystal is a few ppm).
-        if rate_ns_per_s.abs() < 1_000.0 {
+        // clocks far closer; an unlocked crystal is a few ppm), nor is one
+        // within three standard errors of none (early, or noisy readings).
+        if self.drift_ppm.abs() < 1.0_f64.max(3.0 * self.drift_error_ppm) {
             return None;
         }
         let target = limit_ns.copysign(rate_ns_per_s);
@@ -228,13 +238,25 @@ mod tests {
 
     #[test]
     fn time_to_a_limit_follows_the_sign_of_the_drift() {
-        let e = |offset_ns, drift_ppm| DriftEstimate { offset_ns, drift_ppm, error_ns: 0.0, samples: 10 };
+        let e = |offset_ns, drift_ppm| DriftEstimate {
+            offset_ns,
+            drift_ppm,
+            drift_error_ppm: 0.1,
+            error_ns: 0.0,
+            samples: 10,
+        };
         assert_eq!(e(0.0, 100.0).time_to(20_000_000.0), Some(200.0));
         assert_eq!(e(0.0, -100.0).time_to(20_000_000.0), Some(200.0));
         assert_eq!(e(10_000_000.0, 100.0).time_to(20_000_000.0), Some(100.0));
         // Coming back from -10 ms at +100 ppm: crosses to +20 ms after 300 s.
         assert_eq!(e(-10_000_000.0, 100.0).time_to(20_000_000.0), Some(300.0));
         assert_eq!(e(5_000_000.0, 0.5).time_to(20_000_000.0), None);
+        // A drift within three standard errors of none predicts nothing.
+        let unsure = DriftEstimate { drift_error_ppm: 40.0, ..e(0.0, 100.0) };
+        assert_eq!(unsure.time_to(20_000_000.0), None);
+        // Nor does an offset known no better than a quarter of the limit.
+        let vague = DriftEstimate { error_ns: 5_500_000.0, ..e(0.0, 1000.0) };
+        assert_eq!(vague.time_to(20_000_000.0), None);
         assert_eq!(e(-25_000_000.0, 0.0).time_to(20_000_000.0), Some(0.0));
         assert!((half_frame_ns(25.0) - 20_000_000.0).abs() < 1e-6);
     }

@@ -88,6 +88,9 @@ pub struct ClockQualityReport {
     pub offset_ns: f64,
     /// Estimated frequency error of the local clock.
     pub frequency: f64,
+    /// Standard error of that estimate (dimensionless; infinite before
+    /// the first measurement).
+    pub frequency_error: f64,
     /// Estimated error (1 σ) of disciplined time now, ns.
     pub error_ns: f64,
     /// Time since the last measurement, ns (0 when none yet).
@@ -230,6 +233,7 @@ impl Discipline {
                 state: ClockState::Freerun,
                 offset_ns: 0.0,
                 frequency: 0.0,
+                frequency_error: f64::INFINITY,
                 error_ns: f64::INFINITY,
                 since_last_ns,
                 grandmaster_changes: self.grandmaster_changes,
@@ -250,6 +254,7 @@ impl Discipline {
             state,
             offset_ns: x[0],
             frequency: x[1],
+            frequency_error: p[1][1].max(0.0).sqrt(),
             error_ns,
             since_last_ns,
             grandmaster_changes: self.grandmaster_changes,
