@@ -19,6 +19,18 @@ pub struct OriginMetrics {
     pub by_class: [std::sync::atomic::AtomicU64; 5],
 }
 
+impl OriginMetrics {
+    /// Adds the response counts to an exposition.
+    pub fn export(&self, out: &mut crate::metrics::Exposition) {
+        crate::metrics::status_classes(
+            out,
+            "lockstep_origin_requests_total",
+            "Origin HTTP responses by status class.",
+            &self.by_class,
+        );
+    }
+}
+
 /// A running origin.
 #[derive(Debug)]
 pub struct Origin {

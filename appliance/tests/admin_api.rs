@@ -998,7 +998,15 @@ fn channels_created_through_the_api_run_beside_the_first_outlive_a_restart_and_a
     assert_eq!(origin.status, 200, "the origin serves the new channel");
     let metrics = d.get("/metrics", &cookie).text();
     assert!(metrics.contains("lockstep_channel_running{channel=\"extra\"} 1"), "{metrics}");
-    assert_eq!(metrics.matches("# TYPE lockstep_channel_running ").count(), 1, "one family header");
+    let mut families: Vec<&str> = metrics.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let declared = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(families.len(), declared, "every family is declared once across both channels:\n{metrics}");
+    for family in ["lockstep_channel_running", "lockstep_analysis_frames_total", "lockstep_frames_captured_total"] {
+        let samples = metrics.lines().filter(|l| l.starts_with(&format!("{family}{{"))).count();
+        assert_eq!(samples, 2, "{family}: one sample per channel:\n{metrics}");
+    }
 
     // A failing channel says why while the others keep publishing.
     let clip = dir.path().join("clip.mp4");

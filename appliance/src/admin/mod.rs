@@ -105,6 +105,26 @@ pub struct ApiMetrics {
     pub login_limited: AtomicU64,
 }
 
+impl ApiMetrics {
+    /// Adds the API's counters to an exposition.
+    pub fn export(&self, out: &mut crate::metrics::Exposition) {
+        crate::metrics::status_classes(
+            out,
+            "lockstep_api_requests_total",
+            "Admin API responses by status class.",
+            &self.by_class,
+        );
+        let n = |a: &AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        out.counter("lockstep_api_login_failures_total", "Failed admin logins.", &[], n(&self.login_failures));
+        out.counter(
+            "lockstep_api_logins_limited_total",
+            "Logins refused by the rate limit.",
+            &[],
+            n(&self.login_limited),
+        );
+    }
+}
+
 /// The client's address, for the login limit and the audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);

@@ -14,6 +14,7 @@ use crate::analysis::audio::{AudioAnalyzer, AudioWindow};
 use crate::analysis::segment::{ContentType, SegmentAccumulator, SegmentAnalysis};
 use crate::analysis::video::VideoAnalyzer;
 use crate::capture::pool::FrameRef;
+use crate::metrics::{self, Exposition};
 use crate::timeline::{Grid, Timecode};
 
 /// Largest subsampling step (analyse every 4th picture).
@@ -86,76 +87,58 @@ impl AnalysisMetrics {
         self.audio_complexity.store(audio.to_bits(), Ordering::Relaxed);
     }
 
-    /// Prometheus text exposition of the counters, labelled with the channel.
-    pub fn render(&self, channel: &str, out: &mut String) {
-        use std::fmt::Write;
-        let f = |a: &AtomicU32| f32::from_bits(a.load(Ordering::Relaxed));
-        let content = ContentType::ALL.get(self.content.load(Ordering::Relaxed) as usize).copied();
-        let rows: [(&str, &str, &str, f64); 8] = [
-            (
-                "lockstep_analysis_frames_total",
-                "counter",
-                "Pictures analysed.",
-                self.frames_analysed.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "lockstep_analysis_frames_skipped_total",
-                "counter",
-                "Pictures left out because analysis fell behind.",
-                self.frames_skipped.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "lockstep_analysis_subsample_step",
-                "gauge",
-                "1 = every picture analysed, N = every Nth.",
-                f64::from(self.subsample_step.load(Ordering::Relaxed).max(1)),
-            ),
-            (
-                "lockstep_analysis_segments_total",
-                "counter",
-                "Segments analysed.",
-                self.segments.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "lockstep_analysis_scene_cuts_total",
-                "counter",
-                "Scene cuts detected.",
-                self.scene_cuts.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "lockstep_analysis_complexity_ratio",
-                "gauge",
-                "Complexity score of the last segment, 0-1.",
-                f64::from(f(&self.complexity)),
-            ),
+    /// Adds the counters to an exposition, labelled with the channel; the
+    /// audio gauges only once there is audio (they are NaN before).
+    pub fn export(&self, channel: &str, out: &mut Exposition) {
+        let f = |a: &AtomicU32| f64::from(f32::from_bits(a.load(Ordering::Relaxed)));
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let at = [("channel", channel)];
+        out.counter("lockstep_analysis_frames_total", "Pictures analysed.", &at, n(&self.frames_analysed));
+        out.counter(
+            "lockstep_analysis_frames_skipped_total",
+            "Pictures left out because analysis fell behind.",
+            &at,
+            n(&self.frames_skipped),
+        );
+        out.gauge(
+            "lockstep_analysis_subsample_step",
+            "1 = every picture analysed, N = every Nth.",
+            &at,
+            f64::from(self.subsample_step.load(Ordering::Relaxed).max(1)),
+        );
+        out.counter("lockstep_analysis_segments_total", "Segments analysed.", &at, n(&self.segments));
+        out.counter("lockstep_analysis_scene_cuts_total", "Scene cuts detected.", &at, n(&self.scene_cuts));
+        out.gauge(
+            "lockstep_analysis_complexity_ratio",
+            "Complexity score of the last segment, 0-1.",
+            &at,
+            f(&self.complexity),
+        );
+        for (name, help, v) in [
             (
                 "lockstep_analysis_audio_loudness_dbfs",
-                "gauge",
                 "RMS level of the last segment's audio, dBFS.",
-                f64::from(f(&self.loudness_dbfs)),
+                f(&self.loudness_dbfs),
             ),
             (
                 "lockstep_analysis_audio_complexity_ratio",
-                "gauge",
                 "Audio complexity of the last segment, 0-1.",
-                f64::from(f(&self.audio_complexity)),
+                f(&self.audio_complexity),
             ),
-        ];
-        for (name, kind, help, value) in rows {
-            if value.is_nan() {
-                continue;
+        ] {
+            if !v.is_nan() {
+                out.gauge(name, help, &at, v);
             }
-            let _ =
-                writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{channel=\"{channel}\"}} {value}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP lockstep_analysis_content_info Content type of the last segment.\n# TYPE lockstep_analysis_content_info gauge"
-        );
+        let content = ContentType::ALL.get(self.content.load(Ordering::Relaxed) as usize).copied();
         for c in ContentType::ALL {
-            let on = u8::from(Some(c) == content && self.segments.load(Ordering::Relaxed) > 0);
-            let _ =
-                writeln!(out, "lockstep_analysis_content_info{{channel=\"{channel}\",content=\"{}\"}} {on}", c.name());
+            let on = Some(c) == content && self.segments.load(Ordering::Relaxed) > 0;
+            out.gauge(
+                "lockstep_analysis_content_info",
+                "Content type of the last segment.",
+                &[("channel", channel), ("content", c.name())],
+                metrics::flag(on),
+            );
         }
     }
 }
@@ -404,8 +387,9 @@ mod tests {
     fn metrics_render_as_prometheus_text() {
         let m = AnalysisMetrics::default();
         m.frames_analysed.store(10, Ordering::Relaxed);
-        let mut text = String::new();
-        m.render("news", &mut text);
+        let mut e = Exposition::new();
+        m.export("news", &mut e);
+        let text = e.render();
         assert!(text.contains("lockstep_analysis_frames_total{channel=\"news\"} 10"), "{text}");
         assert!(!text.contains("loudness"), "no audio yet: NaN gauges are left out: {text}");
         assert!(text.lines().all(|l| l.starts_with('#') || l.split(' ').count() == 2), "{text}");

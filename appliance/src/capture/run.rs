@@ -15,6 +15,8 @@ use crate::capture::pool::{FrameMeta, FramePool, FrameRef};
 use crate::capture::{CaptureDevice, CaptureError, Captured};
 use crate::clock::{Clock, MediaClock};
 use crate::handover::Handover;
+use crate::metrics::{self, Exposition};
+use crate::sync::lock;
 use crate::timeline::Rate;
 
 /// What the capture loop counts and what it is told, shared with the
@@ -59,6 +61,51 @@ pub struct CaptureStatus {
 }
 
 impl CaptureStatus {
+    /// Adds the capture counters to an exposition, labelled with the channel.
+    pub fn export(&self, channel: &str, out: &mut Exposition) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let at = [("channel", channel)];
+        out.counter(
+            "lockstep_frames_captured_total",
+            "Frames captured since the daemon started.",
+            &at,
+            n(&self.frames_captured),
+        );
+        out.counter(
+            "lockstep_frames_dropped_total",
+            "Frames skipped because capture fell behind real time.",
+            &at,
+            n(&self.frames_dropped),
+        );
+        // How pictures reached the pool: in place (no copy), converted once,
+        // copied (a repeat filling a gap), or black standing in for a fault.
+        for (path, v) in [
+            ("in_place", &self.frames_in_place),
+            ("converted", &self.frames_converted),
+            ("copied", &self.frames_copied),
+            ("substituted", &self.frames_substituted),
+        ] {
+            out.counter(
+                "lockstep_capture_frames_total",
+                "Frames from a device-paced source by how they reached the frame pool (path=in_place means no copy).",
+                &[("channel", channel), ("path", path)],
+                n(v),
+            );
+        }
+        out.counter(
+            "lockstep_input_faults_total",
+            "Input faults (no signal, no lock, timeouts, corrupt frames) since the daemon started.",
+            &at,
+            n(&self.input_faults),
+        );
+        out.gauge(
+            "lockstep_input_fault",
+            "1 while the input has a fault.",
+            &at,
+            metrics::flag(lock(&self.input_fault).is_some()),
+        );
+    }
+
     /// A realignment due at frame `n`, taken (it applies once): the
     /// picture numbered `m` before is numbered `m + frames` from then on.
     fn realignment_due(&self, n: i64) -> Option<i64> {

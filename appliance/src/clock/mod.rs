@@ -21,6 +21,7 @@ pub use lockstep_ptp::servo::ClockState;
 use lockstep_ptp::servo::{Discipline, ServoConfig};
 
 use crate::config::{ClockConfig, ClockSource};
+use crate::metrics::{self, Exposition};
 use fault::Fault;
 
 /// A source of media time.
@@ -92,66 +93,61 @@ fn state_name<S: serde::Serializer>(s: &ClockState, ser: S) -> Result<S::Ok, S::
 }
 
 impl ClockQuality {
-    /// Prometheus text exposition, labelled with the channel.
-    pub fn render(&self, channel: &str, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP lockstep_clock_state Media clock lock state (1 for the current state).\n# TYPE lockstep_clock_state gauge"
-        );
+    /// Adds the clock's figures to an exposition, labelled with the channel.
+    pub fn export(&self, channel: &str, out: &mut Exposition) {
         for s in ClockState::ALL {
-            let v = u8::from(s == self.state);
-            let _ = writeln!(out, "lockstep_clock_state{{channel=\"{channel}\",state=\"{}\"}} {v}", s.name());
+            out.gauge(
+                "lockstep_clock_state",
+                "Media clock lock state (1 for the current state).",
+                &[("channel", channel), ("state", s.name())],
+                metrics::flag(s == self.state),
+            );
         }
-        let rows: [(&str, &str, &str, f64); 9] = [
-            (
-                "lockstep_clock_error_ns",
-                "gauge",
-                "Estimated media clock error (1 sigma), ns; NaN if unknown.",
-                self.error_ns.unwrap_or(f64::NAN),
-            ),
-            (
-                "lockstep_clock_offset_ns",
-                "gauge",
-                "Estimated local clock offset from the reference, ns.",
-                self.offset_ns,
-            ),
-            (
-                "lockstep_clock_frequency_ppb",
-                "gauge",
-                "Estimated local clock frequency error, ppb.",
-                self.frequency_ppb,
-            ),
-            ("lockstep_clock_holdover_seconds", "gauge", "Time in holdover, s.", self.holdover_s),
-            (
-                "lockstep_clock_fallback",
-                "gauge",
-                "1 when the time source is unreachable and the system clock is used.",
-                f64::from(u8::from(self.fallback)),
-            ),
-            (
-                "lockstep_clock_grandmaster_changes_total",
-                "counter",
-                "Grandmaster changes seen.",
-                f64::from(self.grandmaster_changes),
-            ),
-            ("lockstep_clock_measurements_total", "counter", "Offset measurements taken.", self.measurements as f64),
-            (
-                "lockstep_clock_source_errors_total",
-                "counter",
-                "Failed reads of the time source.",
-                self.source_errors as f64,
-            ),
-            (
-                "lockstep_clock_malformed_total",
-                "counter",
-                "Malformed time source replies dropped.",
-                self.malformed as f64,
-            ),
-        ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{channel=\"{channel}\"}} {v}");
-        }
+        let at = [("channel", channel)];
+        out.gauge(
+            "lockstep_clock_error_ns",
+            "Estimated media clock error (1 sigma), ns; NaN if unknown.",
+            &at,
+            self.error_ns.unwrap_or(f64::NAN),
+        );
+        out.gauge(
+            "lockstep_clock_offset_ns",
+            "Estimated local clock offset from the reference, ns.",
+            &at,
+            self.offset_ns,
+        );
+        out.gauge(
+            "lockstep_clock_frequency_ppb",
+            "Estimated local clock frequency error, ppb.",
+            &at,
+            self.frequency_ppb,
+        );
+        out.gauge("lockstep_clock_holdover_seconds", "Time in holdover, s.", &at, self.holdover_s);
+        out.gauge(
+            "lockstep_clock_fallback",
+            "1 when the time source is unreachable and the system clock is used.",
+            &at,
+            metrics::flag(self.fallback),
+        );
+        out.counter(
+            "lockstep_clock_grandmaster_changes_total",
+            "Grandmaster changes seen.",
+            &at,
+            f64::from(self.grandmaster_changes),
+        );
+        out.counter("lockstep_clock_measurements_total", "Offset measurements taken.", &at, self.measurements as f64);
+        out.counter(
+            "lockstep_clock_source_errors_total",
+            "Failed reads of the time source.",
+            &at,
+            self.source_errors as f64,
+        );
+        out.counter(
+            "lockstep_clock_malformed_total",
+            "Malformed time source replies dropped.",
+            &at,
+            self.malformed as f64,
+        );
     }
 }
 
@@ -432,8 +428,9 @@ mod tests {
     #[test]
     fn quality_renders_as_prometheus_text() {
         let c = Clock::system(37);
-        let mut text = String::new();
-        c.quality().render("ch", &mut text);
+        let mut e = Exposition::new();
+        c.quality().export("ch", &mut e);
+        let text = e.render();
         assert!(text.contains("lockstep_clock_state{channel=\"ch\",state=\"freerun\"}"), "{text}");
         assert!(text.contains("lockstep_clock_fallback{channel=\"ch\"} 0"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::metrics::{Exposition, Kind};
 use crate::package::store::{Store, StoreError};
 
 /// Identifies a track of the channel.
@@ -161,26 +162,31 @@ pub struct PackagerStats {
 }
 
 impl PackagerStats {
-    /// Prometheus text exposition, labelled with the channel.
-    pub fn render(&self, channel: &str, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP lockstep_segments_written_total Segments written per track.\n# TYPE lockstep_segments_written_total counter"
-        );
+    /// Adds the packager's counters to an exposition, labelled with the
+    /// channel.
+    pub fn export(&self, channel: &str, out: &mut Exposition) {
+        out.declare("lockstep_segments_written_total", Kind::Counter, "Segments written per track.");
         for (track, n) in &self.written {
-            let _ = writeln!(out, "lockstep_segments_written_total{{channel=\"{channel}\",track=\"{track}\"}} {n}");
+            out.counter(
+                "lockstep_segments_written_total",
+                "Segments written per track.",
+                &[("channel", channel), ("track", track)],
+                *n as f64,
+            );
         }
-        for (name, help, v) in [
-            ("lockstep_segment_write_errors_total", "Segment store writes that failed.", self.write_errors),
-            (
-                "lockstep_analysis_late_total",
-                "Manifest entries written without content analysis (it came too late).",
-                self.late_analyses,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{channel=\"{channel}\"}} {v}");
-        }
+        let at = [("channel", channel)];
+        out.counter(
+            "lockstep_segment_write_errors_total",
+            "Segment store writes that failed.",
+            &at,
+            self.write_errors as f64,
+        );
+        out.counter(
+            "lockstep_analysis_late_total",
+            "Manifest entries written without content analysis (it came too late).",
+            &at,
+            self.late_analyses as f64,
+        );
     }
 }
 

@@ -24,6 +24,7 @@ use crate::clock::{Clock, ClockError, MediaClock};
 use crate::config::{Config, Pacing, SourceKind};
 use crate::encode::{self, VideoJob, Work, WorkerError};
 use crate::handover::Handover;
+use crate::metrics::{self, Exposition};
 use crate::package::sink::{self, Publisher, SegmentSink};
 use crate::package::store::StoreError;
 use crate::package::{ManifestEntry, Packager, PackagerConfig, PackagerStats, TrackId, TrackSpec};
@@ -86,19 +87,33 @@ pub struct RunLimits {
 const ANALYSIS_QUEUE: usize = 4;
 
 impl Taps {
-    /// The channel's per-segment figures as Prometheus text (analysis,
-    /// packager, media clock): what `metrics.prom` holds and `/metrics`
-    /// serves, rendered from the same counters by this one function.
-    pub fn render_metrics(&self, channel: &str) -> String {
-        let mut text = String::new();
-        self.metrics.render(channel, &mut text);
-        if let Some(stats) = lock(&self.status.packaged).as_ref() {
-            stats.render(channel, &mut text);
+    /// Adds the channel's figures to an exposition, labelled with the
+    /// channel: its state and capture counters, analysis, packager and
+    /// media clock, each from the module that owns them. What `metrics.prom`
+    /// holds and `/metrics` serves for the channel.
+    pub fn export(&self, channel: &str, out: &mut Exposition) {
+        let status = &self.status;
+        let at = [("channel", channel)];
+        out.gauge(
+            "lockstep_channel_running",
+            "1 while the channel's pipeline runs.",
+            &at,
+            metrics::flag(status.running.load(Ordering::Relaxed)),
+        );
+        status.capture.export(channel, out);
+        out.gauge(
+            "lockstep_encode_latency_seconds",
+            "Capture of a segment's last frame to its publication.",
+            &at,
+            status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        self.metrics.export(channel, out);
+        if let Some(stats) = lock(&status.packaged).as_ref() {
+            stats.export(channel, out);
         }
-        if let Some(quality) = lock(&self.status.clock).as_ref() {
-            quality.render(channel, &mut text);
+        if let Some(quality) = lock(&status.clock).as_ref() {
+            quality.export(channel, out);
         }
-        text
     }
 }
 
@@ -489,7 +504,9 @@ impl Publisher for ChannelPublisher {
         // textfile for a node without the admin API).
         *lock(&self.taps.status.packaged) = Some(packager.stats());
         *lock(&self.taps.status.clock) = Some(self.clock.quality());
-        let text = self.taps.render_metrics(&self.channel);
+        let mut exposition = Exposition::new();
+        self.taps.export(&self.channel, &mut exposition);
+        let text = exposition.render();
         if let Err(e) = packager.write_file(&self.metrics_path, text.as_bytes()) {
             tracing::warn!("metrics: {e}");
         }
