@@ -248,12 +248,21 @@ impl CaptureLoop<'_> {
             let mut writer = pool.acquire();
             // The picture (and its sound) the source gives for frame n:
             // picture n, unless a slip drill shifted it or a realignment
-            // moved it back.
+            // moved it back. A live source stands for a camera: it shows
+            // the world's picture of the moment frame n is due by the clock
+            // without drills or swarm corrections, so a drilled clock
+            // numbers pictures as a drifting or stepped camera clock would
+            // (half a frame off, its frames show the neighbouring pictures).
             if let Some(moved) = status.realignment_due(n) {
                 let slip = status.slip_frames.fetch_add(moved, Ordering::Relaxed) + moved;
                 tracing::info!(frame = n, frames = moved, slip, "capture realigned with the swarm's majority");
             }
-            let picture = n - status.slip_frames.load(Ordering::Relaxed);
+            let world = if self.live && self.realtime {
+                rate.frame_at(rate.frame_time_ns(n) - clock.adjustment_ns())
+            } else {
+                n
+            };
+            let picture = world - status.slip_frames.load(Ordering::Relaxed);
             let first_sample = rate.audio_sample_at(picture, 48_000);
             let samples = usize::try_from(rate.audio_sample_at(picture + 1, 48_000) - first_sample).unwrap_or(0);
             match device.read(picture, first_sample, samples, &mut writer.buffers()) {

@@ -287,6 +287,15 @@ impl Clock {
         (local, tai)
     }
 
+    /// How far drills (the injected fault) and the swarm's corrections move
+    /// this clock from the time it would read without them, now, ns. A
+    /// live test source shows the picture of that undisturbed time, as a
+    /// camera shows the world's (`capture::run`).
+    pub fn adjustment_ns(&self) -> i128 {
+        let local = realtime_ns();
+        i128::from(self.shared.fault.at(local)) + self.shared.trim.get().map_or(0, |t| t.at(local))
+    }
+
     /// Takes the channel's swarm corrections (set once, before media time
     /// is first read; they outlive the clock, a new run's clock takes the
     /// same).
