@@ -218,8 +218,10 @@ pub struct SwarmConfig {
     /// Preferred neighbours kept per node (3–7).
     pub neighbours: u32,
     /// A neighbour's media clock predicted to reach half a frame from
-    /// this node's within this many seconds is flagged (docs/swarm.md,
-    /// "Drift").
+    /// this node's within this many seconds is flagged and corrected
+    /// (docs/swarm.md, "Drift"); 0 switches prediction off: only a clock
+    /// measured half a frame off is (the reactive baseline of
+    /// `lockstep bench resync`).
     pub drift_horizon_s: f64,
     /// Where the node writes its view of the swarm (JSON), if anywhere.
     pub status_file: Option<PathBuf>,
@@ -273,8 +275,8 @@ impl SwarmConfig {
         if !(3..=7).contains(&self.neighbours) {
             return Err(invalid("swarm.neighbours", "must be between 3 and 7"));
         }
-        if !(1.0..=600.0).contains(&self.drift_horizon_s) {
-            return Err(invalid("swarm.drift_horizon_s", "must be between 1 and 600 seconds"));
+        if self.drift_horizon_s != 0.0 && !(1.0..=600.0).contains(&self.drift_horizon_s) {
+            return Err(invalid("swarm.drift_horizon_s", "must be 0 (no prediction) or between 1 and 600 seconds"));
         }
         Ok(())
     }

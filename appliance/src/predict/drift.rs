@@ -16,6 +16,9 @@ use lockstep_ptp::servo::{Discipline, OUTLIER_SIGMA, STEP_AFTER, ServoConfig};
 /// Measurements before an estimate is trusted (6 s at two a second).
 pub const MIN_SAMPLES: u32 = 12;
 
+/// Measurements before the offset alone is (1.5 s at two a second).
+pub const OFFSET_SAMPLES: u32 = 3;
+
 /// A reading further than this (or [`OUTLIER_SIGMA`] standard errors)
 /// from the prediction is off: alone, a delayed packet, left out;
 /// [`STEP_AFTER`] in a row, a step: the filter starts afresh.
@@ -90,6 +93,13 @@ impl DriftTracker {
         self.off_in_row = 0;
         self.filter.measure(t_ns, offset_ns, [0; 8]);
         self.samples = self.samples.saturating_add(1);
+    }
+
+    /// The offset alone, ns, once [`OFFSET_SAMPLES`] readings are in and
+    /// none is being held back as off the prediction (a step may be under
+    /// way while one is): known well before the rate is.
+    pub fn offset(&self, t_ns: i64) -> Option<f64> {
+        (self.samples >= OFFSET_SAMPLES && self.off_in_row == 0).then(|| self.filter.quality(t_ns).offset_ns)
     }
 
     /// The estimate at `t_ns`; `None` before [`MIN_SAMPLES`] measurements.

@@ -478,16 +478,29 @@ impl Node {
                         // A source that cannot move (a file) shows its
                         // frame offset but never proposes a realignment;
                         // a clock drifting away is corrected on any source.
-                        None => can_realign
-                            .then(|| resync::proposal_needed(&decisions.deviations, &names))
-                            .flatten()
-                            .or_else(|| {
-                                resync::clock_proposal_needed(
-                                    &decisions.deviations,
-                                    &names,
-                                    self.settings.drift_horizon_s,
-                                )
-                            }),
+                        None => {
+                            // Members whose clock is a quarter frame or more
+                            // from this one (or not yet measured again):
+                            // their frame offsets are the clock's to put right.
+                            let quarter_frame_ns = frame_ns / 4.0;
+                            let clock_doubt: Vec<String> = names
+                                .iter()
+                                .filter(|n| {
+                                    self.clocks.in_step(&c.id, n, realtime_ns(), quarter_frame_ns) == Some(false)
+                                })
+                                .cloned()
+                                .collect();
+                            can_realign
+                                .then(|| resync::proposal_needed(&decisions.deviations, &names, &clock_doubt))
+                                .flatten()
+                                .or_else(|| {
+                                    resync::clock_proposal_needed(
+                                        &decisions.deviations,
+                                        &names,
+                                        self.settings.drift_horizon_s,
+                                    )
+                                })
+                        }
                     };
                     if let Some((correction, evidence)) = wanted {
                         let proposal = resync::Proposal {

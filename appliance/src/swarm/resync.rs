@@ -123,16 +123,26 @@ pub struct Status {
     pub voters: usize,
 }
 
-/// The correction this node should propose on a channel, if any: when a
+/// The realignment this node should propose on a channel, if any: when a
 /// majority of the `members` (the healthy nodes of its group that run the
 /// channel, this one excluded) measure the same frame offset `k ≠ 0`
 /// against it, it is the one out of step and proposes to move by `k`.
+/// Members in `clock_doubt` (their media clock and this node's are a
+/// quarter frame or more apart, or not yet measured since a step or a
+/// correction) are not counted: a clock that far off numbers pictures
+/// differently by itself, and correcting the clock (a clock proposal)
+/// puts the numbering right too, where a realignment as well would move
+/// it twice.
 pub fn proposal_needed(
     deviations: &BTreeMap<String, Deviation>,
     members: &[String],
+    clock_doubt: &[String],
 ) -> Option<(Correction, Vec<(String, i64)>)> {
-    let evidence: Vec<(String, i64)> =
-        members.iter().filter_map(|n| Some((n.clone(), deviations.get(n)?.frame_offset?))).collect();
+    let evidence: Vec<(String, i64)> = members
+        .iter()
+        .filter(|n| !clock_doubt.contains(n))
+        .filter_map(|n| Some((n.clone(), deviations.get(n)?.frame_offset?)))
+        .collect();
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
     for (_, k) in &evidence {
         *counts.entry(*k).or_default() += 1;
@@ -233,27 +243,49 @@ mod tests {
         n.iter().map(|s| (*s).to_string()).collect()
     }
 
+    /// With every member's clock in step.
+    fn proposal_needed_clear(
+        d: &BTreeMap<String, Deviation>,
+        members: &[String],
+    ) -> Option<(Correction, Vec<(String, i64)>)> {
+        proposal_needed(d, members, &[])
+    }
+
+    #[test]
+    fn a_frame_offset_the_clocks_explain_is_left_to_the_clock_correction() {
+        // Five nodes: this one is a frame off from the four others, but
+        // two of them measure its clock a quarter frame or more away (or
+        // are still measuring it after a step): only two count, no majority.
+        let four = members(&["a", "b", "c", "d"]);
+        let d = seen(&[("a", Some(-1)), ("b", Some(-1)), ("c", Some(-1)), ("d", Some(-1))]);
+        assert_eq!(proposal_needed(&d, &four, &members(&["a", "b"])), None);
+        // One in doubt leaves three of five: a slip, realigned.
+        let (c, evidence) = proposal_needed(&d, &four, &members(&["a"])).unwrap();
+        assert_eq!(c, Correction::Realign { frames: -1 });
+        assert_eq!(evidence.len(), 3, "the member in doubt is not evidence: {evidence:?}");
+    }
+
     #[test]
     fn the_node_out_of_step_proposes_and_the_others_do_not() {
         // n1 slipped a frame: it sees n0 and n2 a frame behind; each of
         // them sees n1 a frame ahead and the other in lockstep.
         let all = members(&["n0", "n2"]);
-        let (c, evidence) = proposal_needed(&seen(&[("n0", Some(-1)), ("n2", Some(-1))]), &all).unwrap();
+        let (c, evidence) = proposal_needed_clear(&seen(&[("n0", Some(-1)), ("n2", Some(-1))]), &all).unwrap();
         assert_eq!(c, Correction::Realign { frames: -1 });
         assert_eq!(evidence, [("n0".to_string(), -1), ("n2".to_string(), -1)]);
-        assert_eq!(proposal_needed(&seen(&[("n1", Some(1)), ("n2", Some(0))]), &members(&["n1", "n2"])), None);
+        assert_eq!(proposal_needed_clear(&seen(&[("n1", Some(1)), ("n2", Some(0))]), &members(&["n1", "n2"])), None);
         // Five nodes, one slipped: the slipped one has four at -1.
         let four = members(&["a", "b", "c", "d"]);
         let d = seen(&[("a", Some(-1)), ("b", Some(-1)), ("c", Some(-1)), ("d", None)]);
-        assert!(proposal_needed(&d, &four).is_some(), "three of five agree");
+        assert!(proposal_needed_clear(&d, &four).is_some(), "three of five agree");
         // Each healthy node sees one neighbour at +1 and three at 0: none moves.
         let d = seen(&[("a", Some(1)), ("b", Some(0)), ("c", Some(0)), ("d", Some(0))]);
-        assert_eq!(proposal_needed(&d, &four), None);
+        assert_eq!(proposal_needed_clear(&d, &four), None);
         // No majority for any offset: stay.
         let d = seen(&[("a", Some(-1)), ("b", Some(2)), ("c", None), ("d", None)]);
-        assert_eq!(proposal_needed(&d, &four), None);
+        assert_eq!(proposal_needed_clear(&d, &four), None);
         // Alone, or seeing nobody, nothing to move by.
-        assert_eq!(proposal_needed(&BTreeMap::new(), &[]), None);
+        assert_eq!(proposal_needed_clear(&BTreeMap::new(), &[]), None);
     }
 
     #[test]

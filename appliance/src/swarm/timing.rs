@@ -136,6 +136,23 @@ impl ClockWatch {
         })
     }
 
+    /// Whether `node`'s media clock on `channel` is known to be within
+    /// `limit_ns` of this node's: `None` when it never sent a reading (a
+    /// member without timing packets gives no evidence either way);
+    /// `Some(false)` beyond the limit, or while its offset is not known
+    /// (the first readings, a step under way, a correction taking effect).
+    pub fn in_step(&self, channel: &str, node: &str, now_ns: i64, limit_ns: f64) -> Option<bool> {
+        let key = (channel.to_string(), node.to_string());
+        if !self.heard.contains_key(&key) && !self.trackers.contains_key(&key) {
+            return None;
+        }
+        if self.fresh_from.contains_key(&key) {
+            return Some(false);
+        }
+        let tracker = self.trackers.get(&key);
+        Some(tracker.and_then(|t| t.offset(now_ns)).is_some_and(|offset| offset.abs() < limit_ns))
+    }
+
     /// A clock correction on `channel` (of this node, or of `node`)
     /// takes effect at `at_ns`: the filters concerned start afresh with
     /// the readings from [`SETTLE_NS`] after it, since the rate they learnt
@@ -213,6 +230,10 @@ mod tests {
             a.receive("a", &from_b(t, 15_000_000), &|_| Some(t), t);
         }
         assert!((a.drift("main", "b", 20 * S, 20e6).unwrap().offset_ms - 15.0).abs() < 0.1);
+        // 15 ms is beyond a quarter frame (10 ms at 25 fps), within 20 ms.
+        assert_eq!(a.in_step("main", "b", 20 * S, 10e6), Some(false));
+        assert_eq!(a.in_step("main", "b", 20 * S, 20e6), Some(true));
+        assert_eq!(a.in_step("main", "c", 20 * S, 10e6), None, "never heard: no evidence");
         a.restart("main", Some("b"), 20 * S);
         for round in 40..70 {
             let t = round * S / 2;
@@ -220,9 +241,13 @@ mod tests {
             if t < 20 * S + SETTLE_NS {
                 assert!((a.drift("main", "b", t, 20e6).unwrap().offset_ms - 15.0).abs() < 0.1, "kept until settled");
             }
+            if t < 20 * S + SETTLE_NS + S {
+                assert_eq!(a.in_step("main", "b", t, 20e6), Some(false), "unsettled at {t}");
+            }
         }
         let after = a.drift("main", "b", 35 * S, 20e6).unwrap();
         assert!(after.offset_ms.abs() < 0.1 && after.drift_ppm.abs() < 5.0, "{after:?}");
+        assert_eq!(a.in_step("main", "b", 35 * S, 10e6), Some(true));
     }
 
     #[test]
