@@ -66,6 +66,24 @@ pub enum Which {
         #[arg(long, default_value_t = 16)]
         nodes: usize,
     },
+    /// Drills on one appliance of a local swarm of daemon processes (a
+    /// capture slip, a clock step, a clock drift): detection, correction,
+    /// prediction lead time and misaligned segments, with drift prediction
+    /// and without it (the reactive baseline).
+    Resync {
+        /// Appliances (separate processes).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Drift of the drilled appliance's media clock, ppm.
+        #[arg(long, default_value_t = 50.0, allow_negative_numbers = true)]
+        ppm: f64,
+        /// Step of the drilled appliance's media clock, ms.
+        #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
+        step_ms: f64,
+        /// Only these drills (slip, step, drift; all when not given).
+        #[arg(long = "drill")]
+        drills: Vec<String>,
+    },
 }
 
 /// Interleaved measurement rounds.
@@ -117,6 +135,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Pipeline { frames, full_ladder } => pipeline_bench(frames, full_ladder),
         Which::Analysis { frames } => analysis_bench(frames),
         Which::Swarm { nodes } => crate::swarm::bench::run(nodes),
+        Which::Resync { nodes, ppm, step_ms, drills } => crate::swarm::resync_bench::run(nodes, ppm, step_ms, &drills),
         Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
         Which::Channels { max, seconds } => crate::channels::bench::run(max, seconds),
     }

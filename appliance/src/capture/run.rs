@@ -198,6 +198,9 @@ impl CaptureLoop<'_> {
         status.can_realign.store(self.device_paced || self.live, Ordering::Relaxed);
         while !self.stop.load(Ordering::Relaxed) && !past_end(n) {
             status.hang_drill();
+            // A clock correction due at this frame starts before the wait
+            // for it, so the frame is the first on the corrected clock.
+            clock.reach_frame(n);
             if let Some(pacing) = paced.as_mut() {
                 // Past the end or the handover: the frame is not sent, and
                 // the loop condition ends the run.

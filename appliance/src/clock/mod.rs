@@ -296,6 +296,14 @@ impl Clock {
         i128::from(self.shared.fault.at(local)) + self.shared.trim.get().map_or(0, |t| t.at(local))
     }
 
+    /// The capture is about to take frame `n`: swarm corrections due at
+    /// that frame start now ([`trim::Trim::reach`]).
+    pub fn reach_frame(&self, n: i64) {
+        if let Some(t) = self.shared.trim.get() {
+            t.reach(n, realtime_ns());
+        }
+    }
+
     /// Takes the channel's swarm corrections (set once, before media time
     /// is first read; they outlive the clock, a new run's clock takes the
     /// same).

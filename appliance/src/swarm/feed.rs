@@ -142,8 +142,11 @@ pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::C
                     tracing::info!(channel = %id, frames, at_frame, "the swarm approved a realignment of this capture");
                 }
                 super::resync::Correction::Clock { offset_ns, rate_ppb } => {
+                    // At the boundary frame, as the capture reaches it;
+                    // a second after its estimated time at the latest.
                     ch.taps.status.clock_trim.add(crate::clock::trim::Correction {
-                        from_ns: a.at_local_ns,
+                        from_ns: a.at_local_ns.saturating_add(1_000_000_000),
+                        at_frame: Some(at_frame),
                         measured_ns: i64::try_from(a.proposed_ms).unwrap_or(0).saturating_mul(1_000_000),
                         offset_ns,
                         rate_ppb,

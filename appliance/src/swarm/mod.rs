@@ -18,6 +18,7 @@ mod metrics;
 mod node;
 pub mod replicate;
 pub mod resync;
+pub mod resync_bench;
 pub mod state;
 pub mod timing;
 pub mod wire;

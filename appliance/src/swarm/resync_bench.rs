@@ -1,0 +1,393 @@
+//! `lockstep bench resync`: drills on one appliance of a local swarm of
+//! separate daemon processes (`lockstep run`, the built-in test source,
+//! loopback), each drill run twice in the same benchmark: with drift
+//! prediction (`swarm.drift_horizon_s = 10`) and without it
+//! (`swarm.drift_horizon_s = 0`, the reactive baseline: only a clock
+//! already half a frame off is corrected).
+//!
+//! For each run it prints when a majority of the other appliances flagged
+//! the drilled one (detection), when its correction was in effect (its
+//! boundary reached), how long before half a frame the prediction fired
+//! (lead time), how far off the others measured it at worst, and how many
+//! of its segments were published with bytes other than the majority's
+//! (misaligned; the target is 0). The test source shows the picture of
+//! the undrilled clock's time, as a camera would (docs/time.md), so a clock
+//! half a frame off misaligns segments as a real capture would.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::wire::FleetKey;
+
+/// Frames per segment of the bench channel (25 fps, 2 s segments).
+const SEGMENT_FRAMES: i64 = 50;
+/// Half a frame at 25 fps, ms.
+const HALF_FRAME_MS: f64 = 20.0;
+/// The prediction horizon of the predictive runs, s.
+const HORIZON_S: f64 = 10.0;
+
+/// A fault put on one appliance.
+#[derive(Debug, Clone, Copy)]
+pub enum Drill {
+    /// Its capture slips this many frames.
+    Slip(i64),
+    /// Its media clock gains this many ppm from the drill on.
+    Drift(f64),
+    /// Its media clock steps this many ms at once.
+    Step(f64),
+}
+
+impl Drill {
+    fn describe(self) -> String {
+        match self {
+            Drill::Slip(k) => format!("slip {k} frame{}", if k.abs() == 1 { "" } else { "s" }),
+            Drill::Drift(ppm) => format!("drift {ppm} ppm"),
+            Drill::Step(ms) => format!("step {ms} ms"),
+        }
+    }
+
+    /// The admin API request that starts it.
+    fn request(self) -> (&'static str, &'static str, String) {
+        match self {
+            Drill::Slip(k) => ("POST", "/api/v1/channels/ch/drills/slip", format!(r#"{{"frames": {k}}}"#)),
+            Drill::Drift(ppm) => ("PUT", "/api/v1/clock/fault", format!(r#"{{"frequency_ppm": {ppm}}}"#)),
+            Drill::Step(ms) => {
+                ("PUT", "/api/v1/clock/fault", format!(r#"{{"step_ns": {}}}"#, (ms * 1e6).round() as i64))
+            }
+        }
+    }
+
+    /// How long a run may take after the drill.
+    fn limit(self) -> Duration {
+        match self {
+            // Half a frame at this rate, then time to correct.
+            Drill::Drift(ppm) => Duration::from_secs_f64(HALF_FRAME_MS * 1e3 / ppm.abs().max(1.0) + 60.0),
+            Drill::Slip(_) | Drill::Step(_) => Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Drill → a majority of the others flag the node, s.
+    detected_s: Option<f64>,
+    /// At detection, the time the flagging nodes predicted until half a
+    /// frame (median), s.
+    lead_s: Option<f64>,
+    /// Drill → the correction in effect (its boundary reached), s.
+    corrected_s: Option<f64>,
+    /// The correction, in words.
+    correction: Option<String>,
+    /// The largest offset of the drilled node's clock the first other node
+    /// measured, ms.
+    worst_ms: f64,
+    /// Segments of the drilled node compared with the majority's, from the
+    /// drill's segment on, and how many differed.
+    compared: usize,
+    misaligned: usize,
+}
+
+/// One node's process, killed when dropped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A local swarm of `n` daemon processes under `dir`; the last one has
+/// the admin API (the drills go through it).
+struct LocalSwarm {
+    dir: PathBuf,
+    n: usize,
+    admin: String,
+    token: String,
+    _nodes: Vec<Node>,
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalSwarm {
+    fn start(dir: &Path, n: usize, horizon_s: f64, run_s: f64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = dir.join("fleet.key");
+        crate::files::write_atomic(
+            &key,
+            FleetKey::generate().to_hex().as_bytes(),
+            crate::files::Mode::Exactly(0o600),
+            false,
+        )?;
+        let passwd = dir.join("admin.passwd");
+        crate::admin::auth::set_password(&passwd, &hex::encode(crate::admin::auth::random_bytes::<16>()?))?;
+        let tokens = dir.join("tokens");
+        let token = crate::admin::auth::add_token(&tokens, "bench")?;
+        let admin = format!("127.0.0.1:{}", free_tcp_port()?);
+        let swarm_ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect::<anyhow::Result<_>>()?;
+        let exe = std::env::current_exe().context("the lockstep binary")?;
+        let mut nodes = Vec::new();
+        for k in 0..n {
+            let out = dir.join(format!("n{k}"));
+            std::fs::create_dir_all(&out)?;
+            let seeds: Vec<String> =
+                (0..n).filter(|&j| j != k).map(|j| format!("\"127.0.0.1:{}\"", swarm_ports[j])).collect();
+            let admin_table = if k == n - 1 {
+                format!(
+                    "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+                    passwd.display(),
+                    tokens.display()
+                )
+            } else {
+                String::new()
+            };
+            let text = format!(
+                "[appliance]\nid = \"n{k}\"\n[channel]\nid = \"ch\"\n[source]\nkind = \"test\"\nwidth = 160\nheight = 90\n\
+                 fps = \"25\"\n[audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
+                 [output]\ndir = \"{}\"\nwindow_segments = 1000\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
+                 [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\n\
+                 status_file = \"{}\"\ndrift_horizon_s = {horizon_s}\n{admin_table}",
+                out.display(),
+                free_tcp_port()?,
+                swarm_ports[k],
+                seeds.join(", "),
+                key.display(),
+                out.join("swarm.json").display(),
+            );
+            let config = out.join("lockstep.toml");
+            std::fs::write(&config, text)?;
+            let log = std::fs::File::create(out.join("stderr.log"))?;
+            let child = Command::new(&exe)
+                .args(["run", "--duration", &format!("{run_s:.0}"), "--config"])
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting a node")?;
+            nodes.push(Node(child));
+        }
+        Ok(Self { dir: dir.to_path_buf(), n, admin, token, _nodes: nodes })
+    }
+
+    fn drilled(&self) -> String {
+        format!("n{}", self.n - 1)
+    }
+
+    fn view(&self, k: usize) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.join(format!("n{k}/swarm.json"))).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Every node sees every other in lockstep, and the others measure
+    /// the drilled node's clock.
+    fn wait_for_lockstep(&self, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let drilled = self.drilled();
+        loop {
+            let views: Vec<Value> = (0..self.n).filter_map(|k| self.view(k)).collect();
+            let steady = views.len() == self.n
+                && views.iter().enumerate().all(|(k, v)| {
+                    (0..self.n).filter(|&j| j != k).all(|j| {
+                        let d = &v["channels"]["ch"]["deviations"][format!("n{j}")];
+                        d["frame_offset"] == 0 && (j != self.n - 1 || !d["clock"].is_null())
+                    })
+                });
+            if steady {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "the swarm under {} did not reach lockstep (with clock readings of {drilled}) within {limit:?}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> anyhow::Result<()> {
+        let url = format!("http://{}{path}", self.admin);
+        let auth = format!("Bearer {}", self.token);
+        let sent = match method {
+            "POST" => ureq::post(&url).header("Authorization", &auth).content_type("application/json").send(body),
+            _ => ureq::put(&url).header("Authorization", &auth).content_type("application/json").send(body),
+        };
+        sent.with_context(|| format!("{method} {path}"))?;
+        Ok(())
+    }
+
+    /// Segment `index` of node `k`'s own output, if published.
+    fn segment(&self, k: usize, index: i64) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join(format!("n{k}/ch/90p/seg-{index}.m4s"))).ok()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// Runs one drill on a fresh swarm of `n` with the given horizon.
+fn run_one(root: &Path, n: usize, drill: Drill, horizon_s: f64) -> anyhow::Result<Outcome> {
+    let limit = drill.limit();
+    let swarm = LocalSwarm::start(root, n, horizon_s, limit.as_secs_f64() + 90.0)?;
+    swarm.wait_for_lockstep(Duration::from_secs(60))?;
+    let drilled = swarm.drilled();
+    let me = n - 1;
+    let first_frame = swarm.view(me).and_then(|v| v["me"]["channels"][0]["frame"].as_i64()).unwrap_or_default();
+    let (method, path, body) = drill.request();
+    let drilled_ms = now_ms();
+    swarm.request(method, path, &body)?;
+    let started = Instant::now();
+    let mut out = Outcome::default();
+    let majority = (n - 1) / 2 + 1;
+    // Until the correction has been in effect for two segments.
+    let mut settle_until: Option<Instant> = None;
+    while started.elapsed() < limit && settle_until.is_none_or(|t| Instant::now() < t) {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut leads = Vec::new();
+        let mut flagged = 0;
+        for k in 0..n - 1 {
+            let Some(v) = swarm.view(k) else { continue };
+            let d = &v["channels"]["ch"]["deviations"][&drilled];
+            let horizon = v["drift_horizon_s"].as_f64().unwrap_or(horizon_s);
+            let left = d["clock"]["half_frame_in_s"].as_f64();
+            let offset = d["frame_offset"].as_i64().is_some_and(|k| k != 0);
+            if offset || left.is_some_and(|s| s <= horizon) {
+                flagged += 1;
+                leads.extend(left);
+            }
+            if k == 0
+                && let Some(ms) = d["clock"]["offset_ms"].as_f64()
+            {
+                out.worst_ms = out.worst_ms.max(ms.abs());
+            }
+        }
+        if out.detected_s.is_none() && flagged >= majority {
+            out.detected_s = Some(started.elapsed().as_secs_f64());
+            // Only a prediction has a lead time.
+            out.lead_s = if horizon_s > 0.0 { median(leads) } else { None };
+        }
+        if out.corrected_s.is_none()
+            && let Some(v) = swarm.view(me)
+        {
+            let r = &v["resync"]["ch"];
+            let frame = v["me"]["channels"][0]["frame"].as_i64().unwrap_or_default();
+            let at = r["proposal"]["at_segment"].as_i64().unwrap_or(i64::MAX);
+            if r["outcome"] == "applied"
+                && r["proposal"]["id"].as_u64().is_some_and(|id| id >= drilled_ms)
+                && frame >= at.saturating_mul(SEGMENT_FRAMES)
+            {
+                out.corrected_s = Some(started.elapsed().as_secs_f64());
+                out.correction = Some(describe(&r["proposal"]["correction"]));
+                settle_until = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+    // Every segment from the drill's on that the drilled node and the
+    // others all published: the drilled node's bytes against the others'
+    // (which agree among themselves).
+    let last = swarm.view(me).and_then(|v| v["me"]["channels"][0]["frame"].as_i64()).unwrap_or_default();
+    for index in first_frame / SEGMENT_FRAMES..last / SEGMENT_FRAMES {
+        let Some(own) = swarm.segment(me, index) else { continue };
+        let others: Vec<Vec<u8>> = (0..n - 1).filter_map(|k| swarm.segment(k, index)).collect();
+        if others.len() < n - 1 {
+            continue;
+        }
+        anyhow::ensure!(
+            others.windows(2).all(|w| w[0] == w[1]),
+            "segment {index}: the undrilled nodes disagree among themselves (logs under {})",
+            root.display()
+        );
+        out.compared += 1;
+        if own != others[0] {
+            out.misaligned += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn describe(correction: &Value) -> String {
+    if let Some(frames) = correction["realign"]["frames"].as_i64() {
+        return format!("realign by {frames}");
+    }
+    let c = &correction["clock"];
+    match (c["offset_ns"].as_f64(), c["rate_ppb"].as_f64()) {
+        (Some(o), Some(r)) => format!("clock {:+.1} ms {:+.0} ppm", o / 1e6, r / 1e3),
+        _ => correction.to_string(),
+    }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".into(), |s| format!("{s:.1} s"))
+}
+
+/// Runs the benchmark: `nodes` appliances; drills a 1-frame slip, a
+/// clock step of `step_ms` and a drift of `ppm`, each with prediction and
+/// without.
+pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!((3..=9).contains(&nodes), "--nodes must be between 3 and 9");
+    anyhow::ensure!(ppm != 0.0 && ppm.abs() <= 1000.0, "--ppm must be between -1000 and 1000, not 0");
+    anyhow::ensure!(step_ms.abs() <= 1000.0, "--step-ms must be within ±1000");
+    let root = std::env::temp_dir().join(format!("lockstep-bench-resync-{}", std::process::id()));
+    for name in only {
+        anyhow::ensure!(["slip", "step", "drift"].contains(&name.as_str()), "--drill {name}: slip, step or drift");
+    }
+    let drills: Vec<Drill> = [("slip", Drill::Slip(1)), ("step", Drill::Step(step_ms)), ("drift", Drill::Drift(ppm))]
+        .into_iter()
+        .filter(|(name, _)| only.is_empty() || only.iter().any(|o| o == name))
+        .map(|(_, d)| d)
+        .collect();
+    println!(
+        "{nodes} appliances (separate processes, 160x90 at 25 fps, 2 s segments); the drill on n{}; \
+         prediction: swarm.drift_horizon_s = {HORIZON_S}, reactive baseline: 0",
+        nodes - 1
+    );
+    let mut drift = Vec::new();
+    for (i, drill) in drills.iter().enumerate() {
+        for (mode, horizon) in [("predictive", HORIZON_S), ("reactive", 0.0)] {
+            let dir = root.join(format!("{i}-{mode}"));
+            let o = run_one(&dir, nodes, *drill, horizon)?;
+            println!(
+                "{:<14} {mode:<10}  detected {:>7}  lead {:>7}  corrected {:>7} ({})  worst offset {:5.1} ms  misaligned segments {} of {}",
+                drill.describe(),
+                seconds(o.detected_s),
+                seconds(o.lead_s),
+                seconds(o.corrected_s),
+                o.correction.as_deref().unwrap_or("none"),
+                o.worst_ms,
+                o.misaligned,
+                o.compared
+            );
+            if matches!(drill, Drill::Drift(_)) {
+                drift.push(o);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    if let [predictive, reactive] = drift.as_slice() {
+        println!(
+            "drift {ppm} ppm: misaligned segments {} predictive vs {} reactive; prediction lead {}",
+            predictive.misaligned,
+            reactive.misaligned,
+            seconds(predictive.lead_s)
+        );
+    }
+    Ok(())
+}
