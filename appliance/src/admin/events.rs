@@ -277,8 +277,7 @@ impl ViewDiff {
     fn deviations(&mut self, view: &View, log: &EventLog) {
         for (channel, decisions) in &view.channels {
             for (node, d) in &decisions.deviations {
-                let drifting =
-                    d.clock.filter(|c| c.half_frame_in_s.is_some_and(|s| f64::from(s) <= view.drift_horizon_s));
+                let drifting = d.clock.filter(|c| c.flagged);
                 let key = (channel.clone(), node.clone());
                 if drifting.is_some() != self.drifting.contains(&key) {
                     let me = &view.node;

@@ -95,11 +95,15 @@ impl DriftTracker {
         self.samples = self.samples.saturating_add(1);
     }
 
-    /// The offset alone, ns, once [`OFFSET_SAMPLES`] readings are in and
-    /// none is being held back as off the prediction (a step may be under
-    /// way while one is): known well before the rate is.
-    pub fn offset(&self, t_ns: i64) -> Option<f64> {
-        (self.samples >= OFFSET_SAMPLES && self.off_in_row == 0).then(|| self.filter.quality(t_ns).offset_ns)
+    /// The offset alone and its standard error, ns, once
+    /// [`OFFSET_SAMPLES`] readings are in and none is being held back as
+    /// off the prediction (a step may be under way while one is): known
+    /// well before the rate is.
+    pub fn offset(&self, t_ns: i64) -> Option<(f64, f64)> {
+        (self.samples >= OFFSET_SAMPLES && self.off_in_row == 0).then(|| {
+            let q = self.filter.quality(t_ns);
+            (q.offset_ns, q.error_ns)
+        })
     }
 
     /// The estimate at `t_ns`; `None` before [`MIN_SAMPLES`] measurements.

@@ -57,6 +57,25 @@ pub struct ClockDrift {
     /// Seconds until the difference reaches half a frame at that rate
     /// (0: it has; `None`: it is not heading there).
     pub half_frame_in_s: Option<f32>,
+    /// To be corrected ([`ClockDrift::due`]): what proposals, votes and
+    /// `deviation` events go by.
+    pub flagged: bool,
+}
+
+impl ClockDrift {
+    /// Whether a clock so measured is to be corrected. With prediction
+    /// (`horizon_s` > 0): predicted half a frame off within `horizon_s`,
+    /// or heading there and already a quarter frame off (a slow drift
+    /// gives less warning in seconds than its estimate's noise: 50 ppm
+    /// moves 0.5 ms in 10 s). Without (`horizon_s` 0): only once half a
+    /// frame off, the reactive baseline.
+    pub fn due(half_frame_in_s: Option<f32>, offset_ms: f32, horizon_s: f64, half_frame_ms: f64) -> bool {
+        match half_frame_in_s {
+            None => false,
+            Some(left) if horizon_s <= 0.0 => left <= 0.0,
+            Some(left) => f64::from(left) <= horizon_s || f64::from(offset_ms.abs()) >= half_frame_ms / 2.0,
+        }
+    }
 }
 
 /// The deviation of `theirs` from `mine` (the same channel on two nodes).

@@ -365,7 +365,7 @@ impl Node {
         for (id, c) in channels.iter_mut() {
             let Some(&half_frame_ns) = half_frames.get(id) else { continue };
             for (node, d) in c.deviations.iter_mut() {
-                d.clock = self.clocks.drift(id, node, now, half_frame_ns);
+                d.clock = self.clocks.drift(id, node, now, half_frame_ns, self.settings.drift_horizon_s);
             }
         }
     }
@@ -405,7 +405,7 @@ impl Node {
                 .filter_map(|p| {
                     let proposal = p.state.channel(&c.id)?.proposal.as_ref()?;
                     let own = decisions.deviations.get(&p.state.node);
-                    let approve = resync::vote(proposal, own, self.settings.drift_horizon_s, now_ms);
+                    let approve = resync::vote(proposal, own, now_ms);
                     if approve && matches!(proposal.correction, resync::Correction::Clock { .. }) {
                         moving.push((
                             p.state.node.clone(),
@@ -493,13 +493,7 @@ impl Node {
                             can_realign
                                 .then(|| resync::proposal_needed(&decisions.deviations, &names, &clock_doubt))
                                 .flatten()
-                                .or_else(|| {
-                                    resync::clock_proposal_needed(
-                                        &decisions.deviations,
-                                        &names,
-                                        self.settings.drift_horizon_s,
-                                    )
-                                })
+                                .or_else(|| resync::clock_proposal_needed(&decisions.deviations, &names))
                         }
                     };
                     if let Some((correction, evidence)) = wanted {

@@ -152,23 +152,22 @@ pub fn proposal_needed(
 }
 
 /// The clock correction this node should propose on a channel, if any:
-/// when a majority of the `members` see its media clock heading half a
-/// frame away within `horizon_s` (or there already), all the same way, it
-/// is the one drifting and proposes to take the median of what they
-/// measure: their clocks minus its own, offset and rate.
+/// when a majority of the `members` have its media clock flagged
+/// ([`ClockDrift::due`]: heading half a frame away within the horizon, a
+/// quarter frame off and heading there, or half a frame off already), all
+/// the same way, it is the one drifting and proposes to take the median
+/// of what they measure: their clocks minus its own, offset and rate.
 pub fn clock_proposal_needed(
     deviations: &BTreeMap<String, Deviation>,
     members: &[String],
-    horizon_s: f64,
 ) -> Option<(Correction, Vec<(String, i64)>)> {
-    let flagged: Vec<(&String, ClockDrift)> = members
-        .iter()
-        .filter_map(|n| Some((n, deviations.get(n)?.clock?)))
-        .filter(|(_, c)| heading_off(c, horizon_s))
-        .collect();
+    let flagged: Vec<(&String, ClockDrift)> =
+        members.iter().filter_map(|n| Some((n, deviations.get(n)?.clock?))).filter(|(_, c)| c.flagged).collect();
     // The larger side by direction of drift (the neighbours of a fast
-    // clock all see it running ahead: their clocks fall behind).
-    let (ahead, behind): (Vec<_>, Vec<_>) = flagged.into_iter().partition(|(_, c)| c.drift_ppm > 0.0);
+    // clock all see it running ahead: their clocks fall behind); by the
+    // offset's while the rate is not known yet (a step).
+    let (ahead, behind): (Vec<_>, Vec<_>) =
+        flagged.into_iter().partition(|(_, c)| if c.drift_ppm == 0.0 { c.offset_ms > 0.0 } else { c.drift_ppm > 0.0 });
     let side = if ahead.len() >= behind.len() { ahead } else { behind };
     if !majority(side.len(), members.len() + 1) {
         return None;
@@ -186,20 +185,14 @@ pub fn clock_proposal_needed(
     Some((correction, evidence))
 }
 
-/// A neighbour's clock predicted to be half a frame off within
-/// `horizon_s` (or already).
-pub fn heading_off(c: &ClockDrift, horizon_s: f64) -> bool {
-    c.half_frame_in_s.is_some_and(|s| f64::from(s) <= horizon_s)
-}
-
 /// This node's vote on `proposal` from `proposer`: approve only when its
 /// own measurement of the proposer shows what the correction removes. A
 /// realign by `k` is right when this node sees the proposer at `-k`; a
-/// clock correction when this node, too, sees the proposer's clock heading
-/// half a frame away within `horizon_s`, at about the opposite of the
+/// clock correction when this node, too, has the proposer's clock flagged
+/// ([`ClockDrift::due`]), at about the opposite of the
 /// correction's rate and offset (now, `now_ms`; within 30 %, at least
 /// 100 ppm and 3 ms).
-pub fn vote(proposal: &Proposal, own: Option<&Deviation>, horizon_s: f64, now_ms: u64) -> bool {
+pub fn vote(proposal: &Proposal, own: Option<&Deviation>, now_ms: u64) -> bool {
     match proposal.correction {
         Correction::Realign { frames } => own.and_then(|d| d.frame_offset) == Some(-frames) && frames != 0,
         Correction::Clock { offset_ns, rate_ppb } => {
@@ -207,7 +200,7 @@ pub fn vote(proposal: &Proposal, own: Option<&Deviation>, horizon_s: f64, now_ms
             let since_s = now_ms.saturating_sub(proposal.id) as f64 / 1e3;
             let offset_ms = (offset_ns as f64 + rate_ppb as f64 * since_s) / 1e6;
             let rate_ppm = rate_ppb as f64 / 1e3;
-            heading_off(&c, horizon_s)
+            c.flagged
                 && (f64::from(c.offset_ms) + offset_ms).abs() <= (0.3 * offset_ms.abs()).max(3.0)
                 && (f64::from(c.drift_ppm) + rate_ppm).abs() <= (0.3 * rate_ppm.abs()).max(100.0)
         }
@@ -292,7 +285,7 @@ mod tests {
     fn voters_judge_by_their_own_measurements() {
         let p = Proposal { id: 1, correction: Correction::Realign { frames: -1 }, at_segment: 10, evidence: vec![] };
         let d = |k: Option<i64>| Deviation { frame_offset: k, ..Deviation::default() };
-        let vote = |p: &Proposal, d: Option<&Deviation>| vote(p, d, 10.0, 1);
+        let vote = |p: &Proposal, d: Option<&Deviation>| vote(p, d, 1);
         assert!(vote(&p, Some(&d(Some(1)))), "the voter sees the proposer a frame ahead");
         assert!(!vote(&p, Some(&d(Some(0)))), "a proposer in step is not moved, whatever its evidence says");
         assert!(!vote(&p, Some(&d(Some(-1)))), "the wrong way");
@@ -303,9 +296,10 @@ mod tests {
     }
 
     /// A deviation whose clock is `offset_ms` and `ppm` from this node's,
-    /// reaching half a frame (20 ms) in `left_s`.
+    /// reaching half a frame (20 ms) in `left_s`, flagged with a 10 s horizon.
     fn clock(offset_ms: f32, ppm: f32, left_s: Option<f32>) -> Deviation {
-        let clock = ClockDrift { offset_ms, drift_ppm: ppm, error_ms: 0.2, half_frame_in_s: left_s };
+        let flagged = ClockDrift::due(left_s, offset_ms, 10.0, 20.0);
+        let clock = ClockDrift { offset_ms, drift_ppm: ppm, error_ms: 0.2, half_frame_in_s: left_s, flagged };
         Deviation { clock: Some(clock), ..Deviation::default() }
     }
 
@@ -316,7 +310,7 @@ mod tests {
         let mut seen = BTreeMap::new();
         seen.insert("n0".to_string(), clock(-12.0, -1000.0, Some(8.0)));
         seen.insert("n1".to_string(), clock(-13.0, -980.0, Some(7.0)));
-        let (c, evidence) = clock_proposal_needed(&seen, &all, 10.0).unwrap();
+        let (c, evidence) = clock_proposal_needed(&seen, &all).unwrap();
         assert_eq!(c, Correction::Clock { offset_ns: -12_000_000, rate_ppb: -980_000 }, "the median of two: the upper");
         assert_eq!(evidence, vec![("n0".to_string(), -12_000), ("n1".to_string(), -13_000)]);
         assert_eq!(c.describe(), "correct its media clock by -12.0 ms and -980 ppm");
@@ -324,15 +318,29 @@ mod tests {
         let mut one = BTreeMap::new();
         one.insert("n1".to_string(), clock(0.1, 5.0, None));
         one.insert("n2".to_string(), clock(12.0, 1000.0, Some(8.0)));
-        assert_eq!(clock_proposal_needed(&one, &all_but("n0"), 10.0), None);
-        // Beyond the horizon, or the neighbours disagreeing on the way: none.
-        seen.insert("n1".to_string(), clock(-13.0, -980.0, Some(30.0)));
-        assert_eq!(clock_proposal_needed(&seen, &all, 10.0), None);
+        assert_eq!(clock_proposal_needed(&one, &all_but("n0")), None);
+        // Beyond the horizon and within a quarter frame, or the neighbours
+        // disagreeing on the way: none.
+        seen.insert("n1".to_string(), clock(-8.0, -400.0, Some(30.0)));
+        assert_eq!(clock_proposal_needed(&seen, &all), None);
         seen.insert("n1".to_string(), clock(13.0, 980.0, Some(7.0)));
-        assert_eq!(clock_proposal_needed(&seen, &all, 10.0), None);
+        assert_eq!(clock_proposal_needed(&seen, &all), None);
         // Already half a frame off (0 s left) counts.
         seen.insert("n1".to_string(), clock(-21.0, -900.0, Some(0.0)));
-        assert!(clock_proposal_needed(&seen, &all, 10.0).is_some());
+        assert!(clock_proposal_needed(&seen, &all).is_some());
+    }
+
+    #[test]
+    fn a_slow_drift_is_flagged_a_quarter_frame_off_with_prediction_and_half_a_frame_off_without() {
+        // 50 ppm: 11 ms off, 180 s from half a frame (20 ms).
+        assert!(ClockDrift::due(Some(180.0), -11.0, 10.0, 20.0), "a quarter frame off and heading there");
+        assert!(!ClockDrift::due(Some(220.0), -9.0, 10.0, 20.0), "less than a quarter frame, beyond the horizon");
+        assert!(ClockDrift::due(Some(8.0), 2.0, 10.0, 20.0), "within the horizon");
+        assert!(!ClockDrift::due(None, 15.0, 10.0, 20.0), "steady: not heading there");
+        // Without prediction only half a frame off counts.
+        assert!(!ClockDrift::due(Some(8.0), 19.0, 0.0, 20.0));
+        assert!(!ClockDrift::due(Some(180.0), -11.0, 0.0, 20.0));
+        assert!(ClockDrift::due(Some(0.0), 20.5, 0.0, 20.0));
     }
 
     fn all_but(me: &str) -> Vec<String> {
@@ -349,13 +357,15 @@ mod tests {
             at_segment: 10,
             evidence: vec![],
         };
-        assert!(vote(&p, Some(&clock(15.0, 1000.0, Some(5.0))), 10.0, 12_000));
-        assert!(vote(&p, Some(&clock(16.5, 800.0, Some(4.0))), 10.0, 12_000), "within 30 %");
-        assert!(!vote(&p, Some(&clock(15.0, 1000.0, Some(25.0))), 10.0, 12_000), "not heading off soon enough here");
-        assert!(!vote(&p, Some(&clock(0.2, 3.0, None)), 10.0, 12_000), "in step here: a forged correction");
-        assert!(!vote(&p, Some(&clock(-15.0, -1000.0, Some(5.0))), 10.0, 12_000), "the wrong way");
-        assert!(!vote(&p, Some(&clock(15.0, 300.0, Some(5.0))), 10.0, 12_000), "a different rate");
-        assert!(!vote(&p, Some(&Deviation::default()), 10.0, 12_000), "no clock reading");
+        assert!(vote(&p, Some(&clock(15.0, 1000.0, Some(5.0))), 12_000));
+        assert!(vote(&p, Some(&clock(16.5, 800.0, Some(4.0))), 12_000), "within 30 %");
+        let mut unflagged = clock(15.0, 1000.0, Some(5.0));
+        unflagged.clock = unflagged.clock.map(|c| ClockDrift { flagged: false, ..c });
+        assert!(!vote(&p, Some(&unflagged), 12_000), "not flagged here");
+        assert!(!vote(&p, Some(&clock(0.2, 3.0, None)), 12_000), "in step here: a forged correction");
+        assert!(!vote(&p, Some(&clock(-15.0, -1000.0, Some(5.0))), 12_000), "the wrong way");
+        assert!(!vote(&p, Some(&clock(15.0, 300.0, Some(5.0))), 12_000), "a different rate");
+        assert!(!vote(&p, Some(&Deviation::default()), 12_000), "no clock reading");
     }
 
     #[test]

@@ -265,10 +265,9 @@ fn run_one(root: &Path, n: usize, drill: Drill, horizon_s: f64) -> anyhow::Resul
         for k in 0..n - 1 {
             let Some(v) = swarm.view(k) else { continue };
             let d = &v["channels"]["ch"]["deviations"][&drilled];
-            let horizon = v["drift_horizon_s"].as_f64().unwrap_or(horizon_s);
             let left = d["clock"]["half_frame_in_s"].as_f64();
             let offset = d["frame_offset"].as_i64().is_some_and(|k| k != 0);
-            if offset || left.is_some_and(|s| s <= horizon) {
+            if offset || d["clock"]["flagged"] == true {
                 flagged += 1;
                 leads.extend(left);
             }

@@ -126,13 +126,37 @@ impl ClockWatch {
     /// `node`'s media clock against this node's on `channel`, as a
     /// deviation tells it (from the neighbour's side, like the frame
     /// offset), with the time left until it reaches `half_frame_ns`.
-    pub fn drift(&self, channel: &str, node: &str, now_ns: i64, half_frame_ns: f64) -> Option<ClockDrift> {
-        let e = self.estimate(channel, node, now_ns)?;
+    ///
+    /// Before the rate is known (the first readings, or after a step) only
+    /// a clock already half a frame off is shown, at rate 0, due now: a
+    /// step is corrected without waiting six seconds for its rate.
+    /// `horizon_s` is the prediction horizon ([`ClockDrift::due`]).
+    pub fn drift(
+        &self,
+        channel: &str,
+        node: &str,
+        now_ns: i64,
+        half_frame_ns: f64,
+        horizon_s: f64,
+    ) -> Option<ClockDrift> {
+        let tracker = self.trackers.get(&(channel.to_string(), node.to_string()))?;
+        let (offset_ms, drift_ppm, error_ms, half_frame_in_s) = match tracker.estimate(now_ns) {
+            Some(e) => (-e.offset_ns / 1e6, -e.drift_ppm, e.error_ns / 1e6, e.time_to(half_frame_ns)),
+            None => {
+                let (offset, error) = tracker.offset(now_ns)?;
+                if offset.abs() < half_frame_ns || error > half_frame_ns / 4.0 {
+                    return None;
+                }
+                (-offset / 1e6, 0.0, error / 1e6, Some(0.0))
+            }
+        };
+        let half_frame_in_s = half_frame_in_s.map(|s| s as f32);
         Some(ClockDrift {
-            offset_ms: (-e.offset_ns / 1e6) as f32,
-            drift_ppm: -e.drift_ppm as f32,
-            error_ms: (e.error_ns / 1e6) as f32,
-            half_frame_in_s: e.time_to(half_frame_ns).map(|s| s as f32),
+            offset_ms: offset_ms as f32,
+            drift_ppm: drift_ppm as f32,
+            error_ms: error_ms as f32,
+            half_frame_in_s,
+            flagged: ClockDrift::due(half_frame_in_s, offset_ms as f32, horizon_s, half_frame_ns / 1e6),
         })
     }
 
@@ -150,7 +174,7 @@ impl ClockWatch {
             return Some(false);
         }
         let tracker = self.trackers.get(&key);
-        Some(tracker.and_then(|t| t.offset(now_ns)).is_some_and(|offset| offset.abs() < limit_ns))
+        Some(tracker.and_then(|t| t.offset(now_ns)).is_some_and(|(offset, _)| offset.abs() < limit_ns))
     }
 
     /// A clock correction on `channel` (of this node, or of `node`)
@@ -200,8 +224,8 @@ mod tests {
             let arrive = t + S / 4 + delay;
             a.receive("a", &from_b, &|_| Some(clock_a(arrive)), arrive);
         }
-        let seen_by_a = a.drift("main", "b", 10 * S, 20e6).unwrap();
-        let seen_by_b = b.drift("main", "a", 10 * S, 20e6).unwrap();
+        let seen_by_a = a.drift("main", "b", 10 * S, 20e6, 10.0).unwrap();
+        let seen_by_b = b.drift("main", "a", 10 * S, 20e6, 10.0).unwrap();
         assert!((seen_by_a.offset_ms - 3.0).abs() < 0.05, "{seen_by_a:?}");
         assert!((seen_by_b.offset_ms + 3.0).abs() < 0.05, "{seen_by_b:?}");
         assert!(seen_by_a.drift_ppm.abs() < 5.0 && seen_by_a.half_frame_in_s.is_none(), "{seen_by_a:?}");
@@ -213,23 +237,58 @@ mod tests {
         assert!(a.packet("a", &[(ch, 0)]).channels[0].heard.is_empty());
     }
 
-    #[test]
-    fn after_a_correction_the_filter_starts_afresh_once_the_readings_settle() {
-        let mut a = ClockWatch::default();
-        let from_b = |t: i64, ahead: i64| Timing {
+    /// b's packet to a at `t`, b's clock `ahead` of a's (no delay).
+    fn from_b(t: i64, ahead: i64) -> Timing {
+        Timing {
             node: "b".into(),
             channels: vec![ChannelTiming {
                 id: "main".into(),
                 media_tai_ns: t + ahead,
                 heard: vec![("a".into(), ahead)],
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn a_clock_stepped_half_a_frame_away_is_shown_before_its_rate_is_known() {
+        let mut a = ClockWatch::default();
+        let mut seen = Vec::new();
+        // b steps 30 ms ahead at 10 s (half a frame: 20 ms).
+        for round in 0..60 {
+            let t = round * S / 2;
+            a.receive("a", &from_b(t, if t < 10 * S { 0 } else { 30_000_000 }), &|_| Some(t), t);
+            seen.push((t, a.drift("main", "b", t, 20e6, 10.0)));
+        }
+        let first = seen.iter().find(|(t, d)| *t >= 10 * S && d.is_some_and(|d| d.offset_ms > 25.0)).unwrap();
+        // Three readings held back as a possible late packet, then a fresh
+        // filter: its offset after three readings, the rate not yet.
+        assert!(first.0 <= 12 * S, "shown {} s after the step", (first.0 - 10 * S) as f64 / 1e9);
+        let early = first.1.unwrap();
+        assert_eq!((early.drift_ppm, early.half_frame_in_s), (0.0, Some(0.0)), "{early:?}");
+        // Before the step nothing was off; once the rate is known, the full estimate.
+        assert!(seen.iter().filter(|(t, _)| *t < 10 * S).all(|(_, d)| d.is_none_or(|d| d.offset_ms.abs() < 1.0)));
+        let later = a.drift("main", "b", 29 * S, 20e6, 10.0).unwrap();
+        assert!((later.offset_ms - 30.0).abs() < 0.1 && later.drift_ppm.abs() < 5.0, "{later:?}");
+        // A step within half a frame shows nothing until the rate is known.
+        let mut c = ClockWatch::default();
+        for round in 0..30 {
+            let t = round * S / 2;
+            c.receive("a", &from_b(t, if t < 10 * S { 0 } else { 8_000_000 }), &|_| Some(t), t);
+            if (10 * S..15 * S).contains(&t) {
+                assert!(c.drift("main", "b", t, 20e6, 10.0).is_none_or(|d| d.offset_ms.abs() < 1.0), "at {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_correction_the_filter_starts_afresh_once_the_readings_settle() {
+        let mut a = ClockWatch::default();
         // b runs 15 ms ahead, then corrects itself at 20 s.
         for round in 0..40 {
             let t = round * S / 2;
             a.receive("a", &from_b(t, 15_000_000), &|_| Some(t), t);
         }
-        assert!((a.drift("main", "b", 20 * S, 20e6).unwrap().offset_ms - 15.0).abs() < 0.1);
+        assert!((a.drift("main", "b", 20 * S, 20e6, 10.0).unwrap().offset_ms - 15.0).abs() < 0.1);
         // 15 ms is beyond a quarter frame (10 ms at 25 fps), within 20 ms.
         assert_eq!(a.in_step("main", "b", 20 * S, 10e6), Some(false));
         assert_eq!(a.in_step("main", "b", 20 * S, 20e6), Some(true));
@@ -239,13 +298,16 @@ mod tests {
             let t = round * S / 2;
             a.receive("a", &from_b(t, 0), &|_| Some(t), t);
             if t < 20 * S + SETTLE_NS {
-                assert!((a.drift("main", "b", t, 20e6).unwrap().offset_ms - 15.0).abs() < 0.1, "kept until settled");
+                assert!(
+                    (a.drift("main", "b", t, 20e6, 10.0).unwrap().offset_ms - 15.0).abs() < 0.1,
+                    "kept until settled"
+                );
             }
             if t < 20 * S + SETTLE_NS + S {
                 assert_eq!(a.in_step("main", "b", t, 20e6), Some(false), "unsettled at {t}");
             }
         }
-        let after = a.drift("main", "b", 35 * S, 20e6).unwrap();
+        let after = a.drift("main", "b", 35 * S, 20e6, 10.0).unwrap();
         assert!(after.offset_ms.abs() < 0.1 && after.drift_ppm.abs() < 5.0, "{after:?}");
         assert_eq!(a.in_step("main", "b", 35 * S, 10e6), Some(true));
     }
