@@ -25,13 +25,16 @@ pub const OFFSET_SAMPLES: u32 = 3;
 pub const STEP_NS: f64 = 3_000_000.0;
 
 /// Filter tuning for media clocks compared over a network: measurements
-/// good to about half a millisecond (scheduling and network jitter), and
-/// a rate that may change quickly (a clock losing its reference, a drill).
+/// good to about half a millisecond (scheduling and network jitter). The
+/// rate wanders little (3e-12/s: about 8 ppm standard error when steady,
+/// so a 50 ppm drift stands out beyond three); a rate that changes at
+/// once (a clock losing its reference, a drill) soon puts the readings
+/// off the prediction, and the filter starts afresh ([`STEP_NS`]).
 fn config() -> ServoConfig {
     ServoConfig {
         measurement_noise_ns: 500_000.0,
         phase_noise: 1_000.0,
-        frequency_noise: 3e-10,
+        frequency_noise: 3e-12,
         lock_threshold_ns: 2_000_000.0,
         min_samples: MIN_SAMPLES,
         holdover_after_ns: 10_000_000_000,
@@ -212,6 +215,32 @@ mod tests {
         assert!(lead >= 8.0, "predicted at {fired:.1} s, {lead:.1} s before half a frame");
         let e = tracker.estimate(fired as i64 * S).unwrap();
         assert!((e.drift_ppm - 500.0).abs() < 100.0, "{e:?}");
+    }
+
+    #[test]
+    fn a_slow_drift_starting_mid_run_is_known_heading_off_a_quarter_frame_out() {
+        // 50 ppm from t = 60 s: a quarter frame (10 ms) at 260 s, half a
+        // frame (20 ms) at 460 s; ±1 ms reading noise.
+        let truth = |t: f64| if t > 60.0 { (t - 60.0) * 50_000.0 } else { 0.0 };
+        let mut tracker = DriftTracker::default();
+        let mut noise = Noise(7);
+        let limit = half_frame_ns(25.0);
+        let mut t = 0;
+        let heading = loop {
+            assert!(t < 460 * S, "never seen heading half a frame away");
+            tracker.measure(t, truth(t as f64 / 1e9) + noise.next(1_000_000.0));
+            if let Some(e) = tracker.estimate(t)
+                && e.time_to(limit).is_some()
+                && e.offset_ns.abs() >= limit / 2.0
+            {
+                break (t as f64 / 1e9, e);
+            }
+            t += S / 2;
+        };
+        let (at, e) = heading;
+        eprintln!("a quarter frame out and heading there at {at:.0} s: {e:?}");
+        assert!(at < 300.0, "known at {at:.0} s, the truth {:.1} ms", truth(at) / 1e6);
+        assert!((e.drift_ppm - 50.0).abs() < 25.0, "{e:?}");
     }
 
     #[test]
