@@ -167,7 +167,8 @@ impl ClockWatch {
     /// (the first readings, a step under way, a correction taking effect).
     pub fn in_step(&self, channel: &str, node: &str, now_ns: i64, limit_ns: f64) -> Option<bool> {
         let key = (channel.to_string(), node.to_string());
-        if !self.heard.contains_key(&key) && !self.trackers.contains_key(&key) {
+        // A tracker only ever exists for a pair heard from.
+        if !self.heard.contains_key(&key) {
             return None;
         }
         if self.fresh_from.contains_key(&key) {
