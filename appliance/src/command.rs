@@ -27,6 +27,14 @@ pub enum ChannelCommand {
     /// after the one the other appliances give it), as a capture that
     /// lost or gained frames would. The built-in test source only.
     Slip(i64),
+    /// Drill: every rendition holds each segment it finishes this long
+    /// before publishing it, for that long (an encode-latency spike).
+    LatencySpike {
+        /// Hold per segment.
+        hold: Duration,
+        /// How long the drill lasts.
+        lasting: Duration,
+    },
 }
 
 impl ChannelCommand {
@@ -39,6 +47,7 @@ impl ChannelCommand {
             ChannelCommand::Hang(_) => "hang-drill",
             ChannelCommand::ClockFault(_) => "set-clock-fault",
             ChannelCommand::Slip(_) => "slip-drill",
+            ChannelCommand::LatencySpike { .. } => "latency-drill",
         }
     }
 }

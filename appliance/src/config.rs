@@ -711,11 +711,15 @@ pub struct PipelineConfig {
     /// Lock memory and run capture at real-time priority (needs root or
     /// CAP_SYS_NICE/CAP_IPC_LOCK; degrades with a warning otherwise).
     pub realtime: bool,
+    /// Segments of input pictures kept (a copy of each) so a segment
+    /// published from the wrong pictures can be re-encoded once the swarm
+    /// names the right ones (`crate::pipeline::rework`); 0 keeps none.
+    pub rework_segments: u32,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { pool_frames: 16, realtime: false }
+        Self { pool_frames: 16, realtime: false, rework_segments: 3 }
     }
 }
 
@@ -869,6 +873,9 @@ impl Config {
         }
         if !(4..=256).contains(&self.pipeline.pool_frames) {
             return Err(invalid("pipeline.pool_frames", "allowed: 4 to 256"));
+        }
+        if self.pipeline.rework_segments > 10 {
+            return Err(invalid("pipeline.rework_segments", "allowed: 0 (keep no input) to 10"));
         }
         self.validate_channels()
     }

@@ -267,6 +267,7 @@ fn every_documented_route_answers_as_documented() {
             p if p.contains("/renditions/") => r#"{"bitrate_kbps": 150}"#.to_string(),
             p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
+            p if p.ends_with("/drills/latency") => r#"{"ms": 100, "seconds": 2}"#.to_string(),
             p if p.ends_with("/drills/slip") || p.ends_with("/drills/forged-proposal") => {
                 r#"{"frames": 1}"#.to_string()
             }

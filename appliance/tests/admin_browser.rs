@@ -104,6 +104,7 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         "wrong password is refused",
         "three healthy nodes",
         "preview plays",
+        "lockstep panel shows three nodes in step",
         "bitrate change took effect",
         "channel pop created from the page",
         "channel pop deleted from the page",

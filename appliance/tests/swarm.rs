@@ -878,19 +878,89 @@ fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_major
         );
     }
     // The combined output of n0 never took n1's slipped segments: every
-    // index between the slip and the correction has n0's bytes, not n1's.
+    // index between the slip and the correction has n0's bytes.
     let first_after = slip_frame / segment_frames + 1;
     let combined = dir.path().join("n0/combined/ch/90p");
     let have = listed(&combined.join("playlist.m3u8"));
     let slipped_indices: Vec<i64> = have.iter().copied().filter(|&i| i >= first_after && i < at).collect();
     assert!(!slipped_indices.is_empty(), "segments made slipped: {have:?} (slip at frame {slip_frame}, back at {at})");
-    for i in slipped_indices {
+    for i in &slipped_indices {
         let f = format!("seg-{i}.m4s");
         let bytes = std::fs::read(combined.join(&f)).unwrap();
-        assert!(own(1, i).is_some_and(|b| b != bytes), "{f}: n1's slipped segment differs and is not taken");
-        assert_eq!(own(0, i).as_ref(), Some(&bytes), "{f}: the majority's bytes");
+        assert_eq!(own(0, *i).as_ref(), Some(&bytes), "{f}: the majority's bytes");
     }
     assert!(have.windows(2).all(|w| w[1] == w[0] + 1), "no index missing from the combined output: {have:?}");
+    // n1 published those segments from slipped pictures (its manifest's
+    // first line for each index says so) and then re-encoded them from the
+    // input it kept: its files are the majority's bytes again, and its manifest's last line for each index says so.
+    let manifest = |k: usize, track: &str| {
+        std::fs::read_to_string(dir.path().join(format!("n{k}/ch/{track}/manifest.jsonl"))).unwrap_or_default()
+    };
+    let lines = |text: &str, i: i64| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["index"] == i)
+            .map(|e| e["sha256"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let repaired = loop {
+        if slipped.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(dir.path().join("n1/stderr.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("re-encod") || l.contains("realign")).collect();
+            let files: Vec<String> = (slip_frame / segment_frames..at)
+                .map(|i| {
+                    let read = |k: usize| std::fs::read(dir.path().join(format!("n{k}/ch/90p/seg-{i}.m4s"))).ok();
+                    format!(
+                        "{i}: n1 {:?} n0 {:?} same {}",
+                        read(1).map(|b| b.len()),
+                        read(0).map(|b| b.len()),
+                        read(1) == read(0)
+                    )
+                })
+                .collect();
+            panic!("n1 did not re-encode {slipped_indices:?} ({files:?}); its log says:\n{}", lines.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let same = |track: &str| {
+            (slip_frame / segment_frames..at).all(|i| {
+                let read = |k: usize| std::fs::read(dir.path().join(format!("n{k}/ch/{track}/seg-{i}.m4s"))).ok();
+                // A slip before the first segment anyone published
+                // leaves nothing to compare at its index.
+                read(0).is_none() || read(1) == read(0)
+            })
+        };
+        if same("90p") {
+            break slipped.elapsed();
+        }
+    };
+    eprintln!(
+        "n1's segments {}..{at} re-encoded, identical after {:.1} s",
+        slip_frame / segment_frames,
+        repaired.as_secs_f64()
+    );
+    for track in ["90p"] {
+        let (mine, theirs) = (manifest(1, track), manifest(0, track));
+        for &i in &slipped_indices {
+            let (mine, theirs) = (lines(&mine, i), lines(&theirs, i));
+            assert_eq!(theirs.len(), 1, "{track} {i}: n0 published once");
+            assert!(mine.len() >= 2 && mine[0] != theirs[0], "{track} {i}: n1 published slipped bytes first: {mine:?}");
+            assert_eq!(mine.last(), theirs.last(), "{track} {i}: n1's last entry is the majority's bytes");
+        }
+    }
+
+    // The lockstep state in the API: n1 in step with n0 and n2 again, its
+    // carried realignment and its re-encodes.
+    let (code, body) = request(&admin, &token, "GET", "/api/v1/swarm/lockstep?channel=ch", "");
+    assert_eq!(code, 200, "{body}");
+    let ls: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let nodes = ls["nodes"].as_array().unwrap();
+    assert_eq!(nodes.iter().map(|n| n["node"].as_str().unwrap()).collect::<Vec<_>>(), ["n0", "n1", "n2"], "{ls}");
+    assert!(nodes.iter().all(|n| n["frame_offset"] == 0), "all in step: {ls}");
+    let me = &nodes[1];
+    assert_eq!(me["self"], true);
+    assert_eq!(me["action"]["proposal"]["correction"], serde_json::json!({"realign": {"frames": -1}}), "{me}");
+    assert!(me["reencoded"]["segments"].as_u64() >= Some(slipped_indices.len() as u64), "{me}");
+    assert!(me["reencoded"]["last_segment"].as_i64() >= slipped_indices.last().copied(), "{me}");
 
     // A node that forges a proposal (no neighbour measures the offset it
     // claims) is outvoted, and nothing changes.
@@ -927,9 +997,28 @@ fn a_capture_slip_is_seen_kept_out_of_the_combined_output_and_corrected_by_major
         "channel ch: n0 is in lockstep with n1 again",
         "proposal to realign its capture by 3 frames at segment",
         "was outvoted (0 of 2 approved); nothing changes",
+        &format!("channel ch: segment {} re-encoded from the input kept (", slipped_indices[0]),
     ] {
         assert!(events.contains(needle), "no event with {needle:?}: {events}");
     }
+
+    // An encode-latency spike on n1: its neighbours see its segments
+    // published later than theirs.
+    let (code, body) =
+        request(&admin, &token, "POST", "/api/v1/channels/ch/drills/latency", r#"{"ms": 900, "seconds": 8}"#);
+    assert_eq!(code, 202, "{body}");
+    let spiked = Instant::now();
+    loop {
+        assert!(spiked.elapsed() < Duration::from_secs(12), "latency spike not seen: {:?}", status(0));
+        std::thread::sleep(Duration::from_millis(200));
+        let late = status(0).and_then(|v| v["channels"]["ch"]["deviations"]["n1"]["encode_latency_ms"].as_f64());
+        if late.is_some_and(|ms| ms > 600.0) {
+            eprintln!("latency spike seen by n0 after {:.1} s: {late:?} ms", spiked.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    let (_, events) = request(&admin, &token, "GET", "/api/v1/events?since=0", "");
+    assert!(events.contains("latency drill: channel ch's encoders hold every segment 900 ms for 8 s"), "{events}");
 }
 
 #[test]

@@ -79,6 +79,15 @@ try {
   await shot('overview');
   step(`preview plays the combined output (currentTime ${t.toFixed(1)} s)`);
 
+  // The lockstep panel: every node in step, each with its clock on a lane.
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#lockstep tr[data-node]')];
+    return rows.length === 3
+      && rows.every((r) => r.textContent.includes('in step'))
+      && document.querySelectorAll('#lockstep .lane .dot').length === 3;
+  }, null, { timeout: 45_000 });
+  step('lockstep panel shows three nodes in step, each clock on its lane');
+
   // Change a rendition's bitrate; the measured bitrate follows.
   const row = 'tr[data-rendition="180p"]';
   const measured = () => page.evaluate((r) => parseFloat(document.querySelector(`${r} .measured`).textContent.replace(/[^0-9.]/g, '')), row);

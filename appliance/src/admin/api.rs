@@ -154,6 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
         .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
         .route("/api/v1/channels/{id}/drills/slip", post(slip_drill))
+        .route("/api/v1/channels/{id}/drills/latency", post(latency_drill))
         .route("/api/v1/channels/{id}/drills/forged-proposal", post(forged_proposal_drill))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
@@ -164,6 +165,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/outputs", get(outputs))
         .route("/api/v1/swarm", get(swarm))
         .route("/api/v1/swarm/alignment", get(alignment))
+        .route("/api/v1/swarm/lockstep", get(lockstep))
         .route("/api/v1/analysis", get(analysis))
         .route("/api/v1/history", get(history))
         .route("/api/v1/events", get(events))
@@ -861,6 +863,65 @@ async fn hang_drill(
     Ok(json(StatusCode::ACCEPTED, detail))
 }
 
+/// Body of `POST /api/v1/channels/{id}/drills/latency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyDrill {
+    /// Hold per segment, ms.
+    ms: u32,
+    /// How long the drill lasts.
+    seconds: u32,
+}
+
+/// Longest hold per segment of a latency drill, ms.
+const LATENCY_DRILL_MAX_MS: u32 = 10_000;
+
+/// An encode-latency spike drill: every rendition of the channel holds
+/// each segment it finishes `ms` before publishing it, for `seconds`. Its
+/// neighbours see its encode latency rise (the deviation's
+/// `encode_latency_ms`); a hold longer than the frame pool stalls capture.
+async fn latency_drill(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let ch = check_channel(&state, &id)?;
+    let LatencyDrill { ms, seconds } = parse_body(&headers, &body)?;
+    if !(1..=LATENCY_DRILL_MAX_MS).contains(&ms) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ms",
+            format!("ms {ms}: allowed 1 to {LATENCY_DRILL_MAX_MS}"),
+        ));
+    }
+    if !(1..=HANG_DRILL_MAX_S).contains(&seconds) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "seconds",
+            format!("seconds {seconds}: allowed 1 to {HANG_DRILL_MAX_S}"),
+        ));
+    }
+    if !ch.taps.status.running.load(Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to delay")));
+    }
+    let (hold, lasting) = (Duration::from_millis(u64::from(ms)), Duration::from_secs(u64::from(seconds)));
+    ask(&ch, ChannelCommand::LatencySpike { hold, lasting }).await?;
+    let detail = json!({ "channel": id, "ms": ms, "seconds": seconds });
+    state.audit(&actor.name(), Some(from), "latency-drill", detail.clone());
+    state.events.push(
+        "drill",
+        Some(&state.ctx.config.appliance.id),
+        format!(
+            "latency drill: channel {id}'s encoders hold every segment {ms} ms for {seconds} s (by {})",
+            actor.name()
+        ),
+    );
+    Ok(json(StatusCode::ACCEPTED, detail))
+}
+
 /// Body of `POST /api/v1/channels/{id}/drills/slip`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1181,18 +1242,7 @@ async fn alignment(
         return Ok(json(StatusCode::OK, json!({ "nodes": [state.ctx.config.appliance.id], "rows": [] })));
     };
     let v = sw.view();
-    // A channel this appliance does not encode may still be encoded by
-    // peers: it is known when the swarm decided on it.
-    let channel = match channel {
-        Some(id) if state.ctx.channels.get(&id).is_none() && !v.channels.contains_key(&id) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no channel `{id}` on this appliance or its swarm"),
-            ));
-        }
-        Some(id) => id,
-        None => state.ctx.channels.first().id.clone(),
-    };
+    let channel = swarm_channel(&state, &v, channel)?;
     let selection = v.channels.get(&channel).map(|c| &c.selection);
     // Every node's hash per (index, track), from its state packets.
     let mut hashes: BTreeMap<(i64, String), BTreeMap<String, String>> = BTreeMap::new();
@@ -1226,6 +1276,96 @@ async fn alignment(
     };
     rows.retain(|r| r["index"].as_i64().is_some_and(|i| indices.contains(&i)));
     Ok(json(StatusCode::OK, json!({ "channel": channel, "nodes": nodes, "rows": rows })))
+}
+
+/// The channel a swarm query names (the first of this appliance when it
+/// names none). A channel this appliance does not encode may still be
+/// encoded by peers: it is known when the swarm decided on it.
+fn swarm_channel(state: &AppState, v: &crate::swarm::View, channel: Option<String>) -> Result<String, ApiError> {
+    match channel {
+        Some(id) if state.ctx.channels.get(&id).is_none() && !v.channels.contains_key(&id) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no channel `{id}` on this appliance or its swarm")))
+        }
+        Some(id) => Ok(id),
+        None => Ok(state.ctx.channels.first().id.clone()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockstepQuery {
+    /// The channel; the first when left out.
+    channel: Option<String>,
+}
+
+/// The lockstep state of a channel across the swarm, as this node sees
+/// it: every node's position (frame, newest segment), its deviation from
+/// this node (frame offset, hash disagreements, media clock offset, drift
+/// and the predicted time to half a frame) and its last action (its
+/// resynchronisation proposal; for this node, where it stands, and its
+/// re-encodes).
+async fn lockstep(
+    State(state): Shared,
+    q: Result<Query<LockstepQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(LockstepQuery { channel }) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let Some(sw) = state.ctx.swarm.as_ref() else {
+        let id = channel.unwrap_or_else(|| state.ctx.channels.first().id.clone());
+        return Ok(json(StatusCode::OK, json!({ "channel": id, "node": state.ctx.config.appliance.id, "nodes": [] })));
+    };
+    let v = sw.view();
+    let channel = swarm_channel(&state, &v, channel)?;
+    let local = state.ctx.channels.get(&channel);
+    let frame_ms = local.as_ref().and_then(|c| {
+        let frames = c.taps.status.segment_frames.load(Ordering::Relaxed);
+        (frames > 0).then(|| c.supervisor.config().channel.segment_seconds * 1000.0 / f64::from(frames))
+    });
+    let deviations = v.channels.get(&channel).map(|c| &c.deviations);
+    let mut nodes = Vec::new();
+    let peers = v.peers.values().map(|p| (&p.state, p.healthy, false));
+    for (s, healthy, me) in peers.chain(v.me.iter().map(|m| (m, !v.isolated, true))) {
+        let Some(report) = s.channel(&channel) else { continue };
+        let deviation = deviations.and_then(|d| d.get(&s.node));
+        let (action, reencoded) = if me {
+            let reencoded = local.as_ref().map(|c| {
+                let status = &c.taps.status;
+                let last = status.last_reencoded.load(Ordering::Relaxed);
+                json!({
+                    "segments": status.segments_reencoded.load(Ordering::Relaxed),
+                    "refused": status.reencodes_refused.load(Ordering::Relaxed),
+                    "last_segment": (last != 0).then_some(last),
+                })
+            });
+            (v.resync.get(&channel).map(|r| json!(r)), reencoded)
+        } else {
+            (report.proposal.as_ref().map(|p| json!({ "proposal": p, "outcome": "proposed" })), None)
+        };
+        nodes.push(json!({
+            "node": s.node,
+            "self": me,
+            "healthy": healthy,
+            "frame": report.frame,
+            "segment": report.segments.last().map(|x| x.index),
+            "frame_offset": if me { Some(0) } else { deviation.and_then(|d| d.frame_offset) },
+            "hash_disagreements": deviation.map(|d| d.hash_disagreements),
+            "hashes_compared": deviation.map(|d| d.hashes_compared),
+            "clock": deviation.and_then(|d| d.clock),
+            "action": action,
+            "reencoded": reencoded,
+        }));
+    }
+    nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    Ok(json(
+        StatusCode::OK,
+        json!({
+            "channel": channel,
+            "node": v.node,
+            "frame_ms": frame_ms,
+            "drift_horizon_s": v.drift_horizon_s,
+            "nodes": nodes,
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

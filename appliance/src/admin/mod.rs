@@ -296,11 +296,20 @@ impl Follow {
                 }
             }
         }
+        // A segment published again under its index is a re-encode that
+        // replaced it (`crate::pipeline::rework`).
+        let mut reencoded: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         if let Some(rx) = self.segments.as_mut() {
             while let Ok(p) = rx.try_recv() {
                 let track = rows.segments.entry(p.track.clone()).or_default();
                 let kbps = if p.duration_s > 0.0 { p.bytes as f64 * 8.0 / p.duration_s / 1000.0 } else { 0.0 };
-                track.push_back(SegmentRow { index: p.index, bytes: p.bytes, kbps });
+                let row = SegmentRow { index: p.index, bytes: p.bytes, kbps };
+                if let Some(old) = track.iter_mut().find(|r| r.index == p.index) {
+                    *old = row;
+                    reencoded.entry(p.index).or_default().push(p.track.clone());
+                    continue;
+                }
+                track.push_back(row);
                 while track.len() > SEGMENTS_KEPT {
                     track.pop_front();
                 }
@@ -309,6 +318,17 @@ impl Follow {
         drop(all);
         let status = &self.channel.taps.status;
         let me = Some(state.ctx.config.appliance.id.as_str());
+        for (index, tracks) in reencoded {
+            state.events.push(
+                "resync",
+                me,
+                format!(
+                    "channel {}: segment {index} re-encoded from the input kept ({}); the same bytes as the majority's again",
+                    self.channel.id,
+                    tracks.join(", ")
+                ),
+            );
+        }
         let now_running = status.running.load(Ordering::Relaxed);
         if now_running != self.running {
             let what = if now_running { "started" } else { "stopped" };

@@ -77,7 +77,7 @@ pub fn analyze_file(path: &Path, segment_seconds: f64, progress: &mut dyn FnMut(
             Captured::Frame => {}
         }
         let audio_len = samples * usize::from(format.audio_channels);
-        let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: 0 });
+        let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: 0, passed_over: false });
         analyzer.frame(&frame, true, &mut reports);
         n += 1;
         if last_report.elapsed().as_millis() >= 250 {

@@ -329,7 +329,7 @@ mod tests {
                 let mut w = pool.acquire();
                 w.buffers().y.fill((n * 7 % 200) as u8);
                 w.buffers().audio.fill(1000);
-                w.publish(FrameMeta { number: n, audio_len: 1920 * 2, captured_tai_ns: 0 })
+                w.publish(FrameMeta { number: n, audio_len: 1920 * 2, captured_tai_ns: 0, passed_over: false })
             })
             .collect()
     }
@@ -418,7 +418,7 @@ mod programme {
         for n in start..start + 25 * 60 {
             let mut wr = pool.acquire();
             src.render(n, &mut wr.buffers());
-            let f = wr.publish(FrameMeta { number: n, audio_len: 0, captured_tai_ns: 0 });
+            let f = wr.publish(FrameMeta { number: n, audio_len: 0, captured_tai_ns: 0, passed_over: false });
             a.frame(&f, true, &mut out);
         }
         // The programme is rendered, so its still shot is also clean

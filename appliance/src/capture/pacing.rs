@@ -63,7 +63,7 @@ impl DevicePacing {
         status: &CaptureStatus,
         emit: &mut dyn FnMut(FrameRef) -> bool,
     ) -> bool {
-        let meta = |number| FrameMeta { number, audio_len: 0, captured_tai_ns: clock.now_tai_ns() };
+        let meta = |number| FrameMeta { number, audio_len: 0, captured_tai_ns: clock.now_tai_ns(), passed_over: false };
         match delivery {
             Delivery::Fault(why) => {
                 if !self.fault {
@@ -97,10 +97,11 @@ impl DevicePacing {
                 *lock(&status.input_fault) = None;
                 if self.skip > 0 {
                     // A realignment backwards: this picture's number went
-                    // to the one before it.
+                    // to the one before it. It is kept for a re-encode of
+                    // the segments made before (`crate::pipeline::rework`).
                     self.skip -= 1;
                     status.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return emit(writer.publish(FrameMeta { number: *n, passed_over: true, ..FrameMeta::default() }));
                 }
                 let age = (crate::capture::v4l2::monotonic_ns() - captured_mono_ns).max(0);
                 let tai = clock.now_tai_ns() - age;
@@ -129,7 +130,8 @@ impl DevicePacing {
                     FramePath::InPlace => status.frames_in_place.fetch_add(1, Ordering::Relaxed),
                     FramePath::Converted => status.frames_converted.fetch_add(1, Ordering::Relaxed),
                 };
-                let frame = writer.publish(FrameMeta { number: *n, audio_len: 0, captured_tai_ns: tai });
+                let frame =
+                    writer.publish(FrameMeta { number: *n, audio_len: 0, captured_tai_ns: tai, passed_over: false });
                 *n += 1;
                 self.last = Some(frame.clone());
                 emit(frame)
@@ -190,7 +192,12 @@ impl DevicePacing {
             status.frames_copied.fetch_add(1, Ordering::Relaxed);
             let number = *n;
             *n += 1;
-            if !emit(w.publish(FrameMeta { number, audio_len: 0, captured_tai_ns: clock.now_tai_ns() })) {
+            if !emit(w.publish(FrameMeta {
+                number,
+                audio_len: 0,
+                captured_tai_ns: clock.now_tai_ns(),
+                passed_over: false,
+            })) {
                 return false;
             }
         }
@@ -361,7 +368,9 @@ mod tests {
         // its number, and the count follows the slots again.
         let dropped = status.frames_dropped.load(Ordering::Relaxed);
         assert!(pacing.realign(-1, &mut n, &pool, &clock, &status, &mut |_| true));
-        assert!(place(&mut pacing, frame(&pool, &clock, n0 + 3, 4), &mut n, &pool, &clock, &status).is_empty());
+        // It leaves the numbering but goes on, passed over, for a re-encode.
+        let out = place(&mut pacing, frame(&pool, &clock, n0 + 3, 4), &mut n, &pool, &clock, &status);
+        assert_eq!(out.iter().map(|f| (f.meta().passed_over, f.planes().0[0])).collect::<Vec<_>>(), [(true, 4)]);
         assert_eq!(status.frames_dropped.load(Ordering::Relaxed), dropped + 1);
         let out = place(&mut pacing, frame(&pool, &clock, n0 + 4, 5), &mut n, &pool, &clock, &status);
         assert_eq!((numbers(&out), out[0].planes().0[0]), (vec![n0 + 5], 5));

@@ -70,6 +70,11 @@ pub struct FrameMeta {
     pub audio_len: usize,
     /// Media clock reading when the frame was captured (TAI ns).
     pub captured_tai_ns: i128,
+    /// A picture the numbering passed over (a realignment or a clock
+    /// correction moved the numbers past it): kept for re-encoding the
+    /// segments published before the move (`crate::pipeline::rework`),
+    /// never encoded, analysed or fingerprinted into the trail.
+    pub passed_over: bool,
 }
 
 /// Where a slot's picture lives.
@@ -404,7 +409,7 @@ mod tests {
         let pool = FramePool::new(layout(), 2);
         let mut w = pool.acquire();
         w.buffers().y[0] = 42;
-        let a = w.publish(FrameMeta { number: 7, audio_len: 0, captured_tai_ns: 0 });
+        let a = w.publish(FrameMeta { number: 7, ..FrameMeta::default() });
         let b = a.clone();
         assert_eq!(pool.free_slots(), 1);
         drop(a);

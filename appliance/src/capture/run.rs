@@ -195,6 +195,7 @@ impl CaptureLoop<'_> {
         let mut n = self.first_frame;
         let (mut frames, mut dropped) = (0u64, 0u64);
         let mut paced = self.device_paced.then(DevicePacing::default);
+        let mut shown: Option<i64> = None;
         status.can_realign.store(self.device_paced || self.live, Ordering::Relaxed);
         while !self.stop.load(Ordering::Relaxed) && !past_end(n) {
             status.hang_drill();
@@ -206,7 +207,11 @@ impl CaptureLoop<'_> {
                 // the loop condition ends the run.
                 let mut downstream_gone = false;
                 let mut emit = |frame: FrameRef| {
-                    let number = frame.meta().number;
+                    let meta = frame.meta();
+                    if meta.passed_over {
+                        return out.send(frame).is_ok();
+                    }
+                    let number = meta.number;
                     if past_end(number) {
                         return false;
                     }
@@ -266,6 +271,25 @@ impl CaptureLoop<'_> {
                 n
             };
             let picture = world - status.slip_frames.load(Ordering::Relaxed);
+            // Pictures the numbering passed over (a realignment back, a
+            // clock correction forward) are still the world's: they go on
+            // for a re-encode of the segments made before the move.
+            if self.live
+                && let Some(last) = shown
+                && (2..=i64::from(self.segment_frames)).contains(&(picture - last))
+            {
+                for p in last + 1..picture {
+                    let mut kept = pool.acquire();
+                    let first_sample = rate.audio_sample_at(p, 48_000);
+                    if let Ok(Captured::Frame) = device.read(p, first_sample, 0, &mut kept.buffers()) {
+                        let meta = FrameMeta { number: n, passed_over: true, ..FrameMeta::default() };
+                        if out.send(kept.publish(meta)).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            shown = Some(picture);
             let first_sample = rate.audio_sample_at(picture, 48_000);
             let samples = usize::try_from(rate.audio_sample_at(picture + 1, 48_000) - first_sample).unwrap_or(0);
             match device.read(picture, first_sample, samples, &mut writer.buffers()) {
@@ -277,7 +301,12 @@ impl CaptureLoop<'_> {
                 }
             }
             let audio_len = samples * usize::from(self.audio_channels);
-            let frame = writer.publish(FrameMeta { number: n, audio_len, captured_tai_ns: clock.now_tai_ns() });
+            let frame = writer.publish(FrameMeta {
+                number: n,
+                audio_len,
+                captured_tai_ns: clock.now_tai_ns(),
+                passed_over: false,
+            });
             status.frame.store(n, Ordering::Relaxed);
             status.frames_captured.fetch_add(1, Ordering::Relaxed);
             if out.send(frame).is_err() {

@@ -262,6 +262,7 @@ impl Driver<'_> {
                 Action::Slip(frames) => {
                     status.capture.slip_frames.fetch_add(frames, Ordering::Relaxed);
                 }
+                Action::LatencySpike(hold, lasting) => status.latency_drill.set(hold, lasting),
                 Action::ClockFault(fault) => {
                     *lock(&status.clock_fault) = Some(fault);
                     if let Some(c) = lock(&status.media_clock).as_ref() {

@@ -192,6 +192,8 @@ pub enum Action {
     /// Shift the capture's pictures against the timeline by this many
     /// frames (a drill).
     Slip(i64),
+    /// Hold each finished segment this long, for that long (a drill).
+    LatencySpike(Duration, Duration),
     /// Apply this clock fault to the running clock and later runs.
     ClockFault(ClockFaultConfig),
     /// Answer the command being handled.
@@ -436,6 +438,13 @@ fn command(s: &mut Supervision, actions: &mut Vec<Action>, cmd: ChannelCommand, 
         ChannelCommand::Slip(frames) => match s.state.current() {
             Some(_) => {
                 actions.push(Action::Slip(frames));
+                Ok(Answer::Done)
+            }
+            None => Err(CommandError::NotRunning),
+        },
+        ChannelCommand::LatencySpike { hold, lasting } => match s.state.current() {
+            Some(_) => {
+                actions.push(Action::LatencySpike(hold, lasting));
                 Ok(Answer::Done)
             }
             None => Err(CommandError::NotRunning),
@@ -791,12 +800,18 @@ mod tests {
         let (s, actions) = command_at(s, ChannelCommand::Slip(-2), t);
         assert!(matches!(actions[0], Action::Slip(-2)));
         assert_eq!(reply(&actions), Ok(Answer::Done));
+        let spike = ChannelCommand::LatencySpike { hold: Duration::from_millis(800), lasting: Duration::from_secs(5) };
+        let (s, actions) = command_at(s, spike.clone(), t);
+        assert!(matches!(actions[0], Action::LatencySpike(h, l) if h.as_millis() == 800 && l.as_secs() == 5));
+        assert_eq!(reply(&actions), Ok(Answer::Done));
         let (s, _) = command_at(s, ChannelCommand::Stop, t);
         let (s, actions) = ended_at(s, 1, false, RunEnd::Failed("disk full".into()), t);
         assert_eq!(status(&actions), [StatusChange::RunError(Some("disk full".into()))]);
         let (s, actions) = command_at(s, ChannelCommand::Hang(Duration::from_secs(3)), t);
         assert_eq!(reply(&actions), Err(CommandError::NotRunning));
         let (s, actions) = command_at(s, ChannelCommand::Slip(1), t);
+        assert_eq!(reply(&actions), Err(CommandError::NotRunning));
+        let (s, actions) = command_at(s, spike, t);
         assert_eq!(reply(&actions), Err(CommandError::NotRunning));
         let (_, actions) = command_at(s, ChannelCommand::ClockFault(ClockFaultConfig::default()), t);
         assert!(matches!(actions[0], Action::ClockFault(_)), "a fault is kept for the next run");

@@ -12,9 +12,12 @@ use crossbeam_channel::{Receiver, Sender};
 use lockstep_encoder_api::{
     AudioEncoder, AudioSettings, EncodeError, PictureKind, PictureRef, VideoEncoderFactory, VideoSettings,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 
-use crate::capture::pool::FrameRef;
+use crate::capture::pool::{FrameLayout, FrameRef};
 use crate::package::sink::SegmentSink;
 use crate::package::{EncodedSegment, TrackId, avc, fmp4};
 use crate::timeline::Grid;
@@ -54,6 +57,31 @@ pub fn video_timescale(grid: &Grid) -> (u32, u32) {
     }
 }
 
+/// An encode-latency spike drill: while it lasts, every rendition holds
+/// each segment it finishes this long before handing it to the packager,
+/// as an encoder that fell behind would (its neighbours see its encode
+/// latency rise; a hold longer than the frame pool stalls capture).
+#[derive(Debug, Default)]
+pub struct LatencyDrill {
+    hold_ms: AtomicU64,
+    until_ms: AtomicU64,
+}
+
+impl LatencyDrill {
+    /// Holds every segment `hold` from now for `lasting`.
+    pub fn set(&self, hold: Duration, lasting: Duration) {
+        self.hold_ms.store(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let until = crate::control::unix_ms().saturating_add(u64::try_from(lasting.as_millis()).unwrap_or(u64::MAX));
+        self.until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// How long to hold a segment now (None: no drill).
+    pub fn hold(&self) -> Option<Duration> {
+        (crate::control::unix_ms() < self.until_ms.load(Ordering::Relaxed))
+            .then(|| Duration::from_millis(self.hold_ms.load(Ordering::Relaxed)))
+    }
+}
+
 /// Per-rendition settings for a video worker.
 #[derive(Debug, Clone)]
 pub struct VideoJob {
@@ -73,8 +101,27 @@ pub struct VideoJob {
     pub partial_at_end: bool,
     /// Live changes (bitrate), applied at the segment they name.
     pub control: std::sync::Arc<crate::control::LiveControl>,
+    /// The encode-latency drill of the channel.
+    pub latency: std::sync::Arc<LatencyDrill>,
 }
 
+/// One input picture of a segment, as the encoder takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Its size (strides follow from it).
+    pub layout: FrameLayout,
+    /// Luma plane.
+    pub y: &'a [u8],
+    /// Cb plane.
+    pub u: &'a [u8],
+    /// Cr plane.
+    pub v: &'a [u8],
+    /// SHA-256 of the picture (input fingerprint).
+    pub hash: [u8; 32],
+}
+
+/// A segment being encoded: a fresh encoder, the samples so far and the
+/// hash of the input they came from.
 struct OpenSegment {
     index: i64,
     next_frame: i64,
@@ -87,6 +134,109 @@ struct OpenSegment {
     bitrate_bps: u32,
 }
 
+impl OpenSegment {
+    /// A fresh encoder for segment `index`, at the bitrate live changes
+    /// give that segment.
+    fn open(job: &VideoJob, factory: &dyn VideoEncoderFactory, index: i64) -> Result<Self, EncodeError> {
+        let mut settings = job.settings;
+        if let Some(kbps) = job.control.bitrate_kbps(&job.name, index) {
+            settings.bitrate_bps = kbps.saturating_mul(1000);
+        }
+        Ok(Self {
+            index,
+            next_frame: job.grid.first_frame(index),
+            frames: 0,
+            encoder: factory.open(&settings)?,
+            samples: Vec::with_capacity(job.grid.frames_per_segment as usize),
+            payload: Vec::with_capacity(1 << 20),
+            params: avc::ParameterSets::default(),
+            hasher: Sha256::new(),
+            bitrate_bps: settings.bitrate_bps,
+        })
+    }
+
+    /// Encodes the segment's next picture (scaled to the rendition when
+    /// its size differs).
+    fn push(
+        &mut self,
+        job: &VideoJob,
+        scaler: &mut Option<scale::Scaler>,
+        annexb: &mut Vec<u8>,
+        input: Input<'_>,
+    ) -> Result<(), EncodeError> {
+        let (_, ticks) = video_timescale(&job.grid);
+        let layout = input.layout;
+        let (w, h) = (job.settings.width, job.settings.height);
+        let picture = if (w, h) == (layout.width, layout.height) {
+            // Same size as the source: the encoder reads the buffer in place.
+            PictureRef {
+                width: w,
+                height: h,
+                y: input.y,
+                u: input.u,
+                v: input.v,
+                y_stride: layout.y_stride(),
+                c_stride: layout.c_stride(),
+            }
+        } else {
+            let sc = scaler.get_or_insert_with(|| scale::Scaler::new(layout.width, layout.height, w, h));
+            let (sy, su, sv) = sc.scale(input.y, input.u, input.v, layout.y_stride(), layout.c_stride());
+            PictureRef { width: w, height: h, y: sy, u: su, v: sv, y_stride: w as usize, c_stride: w as usize / 2 }
+        };
+        annexb.clear();
+        let coded = self.encoder.encode(&picture, u64::from(self.frames), annexb)?;
+        if self.frames == 0 && coded.kind != PictureKind::Idr {
+            return Err(EncodeError::Backend("segment does not start with an IDR".into()));
+        }
+        let size = avc::annexb_to_sample(annexb, &mut self.payload, &mut self.params);
+        self.samples.push(fmp4::Sample {
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            duration: ticks,
+            sync: coded.kind == PictureKind::Idr,
+        });
+        self.hasher.update(input.hash);
+        self.frames += 1;
+        self.next_frame += 1;
+        Ok(())
+    }
+
+    /// The segment for the packager.
+    fn finish(self, job: &VideoJob) -> EncodedSegment {
+        let (_, ticks) = video_timescale(&job.grid);
+        let first = job.grid.first_frame(self.index);
+        EncodedSegment {
+            track: TrackId::Video(job.position),
+            index: self.index,
+            first_unit: first,
+            base_time: u64::try_from(first).unwrap_or(0) * u64::from(ticks),
+            samples: self.samples,
+            payload: self.payload,
+            input_sha256: self.hasher.finalize().into(),
+            params: Some(self.params),
+            start_tai_ns: job.grid.rate.frame_time_ns(first),
+            bitrate_bps: u64::from(self.bitrate_bps),
+        }
+    }
+}
+
+/// Encodes segment `index` of a rendition from its pictures in order,
+/// exactly as [`run_video`] does (a fresh encoder, the same settings): the
+/// re-encode of a segment published from the wrong pictures
+/// (`crate::pipeline::rework`).
+pub fn encode_segment(
+    job: &VideoJob,
+    factory: &dyn VideoEncoderFactory,
+    index: i64,
+    inputs: &[Input<'_>],
+) -> Result<EncodedSegment, EncodeError> {
+    let mut seg = OpenSegment::open(job, factory, index)?;
+    let (mut scaler, mut annexb) = (None, Vec::with_capacity(1 << 20));
+    for input in inputs {
+        seg.push(job, &mut scaler, &mut annexb, *input)?;
+    }
+    Ok(seg.finish(job))
+}
+
 /// Runs a rendition: scale (when the size differs), encode, emit segments.
 pub fn run_video(
     job: VideoJob,
@@ -95,28 +245,11 @@ pub fn run_video(
     output: SegmentSink,
 ) -> Result<u64, WorkerError> {
     let err = |source| WorkerError { rendition: job.name.clone(), source };
-    let (_, ticks) = video_timescale(&job.grid);
     let f = i64::from(job.grid.frames_per_segment);
     let mut scaler: Option<scale::Scaler> = None;
     let mut open: Option<OpenSegment> = None;
     let mut annexb = Vec::with_capacity(1 << 20);
     let mut emitted = 0u64;
-    let finish = |seg: OpenSegment, output: &SegmentSink| -> bool {
-        let first = job.grid.first_frame(seg.index);
-        let seg_out = EncodedSegment {
-            track: TrackId::Video(job.position),
-            index: seg.index,
-            first_unit: first,
-            base_time: u64::try_from(first).unwrap_or(0) * u64::from(ticks),
-            samples: seg.samples,
-            payload: seg.payload,
-            input_sha256: seg.hasher.finalize().into(),
-            params: Some(seg.params),
-            start_tai_ns: job.grid.rate.frame_time_ns(first),
-            bitrate_bps: u64::from(seg.bitrate_bps),
-        };
-        output.send(seg_out)
-    };
     for work in input {
         let (frame, hash) = match work {
             Work::Frame { frame, hash } => (frame, hash),
@@ -135,54 +268,19 @@ pub fn run_video(
             if n != job.grid.first_frame(s) {
                 continue; // joined mid-segment: wait for the next boundary
             }
-            let mut settings = job.settings;
-            if let Some(kbps) = job.control.bitrate_kbps(&job.name, s) {
-                settings.bitrate_bps = kbps.saturating_mul(1000);
-            }
-            let encoder = factory.open(&settings).map_err(err)?;
-            open = Some(OpenSegment {
-                index: s,
-                next_frame: n,
-                frames: 0,
-                encoder,
-                samples: Vec::with_capacity(job.grid.frames_per_segment as usize),
-                payload: Vec::with_capacity(1 << 20),
-                params: avc::ParameterSets::default(),
-                hasher: Sha256::new(),
-                bitrate_bps: settings.bitrate_bps,
-            });
+            open = Some(OpenSegment::open(&job, factory, s).map_err(err)?);
         }
         let Some(seg) = open.as_mut() else { continue };
-        let layout = frame.layout();
         let (y, u, v) = frame.planes();
-        let (w, h) = (job.settings.width, job.settings.height);
-        let picture = if (w, h) == (layout.width, layout.height) {
-            // Same size as the source: the encoder reads the pool buffer in place.
-            PictureRef { width: w, height: h, y, u, v, y_stride: layout.y_stride(), c_stride: layout.c_stride() }
-        } else {
-            let sc = scaler.get_or_insert_with(|| scale::Scaler::new(layout.width, layout.height, w, h));
-            let (sy, su, sv) = sc.scale(y, u, v, layout.y_stride(), layout.c_stride());
-            PictureRef { width: w, height: h, y: sy, u: su, v: sv, y_stride: w as usize, c_stride: w as usize / 2 }
-        };
-        annexb.clear();
-        let coded = seg.encoder.encode(&picture, u64::from(seg.frames), &mut annexb).map_err(err)?;
-        if seg.frames == 0 && coded.kind != PictureKind::Idr {
-            return Err(err(EncodeError::Backend("segment does not start with an IDR".into())));
-        }
+        seg.push(&job, &mut scaler, &mut annexb, Input { layout: frame.layout(), y, u, v, hash }).map_err(err)?;
         drop(frame);
-        let size = avc::annexb_to_sample(&annexb, &mut seg.payload, &mut seg.params);
-        seg.samples.push(fmp4::Sample {
-            size: u32::try_from(size).unwrap_or(u32::MAX),
-            duration: ticks,
-            sync: coded.kind == PictureKind::Idr,
-        });
-        seg.hasher.update(hash);
-        seg.frames += 1;
-        seg.next_frame += 1;
         if i64::from(seg.frames) == f
             && let Some(done) = open.take()
         {
-            if !finish(done, &output) {
+            if let Some(hold) = job.latency.hold() {
+                std::thread::sleep(hold);
+            }
+            if !output.send(done.finish(&job)) {
                 return Ok(emitted);
             }
             emitted += 1;
@@ -194,7 +292,7 @@ pub fn run_video(
     {
         if !job.partial_at_end {
             tracing::info!(rendition = %job.name, segment = seg.index, frames = seg.frames, "stopped mid-segment; incomplete segment not published");
-        } else if finish(seg, &output) {
+        } else if output.send(seg.finish(&job)) {
             emitted += 1;
         }
     }

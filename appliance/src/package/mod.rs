@@ -190,6 +190,32 @@ impl PackagerStats {
     }
 }
 
+/// The manifest entry of a segment written as `file` with these bytes
+/// (its analysis added when it arrives).
+fn manifest_entry(
+    cfg: &PackagerConfig,
+    spec: &TrackSpec,
+    seg: &EncodedSegment,
+    file: String,
+    bytes: &[u8],
+) -> ManifestEntry {
+    ManifestEntry {
+        index: seg.index,
+        file,
+        first_unit: seg.first_unit,
+        samples: u32::try_from(seg.samples.len()).unwrap_or(u32::MAX),
+        base_time: seg.base_time,
+        timescale: spec.timescale,
+        duration: seg.duration_ticks() as f64 / f64::from(spec.timescale),
+        bytes: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        input_sha256: hex::encode(seg.input_sha256),
+        program_date_time: hls::utc_iso8601(seg.start_tai_ns, cfg.utc_tai_offset_s),
+        producer: cfg.producer.clone(),
+        analysis: None,
+    }
+}
+
 /// Writes segments, manifests and playlists.
 pub struct Packager {
     config: PackagerConfig,
@@ -384,23 +410,9 @@ impl Packager {
         let file = format!("seg-{}.m4s", seg.index);
         let path = t.dir.join(&file);
         self.store.write_atomic(&path, &bytes)?;
-        let duration = seg.duration_ticks() as f64 / f64::from(t.spec.timescale);
-        let program_date_time = hls::utc_iso8601(seg.start_tai_ns, cfg.utc_tai_offset_s);
-        let entry = ManifestEntry {
-            index: seg.index,
-            file: file.clone(),
-            first_unit: seg.first_unit,
-            samples: u32::try_from(seg.samples.len()).unwrap_or(u32::MAX),
-            base_time: seg.base_time,
-            timescale: t.spec.timescale,
-            duration,
-            bytes: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            input_sha256: hex::encode(seg.input_sha256),
-            program_date_time: program_date_time.clone(),
-            producer: cfg.producer.clone(),
-            analysis: None,
-        };
+        let entry = manifest_entry(cfg, &t.spec, &seg, file.clone(), &bytes);
+        let (duration, program_date_time) = (entry.duration, entry.program_date_time.clone());
+        let t = &mut self.tracks[ti];
         t.written += 1;
         if t.entries.back().is_some_and(|e| e.index >= seg.index) {
             // Out-of-order index (clock stepped back): start a new run.
@@ -446,6 +458,45 @@ impl Packager {
             self.write_master()?;
         }
         Ok(())
+    }
+
+    /// Replaces a published segment with a re-encode of it
+    /// (`crate::pipeline::rework`) when its bytes hash to `expect`: the
+    /// file is rewritten atomically and its manifest entry written again
+    /// (the last entry of an index is the one that counts). False, and
+    /// nothing changed, when the bytes differ, the segment has left the
+    /// playlist or its parameter sets are not the init segment's.
+    pub fn replace(&mut self, seg: EncodedSegment, expect: [u8; 32]) -> Result<bool, StoreError> {
+        let Some(ti) = self.track_index(seg.track) else { return Ok(false) };
+        let t = &self.tracks[ti];
+        let Some(track) = t.track.as_ref() else { return Ok(false) };
+        if !t.entries.iter().any(|e| e.index == seg.index) {
+            return Ok(false);
+        }
+        if let (fmp4::TrackKind::Video { sps, pps, .. }, Some(ps)) = (&track.kind, &seg.params)
+            && (!avc::same_but_level(sps, &ps.sps) || *pps != ps.pps)
+        {
+            return Ok(false);
+        }
+        let sequence = u32::try_from(seg.index.rem_euclid(1 << 32)).unwrap_or(0);
+        let bytes = fmp4::media_segment(track, sequence, seg.base_time, &seg.samples, &seg.payload);
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) != expect {
+            return Ok(false);
+        }
+        let file = format!("seg-{}.m4s", seg.index);
+        let mut entry = manifest_entry(&self.config, &t.spec, &seg, file.clone(), &bytes);
+        let path = t.dir.join(&file);
+        let result = self.store.write_atomic(&path, &bytes);
+        self.count(result)?;
+        match self.tracks[ti].pending.as_mut() {
+            Some(waiting) if waiting.index == seg.index => *waiting = entry,
+            _ => {
+                entry.analysis = self.analyses.get(&seg.index).cloned();
+                let result = self.append_manifest(ti, &entry);
+                self.count(result)?;
+            }
+        }
+        Ok(true)
     }
 
     fn write_init(&mut self, ti: usize, seg: &EncodedSegment) -> Result<(), StoreError> {
@@ -574,6 +625,24 @@ impl Packager {
 
 /// Reads a manifest, skipping an unterminated last line.
 pub fn read_manifest(path: &Path) -> std::io::Result<Vec<ManifestEntry>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(parse_manifest(&std::fs::read_to_string(path)?))
+}
+
+/// The entries of a manifest's text, one per index in the order the
+/// indices first appear: a segment replaced by its re-encode
+/// (`crate::pipeline::rework`) has a later line, and the last line of an
+/// index is the one that counts. Lines that do not parse are left out.
+pub fn parse_manifest(text: &str) -> Vec<ManifestEntry> {
+    let mut entries: Vec<ManifestEntry> = Vec::new();
+    let mut at = std::collections::HashMap::new();
+    for entry in text.lines().filter_map(|l| serde_json::from_str::<ManifestEntry>(l).ok()) {
+        match at.get(&entry.index) {
+            Some(&i) => entries[i] = entry,
+            None => {
+                at.insert(entry.index, entries.len());
+                entries.push(entry);
+            }
+        }
+    }
+    entries
 }

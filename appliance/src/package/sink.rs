@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::analysis::segment::SegmentAnalysis;
 use crate::handover::Handover;
-use crate::package::{EncodedSegment, ManifestEntry, Packager, PackagerStats};
+use crate::package::{EncodedSegment, ManifestEntry, Packager, PackagerStats, TrackId};
 
 /// Longest a successor waits for its predecessor's packager.
 const ADOPT_WAIT: Duration = Duration::from_secs(20);
@@ -23,6 +23,7 @@ const QUEUE: usize = 64;
 enum ToPackager {
     Segment(EncodedSegment),
     Analysis(i64, SegmentAnalysis),
+    Replace(EncodedSegment, [u8; 32]),
 }
 
 /// The encoders' (and the analysis stage's) side of the packager queue.
@@ -39,6 +40,13 @@ impl SegmentSink {
     /// Hands a segment to the packager; false once it has stopped.
     pub fn send(&self, seg: EncodedSegment) -> bool {
         self.0.send(ToPackager::Segment(seg)).is_ok()
+    }
+
+    /// Hands the packager a re-encode of a published segment, to replace
+    /// it if its bytes hash to `expect` (`crate::pipeline::rework`); false
+    /// once it has stopped.
+    pub fn replace(&self, seg: EncodedSegment, expect: [u8; 32]) -> bool {
+        self.0.send(ToPackager::Replace(seg, expect)).is_ok()
     }
 
     /// Hands a segment's content analysis to the packager (its manifest
@@ -72,6 +80,10 @@ pub trait Publisher {
     fn analysed(&mut self, packager: &mut Packager);
     /// A segment of `track` was published.
     fn published(&mut self, track: String, entry: &ManifestEntry);
+    /// A re-encode of segment `index` replaced the published file
+    /// (`replaced`), or was refused because its bytes were not the ones
+    /// expected or the segment had left the playlist.
+    fn reworked(&mut self, track: TrackId, index: i64, replaced: bool);
 }
 
 /// The packager loop: runs until every sink is dropped, then hands the
@@ -98,6 +110,16 @@ pub fn run(
                 if let Err(e) = packager.add(seg) {
                     tracing::error!("{e}; continuing, files already written are intact");
                     to.write_failed();
+                }
+            }
+            ToPackager::Replace(seg, expect) => {
+                let (track, index) = (seg.track, seg.index);
+                match packager.replace(seg, expect) {
+                    Ok(replaced) => to.reworked(track, index, replaced),
+                    Err(e) => {
+                        tracing::error!("{e}; the segment published before stays");
+                        to.write_failed();
+                    }
                 }
             }
             ToPackager::Analysis(index, analysis) => {

@@ -7,6 +7,7 @@
 //! to capture instead of growing memory.
 
 pub mod plan;
+pub mod rework;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,6 +108,18 @@ impl Taps {
             &at,
             status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
+        out.counter(
+            "lockstep_segments_reencoded_total",
+            "Published segments replaced by a re-encode from kept input, bytes identical to the majority's.",
+            &at,
+            status.segments_reencoded.load(Ordering::Relaxed) as f64,
+        );
+        out.counter(
+            "lockstep_reencodes_refused_total",
+            "Re-encodes not used: the kept input or the bytes were not the majority's.",
+            &at,
+            status.reencodes_refused.load(Ordering::Relaxed) as f64,
+        );
         self.metrics.export(channel, out);
         if let Some(stats) = lock(&status.packaged).as_ref() {
             stats.export(channel, out);
@@ -186,6 +199,18 @@ pub struct ChannelStatus {
     pub ladder: std::sync::Mutex<Vec<ResolvedRendition>>,
     /// The running media clock (the admin API injects faults into it).
     pub media_clock: std::sync::Mutex<Option<Arc<Clock>>>,
+    /// Re-encodes the swarm asks for go to the running rework thread
+    /// through this (None while no run keeps input to re-encode from).
+    pub rework: std::sync::Mutex<Option<Sender<rework::Rework>>>,
+    /// Published segments (every rendition) replaced by their re-encode.
+    pub segments_reencoded: std::sync::atomic::AtomicU64,
+    /// An encode-latency spike drill (held segments), for every run.
+    pub latency_drill: Arc<encode::LatencyDrill>,
+    /// The newest segment a re-encode replaced (0: none yet).
+    pub last_reencoded: std::sync::atomic::AtomicI64,
+    /// Re-encodes refused: the kept pictures were not the majority's input
+    /// or the bytes were not the majority's.
+    pub reencodes_refused: std::sync::atomic::AtomicU64,
     /// The media clock corrections the swarm approved (every run's clock
     /// follows them).
     pub clock_trim: Arc<crate::clock::trim::Trim>,
@@ -385,14 +410,23 @@ pub fn run_with_device(
     };
     let packager_thread = spawn_packager(packager, inbox, limits, publisher)?;
     let (worker_txs, workers) = spawn_encoders(config, &plan, &factory, &sink, taps)?;
+    let kept = config.pipeline.rework_segments as usize * plan.grid.frames_per_segment as usize;
+    let recent = Arc::new(std::sync::Mutex::new(rework::RecentInput::new(kept)));
+    let (rework_tx, reworker) = spawn_rework(config, &plan, &factory, &sink, &recent, taps)?;
     let (analysis_tx, analysis) = spawn_analysis(&plan, &format, realtime, limits.start_segment.is_some(), sink, taps)?;
     // A successor's warm-up frames are the predecessor's to fingerprint.
     let trail_from = match limits.start_segment {
         Some(_) => plan.grid.first_frame(plan.first_segment),
         None => i64::MIN,
     };
-    let (capture_tx, fingerprint) =
-        spawn_fingerprint(config.pipeline.pool_frames as usize, worker_txs, analysis_tx, realtime, trail_from, taps)?;
+    let (capture_tx, fingerprint) = spawn_fingerprint(
+        config.pipeline.pool_frames as usize,
+        worker_txs,
+        analysis_tx,
+        (realtime, trail_from),
+        recent,
+        taps,
+    )?;
 
     let mut started = device.start();
     taps.status.segment_frames.store(plan.grid.frames_per_segment, Ordering::Relaxed);
@@ -438,6 +472,17 @@ pub fn run_with_device(
             Ok(Err(e)) => worker_error = worker_error.or(Some(e)),
             Err(_) => return Err(PipelineError::Panic("encode")),
         }
+    }
+    // The rework thread ends once no sender is left: this run's own and
+    // the one the swarm reaches it through (a successor's stays).
+    let mut current = lock(&taps.status.rework);
+    if current.as_ref().is_some_and(|tx| tx.same_channel(&rework_tx)) {
+        *current = None;
+    }
+    drop(current);
+    drop(rework_tx);
+    if let Some(r) = reworker {
+        r.join().map_err(|_| PipelineError::Panic("rework"))?;
     }
     let stats = packager_thread.join().map_err(|_| PipelineError::Panic("package"))?;
     if let Some(e) = worker_error {
@@ -512,6 +557,18 @@ impl Publisher for ChannelPublisher {
         }
     }
 
+    fn reworked(&mut self, track: TrackId, index: i64, replaced: bool) {
+        let status = &self.taps.status;
+        if replaced {
+            status.segments_reencoded.fetch_add(1, Ordering::Relaxed);
+            status.last_reencoded.fetch_max(index, Ordering::Relaxed);
+            tracing::info!(channel = %self.channel, ?track, segment = index, "segment re-encoded from kept input: identical to the majority's again");
+        } else {
+            status.reencodes_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(channel = %self.channel, ?track, segment = index, "re-encode not used: its bytes are not the majority's (or the segment left the playlist)");
+        }
+    }
+
     fn published(&mut self, track: String, entry: &ManifestEntry) {
         let status = &self.taps.status;
         status.segments_published.fetch_add(1, Ordering::Relaxed);
@@ -562,29 +619,12 @@ fn spawn_encoders(
 ) -> Result<Workers, PipelineError> {
     let depth = config.pipeline.pool_frames as usize;
     let (mut queues, mut workers) = (Vec::new(), Vec::new());
-    let rate = plan.grid.rate;
     for (i, r) in plan.ladder.iter().enumerate() {
         let (tx, rx) = bounded::<Work>(depth);
         queues.push(tx);
-        let job = VideoJob {
-            position: i,
-            name: r.name.clone(),
-            settings: VideoSettings {
-                width: r.width,
-                height: r.height,
-                fps_num: rate.num,
-                fps_den: rate.den,
-                bitrate_bps: r.bitrate_bps,
-                gop_frames: plan.grid.frames_per_segment,
-            },
-            grid: plan.grid,
-            first_segment: plan.first_segment,
-            partial_at_end: !plan.live,
-            control: Arc::clone(&taps.control),
-        };
+        let job = video_job(plan, i, r, taps);
         let out = sink.clone();
-        let own_backend = config.renditions.iter().any(|c| c.name == r.name && c.backend.is_some());
-        let factory = if own_backend { backend_for(config, Some(&r.name)) } else { Arc::clone(factory) };
+        let factory = rendition_factory(config, &r.name, factory);
         workers.push(
             thread::Builder::new()
                 .name(format!("encode-{}", r.name))
@@ -605,6 +645,75 @@ fn spawn_encoders(
         );
     }
     Ok((queues, workers))
+}
+
+/// The job of rendition `i` of the plan's ladder, as its encoder thread
+/// (and a re-encode of one of its segments) has it.
+fn video_job(plan: &RunPlan, i: usize, r: &ResolvedRendition, taps: &Taps) -> VideoJob {
+    let rate = plan.grid.rate;
+    VideoJob {
+        position: i,
+        name: r.name.clone(),
+        settings: VideoSettings {
+            width: r.width,
+            height: r.height,
+            fps_num: rate.num,
+            fps_den: rate.den,
+            bitrate_bps: r.bitrate_bps,
+            gop_frames: plan.grid.frames_per_segment,
+        },
+        grid: plan.grid,
+        first_segment: plan.first_segment,
+        partial_at_end: !plan.live,
+        control: Arc::clone(&taps.control),
+        latency: Arc::clone(&taps.status.latency_drill),
+    }
+}
+
+/// The backend of a rendition: its own when it names one, else the channel's.
+fn rendition_factory(
+    config: &Config,
+    name: &str,
+    channel: &Arc<dyn VideoEncoderFactory>,
+) -> Arc<dyn VideoEncoderFactory> {
+    if config.renditions.iter().any(|c| c.name == name && c.backend.is_some()) {
+        backend_for(config, Some(name))
+    } else {
+        Arc::clone(channel)
+    }
+}
+
+/// The rework thread of a live run that keeps input (`rework_segments`
+/// above 0): its sender is returned and given to the swarm through the
+/// channel's status.
+fn spawn_rework(
+    config: &Config,
+    plan: &RunPlan,
+    factory: &Arc<dyn VideoEncoderFactory>,
+    sink: &SegmentSink,
+    recent: &Arc<std::sync::Mutex<rework::RecentInput>>,
+    taps: &Taps,
+) -> Result<(Sender<rework::Rework>, Option<JoinHandle<()>>), PipelineError> {
+    let (tx, rx) = bounded::<rework::Rework>(rework::QUEUE);
+    if !plan.live || config.pipeline.rework_segments == 0 {
+        return Ok((tx, None));
+    }
+    let renditions: Vec<rework::Rendition> = plan
+        .ladder
+        .iter()
+        .enumerate()
+        .map(|(i, r)| rework::Rendition {
+            job: video_job(plan, i, r, taps),
+            factory: rendition_factory(config, &r.name, factory),
+        })
+        .collect();
+    let (out, recent, status) = (sink.clone(), Arc::clone(recent), Arc::clone(&taps.status));
+    let thread = thread::Builder::new()
+        .name("rework".into())
+        .spawn(move || rework::run(rx, &recent, &renditions, &out, &status.reencodes_refused))
+        .map_err(|_| PipelineError::Panic("rework"))?;
+    *lock(&taps.status.rework) = Some(tx.clone());
+    Ok((tx, Some(thread)))
 }
 
 /// Content analysis beside the encoders: frames are lent to it through a
@@ -643,14 +752,15 @@ fn spawn_analysis(
 
 /// The fingerprint (input hash, part of the timeline contract) runs in
 /// line: every encoder needs it. It takes captured frames from its queue
-/// (returned), keeps the trail the swarm compares, and passes each frame
-/// on to every encoder and, without waiting in real time, to analysis.
+/// (returned), keeps the trail the swarm compares and a copy of the
+/// picture for re-encodes (`rework`), and passes each frame on to every
+/// encoder and, without waiting in real time, to analysis.
 fn spawn_fingerprint(
     depth: usize,
     encoders: Vec<Sender<Work>>,
     analysis: Sender<FrameRef>,
-    realtime: bool,
-    trail_from: i64,
+    (realtime, trail_from): (bool, i64),
+    recent: Arc<std::sync::Mutex<rework::RecentInput>>,
     taps: &Taps,
 ) -> Result<(Sender<FrameRef>, JoinHandle<()>), PipelineError> {
     let (tx, rx) = bounded::<FrameRef>(depth);
@@ -661,7 +771,12 @@ fn spawn_fingerprint(
         .spawn(move || {
             for frame in rx {
                 let hash = crate::analysis::fingerprint(&frame);
-                let number = frame.meta().number;
+                lock(&recent).keep(&frame, hash);
+                let meta = frame.meta();
+                if meta.passed_over {
+                    continue; // kept for a re-encode only
+                }
+                let number = meta.number;
                 if number >= trail_from {
                     lock(&status.trail).push(number, crate::analysis::short_fingerprint(&hash));
                 }

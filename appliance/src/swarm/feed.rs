@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::state::ClockSummary;
+use super::repair::{Peer, Repair};
+use super::state::{ChannelReport, ClockSummary};
 use super::{ChannelLocal, Swarm, View, replicate};
 use crate::sync::lock;
 
@@ -41,6 +42,7 @@ struct Feed {
     analyses: Option<tokio::sync::broadcast::Receiver<Arc<crate::analysis::stage::SegmentReport>>>,
     segments: Option<tokio::sync::broadcast::Receiver<Arc<crate::pipeline::PublishedSegment>>>,
     errors_seen: u64,
+    repair: Repair,
 }
 
 impl Feed {
@@ -49,6 +51,40 @@ impl Feed {
             analyses: taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
             segments: taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe),
             errors_seen: taps.status.write_errors.load(Ordering::Relaxed),
+            repair: Repair::default(),
+        }
+    }
+
+    /// Gathers the healthy peers' fingerprints of this channel and asks the
+    /// channel's rework thread to re-encode each published segment the
+    /// majority made from other pictures (`repair`).
+    fn repair(&mut self, view: &View, channel: &str, c: &mut ChannelLocal, taps: &crate::pipeline::Taps) {
+        let Some(rework) = lock(&taps.status.rework).clone() else { return };
+        let frames = c.segment_frames;
+        if frames <= 0 {
+            return;
+        }
+        let peers: Vec<(&str, &ChannelReport)> = view
+            .peers
+            .values()
+            .filter(|p| p.healthy)
+            .filter_map(|p| Some((p.state.node.as_str(), p.state.channel(channel)?)))
+            .collect();
+        for (node, r) in &peers {
+            self.repair.observe(node, r.trail_first, &r.trail, frames);
+        }
+        self.repair.retain(&peers.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+        let segments: Vec<Peer<'_>> = peers.iter().map(|(node, r)| Peer { node, segments: &r.segments }).collect();
+        for asked in self.repair.plan(c.segments.make_contiguous(), &segments, frames, Instant::now()) {
+            tracing::info!(
+                channel,
+                segment = asked.index,
+                renditions = ?asked.expect.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+                "segment published from other pictures than the majority's: re-encoding it from kept input"
+            );
+            if rework.try_send(asked).is_err() {
+                tracing::debug!(channel, "rework queue full; asked again next round");
+            }
         }
     }
 
@@ -106,11 +142,11 @@ pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::C
                 }
                 let c = l.channels.entry(ch.id.clone()).or_default();
                 c.segment_ms = (config.channel.segment_seconds * 1000.0) as f32;
-                feeds.entry(ch.id.clone()).or_insert_with(|| Feed::subscribe(&ch.taps)).read(
-                    &ch.taps,
-                    c,
-                    &mut l.errors,
-                );
+                let feed = feeds.entry(ch.id.clone()).or_insert_with(|| Feed::subscribe(&ch.taps));
+                feed.read(&ch.taps, c, &mut l.errors);
+                if let Some(view) = &view {
+                    feed.repair(view, &ch.id, c, &ch.taps);
+                }
                 if (l.clock.is_none() || ch.first)
                     && let Some(q) = lock(&ch.taps.status.clock).as_ref()
                 {

@@ -16,6 +16,7 @@ pub mod election;
 mod feed;
 mod metrics;
 mod node;
+pub mod repair;
 pub mod replicate;
 pub mod resync;
 pub mod resync_bench;

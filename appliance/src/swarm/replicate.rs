@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::Swarm;
 use crate::package::hls::{self, Entry, MediaPlaylist};
-use crate::package::{ManifestEntry, read_manifest};
+use crate::package::{ManifestEntry, parse_manifest, read_manifest};
 
 /// What the replicator needs to know about this node.
 #[derive(Debug, Clone)]
@@ -204,7 +204,7 @@ fn place(
     let key = (node.to_string(), format!("{}/{track}", target.channel));
     if !manifests.contains_key(&key) {
         let text = get(agent, &format!("{base}/manifest.jsonl"))?;
-        let entries = String::from_utf8_lossy(&text).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let entries = parse_manifest(&String::from_utf8_lossy(&text));
         manifests.insert(key.clone(), entries);
     }
     let entry = manifests[&key]

@@ -10,7 +10,8 @@
 //! boundary reached), how long before half a frame the prediction fired
 //! (lead time), how far off the others measured it at worst, and how many
 //! of its segments were published with bytes other than the majority's
-//! (misaligned; the target is 0). The test source shows the picture of
+//! (misaligned; the target is 0), and how many of those were still so at
+//! the end, after the local re-encode. The test source shows the picture of
 //! the undrilled clock's time, as a camera would (docs/time.md), so a clock
 //! half a frame off misaligns segments as a real capture would.
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::wire::FleetKey;
 
@@ -91,6 +93,8 @@ struct Outcome {
     /// drill's segment on, and how many differed.
     compared: usize,
     misaligned: usize,
+    /// Of those, still misaligned at the end (not re-encoded).
+    left: usize,
 }
 
 /// One node's process, killed when dropped.
@@ -231,6 +235,16 @@ impl LocalSwarm {
     fn segment(&self, k: usize, index: i64) -> Option<Vec<u8>> {
         std::fs::read(self.dir.join(format!("n{k}/ch/90p/seg-{index}.m4s"))).ok()
     }
+
+    /// The hash node `k` first published for segment `index` (its
+    /// manifest's first line for it; a re-encode adds a later one).
+    fn first_published(&self, k: usize, index: i64) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(format!("n{k}/ch/90p/manifest.jsonl"))).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<crate::package::ManifestEntry>(l).ok())
+            .find(|e| e.index == index)
+            .map(|e| e.sha256)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -314,8 +328,14 @@ fn run_one(root: &Path, n: usize, drill: Drill, horizon_s: f64) -> anyhow::Resul
             root.display()
         );
         out.compared += 1;
-        if own != others[0] {
+        // Published misaligned: the first manifest line of the index;
+        // left so: the file at the end, after any re-encode.
+        let majority = hex::encode(Sha256::digest(&others[0]));
+        if swarm.first_published(me, index).is_some_and(|h| h != majority) {
             out.misaligned += 1;
+        }
+        if own != others[0] {
+            out.left += 1;
         }
     }
     Ok(out)
@@ -363,7 +383,7 @@ pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Res
             let dir = root.join(format!("{i}-{mode}"));
             let o = run_one(&dir, nodes, *drill, horizon)?;
             println!(
-                "{:<14} {mode:<10}  detected {:>7}  lead {:>7}  corrected {:>7} ({})  worst offset {:5.1} ms  misaligned segments {} of {}",
+                "{:<14} {mode:<10}  detected {:>7}  lead {:>7}  corrected {:>7} ({})  worst offset {:5.1} ms  misaligned segments {} of {} ({} left after re-encode)",
                 drill.describe(),
                 seconds(o.detected_s),
                 seconds(o.lead_s),
@@ -371,7 +391,8 @@ pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Res
                 o.correction.as_deref().unwrap_or("none"),
                 o.worst_ms,
                 o.misaligned,
-                o.compared
+                o.compared,
+                o.left
             );
             if matches!(drill, Drill::Drift(_)) {
                 drift.push(o);

@@ -424,10 +424,12 @@
         id ? get(channelPath(id)) : Promise.resolve(null),
         get(`/swarm/alignment?limit=${ALIGNMENT_LIMIT}${id ? `&channel=${encodeURIComponent(id)}` : ''}`),
         get('/channels'),
+        get(`/swarm/lockstep${id ? `?channel=${encodeURIComponent(id)}` : ''}`),
       ]);
       if (gen !== state.gen) return;
       noteReachability(results);
-      const [status, swarm, channel, alignment, channels] = results;
+      const [status, swarm, channel, alignment, channels, lockstep] = results;
+      if (lockstep.status === 'fulfilled' && lockstep.value) renderLockstep(lockstep.value);
       if (channels.status === 'fulfilled' && Array.isArray(channels.value)) renderChannelList(channels.value);
       // A start/stop finished while these were in flight: their running
       // flags are older than what we know; skip them rather than flicker.
@@ -1370,6 +1372,74 @@
     chip.hidden = false;
     chip.className = `chip tone-${differ ? 'bad' : 'ok'}`;
     chip.textContent = differ ? `${differ} of ${rows.length} differ` : 'all agree';
+  }
+
+  // ------------------------------------------------------------ lockstep
+
+  /** Words for a resynchronisation correction. */
+  function describeCorrection(c) {
+    if (c && c.realign) return `realign ${c.realign.frames > 0 ? '+' : ''}${c.realign.frames} fr`;
+    if (c && c.clock) return `clock ${fmtNs(c.clock.offset_ns)}, ${(c.clock.rate_ppb / 1000).toFixed(0)} ppm`;
+    return 'correction';
+  }
+
+  /** Every node of the channel: position, deviation, clock lane, prediction, last action. */
+  function renderLockstep(ls) {
+    const nodes = Array.isArray(ls.nodes) ? ls.nodes : [];
+    const body = $('lockstep');
+    const chip = $('lockstep-summary');
+    if (!nodes.length) {
+      chip.hidden = true;
+      body.replaceChildren(el('tr', null, el('td', { class: 'empty', colspan: 6, text: 'No swarm: nothing to keep in step with.' })));
+      return;
+    }
+    const out = nodes.filter((n) => (isNum(n.frame_offset) && n.frame_offset !== 0) || (n.clock && n.clock.flagged));
+    chip.hidden = false;
+    chip.className = `chip tone-${out.length ? 'bad' : 'ok'}`;
+    chip.textContent = out.length ? `${out.length} out of step` : 'all in step';
+    body.replaceChildren(...nodes.map((n) => lockstepRow(n, ls)));
+  }
+
+  function lockstepRow(n, ls) {
+    const frameMs = isNum(ls.frame_ms) ? ls.frame_ms : null;
+    const c = n.clock;
+    // Position on the lane: -1 frame at the left, +1 at the right.
+    const at = (ms) => `${50 + Math.max(-1, Math.min(1, ms / frameMs)) * 50}%`;
+    let lane = DASH;
+    if (frameMs && (n.self || c)) {
+      const offset = c ? c.offset_ms : 0;
+      const ahead = c && isNum(ls.drift_horizon_s) && ls.drift_horizon_s > 0 ? offset + c.drift_ppm * ls.drift_horizon_s / 1000 : null;
+      lane = el('div', { class: 'lane', title: c ? `clock ${fmtMs(c.offset_ms)} ± ${fmtMs(c.error_ms)}, ${c.drift_ppm.toFixed(1)} ppm` : 'this node' },
+        el('span', { class: 'half lo' }), el('span', { class: 'half hi' }),
+        isNum(ahead) ? el('span', { class: 'ahead', style: { left: at(ahead) } }) : null,
+        el('span', { class: `dot${c && c.flagged ? ' flagged' : ''}`, style: { left: at(offset) } }));
+    }
+    let prediction = DASH;
+    if (c) {
+      if (c.half_frame_in_s === 0) prediction = el('span', { class: 'status tone-bad', text: 'half a frame off' });
+      else if (isNum(c.half_frame_in_s)) prediction = el('span', { class: `status tone-${c.flagged ? 'warn' : 'ok'}`, text: `½ frame in ${fmtDuration(c.half_frame_in_s)}` });
+      else prediction = el('span', { class: 'status tone-ok', text: 'steady' });
+    } else if (n.self) {
+      prediction = el('span', { class: 'sub', text: 'reference' });
+    }
+    const a = n.action;
+    const actions = [];
+    if (a && a.proposal) actions.push(`${describeCorrection(a.proposal.correction)} at ${fmtId(a.proposal.at_segment)}: ${a.outcome}`);
+    if (n.reencoded && n.reencoded.segments > 0) actions.push(`${n.reencoded.segments} re-encoded (last ${fmtId(n.reencoded.last_segment)})`);
+    const k = n.frame_offset;
+    const offset = isNum(k)
+      ? el('span', { class: `status tone-${k === 0 ? 'ok' : 'bad'}`, text: k === 0 ? 'in step' : `${k > 0 ? '+' : ''}${k} fr` })
+      : DASH;
+    const hashes = isNum(n.hash_disagreements) && n.hash_disagreements > 0
+      ? el('span', { class: 'tag bad', title: `${n.hash_disagreements} of ${n.hashes_compared} recent segment hashes differ`, text: `${n.hash_disagreements} differ` })
+      : null;
+    return el('tr', { class: n.self ? 'is-self' : null, dataset: { node: n.node } },
+      el('td', null, swatch(n.node), el('span', { class: 'node-id', text: n.node }), n.self ? el('span', { class: 'tag', text: 'self' }) : null),
+      el('td', { class: 'num', title: `frame ${fmtId(n.frame)}`, text: fmtId(n.segment) }),
+      el('td', { class: 'num' }, offset, hashes),
+      el('td', null, lane),
+      el('td', null, prediction),
+      el('td', { class: 'action', text: actions.length ? actions.join(' · ') : DASH }));
   }
 
   // ------------------------------------------------------------ events
