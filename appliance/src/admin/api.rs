@@ -828,6 +828,22 @@ struct HangDrill {
 /// The longest hang drill, s.
 const HANG_DRILL_MAX_S: u32 = 600;
 
+/// A drill's `field` from 1 to `max`.
+fn drill_range(field: &'static str, value: u32, max: u32) -> Result<(), ApiError> {
+    if (1..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, format!("{field} {value}: allowed 1 to {max}")))
+}
+
+/// A drill needs the channel running (`nothing to …` what it would do).
+fn drill_running(ch: &Channel, what: &str) -> Result<(), ApiError> {
+    if ch.taps.status.running.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{}` is not running; nothing to {what}", ch.id)))
+}
+
 /// A hang drill: the channel's capture loop stops for `seconds`, as a
 /// wedged data plane would. Under systemd the watchdog pings stop and the
 /// service is restarted; that is what the drill proves.
@@ -841,16 +857,8 @@ async fn hang_drill(
 ) -> ApiResult {
     let ch = check_channel(&state, &id)?;
     let HangDrill { seconds } = parse_body(&headers, &body)?;
-    if !(1..=HANG_DRILL_MAX_S).contains(&seconds) {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "seconds",
-            format!("seconds {seconds}: allowed 1 to {HANG_DRILL_MAX_S}"),
-        ));
-    }
-    if !ch.taps.status.running.load(Ordering::Relaxed) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to hang")));
-    }
+    drill_range("seconds", seconds, HANG_DRILL_MAX_S)?;
+    drill_running(&ch, "hang")?;
     ask(&ch, ChannelCommand::Hang(Duration::from_secs(u64::from(seconds)))).await?;
     let watchdog_s = crate::systemd::watchdog_period().map(|w| w.as_secs_f64());
     let detail = json!({ "channel": id, "seconds": seconds, "watchdog_s": watchdog_s });
@@ -890,23 +898,9 @@ async fn latency_drill(
 ) -> ApiResult {
     let ch = check_channel(&state, &id)?;
     let LatencyDrill { ms, seconds } = parse_body(&headers, &body)?;
-    if !(1..=LATENCY_DRILL_MAX_MS).contains(&ms) {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ms",
-            format!("ms {ms}: allowed 1 to {LATENCY_DRILL_MAX_MS}"),
-        ));
-    }
-    if !(1..=HANG_DRILL_MAX_S).contains(&seconds) {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "seconds",
-            format!("seconds {seconds}: allowed 1 to {HANG_DRILL_MAX_S}"),
-        ));
-    }
-    if !ch.taps.status.running.load(Ordering::Relaxed) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to delay")));
-    }
+    drill_range("ms", ms, LATENCY_DRILL_MAX_MS)?;
+    drill_range("seconds", seconds, HANG_DRILL_MAX_S)?;
+    drill_running(&ch, "delay")?;
     let (hold, lasting) = (Duration::from_millis(u64::from(ms)), Duration::from_secs(u64::from(seconds)));
     ask(&ch, ChannelCommand::LatencySpike { hold, lasting }).await?;
     let detail = json!({ "channel": id, "ms": ms, "seconds": seconds });
@@ -966,9 +960,7 @@ async fn slip_drill(
             ),
         ));
     }
-    if !ch.taps.status.running.load(Ordering::Relaxed) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to slip")));
-    }
+    drill_running(&ch, "slip")?;
     ask(&ch, ChannelCommand::Slip(frames)).await?;
     let slip = ch.taps.status.capture.slip_frames.load(Ordering::Relaxed);
     let detail = json!({ "channel": id, "frames": frames, "slip_frames": slip });

@@ -410,7 +410,11 @@ pub fn run_with_device(
     };
     let packager_thread = spawn_packager(packager, inbox, limits, publisher)?;
     let (worker_txs, workers) = spawn_encoders(config, &plan, &factory, &sink, taps)?;
-    let kept = config.pipeline.rework_segments as usize * plan.grid.frames_per_segment as usize;
+    let kept = if reworks(config, &plan) {
+        config.pipeline.rework_segments as usize * plan.grid.frames_per_segment as usize
+    } else {
+        0
+    };
     let recent = Arc::new(std::sync::Mutex::new(rework::RecentInput::new(kept)));
     let (rework_tx, reworker) = spawn_rework(config, &plan, &factory, &sink, &recent, taps)?;
     let (analysis_tx, analysis) = spawn_analysis(&plan, &format, realtime, limits.start_segment.is_some(), sink, taps)?;
@@ -683,9 +687,15 @@ fn rendition_factory(
     }
 }
 
-/// The rework thread of a live run that keeps input (`rework_segments`
-/// above 0): its sender is returned and given to the swarm through the
-/// channel's status.
+/// A run keeps input for re-encodes: live, in a swarm (only a majority
+/// can say a segment was made from the wrong pictures), and
+/// `pipeline.rework_segments` above 0.
+fn reworks(config: &Config, plan: &RunPlan) -> bool {
+    plan.live && config.swarm.enabled && config.pipeline.rework_segments > 0
+}
+
+/// The rework thread of a run that keeps input ([`reworks`]): its sender
+/// is returned and given to the swarm through the channel's status.
 fn spawn_rework(
     config: &Config,
     plan: &RunPlan,
@@ -695,7 +705,7 @@ fn spawn_rework(
     taps: &Taps,
 ) -> Result<(Sender<rework::Rework>, Option<JoinHandle<()>>), PipelineError> {
     let (tx, rx) = bounded::<rework::Rework>(rework::QUEUE);
-    if !plan.live || config.pipeline.rework_segments == 0 {
+    if !reworks(config, plan) {
         return Ok((tx, None));
     }
     let renditions: Vec<rework::Rendition> = plan
