@@ -828,6 +828,21 @@ struct HangDrill {
 /// The longest hang drill, s.
 const HANG_DRILL_MAX_S: u32 = 600;
 
+/// A drill under way: audited as `action` (with `detail`, also the
+/// answer), and a `drill` event saying what it does.
+fn drill_done(
+    state: &AppState,
+    actor: &Actor,
+    from: SocketAddr,
+    action: &str,
+    detail: Value,
+    event: String,
+) -> Response {
+    state.audit(&actor.name(), Some(from), action, detail.clone());
+    state.events.push("drill", Some(&state.ctx.config.appliance.id), event);
+    json(StatusCode::ACCEPTED, detail)
+}
+
 /// A drill's `field` from 1 to `max`.
 fn drill_range(field: &'static str, value: u32, max: u32) -> Result<(), ApiError> {
     if (1..=max).contains(&value) {
@@ -862,13 +877,14 @@ async fn hang_drill(
     ask(&ch, ChannelCommand::Hang(Duration::from_secs(u64::from(seconds)))).await?;
     let watchdog_s = crate::systemd::watchdog_period().map(|w| w.as_secs_f64());
     let detail = json!({ "channel": id, "seconds": seconds, "watchdog_s": watchdog_s });
-    state.audit(&actor.name(), Some(from), "hang-drill", detail.clone());
-    state.events.push(
-        "drill",
-        Some(&state.ctx.config.appliance.id),
+    Ok(drill_done(
+        &state,
+        &actor,
+        from,
+        "hang-drill",
+        detail,
         format!("hang drill: channel {id}'s capture stops for {seconds} s (by {})", actor.name()),
-    );
-    Ok(json(StatusCode::ACCEPTED, detail))
+    ))
 }
 
 /// Body of `POST /api/v1/channels/{id}/drills/latency`.
@@ -904,16 +920,17 @@ async fn latency_drill(
     let (hold, lasting) = (Duration::from_millis(u64::from(ms)), Duration::from_secs(u64::from(seconds)));
     ask(&ch, ChannelCommand::LatencySpike { hold, lasting }).await?;
     let detail = json!({ "channel": id, "ms": ms, "seconds": seconds });
-    state.audit(&actor.name(), Some(from), "latency-drill", detail.clone());
-    state.events.push(
-        "drill",
-        Some(&state.ctx.config.appliance.id),
+    Ok(drill_done(
+        &state,
+        &actor,
+        from,
+        "latency-drill",
+        detail,
         format!(
             "latency drill: channel {id}'s encoders hold every segment {ms} ms for {seconds} s (by {})",
             actor.name()
         ),
-    );
-    Ok(json(StatusCode::ACCEPTED, detail))
+    ))
 }
 
 /// Body of `POST /api/v1/channels/{id}/drills/slip`.
@@ -964,10 +981,12 @@ async fn slip_drill(
     ask(&ch, ChannelCommand::Slip(frames)).await?;
     let slip = ch.taps.status.capture.slip_frames.load(Ordering::Relaxed);
     let detail = json!({ "channel": id, "frames": frames, "slip_frames": slip });
-    state.audit(&actor.name(), Some(from), "slip-drill", detail.clone());
-    state.events.push(
-        "drill",
-        Some(&state.ctx.config.appliance.id),
+    Ok(drill_done(
+        &state,
+        &actor,
+        from,
+        "slip-drill",
+        detail,
         format!(
             "slip drill: channel {id}'s capture slips {} frame{} {} (now {slip} in all; by {})",
             frames.abs(),
@@ -975,8 +994,7 @@ async fn slip_drill(
             if frames > 0 { "late" } else { "early" },
             actor.name()
         ),
-    );
-    Ok(json(StatusCode::ACCEPTED, detail))
+    ))
 }
 
 /// A forged-proposal drill: this node proposes to realign its capture of
@@ -996,21 +1014,20 @@ async fn forged_proposal_drill(
     let Some(swarm) = state.ctx.swarm.as_ref() else {
         return Err(ApiError::new(StatusCode::CONFLICT, "this appliance is in no swarm: nobody to propose to"));
     };
-    if !ch.taps.status.running.load(Ordering::Relaxed) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{id}` is not running; nothing to propose")));
-    }
+    drill_running(&ch, "propose")?;
     swarm.forge_proposal(&id, frames);
     let detail = json!({ "channel": id, "frames": frames });
-    state.audit(&actor.name(), Some(from), "forged-proposal-drill", detail.clone());
-    state.events.push(
-        "drill",
-        Some(&state.ctx.config.appliance.id),
+    Ok(drill_done(
+        &state,
+        &actor,
+        from,
+        "forged-proposal-drill",
+        detail,
         format!(
             "forged-proposal drill: channel {id}: a realignment by {frames} frames proposed without cause (by {})",
             actor.name()
         ),
-    );
-    Ok(json(StatusCode::ACCEPTED, detail))
+    ))
 }
 
 fn clock_json(state: &AppState) -> Value {
