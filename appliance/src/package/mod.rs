@@ -646,3 +646,81 @@ pub fn parse_manifest(text: &str) -> Vec<ManifestEntry> {
     }
     entries
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn packager(root: &Path) -> Packager {
+        let config = PackagerConfig {
+            root: root.to_path_buf(),
+            archive: false,
+            window: 3,
+            segment_seconds: 0.02,
+            frame_rate: 50.0,
+            utc_tai_offset_s: 37,
+            producer: "n".into(),
+        };
+        let spec = TrackSpec {
+            id: TrackId::Audio,
+            name: "audio".into(),
+            timescale: 48_000,
+            size: None,
+            bitrate_bps: 64_000,
+            channels: 2,
+            pre_skip: 0,
+        };
+        Packager::new(config, vec![spec]).unwrap()
+    }
+
+    fn segment(index: i64, fill: u8) -> EncodedSegment {
+        EncodedSegment {
+            track: TrackId::Audio,
+            index,
+            first_unit: index,
+            base_time: u64::try_from(index).unwrap() * 960,
+            samples: vec![fmp4::Sample { size: 4, duration: 960, sync: true }],
+            payload: vec![fill; 4],
+            input_sha256: [fill; 32],
+            params: None,
+            start_tai_ns: 0,
+            bitrate_bps: 0,
+        }
+    }
+
+    fn sha(root: &Path, index: i64) -> String {
+        let entries = read_manifest(&root.join("audio/manifest.jsonl")).unwrap();
+        entries.into_iter().find(|e| e.index == index).unwrap().sha256
+    }
+
+    #[test]
+    fn a_reencode_replaces_a_segment_only_with_the_bytes_expected() {
+        let (mine, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut p = packager(mine.path());
+        for i in 10..14 {
+            p.add(segment(i, 1)).unwrap();
+        }
+        // The majority's segment 12, as another appliance wrote it.
+        let mut other = packager(theirs.path());
+        other.add(segment(12, 2)).unwrap();
+        let want: [u8; 32] = hex::decode(sha(theirs.path(), 12)).unwrap().try_into().unwrap();
+        let file = mine.path().join("audio/seg-12.m4s");
+        let before = std::fs::read(&file).unwrap();
+        // Other bytes than expected: nothing changes.
+        assert!(!p.replace(segment(12, 3), want).unwrap());
+        assert_eq!(std::fs::read(&file).unwrap(), before);
+        // Out of the playlist (window 3): nothing changes, even with the
+        // expected bytes.
+        other.add(segment(10, 2)).unwrap();
+        let want_10: [u8; 32] = hex::decode(sha(theirs.path(), 10)).unwrap().try_into().unwrap();
+        assert!(!p.replace(segment(10, 2), want_10).unwrap());
+        // The expected bytes: the file is theirs, the manifest's last line says so.
+        assert!(p.replace(segment(12, 2), want).unwrap());
+        assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(theirs.path().join("audio/seg-12.m4s")).unwrap());
+        assert_eq!(sha(mine.path(), 12), hex::encode(want));
+        let text = std::fs::read_to_string(mine.path().join("audio/manifest.jsonl")).unwrap();
+        assert_eq!(text.lines().filter(|l| l.contains("\"index\":12,")).count(), 2, "{text}");
+        assert_eq!(parse_manifest(&text).len(), 4, "one entry per index");
+    }
+}
