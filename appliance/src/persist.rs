@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{ChannelSpec, Config, RenditionConfig};
+use crate::config::{ChannelSpec, Config, ConfigError, RenditionConfig};
 use crate::control::{LiveControl, unix_ms};
 
 /// The outcome of the last save, for the API and the page.
@@ -37,6 +37,40 @@ pub struct SaveStatus {
     pub error: Option<String>,
     /// When the file was last written or found up to date (Unix ms).
     pub at_unix_ms: Option<u64>,
+}
+
+/// Why the file does not hold the effective configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The file cannot be read or written.
+    #[error("{file}: {source}")]
+    Io {
+        /// The configuration file.
+        file: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Someone else changed the file since the daemon read or wrote it.
+    #[error(
+        "{0} changed on disk since the daemon read it; not overwritten (restart the daemon to run it, or undo the \
+         edit)"
+    )]
+    ChangedOnDisk(String),
+    /// The file on disk does not load (it is left as it is).
+    #[error("the file does not load: {0}")]
+    DoesNotLoad(ConfigError),
+    /// The file is not TOML `toml_edit` can edit.
+    #[error("the file cannot be edited: {0}")]
+    Edit(#[from] toml_edit::TomlError),
+    /// A section cannot be written as TOML.
+    #[error("a section cannot be written as TOML: {0}")]
+    Serialise(#[from] toml::ser::Error),
+    /// The edited text would not load.
+    #[error("the new text would not load: {0}")]
+    WouldNotLoad(ConfigError),
+    /// The edited text loads as another configuration.
+    #[error("the new text would not load back as the running configuration")]
+    NotRoundTrip,
 }
 
 /// Writes the effective configuration back to its file.
@@ -68,9 +102,8 @@ pub fn effective(config: &Config, control: &LiveControl) -> Config {
 }
 
 /// A section serialised as a TOML table item.
-fn table<T: Serialize>(value: &T) -> Result<toml_edit::Item, String> {
-    let text = toml::to_string(value).map_err(|e| e.to_string())?;
-    let doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
+fn table<T: Serialize>(value: &T) -> Result<toml_edit::Item, SaveError> {
+    let doc: toml_edit::DocumentMut = toml::to_string(value)?.parse()?;
     Ok(toml_edit::Item::Table(doc.as_table().clone()))
 }
 
@@ -86,9 +119,8 @@ struct Channels<'a> {
 
 /// An array of tables (`[[key]]`) serialised from `value`, whose only
 /// field is `key` (a non-empty list).
-fn tables<T: Serialize>(value: &T, key: &str) -> Result<toml_edit::Item, String> {
-    let text = toml::to_string(value).map_err(|e| e.to_string())?;
-    let doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
+fn tables<T: Serialize>(value: &T, key: &str) -> Result<toml_edit::Item, SaveError> {
+    let doc: toml_edit::DocumentMut = toml::to_string(value)?.parse()?;
     Ok(doc.get(key).cloned().unwrap_or(toml_edit::Item::None))
 }
 
@@ -107,9 +139,9 @@ fn sections(c: &Config) -> [serde_json::Value; 6] {
 
 /// `text` (a configuration file) with the live-editable sections of
 /// `effective` put in where they differ; `Err` says why it cannot be.
-pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, String> {
-    let current = Config::from_toml(text, origin).map_err(|e| format!("the file does not load: {e}"))?;
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
+pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, SaveError> {
+    let current = Config::from_toml(text, origin).map_err(SaveError::DoesNotLoad)?;
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
     let [source, audio, encoder, renditions, output, channels] = sections(&current);
     let want = sections(effective);
     if source != want[0] {
@@ -125,7 +157,7 @@ pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, St
         doc["renditions"] = tables(&Renditions { renditions: &effective.renditions }, "renditions")?;
     }
     if output != want[4] {
-        let mode = toml::Value::try_from(effective.output.mode).map_err(|e| e.to_string())?;
+        let mode = toml::Value::try_from(effective.output.mode)?;
         let mode = mode.as_str().unwrap_or("sliding").to_string();
         doc["output"]["mode"] = toml_edit::value(mode);
         doc["output"]["window_segments"] = toml_edit::value(i64::from(effective.output.window_segments));
@@ -138,9 +170,9 @@ pub fn render(text: &str, origin: &str, effective: &Config) -> Result<String, St
         }
     }
     let out = doc.to_string();
-    let back = Config::from_toml(&out, origin).map_err(|e| format!("the new text would not load: {e}"))?;
+    let back = Config::from_toml(&out, origin).map_err(SaveError::WouldNotLoad)?;
     if sections(&back) != want {
-        return Err("the new text would not load back as the running configuration".into());
+        return Err(SaveError::NotRoundTrip);
     }
     Ok(out)
 }
@@ -171,6 +203,7 @@ impl Saver {
                 SaveStatus { state: "saved", error: None, at_unix_ms: Some(unix_ms()), ..before.clone() }
             }
             Err(why) => {
+                let why = why.to_string();
                 if before.error.as_deref() != Some(why.as_str()) {
                     tracing::warn!(file = %self.path.display(), "live configuration not saved: {why}");
                 }
@@ -182,21 +215,18 @@ impl Saver {
 
     /// `Ok(true)` when the file was written, `Ok(false)` when it already
     /// held `effective`.
-    fn save_locked(&self, inner: &mut Inner, effective: &Config) -> Result<bool, String> {
+    fn save_locked(&self, inner: &mut Inner, effective: &Config) -> Result<bool, SaveError> {
         let name = self.path.display().to_string();
-        let text = std::fs::read_to_string(&self.path).map_err(|e| format!("{name}: {e}"))?;
+        let io = |source| SaveError::Io { file: name.clone(), source };
+        let text = std::fs::read_to_string(&self.path).map_err(io)?;
         if digest(text.as_bytes()) != inner.seen {
-            return Err(format!(
-                "{name} changed on disk since the daemon read it; not overwritten (restart the daemon to run it, \
-                 or undo the edit)"
-            ));
+            return Err(SaveError::ChangedOnDisk(name.clone()));
         }
         let next = render(&text, &name, effective)?;
         if next == text {
             return Ok(false);
         }
-        crate::files::write_atomic(&self.path, next.as_bytes(), crate::files::Mode::KeepExisting, false)
-            .map_err(|e| format!("{name}: {e}"))?;
+        crate::files::write_atomic(&self.path, next.as_bytes(), crate::files::Mode::KeepExisting, false).map_err(io)?;
         inner.seen = digest(next.as_bytes());
         Ok(true)
     }

@@ -55,6 +55,47 @@ pub enum ProvisionError {
         /// What is wrong.
         message: String,
     },
+    /// A value of the manifest or bundle is not allowed.
+    #[error("{origin}: {source}")]
+    Value {
+        /// The file (and appliance) at fault.
+        origin: String,
+        /// What is wrong.
+        source: ValueError,
+    },
+}
+
+/// A value of a bundle (or of the fleet manifest it is made from) that
+/// is not allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// The bundle was made for another daemon version.
+    #[error("format {0}: this daemon reads format {FORMAT}")]
+    Format(u32),
+    /// A host name too short or too long.
+    #[error("hostname `{0}` must be 1 to 253 characters")]
+    HostnameLength(String),
+    /// A host name with a label that is not a DNS label.
+    #[error("hostname `{0}`: each label must be 1 to 63 letters, digits or inner hyphens")]
+    HostnameLabel(String),
+    /// A fleet key that is not 64 hex digits.
+    #[error("fleet_key: a fleet key is 64 hex digits (got {0} characters)")]
+    FleetKey(usize),
+    /// A password hash `lockstep passwd` did not make.
+    #[error("admin_password_hash: not a password hash from `lockstep passwd` ({0})")]
+    PasswordHash(String),
+    /// A password hash of another algorithm.
+    #[error("admin_password_hash: algorithm {0} (want argon2id)")]
+    PasswordAlgorithm(String),
+    /// A PTP interface that is not an interface name.
+    #[error("ptp.interface `{0}` is not an interface name")]
+    PtpInterface(String),
+    /// The daemon configuration does not validate.
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The bundle cannot be written as TOML.
+    #[error("cannot write the bundle: {0}")]
+    Serialise(#[from] toml::ser::Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
@@ -63,6 +104,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
 
 fn invalid(origin: impl Into<String>, message: impl Into<String>) -> ProvisionError {
     ProvisionError::Invalid { origin: origin.into(), message: message.into() }
+}
+
+fn bad_value(origin: impl Into<String>) -> impl FnOnce(ValueError) -> ProvisionError {
+    let origin = origin.into();
+    move |source| ProvisionError::Value { origin, source }
 }
 
 /// PTP settings of an appliance (the ptp4l and phc2sys units use them).
@@ -195,10 +241,10 @@ pub fn bundles(manifest_path: &Path) -> Result<Vec<(String, String)>, ProvisionE
     let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
     let key_path = resolve(&m.fleet.key_file);
     let fleet_key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?.trim().to_string();
-    check_key(&fleet_key).map_err(|e| invalid(key_path.display().to_string(), e))?;
+    check_key(&fleet_key).map_err(bad_value(key_path.display().to_string()))?;
     let hash_path = resolve(&m.fleet.admin_password_file);
     let admin_password_hash = std::fs::read_to_string(&hash_path).map_err(io(&hash_path))?.trim().to_string();
-    check_password_hash(&admin_password_hash).map_err(|e| invalid(hash_path.display().to_string(), e))?;
+    check_password_hash(&admin_password_hash).map_err(bad_value(hash_path.display().to_string()))?;
     let base = match &m.fleet.config {
         Some(p) => Config::load(&resolve(p)).map_err(|e| invalid(&origin, format!("fleet.config: {e}")))?,
         None => Config::embedded_default(),
@@ -210,7 +256,7 @@ pub fn bundles(manifest_path: &Path) -> Result<Vec<(String, String)>, ProvisionE
     let mut out = Vec::new();
     for (i, a) in m.appliances.iter().enumerate() {
         let at = format!("{origin}: appliance[{i}] ({})", a.hostname);
-        check_hostname(&a.hostname).map_err(|e| invalid(&at, format!("hostname: {e}")))?;
+        check_hostname(&a.hostname).map_err(bad_value(&at))?;
         let id = a.id.clone().unwrap_or_else(|| a.hostname.clone());
         if !seen.insert(a.hostname.clone()) || !seen.insert(format!("id:{id}")) {
             return Err(invalid(&at, "hostname or id used twice in the fleet"));
@@ -248,21 +294,21 @@ pub fn bundles(manifest_path: &Path) -> Result<Vec<(String, String)>, ProvisionE
             ptp,
             config: c,
         };
-        bundle.check().map_err(|e| invalid(&at, e))?;
-        out.push((a.hostname.clone(), seal(&bundle).map_err(|e| invalid(&at, e))?));
+        bundle.check().map_err(bad_value(&at))?;
+        out.push((a.hostname.clone(), seal(&bundle).map_err(bad_value(&at))?));
     }
     Ok(out)
 }
 
 /// The bundle's text: the digest line, then the TOML body.
-pub fn seal(bundle: &Bundle) -> Result<String, String> {
+pub fn seal(bundle: &Bundle) -> Result<String, ValueError> {
     let body = format!(
         "# Provisioning bundle for {} (fleet {}), made by `lockstep fleet bundles`.\n\
          # It holds the fleet key and the admin password hash: keep it private.\n\
          # Edited by hand, it is refused (the digest above no longer matches).\n{}",
         bundle.hostname,
         bundle.fleet,
-        toml::to_string(bundle).map_err(|e| format!("cannot write the bundle: {e}"))?
+        toml::to_string(bundle)?
     );
     Ok(format!("{DIGEST_PREFIX}{}\n{body}", hex::encode(Sha256::digest(body.as_bytes()))))
 }
@@ -283,37 +329,37 @@ pub fn open(text: &str, origin: &str) -> Result<Bundle, ProvisionError> {
         ));
     }
     let bundle: Bundle = toml::from_str(body).map_err(|e| invalid(origin, e.to_string()))?;
-    bundle.check().map_err(|e| invalid(origin, e))?;
+    bundle.check().map_err(bad_value(origin))?;
     Ok(bundle)
 }
 
 impl Bundle {
     /// Every value allowed (the daemon config validated as `lockstep run`
     /// would).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ValueError> {
         if self.format != FORMAT {
-            return Err(format!("format {}: this daemon reads format {FORMAT}", self.format));
+            return Err(ValueError::Format(self.format));
         }
-        check_hostname(&self.hostname).map_err(|e| format!("hostname: {e}"))?;
-        check_key(&self.fleet_key).map_err(|e| format!("fleet_key: {e}"))?;
-        check_password_hash(&self.admin_password_hash).map_err(|e| format!("admin_password_hash: {e}"))?;
+        check_hostname(&self.hostname)?;
+        check_key(&self.fleet_key)?;
+        check_password_hash(&self.admin_password_hash)?;
         if let Some(p) = &self.ptp {
             let ok = !p.interface.is_empty()
                 && p.interface.len() <= 15
                 && p.interface.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
             if !ok {
-                return Err(format!("ptp.interface `{}` is not an interface name", p.interface));
+                return Err(ValueError::PtpInterface(p.interface.clone()));
             }
         }
-        self.config.validate().map_err(|e| format!("config: {e}"))?;
+        self.config.validate()?;
         Ok(())
     }
 }
 
 /// A host name of letters, digits and hyphens (RFC 1123 labels).
-pub fn check_hostname(name: &str) -> Result<(), String> {
+pub fn check_hostname(name: &str) -> Result<(), ValueError> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("`{name}` must be 1 to 253 characters"));
+        return Err(ValueError::HostnameLength(name.to_string()));
     }
     for label in name.split('.') {
         let ok = (1..=63).contains(&label.len())
@@ -321,24 +367,23 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("`{name}`: each label must be 1 to 63 letters, digits or inner hyphens"));
+            return Err(ValueError::HostnameLabel(name.to_string()));
         }
     }
     Ok(())
 }
 
-fn check_key(key: &str) -> Result<(), String> {
+fn check_key(key: &str) -> Result<(), ValueError> {
     if key.len() != 64 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("a fleet key is 64 hex digits (got {} characters)", key.len()));
+        return Err(ValueError::FleetKey(key.len()));
     }
     Ok(())
 }
 
-fn check_password_hash(hash: &str) -> Result<(), String> {
-    let parsed = argon2::password_hash::PasswordHash::new(hash)
-        .map_err(|e| format!("not a password hash from `lockstep passwd` ({e})"))?;
+fn check_password_hash(hash: &str) -> Result<(), ValueError> {
+    let parsed = argon2::password_hash::PasswordHash::new(hash).map_err(|e| ValueError::PasswordHash(e.to_string()))?;
     if !parsed.algorithm.as_str().starts_with("argon2") {
-        return Err(format!("algorithm {} (want argon2id)", parsed.algorithm));
+        return Err(ValueError::PasswordAlgorithm(parsed.algorithm.to_string()));
     }
     Ok(())
 }

@@ -95,6 +95,27 @@ pub struct Health {
     segments_moved: Instant,
 }
 
+/// What stopped moving.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum Stall {
+    /// Capture stopped delivering frames.
+    #[error("no frame captured for {seconds:.1} s (frame {frame})")]
+    Frames {
+        /// How long since the last frame.
+        seconds: f64,
+        /// Frames captured so far.
+        frame: u64,
+    },
+    /// Frames arrive but no segment is published.
+    #[error("no segment published for {seconds:.1} s ({segments} so far)")]
+    Segments {
+        /// How long since the last segment.
+        seconds: f64,
+        /// Segments published so far.
+        segments: u64,
+    },
+}
+
 impl Health {
     /// Frames must move within `frame_limit`, segments within
     /// `segment_limit` (a few segment lengths plus the encode time).
@@ -104,7 +125,7 @@ impl Health {
     }
 
     /// Takes `sample` seen at `now`; `Err` says what stalled.
-    pub fn check(&mut self, sample: Sample, now: Instant) -> Result<(), String> {
+    pub fn check(&mut self, sample: Sample, now: Instant) -> Result<(), Stall> {
         let last = std::mem::replace(&mut self.last, sample);
         if !sample.running || !last.running {
             // Stopped, or just (re)started: the clocks start now.
@@ -120,11 +141,11 @@ impl Health {
         }
         let still = now.duration_since(self.frames_moved);
         if still > self.frame_limit {
-            return Err(format!("no frame captured for {:.1} s (frame {})", still.as_secs_f64(), sample.frames));
+            return Err(Stall::Frames { seconds: still.as_secs_f64(), frame: sample.frames });
         }
         let still = now.duration_since(self.segments_moved);
         if still > self.segment_limit {
-            return Err(format!("no segment published for {:.1} s ({} so far)", still.as_secs_f64(), sample.segments));
+            return Err(Stall::Segments { seconds: still.as_secs_f64(), segments: sample.segments });
         }
         Ok(())
     }
@@ -165,7 +186,7 @@ fn notify_loop(
     let segment_limit = Duration::from_secs_f64(3.0 * segment_s + 10.0);
     let mut health = Health::new(frame_limit, segment_limit, Instant::now());
     let mut ready = false;
-    let mut stalled: Option<String> = None;
+    let mut stalled: Option<Stall> = None;
     let send = |state: &str| {
         if let Err(e) = notifier.send(state) {
             tracing::warn!("sd_notify: {e}");
@@ -238,7 +259,8 @@ mod tests {
         assert!(h.check(running(226, 4), at(t, 12.0)).is_ok());
         assert!(h.check(running(226, 4), at(t, 13.9)).is_ok());
         let err = h.check(running(226, 4), at(t, 14.5)).unwrap_err();
-        assert!(err.contains("no frame captured"), "{err}");
+        assert!(matches!(err, Stall::Frames { frame: 226, .. }), "{err}");
+        assert!(err.to_string().contains("no frame captured"), "{err}");
     }
 
     #[test]
@@ -250,7 +272,7 @@ mod tests {
             assert!(h.check(running(1 + i * 25, 0), at(t, i as f64)).is_ok(), "at {i} s");
         }
         let err = h.check(running(500, 0), at(t, 17.0)).unwrap_err();
-        assert!(err.contains("no segment published"), "{err}");
+        assert!(matches!(err, Stall::Segments { segments: 0, .. }), "{err}");
         // A segment clears it.
         assert!(h.check(running(525, 1), at(t, 18.0)).is_ok());
     }

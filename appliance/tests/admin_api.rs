@@ -260,7 +260,7 @@ fn every_documented_route_answers_as_documented() {
     for (method, template, op) in ops {
         // The first channel cannot be deleted: delete the one created here.
         let id = if method == "DELETE" { "extra" } else { "ch" };
-        let path = template.replace("{id}", id).replace("{name}", "90p");
+        let path = template.replace("{id}", id).replace("{name}", "90p").replace("{module}", "main.js");
         let body = match path.as_str() {
             "/api/v1/login" => serde_json::json!({ "password": d.password }).to_string(),
             "/api/v1/channels" => EXTRA_CHANNEL.to_string(),
@@ -368,6 +368,24 @@ fn logins_and_csrf_tokens_are_required() {
     let page = http(&d.admin, "GET", "/", &[], b"");
     assert_eq!(page.status, 200);
     assert!(page.header("content-security-policy").is_some_and(|c| c.contains("default-src 'self'")));
+    // The page's script: main.js and every module it imports, directly or
+    // not, without a login (a module missing here would leave the page dead).
+    let mut modules = vec!["main.js".to_string()];
+    let mut seen = BTreeSet::new();
+    while let Some(m) = modules.pop() {
+        if !seen.insert(m.clone()) {
+            continue;
+        }
+        let r = http(&d.admin, "GET", &format!("/js/{m}"), &[], b"");
+        assert_eq!(r.status, 200, "/js/{m}: {}", r.text());
+        assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/javascript")), "/js/{m}");
+        for line in r.text().lines().filter(|l| l.starts_with("import ")) {
+            let name = line.split("from './").nth(1).and_then(|rest| rest.split('\'').next()).unwrap();
+            modules.push(name.to_string());
+        }
+    }
+    assert!(seen.len() >= 10, "the page imports only {seen:?}");
+    assert_eq!(http(&d.admin, "GET", "/js/nothing.js", &[], b"").status, 404);
     // The public origin serves playlists and segments, not the other files.
     d.wait_for("a playlist", Duration::from_secs(20), || {
         http(&d.origin, "GET", "/ch/90p/playlist.m3u8", &[], b"").status == 200

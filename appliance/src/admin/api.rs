@@ -29,11 +29,30 @@ use crate::sync::lock;
 pub(super) type Shared = State<Arc<AppState>>;
 
 /// Paths anyone may fetch: the health probe, the page (which asks for the
-/// login) and the login itself.
-const PUBLIC: [&str; 6] = ["/healthz", "/", "/app.js", "/app.css", "/hls.min.js", "/api/v1/login"];
+/// login; its modules are under [`PAGE_MODULES`]) and the login itself.
+const PUBLIC: [&str; 5] = ["/healthz", "/", "/app.css", "/hls.min.js", "/api/v1/login"];
+
+/// Where the page's script modules are served (public, like the page).
+const PAGE_MODULES: &str = "/js/";
 
 const INDEX_HTML: &str = include_str!("page/index.html");
-const APP_JS: &str = include_str!("page/app.js");
+/// The page's script, one ES module per view (`page/js/main.js` says
+/// which is which).
+const APP_MODULES: [(&str, &str); 13] = [
+    ("main.js", include_str!("page/js/main.js")),
+    ("core.js", include_str!("page/js/core.js")),
+    ("session.js", include_str!("page/js/session.js")),
+    ("live.js", include_str!("page/js/live.js")),
+    ("status.js", include_str!("page/js/status.js")),
+    ("swarm.js", include_str!("page/js/swarm.js")),
+    ("channels.js", include_str!("page/js/channels.js")),
+    ("renditions.js", include_str!("page/js/renditions.js")),
+    ("preview.js", include_str!("page/js/preview.js")),
+    ("alignment.js", include_str!("page/js/alignment.js")),
+    ("events.js", include_str!("page/js/events.js")),
+    ("charts.js", include_str!("page/js/charts.js")),
+    ("settings.js", include_str!("page/js/settings.js")),
+];
 const APP_CSS: &str = include_str!("page/app.css");
 const HLS_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hls.min.js"));
 
@@ -139,7 +158,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }))
-        .route("/app.js", get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }))
+        .route("/js/{module}", get(page_module))
         .route("/app.css", get(|| async { page(APP_CSS, "text/css; charset=utf-8") }))
         .route("/hls.min.js", get(hls_js))
         .route("/metrics", get(super::metrics::metrics))
@@ -182,6 +201,13 @@ fn page(body: &'static str, kind: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
+async fn page_module(Path(module): Path<String>) -> Response {
+    match APP_MODULES.iter().find(|(name, _)| *name == module) {
+        Some((_, body)) => page(body, "text/javascript; charset=utf-8"),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no page module {module}")).into_response(),
+    }
+}
+
 async fn hls_js() -> Response {
     if HLS_JS.is_empty() {
         return ApiError::new(StatusCode::NOT_FOUND, "hls.js was not built in (run ./run deps, then rebuild)")
@@ -206,7 +232,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// state-changing session requests, security headers, counters.
 async fn guard(State(state): Shared, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let mut res = if PUBLIC.contains(&path.as_str()) {
+    let mut res = if PUBLIC.contains(&path.as_str()) || path.starts_with(PAGE_MODULES) {
         next.run(req).await
     } else {
         let headers = req.headers();

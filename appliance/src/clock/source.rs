@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lockstep_ptp::phc::Phc;
-use lockstep_ptp::{ClockIdentity, DataSet, Pmc, Response};
+use lockstep_ptp::phc::{Phc, PhcError};
+use lockstep_ptp::{ClockIdentity, DataSet, Pmc, PmcError, Response};
 
 use super::{ClockState, Shared, realtime_ns};
 use crate::config::{ClockConfig, ClockSource};
@@ -23,6 +23,32 @@ pub(super) struct Status {
     pub last_error: Option<String>,
     /// Nothing measured yet: media time is the system clock.
     pub fallback: bool,
+}
+
+/// Why a read of the time source failed (the poller reports it and tries
+/// again; a socket error also drops the ptp4l client so it reconnects).
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    /// ptp4l's management socket failed or did not answer.
+    #[error(transparent)]
+    Ptp4l(#[from] PmcError),
+    /// The PTP hardware clock could not be opened or read.
+    #[error(transparent)]
+    Phc(#[from] PhcError),
+    /// The configured interface timestamps in software only.
+    #[error("interface {0} has no PTP hardware clock (software timestamping only)")]
+    NoPhc(String),
+    /// Neither `clock.phc` nor `clock.interface` names a PHC.
+    #[error("no PHC configured")]
+    NoPhcConfigured,
+    /// ptp4l answered, but not with the data set asked for.
+    #[error("ptp4l at {} answered TIME_STATUS_NP with {answers}", .socket.display())]
+    Unexpected {
+        /// ptp4l's socket.
+        socket: PathBuf,
+        /// What it answered.
+        answers: String,
+    },
 }
 
 /// Where the PHC comes from.
@@ -102,13 +128,12 @@ impl Reader {
         self.malformed_before + self.pmc.as_ref().map_or(0, |p| p.malformed)
     }
 
-    fn pmc(&mut self) -> Result<&mut Pmc, String> {
-        if self.pmc.is_none() {
-            let own = client_socket_path();
-            let pmc = Pmc::connect(&self.socket, &own, self.domain, self.timeout).map_err(|e| e.to_string())?;
-            self.pmc = Some(pmc);
-        }
-        self.pmc.as_mut().ok_or_else(|| "ptp4l client not connected".to_string())
+    fn pmc(&mut self) -> Result<&mut Pmc, SourceError> {
+        let pmc = match self.pmc.take() {
+            Some(p) => p,
+            None => Pmc::connect(&self.socket, &client_socket_path(), self.domain, self.timeout)?,
+        };
+        Ok(self.pmc.insert(pmc))
     }
 
     /// Forgets the client after a socket error, so the next read reconnects
@@ -119,31 +144,28 @@ impl Reader {
         }
     }
 
-    fn phc(&mut self) -> Result<&mut Phc, String> {
-        if self.phc.is_none() {
-            let path = match &self.phc_spec {
-                Some(PhcSpec::Device(p)) => p.clone(),
-                Some(PhcSpec::Interface(i)) => {
-                    let info = lockstep_ptp::phc::ts_info(i).map_err(|e| e.to_string())?;
-                    let index = info.phc_index.ok_or_else(|| {
-                        format!("interface {i} has no PTP hardware clock (software timestamping only)")
-                    })?;
-                    PathBuf::from(format!("/dev/ptp{index}"))
-                }
-                None => return Err("no PHC configured".into()),
-            };
-            self.phc = Some(Phc::open(&path).map_err(|e| e.to_string())?);
+    fn phc(&mut self) -> Result<&mut Phc, SourceError> {
+        if let Some(phc) = self.phc.take() {
+            return Ok(self.phc.insert(phc));
         }
-        self.phc.as_mut().ok_or_else(|| "PHC not open".to_string())
+        let path = match &self.phc_spec {
+            Some(PhcSpec::Device(p)) => p.clone(),
+            Some(PhcSpec::Interface(i)) => {
+                let index = lockstep_ptp::phc::ts_info(i)?.phc_index.ok_or_else(|| SourceError::NoPhc(i.clone()))?;
+                PathBuf::from(format!("/dev/ptp{index}"))
+            }
+            None => return Err(SourceError::NoPhcConfigured),
+        };
+        Ok(self.phc.insert(Phc::open(&path)?))
     }
 
     /// System (UTC) − PHC (TAI, moved to UTC) now, ns, and when.
-    fn system_minus_phc(&mut self, utc_offset_s: i64) -> Result<(i64, f64), String> {
+    fn system_minus_phc(&mut self, utc_offset_s: i64) -> Result<(i64, f64), SourceError> {
         let sample = match self.phc()?.offset() {
             Ok(s) => s,
             Err(e) => {
                 self.phc = None;
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         let phc_utc = sample.phc_ns - utc_offset_s * 1_000_000_000;
@@ -151,8 +173,8 @@ impl Reader {
     }
 
     /// The grandmaster's TAI − UTC, if it announces a valid one.
-    fn utc_offset(&mut self) -> Result<Option<i64>, String> {
-        let answers = self.pmc()?.get(DataSet::TimePropertiesDataSet).map_err(|e| e.to_string())?;
+    fn utc_offset(&mut self) -> Result<Option<i64>, SourceError> {
+        let answers = self.pmc()?.get(DataSet::TimePropertiesDataSet)?;
         Ok(answers.iter().find_map(|r| match r {
             Response::TimeProperties(tp) if tp.utc_offset_valid && tp.ptp_timescale => {
                 Some(i64::from(tp.current_utc_offset_s))
@@ -161,7 +183,7 @@ impl Reader {
         }))
     }
 
-    fn read(&mut self, utc_offset_s: i64) -> Result<Reading, String> {
+    fn read(&mut self, utc_offset_s: i64) -> Result<Reading, SourceError> {
         if !self.use_ptp4l {
             let (at, offset_ns) = self.system_minus_phc(utc_offset_s)?;
             return Ok(Reading::Measured(Measurement { at, offset_ns, grandmaster: ClockIdentity([0; 8]) }));
@@ -169,10 +191,10 @@ impl Reader {
         let answers = match self.pmc()?.get(DataSet::TimeStatusNp) {
             Ok(a) => a,
             Err(e) => {
-                if matches!(e, lockstep_ptp::PmcError::Socket { .. }) {
+                if matches!(e, PmcError::Socket { .. }) {
                     self.drop_client();
                 }
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         let ts = answers
@@ -181,7 +203,7 @@ impl Reader {
                 Response::TimeStatus(ts) => Some(*ts),
                 _ => None,
             })
-            .ok_or_else(|| format!("ptp4l at {} answered TIME_STATUS_NP with {answers:?}", self.socket.display()))?;
+            .ok_or_else(|| SourceError::Unexpected { socket: self.socket.clone(), answers: format!("{answers:?}") })?;
         if !ts.gm_present {
             return Ok(Reading::NoGrandmaster);
         }
@@ -253,6 +275,7 @@ pub(super) fn poll(shared: &Shared, mut reader: Reader, every: Duration) {
                     }
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     status.errors += 1;
                     if status.last_error.as_deref() != Some(e.as_str()) {
                         let fallback = if status.fallback { "; media time is the system clock" } else { "" };

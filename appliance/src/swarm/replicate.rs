@@ -170,6 +170,53 @@ fn gossiped_hash(view: &super::View, node: &str, channel: &str, index: i64, trac
     seg.tracks.iter().find(|(t, _)| t == track).map(|(_, h)| *h)
 }
 
+/// Why a selected replica is not in the combined output (yet: the next
+/// pass tries again).
+#[derive(Debug, thiserror::Error)]
+enum PlaceError {
+    /// The combined output cannot be written.
+    #[error("{}: {source}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// This node was selected, but its own file is gone or changed.
+    #[error("own segment missing or changed")]
+    OwnMissing,
+    /// The selected peer announces no origin URL.
+    #[error("the selected node serves no origin")]
+    NoOrigin,
+    /// The peer's origin did not answer as asked.
+    #[error("GET {url}: {source}")]
+    Fetch {
+        /// What was asked.
+        url: String,
+        /// Cause.
+        source: ureq::Error,
+    },
+    /// The peer's manifest does not list the segment yet.
+    #[error("{node}'s manifest has no entry for segment {index} yet")]
+    NotListed {
+        /// The peer.
+        node: String,
+        /// The segment.
+        index: i64,
+    },
+    /// The peer's manifest names other bytes than it gossiped.
+    #[error("{0}'s manifest hash differs from the one it gossiped; not used")]
+    ManifestDiffers(String),
+    /// The fetched bytes are not the ones the manifest names.
+    #[error("fetched bytes hash to {got}, manifest says {want}; not used")]
+    BytesDiffer {
+        /// SHA-256 of what came.
+        got: String,
+        /// SHA-256 expected.
+        want: String,
+    },
+}
+
 /// Puts a verified copy of (index, track) into the combined output.
 #[allow(clippy::too_many_arguments)]
 fn place(
@@ -181,7 +228,7 @@ fn place(
     node: &str,
     hash: &[u8; 32],
     round: &mut Round,
-) -> Result<ManifestEntry, String> {
+) -> Result<ManifestEntry, PlaceError> {
     let manifests = &mut round.manifests;
     let want = hex::encode(hash);
     let file = format!("seg-{index}.m4s");
@@ -196,9 +243,9 @@ fn place(
         return Ok(e);
     }
     let origin = if view.node == node {
-        return Err("own segment missing or changed".into());
+        return Err(PlaceError::OwnMissing);
     } else {
-        view.peers.get(node).and_then(|p| p.state.origin.clone()).ok_or("the selected node serves no origin")?
+        view.peers.get(node).and_then(|p| p.state.origin.clone()).ok_or(PlaceError::NoOrigin)?
     };
     let base = format!("{origin}/{}/{track}", target.channel);
     let key = (node.to_string(), format!("{}/{track}", target.channel));
@@ -211,30 +258,31 @@ fn place(
         .iter()
         .find(|e| e.index == index)
         .cloned()
-        .ok_or_else(|| format!("{node}'s manifest has no entry for segment {index} yet"))?;
+        .ok_or_else(|| PlaceError::NotListed { node: node.to_string(), index })?;
     if entry.sha256 != want {
-        return Err(format!("{node}'s manifest hash differs from the one it gossiped; not used"));
+        return Err(PlaceError::ManifestDiffers(node.to_string()));
     }
     let started = std::time::Instant::now();
     let bytes = get(agent, &format!("{base}/{}", entry.file))?;
     round.transfers.push((node.to_string(), bytes.len(), started.elapsed().as_secs_f64()));
     let got = hex::encode(Sha256::digest(&bytes));
     if got != want {
-        return Err(format!("fetched bytes hash to {got}, manifest says {want}; not used"));
+        return Err(PlaceError::BytesDiffer { got, want });
     }
     write_atomic(&dest, &bytes)?;
     tracing::debug!(segment = index, track, from = node, "combined output: segment replicated");
     Ok(entry)
 }
 
-fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, String> {
-    let mut response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
-    response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| format!("GET {url}: {e}"))
+fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, PlaceError> {
+    let fetch = |source| PlaceError::Fetch { url: url.to_string(), source };
+    let mut response = agent.get(url).call().map_err(fetch)?;
+    response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(fetch)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlaceError> {
     crate::files::write_atomic(path, bytes, crate::files::Mode::Default, true)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| PlaceError::Write { path: path.to_path_buf(), source })
 }
 
 /// Copies a file of the node's own output into the combined output
