@@ -83,6 +83,11 @@ pub enum Which {
         /// Only these drills (slip, step, drift; all when not given).
         #[arg(long = "drill")]
         drills: Vec<String>,
+        /// `swarm.majority_wait_ms` of every appliance (0: segments are
+        /// published without waiting for the majority's verdict, and
+        /// misaligned ones replaced after).
+        #[arg(long, default_value_t = 1000)]
+        majority_wait_ms: u32,
     },
 }
 
@@ -135,7 +140,9 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Pipeline { frames, full_ladder } => pipeline_bench(frames, full_ladder),
         Which::Analysis { frames } => analysis_bench(frames),
         Which::Swarm { nodes } => crate::swarm::bench::run(nodes),
-        Which::Resync { nodes, ppm, step_ms, drills } => crate::swarm::resync_bench::run(nodes, ppm, step_ms, &drills),
+        Which::Resync { nodes, ppm, step_ms, drills, majority_wait_ms } => {
+            crate::swarm::resync_bench::run(nodes, ppm, step_ms, majority_wait_ms, &drills)
+        }
         Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
         Which::Channels { max, seconds } => crate::channels::bench::run(max, seconds),
     }

@@ -223,6 +223,13 @@ pub struct SwarmConfig {
     /// measured half a frame off is (the reactive baseline of
     /// `lockstep bench resync`).
     pub drift_horizon_s: f64,
+    /// Longest a finished video segment waits, before it is published,
+    /// for the neighbours' fingerprints of its frames; one a majority
+    /// captured other pictures for is encoded from theirs first
+    /// (docs/swarm.md, "Agreement before publication"). 0 publishes at
+    /// once (a misaligned segment is then replaced after). Needs
+    /// `pipeline.rework_segments` above 0.
+    pub majority_wait_ms: u32,
     /// Where the node writes its view of the swarm (JSON), if anywhere.
     pub status_file: Option<PathBuf>,
 }
@@ -241,6 +248,7 @@ impl Default for SwarmConfig {
             expected_nodes: 16,
             neighbours: 5,
             drift_horizon_s: 10.0,
+            majority_wait_ms: 1_000,
             status_file: None,
         }
     }
@@ -277,6 +285,9 @@ impl SwarmConfig {
         }
         if self.drift_horizon_s != 0.0 && !(1.0..=600.0).contains(&self.drift_horizon_s) {
             return Err(invalid("swarm.drift_horizon_s", "must be 0 (no prediction) or between 1 and 600 seconds"));
+        }
+        if self.majority_wait_ms > 10_000 {
+            return Err(invalid("swarm.majority_wait_ms", "must be 0 (publish at once) to 10000"));
         }
         Ok(())
     }

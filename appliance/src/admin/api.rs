@@ -1370,6 +1370,8 @@ async fn lockstep(
                     "segments": status.segments_reencoded.load(Ordering::Relaxed),
                     "refused": status.reencodes_refused.load(Ordering::Relaxed),
                     "last_segment": (last != 0).then_some(last),
+                    "before_publication": status.segments_corrected.load(Ordering::Relaxed),
+                    "unverified": status.segments_unverified.load(Ordering::Relaxed),
                 })
             });
             (v.resync.get(&channel).map(|r| json!(r)), reencoded)

@@ -182,12 +182,15 @@ impl ViewDiff {
             }
             self.isolated = view.isolated;
         }
-        // Failover: the chosen replica of the newest index moves away from
-        // a node that is, or within a few seconds turns out to be, gone or
-        // unhealthy (selection may move before failure detection does).
+        // Failover: the chosen replica of the newest settled index (the
+        // one before the newest, which may so far hold only the first node
+        // to publish it) moves away from a node that is, or within a few
+        // seconds turns out to be, gone or unhealthy (selection may move
+        // before failure detection does).
         let gone = |node: &str| view.peers.get(node).is_none_or(|p| !p.healthy) && node != view.node;
         for (channel, decisions) in &view.channels {
-            let Some((index, tracks)) = decisions.selection.iter().next_back() else { continue };
+            let settled = decisions.selection.iter().rev().nth(1).or_else(|| decisions.selection.iter().next_back());
+            let Some((index, tracks)) = settled else { continue };
             for (track, node) in tracks {
                 let before = self.chosen.insert((channel.clone(), track.clone()), (*index, node.clone()));
                 if let Some((_, previous)) = before

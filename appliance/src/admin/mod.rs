@@ -267,6 +267,9 @@ struct Follow {
     running: bool,
     write_errors: u64,
     run_error: Option<String>,
+    /// The newest segment seen encoded from the majority's pictures
+    /// before publication.
+    corrected: i64,
 }
 
 impl Follow {
@@ -274,7 +277,8 @@ impl Follow {
         let taps = &channel.taps;
         let analyses = taps.analysis.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
         let segments = taps.segments.as_ref().map(tokio::sync::broadcast::Sender::subscribe);
-        Self { channel, analyses, segments, running: false, write_errors: 0, run_error: None }
+        let corrected = taps.status.last_corrected.load(Ordering::Relaxed);
+        Self { channel, analyses, segments, running: false, write_errors: 0, run_error: None, corrected }
     }
 
     /// Takes in what the channel published since the last call.
@@ -341,6 +345,19 @@ impl Follow {
                 state.events.push("error", me, format!("channel {} stopped: {why}", self.channel.id));
             }
             self.run_error = run_error;
+        }
+        let corrected = status.last_corrected.load(Ordering::Relaxed);
+        if corrected > self.corrected {
+            state.events.push(
+                "resync",
+                me,
+                format!(
+                    "channel {}: segment {corrected} encoded from the majority's pictures before publication \
+                     (this node's capture numbered them otherwise); no misaligned copy was published",
+                    self.channel.id
+                ),
+            );
+            self.corrected = corrected;
         }
         let errors = status.write_errors.load(Ordering::Relaxed);
         if errors > self.write_errors {

@@ -131,6 +131,7 @@ struct OpenSegment {
     payload: Vec<u8>,
     params: avc::ParameterSets,
     hasher: Sha256,
+    prints: Vec<u64>,
     bitrate_bps: u32,
 }
 
@@ -151,6 +152,7 @@ impl OpenSegment {
             payload: Vec::with_capacity(1 << 20),
             params: avc::ParameterSets::default(),
             hasher: Sha256::new(),
+            prints: Vec::with_capacity(job.grid.frames_per_segment as usize),
             bitrate_bps: settings.bitrate_bps,
         })
     }
@@ -195,6 +197,7 @@ impl OpenSegment {
             sync: coded.kind == PictureKind::Idr,
         });
         self.hasher.update(input.hash);
+        self.prints.push(crate::analysis::short_fingerprint(&input.hash));
         self.frames += 1;
         self.next_frame += 1;
         Ok(())
@@ -212,6 +215,7 @@ impl OpenSegment {
             samples: self.samples,
             payload: self.payload,
             input_sha256: self.hasher.finalize().into(),
+            prints: self.prints,
             params: Some(self.params),
             start_tai_ns: job.grid.rate.frame_time_ns(first),
             bitrate_bps: u64::from(self.bitrate_bps),
@@ -378,6 +382,7 @@ fn encode_audio_segment(job: &AudioJob, open: &OpenAudio, w: &AudioWindow) -> Re
         samples,
         payload: packets,
         input_sha256: hasher.finalize().into(),
+        prints: Vec::new(),
         params: None,
         start_tai_ns: i128::from(w.first_packet) * pf as i128 * 1_000_000_000 / i128::from(job.grid.sample_rate),
         bitrate_bps: 0,

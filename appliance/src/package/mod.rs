@@ -46,6 +46,10 @@ pub struct EncodedSegment {
     pub payload: Vec<u8>,
     /// SHA-256 over the input the segment was encoded from.
     pub input_sha256: [u8; 32],
+    /// Video: the 64-bit fingerprint of each picture it was encoded from,
+    /// in frame order (what the swarm compares before it is published;
+    /// `crate::pipeline::rework::PeerPrints`). Empty for audio.
+    pub prints: Vec<u64>,
     /// Video parameter sets (video tracks).
     pub params: Option<avc::ParameterSets>,
     /// TAI ns of the first sample (for EXT-X-PROGRAM-DATE-TIME).
@@ -652,7 +656,7 @@ pub fn parse_manifest(text: &str) -> Vec<ManifestEntry> {
 mod tests {
     use super::*;
 
-    fn packager(root: &Path) -> Packager {
+    pub(super) fn packager(root: &Path) -> Packager {
         let config = PackagerConfig {
             root: root.to_path_buf(),
             archive: false,
@@ -674,7 +678,7 @@ mod tests {
         Packager::new(config, vec![spec]).unwrap()
     }
 
-    fn segment(index: i64, fill: u8) -> EncodedSegment {
+    pub(super) fn segment(index: i64, fill: u8) -> EncodedSegment {
         EncodedSegment {
             track: TrackId::Audio,
             index,
@@ -683,6 +687,7 @@ mod tests {
             samples: vec![fmp4::Sample { size: 4, duration: 960, sync: true }],
             payload: vec![fill; 4],
             input_sha256: [fill; 32],
+            prints: Vec::new(),
             params: None,
             start_tai_ns: 0,
             bitrate_bps: 0,

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
 use lockstep_encoder_api::{AudioEncoder, AudioSettings, EncodeError, VideoEncoderFactory, VideoSettings};
@@ -104,7 +105,7 @@ impl Taps {
         status.capture.export(channel, out);
         out.gauge(
             "lockstep_encode_latency_seconds",
-            "Capture of a segment's last frame to its publication.",
+            "Capture of a segment's last frame to the segment ready for publication (the wait for the majority's verdict is lockstep_majority_wait_seconds).",
             &at,
             status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
@@ -119,6 +120,24 @@ impl Taps {
             "Re-encodes not used: the kept input or the bytes were not the majority's.",
             &at,
             status.reencodes_refused.load(Ordering::Relaxed) as f64,
+        );
+        out.counter(
+            "lockstep_segments_corrected_before_publication_total",
+            "Video segments made from other pictures than the majority's, encoded from the majority's before they were published.",
+            &at,
+            status.segments_corrected.load(Ordering::Relaxed) as f64,
+        );
+        out.counter(
+            "lockstep_segments_unverified_total",
+            "Video segments published without the majority's verdict on their pictures (none within swarm.majority_wait_ms).",
+            &at,
+            status.segments_unverified.load(Ordering::Relaxed) as f64,
+        );
+        out.gauge(
+            "lockstep_majority_wait_seconds",
+            "How long the last video segment waited for the majority's verdict on its pictures.",
+            &at,
+            status.verdict_wait_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
         self.metrics.export(channel, out);
         if let Some(stats) = lock(&status.packaged).as_ref() {
@@ -208,6 +227,20 @@ pub struct ChannelStatus {
     pub latency_drill: Arc<encode::LatencyDrill>,
     /// The newest segment a re-encode replaced (0: none yet).
     pub last_reencoded: std::sync::atomic::AtomicI64,
+    /// The neighbours' fingerprints of the channel's recent frames (the
+    /// swarm fills it; the packager's gate reads it).
+    pub peer_prints: std::sync::Mutex<rework::PeerPrints>,
+    /// Video segments (every rendition) held back for the majority's
+    /// verdict and encoded from its pictures before publication: each one
+    /// a misaligned segment no viewer saw.
+    pub segments_corrected: std::sync::atomic::AtomicU64,
+    /// The newest segment so corrected (0: none yet).
+    pub last_corrected: std::sync::atomic::AtomicI64,
+    /// Video segments published as captured because no verdict came
+    /// within the hold (or the re-encode before the next segment).
+    pub segments_unverified: std::sync::atomic::AtomicU64,
+    /// How long the last video segment waited for the majority's verdict, µs.
+    pub verdict_wait_us: std::sync::atomic::AtomicU64,
     /// Re-encodes refused: the kept pictures were not the majority's input
     /// or the bytes were not the majority's.
     pub reencodes_refused: std::sync::atomic::AtomicU64,
@@ -407,8 +440,15 @@ pub fn run_with_device(
         clock: Arc::clone(&clock),
         rate,
         metrics_path: root.join("metrics.prom"),
+        waited: std::collections::BTreeMap::new(),
     };
-    let packager_thread = spawn_packager(packager, inbox, limits, publisher)?;
+    // In a swarm that keeps input, video segments wait for the majority's
+    // verdict on their pictures before they are published.
+    let gate = (reworks(config, &plan) && config.swarm.majority_wait_ms > 0).then(|| rework::MajorityGate {
+        status: Arc::clone(&taps.status),
+        hold: Duration::from_millis(u64::from(config.swarm.majority_wait_ms)),
+    });
+    let packager_thread = spawn_packager(packager, inbox, limits, publisher, gate)?;
     let (worker_txs, workers) = spawn_encoders(config, &plan, &factory, &sink, taps)?;
     let kept = if reworks(config, &plan) {
         config.pipeline.rework_segments as usize * plan.grid.frames_per_segment as usize
@@ -541,6 +581,9 @@ struct ChannelPublisher {
     clock: Arc<Clock>,
     rate: Rate,
     metrics_path: PathBuf,
+    /// How long the last segments waited for the majority's verdict, by
+    /// index: not part of their encode latency.
+    waited: std::collections::BTreeMap<i64, Duration>,
 }
 
 impl Publisher for ChannelPublisher {
@@ -573,14 +616,35 @@ impl Publisher for ChannelPublisher {
         }
     }
 
+    fn held(&mut self, track: TrackId, index: i64, how: sink::Held, waited: Duration) {
+        let status = &self.taps.status;
+        status.verdict_wait_us.store(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.waited.insert(index, waited);
+        self.waited.retain(|&i, _| i > index - 4);
+        match how {
+            sink::Held::Agreed => {}
+            sink::Held::Corrected => {
+                status.segments_corrected.fetch_add(1, Ordering::Relaxed);
+                status.last_corrected.fetch_max(index, Ordering::Relaxed);
+                tracing::info!(channel = %self.channel, ?track, segment = index, "segment encoded from the majority's pictures before publication: its own were numbered otherwise");
+            }
+            sink::Held::AsCaptured => {
+                status.segments_unverified.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn published(&mut self, track: String, entry: &ManifestEntry) {
         let status = &self.taps.status;
         status.segments_published.fetch_add(1, Ordering::Relaxed);
         if track != "audio" {
-            // From the capture time of the segment's last frame.
+            // From the capture time of the segment's last frame to the
+            // segment ready: the wait for the majority's verdict is its own
+            // figure (`verdict_wait_us`), not the encoder's.
             let last = entry.first_unit + i64::from(entry.samples.max(1)) - 1;
             let end = self.rate.frame_time_ns(last);
-            let latency = (self.clock.now_tai_ns() - end).max(0) / 1_000;
+            let waited = self.waited.get(&entry.index).map_or(0, |w| i128::try_from(w.as_nanos()).unwrap_or(0));
+            let latency = (self.clock.now_tai_ns() - end - waited).max(0) / 1_000;
             status.encode_latency_us.store(u64::try_from(latency).unwrap_or(0), Ordering::Relaxed);
         }
         if let Some(bus) = &self.taps.segments {
@@ -601,11 +665,15 @@ fn spawn_packager(
     inbox: sink::Inbox,
     limits: &RunLimits,
     mut publisher: ChannelPublisher,
+    gate: Option<rework::MajorityGate>,
 ) -> Result<JoinHandle<PackagerStats>, PipelineError> {
     let (predecessor, outgoing) = (limits.predecessor.clone(), limits.handover.clone());
     thread::Builder::new()
         .name("package".into())
-        .spawn(move || sink::run(packager, inbox, predecessor, outgoing, &mut publisher))
+        .spawn(move || {
+            let gate = gate.as_ref().map(|g| g as &dyn sink::Gate);
+            sink::run(packager, inbox, predecessor, outgoing, &mut publisher, gate)
+        })
         .map_err(|_| PipelineError::Panic("package"))
 }
 

@@ -13,8 +13,14 @@
 //! published; [`run`] finds the pictures, checks the input hash, encodes
 //! each rendition as the encoder stage would, and hands the segment to the
 //! packager, which replaces the file only when its hash is the expected one.
+//!
+//! Most of the time nothing needs replacing: the packager holds each
+//! finished video segment back ([`MajorityGate`]) until the neighbours'
+//! fingerprints of its frames ([`PeerPrints`]) say whether a majority
+//! captured the same pictures, and one made from other pictures is encoded
+//! from the majority's before it is ever published.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,11 +30,16 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::pool::{FrameLayout, FrameRef};
 use crate::encode::{self, Input, VideoJob};
-use crate::package::sink::SegmentSink;
+use crate::package::sink::{Gate, SegmentSink, Verdict};
+use crate::package::{EncodedSegment, TrackId};
 use crate::sync::lock;
 
 /// Re-encodes the rework thread may have queued.
 pub const QUEUE: usize = 8;
+
+/// How long a re-encode of a segment held back waits for a picture not
+/// kept yet, once.
+const PICTURE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A re-encode the swarm asks for: segment `index` from the pictures whose
 /// fingerprints the majority captured for its frames.
@@ -38,10 +49,137 @@ pub struct Rework {
     pub index: i64,
     /// 64-bit fingerprints of its pictures, in frame order.
     pub prints: Vec<u64>,
-    /// SHA-256 of the majority's input for it (its manifests' `input_sha256`).
-    pub input_sha256: [u8; 32],
-    /// Per rendition to replace: the SHA-256 of the majority's file.
-    pub expect: Vec<(String, [u8; 32])>,
+    /// SHA-256 the pictures found must hash to: the majority's input (its
+    /// manifests' `input_sha256`), when it has published the segment.
+    pub input_sha256: Option<[u8; 32]>,
+    /// What becomes of the segment.
+    pub then: Then,
+}
+
+/// What a re-encode is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Then {
+    /// Replaces the published file of each rendition, when its bytes hash
+    /// to the majority's (the SHA-256 given).
+    Replace(Vec<(String, [u8; 32])>),
+    /// Is published in place of the segment of this track the packager
+    /// holds back ([`MajorityGate`]).
+    Publish(TrackId),
+}
+
+/// Neighbours' fingerprints of a channel's recent frames, by node: the
+/// swarm keeps it up to date from their state packets
+/// (`crate::swarm::feed`), the packager asks it whether a finished
+/// segment's pictures are the majority's before publishing it
+/// ([`PeerPrints::verdict`]), and the repair of published segments reads
+/// the majority's pictures from it.
+#[derive(Debug, Default)]
+pub struct PeerPrints {
+    nodes: BTreeMap<String, BTreeMap<i64, u64>>,
+}
+
+impl PeerPrints {
+    /// Adds a neighbour's trail (fingerprints of frames `first`,
+    /// `first + 1`, …), forgetting its frames more than `keep` older than
+    /// its newest.
+    pub fn observe(&mut self, node: &str, first: i64, trail: &[u64], keep: i64) {
+        let history = self.nodes.entry(node.to_string()).or_default();
+        for (n, print) in (first..).zip(trail) {
+            history.insert(n, *print);
+        }
+        if let Some(&last) = history.keys().next_back() {
+            *history = history.split_off(&(last - keep));
+        }
+    }
+
+    /// Keeps only these neighbours (the healthy ones publishing the channel).
+    pub fn retain(&mut self, nodes: &[&str]) {
+        self.nodes.retain(|n, _| nodes.contains(&n.as_str()));
+        for n in nodes {
+            self.nodes.entry((*n).to_string()).or_default();
+        }
+    }
+
+    /// What `node` captured for frame `n`, if known.
+    pub fn print(&self, node: &str, n: i64) -> Option<u64> {
+        self.nodes.get(node)?.get(&n).copied()
+    }
+
+    /// Whether a majority of this node and its neighbours captured the
+    /// pictures `mine` for frames `first`, `first + 1`, …: [`Verdict::Same`]
+    /// when it did for every frame (or no majority either way can form),
+    /// [`Verdict::Other`] with the majority's pictures when it captured
+    /// others for any frame and is known for all, [`Verdict::Pending`]
+    /// while a neighbour's fingerprints of a frame have yet to arrive.
+    pub fn verdict(&self, first: i64, mine: &[u64]) -> Verdict {
+        let voters = self.nodes.len() + 1;
+        let (mut other, mut pending) = (false, false);
+        let mut majority = Vec::with_capacity(mine.len());
+        for (n, print) in (first..).zip(mine) {
+            let known: Vec<u64> = self.nodes.values().filter_map(|h| h.get(&n).copied()).collect();
+            let agree = 1 + known.iter().filter(|p| *p == print).count();
+            if 2 * agree > voters {
+                majority.push(*print);
+                continue;
+            }
+            match most_common(known.iter().copied()) {
+                Some((p, count)) if 2 * count > voters => {
+                    other = true;
+                    majority.push(p);
+                }
+                _ => {
+                    // No majority yet: one may form once every neighbour's
+                    // fingerprint of the frame is in.
+                    pending |= known.len() < self.nodes.len();
+                    majority.push(*print);
+                }
+            }
+        }
+        match (pending, other) {
+            (true, _) => Verdict::Pending,
+            (false, true) => Verdict::Other(majority),
+            (false, false) => Verdict::Same,
+        }
+    }
+}
+
+/// The most frequent value and its count (the first of equals).
+pub fn most_common<T: PartialEq + Copy>(values: impl Iterator<Item = T>) -> Option<(T, usize)> {
+    let mut counts: Vec<(T, usize)> = Vec::new();
+    for v in values {
+        match counts.iter_mut().find(|(x, _)| *x == v) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((v, 1)),
+        }
+    }
+    counts.into_iter().reduce(|best, c| if c.1 > best.1 { c } else { best })
+}
+
+/// The packager's [`Gate`] in a swarm: the verdict from the neighbours'
+/// fingerprints, the re-encode through the channel's rework thread.
+#[derive(Debug)]
+pub struct MajorityGate {
+    /// The channel's status: its neighbours' fingerprints
+    /// (`peer_prints`) and its rework thread, while one runs (`rework`).
+    pub status: Arc<crate::pipeline::ChannelStatus>,
+    /// Longest a segment waits (`swarm.majority_wait_ms`).
+    pub hold: std::time::Duration,
+}
+
+impl Gate for MajorityGate {
+    fn hold(&self) -> std::time::Duration {
+        self.hold
+    }
+
+    fn verdict(&self, seg: &EncodedSegment) -> Verdict {
+        lock(&self.status.peer_prints).verdict(seg.first_unit, &seg.prints)
+    }
+
+    fn reencode(&self, seg: &EncodedSegment, prints: Vec<u64>) -> bool {
+        let Some(tx) = lock(&self.status.rework).clone() else { return false };
+        let asked = Rework { index: seg.index, prints, input_sha256: None, then: Then::Publish(seg.track) };
+        tx.try_send(asked).is_ok()
+    }
 }
 
 /// One kept picture (I420, planes back to back).
@@ -156,7 +294,7 @@ fn gather(recent: &Mutex<RecentInput>, rework: &Rework) -> Result<Vec<KeptPictur
     for (_, hash) in &pictures {
         input.update(hash);
     }
-    if <[u8; 32]>::from(input.finalize()) != rework.input_sha256 {
+    if rework.input_sha256.is_some_and(|want| <[u8; 32]>::from(input.finalize()) != want) {
         return Err(ReworkError::OtherInput { index: rework.index });
     }
     Ok(pictures)
@@ -178,7 +316,8 @@ impl std::fmt::Debug for Rendition {
 
 /// The rework thread: re-encodes what the swarm asks for until every
 /// sender of `requests` is gone. Each segment goes to the packager with
-/// the hash it must have to replace the published file.
+/// the hash it must have to replace the published file, or to be
+/// published in place of the one it holds back.
 pub fn run(
     requests: Receiver<Rework>,
     recent: &Mutex<RecentInput>,
@@ -187,13 +326,27 @@ pub fn run(
     refused: &AtomicU64,
 ) {
     for rework in requests {
-        let pictures = match gather(recent, &rework) {
-            Ok(p) => p,
-            Err(e @ ReworkError::Missing { .. }) => {
+        let mut found = gather(recent, &rework);
+        if matches!((&found, &rework.then), (Err(ReworkError::Missing { .. }), Then::Publish(_))) {
+            // A segment held back: the picture a frame late may be a
+            // frame away.
+            std::thread::sleep(PICTURE_WAIT);
+            found = gather(recent, &rework);
+        }
+        let pictures = match (found, &rework.then) {
+            (Ok(p), _) => p,
+            (Err(e), Then::Publish(track)) => {
+                tracing::info!("segment held back not re-encoded: {e}");
+                if !sink.not_reencoded(*track, rework.index) {
+                    return;
+                }
+                continue;
+            }
+            (Err(e @ ReworkError::Missing { .. }), Then::Replace(_)) => {
                 tracing::debug!("re-encode waits: {e}");
                 continue;
             }
-            Err(e) => {
+            (Err(e), Then::Replace(_)) => {
                 tracing::warn!("re-encode refused: {e}");
                 refused.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -207,15 +360,31 @@ pub fn run(
                 Input { layout: p.layout, y, u, v, hash: *hash }
             })
             .collect();
-        for (track, expected) in &rework.expect {
-            let Some(r) = renditions.iter().find(|r| &r.job.name == track) else { continue };
-            match encode::encode_segment(&r.job, r.factory.as_ref(), rework.index, &inputs) {
-                Ok(seg) => {
-                    if !sink.replace(seg, *expected) {
+        let encode = |r: &Rendition| {
+            encode::encode_segment(&r.job, r.factory.as_ref(), rework.index, &inputs)
+                .map_err(|e| tracing::warn!(rendition = %r.job.name, segment = rework.index, "re-encode failed: {e}"))
+                .ok()
+        };
+        match &rework.then {
+            Then::Replace(expect) => {
+                for (track, expected) in expect {
+                    let Some(r) = renditions.iter().find(|r| &r.job.name == track) else { continue };
+                    if let Some(seg) = encode(r)
+                        && !sink.replace(seg, *expected)
+                    {
                         return;
                     }
                 }
-                Err(e) => tracing::warn!(rendition = %track, segment = rework.index, "re-encode failed: {e}"),
+            }
+            Then::Publish(track) => {
+                let made = renditions.iter().find(|r| TrackId::Video(r.job.position) == *track).and_then(encode);
+                let sent = match made {
+                    Some(seg) => sink.reencoded(seg),
+                    None => sink.not_reencoded(*track, rework.index),
+                };
+                if !sent {
+                    return;
+                }
             }
         }
     }
@@ -285,12 +454,67 @@ mod tests {
         let prints = |h: &[[u8; 32]]| h.iter().map(crate::analysis::short_fingerprint).collect::<Vec<_>>();
         // In another order than captured: the majority's order counts.
         let order = [hashes[2], hashes[1], hashes[3]];
-        let rework = Rework { index: 7, prints: prints(&order), input_sha256: input(&order), expect: Vec::new() };
+        let rework = Rework {
+            index: 7,
+            prints: prints(&order),
+            input_sha256: Some(input(&order)),
+            then: Then::Replace(Vec::new()),
+        };
         let got = gather(&recent, &rework).unwrap();
         assert_eq!(got.iter().map(|(_, h)| *h).collect::<Vec<_>>(), order);
         let missing = Rework { prints: vec![1, prints(&order)[0]], ..rework.clone() };
         assert_eq!(gather(&recent, &missing).unwrap_err(), ReworkError::Missing { index: 7, frame: 0, frames: 2 });
-        let other = Rework { input_sha256: [0; 32], ..rework };
+        let other = Rework { input_sha256: Some([0; 32]), ..rework.clone() };
         assert_eq!(gather(&recent, &other).unwrap_err(), ReworkError::OtherInput { index: 7 });
+        // Before publication the fingerprints alone name the pictures.
+        let unchecked = Rework { input_sha256: None, ..rework };
+        assert_eq!(gather(&recent, &unchecked).unwrap().len(), 3);
+    }
+
+    /// Peers n1..=n4 with the pictures 100 + n for frame n, from frame 0.
+    fn peers(nodes: &[&str], upto: i64) -> PeerPrints {
+        let mut p = PeerPrints::default();
+        let trail: Vec<u64> = (0..=upto).map(|n| 100 + n as u64).collect();
+        for node in nodes {
+            p.observe(node, 0, &trail, 100);
+        }
+        p
+    }
+
+    #[test]
+    fn a_segment_is_published_when_the_majority_has_its_pictures() {
+        let p = peers(&["n1", "n2"], 20);
+        assert_eq!(p.verdict(4, &[104, 105, 106]), Verdict::Same);
+        // Alone, or with one neighbour that disagrees: no majority against
+        // this node can form.
+        assert_eq!(PeerPrints::default().verdict(4, &[1, 2]), Verdict::Same);
+        let one = peers(&["n1"], 20);
+        assert_eq!(one.verdict(4, &[1, 2]), Verdict::Same, "one against one");
+    }
+
+    #[test]
+    fn a_segment_made_from_other_pictures_gets_the_majoritys_and_waits_for_them() {
+        let p = peers(&["n1", "n2"], 20);
+        // Slipped a frame: its frame n holds picture n - 1.
+        assert_eq!(p.verdict(4, &[103, 104, 105]), Verdict::Other(vec![104, 105, 106]));
+        // Frames the neighbours have not sent yet: no verdict.
+        assert_eq!(p.verdict(19, &[118, 119, 120]), Verdict::Pending);
+        // One neighbour has sent them and agrees with this node: a
+        // majority of three already.
+        let mut q = peers(&["n1", "n2"], 18);
+        q.observe("n1", 19, &[119, 120, 121], 100);
+        assert_eq!(q.verdict(19, &[119, 120]), Verdict::Same);
+        // A neighbour that sends nothing holds the verdict back (the
+        // packager's hold is the limit), until it is no longer a member.
+        let mut r = peers(&["n1", "n2"], 20);
+        r.retain(&["n1", "n2", "n3"]);
+        assert_eq!(r.verdict(4, &[103, 104]), Verdict::Pending, "2 of 4 is no majority");
+        r.retain(&["n1", "n2"]);
+        assert_eq!(r.verdict(4, &[103, 104]), Verdict::Other(vec![104, 105]));
+        // The oldest frames are forgotten.
+        let mut s = peers(&["n1", "n2"], 20);
+        s.observe("n1", 200, &[7], 10);
+        assert_eq!(s.print("n1", 20), None);
+        assert_eq!(s.print("n2", 20), Some(120));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::repair::{Peer, Repair};
+use super::repair::{HISTORY_SEGMENTS, Peer, Repair};
 use super::state::{ChannelReport, ClockSummary};
 use super::{ChannelLocal, Swarm, View, replicate};
 use crate::sync::lock;
@@ -55,11 +55,11 @@ impl Feed {
         }
     }
 
-    /// Gathers the healthy peers' fingerprints of this channel and asks the
-    /// channel's rework thread to re-encode each published segment the
-    /// majority made from other pictures (`repair`).
-    fn repair(&mut self, view: &View, channel: &str, c: &mut ChannelLocal, taps: &crate::pipeline::Taps) {
-        let Some(rework) = lock(&taps.status.rework).clone() else { return };
+    /// Gathers the healthy peers' fingerprints of this channel (the
+    /// packager's gate and the repair read them) and, every few rounds
+    /// (`repair`), asks the channel's rework thread to re-encode each
+    /// published segment the majority made from other pictures.
+    fn prints(&mut self, view: &View, channel: &str, c: &mut ChannelLocal, taps: &crate::pipeline::Taps, repair: bool) {
         let frames = c.segment_frames;
         if frames <= 0 {
             return;
@@ -70,16 +70,20 @@ impl Feed {
             .filter(|p| p.healthy)
             .filter_map(|p| Some((p.state.node.as_str(), p.state.channel(channel)?)))
             .collect();
+        let mut prints = lock(&taps.status.peer_prints);
         for (node, r) in &peers {
-            self.repair.observe(node, r.trail_first, &r.trail, frames);
+            prints.observe(node, r.trail_first, &r.trail, HISTORY_SEGMENTS * frames);
         }
-        self.repair.retain(&peers.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+        prints.retain(&peers.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+        let Some(rework) = lock(&taps.status.rework).clone().filter(|_| repair) else { return };
         let segments: Vec<Peer<'_>> = peers.iter().map(|(node, r)| Peer { node, segments: &r.segments }).collect();
-        for asked in self.repair.plan(c.segments.make_contiguous(), &segments, frames, Instant::now()) {
+        let asked = self.repair.plan(c.segments.make_contiguous(), &segments, &prints, frames, Instant::now());
+        drop(prints);
+        for asked in asked {
             tracing::info!(
                 channel,
                 segment = asked.index,
-                renditions = ?asked.expect.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+                asked = ?asked.then,
                 "segment published from other pictures than the majority's: re-encoding it from kept input"
             );
             if rework.try_send(asked).is_err() {
@@ -130,23 +134,24 @@ pub(super) fn feed(swarm: &std::sync::Weak<Swarm>, channels: &crate::channels::C
         let running: Vec<_> =
             channels.all().into_iter().filter(|c| c.taps.status.running.load(Ordering::Relaxed)).collect();
         feeds.retain(|id, _| running.iter().any(|c| &c.id == id));
-        let view = rounds.is_multiple_of(3).then(|| swarm.view());
+        // The peers' fingerprints every round (the packager's gate waits
+        // for them); the rest every third.
+        let view = swarm.view();
+        let slow = rounds.is_multiple_of(3);
         let mut targets = BTreeMap::new();
         swarm.local(|l| {
             l.channels.retain(|id, _| running.iter().any(|c| &c.id == id));
             for ch in &running {
                 let config = ch.supervisor.config();
-                if let Some(view) = &view {
+                if slow {
                     let renditions: Vec<String> = config.renditions.iter().map(|r| r.name.clone()).collect();
-                    adopt_ladder_changes(view, &ch.id, &ch.taps.control, &renditions);
+                    adopt_ladder_changes(&view, &ch.id, &ch.taps.control, &renditions);
                 }
                 let c = l.channels.entry(ch.id.clone()).or_default();
                 c.segment_ms = (config.channel.segment_seconds * 1000.0) as f32;
                 let feed = feeds.entry(ch.id.clone()).or_insert_with(|| Feed::subscribe(&ch.taps));
                 feed.read(&ch.taps, c, &mut l.errors);
-                if let Some(view) = &view {
-                    feed.repair(view, &ch.id, c, &ch.taps);
-                }
+                feed.prints(&view, &ch.id, c, &ch.taps, slow);
                 if (l.clock.is_none() || ch.first)
                     && let Some(q) = lock(&ch.taps.status.clock).as_ref()
                 {

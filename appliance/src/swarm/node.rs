@@ -218,6 +218,11 @@ impl Node {
         });
         peer.jitter_ms += ((latency - peer.latency_ms).abs() - peer.jitter_ms) / 8.0;
         peer.latency_ms += (latency - peer.latency_ms) / 8.0;
+        // Its fingerprints reach the view at once, not at the next round:
+        // the packager's gate waits for them (`crate::pipeline::rework`).
+        if let Some(seen) = lock(&self.shared.view).peers.get_mut(&state.node) {
+            seen.state = state.clone();
+        }
         peer.state = state;
         peer.last_state = Some(Instant::now());
     }

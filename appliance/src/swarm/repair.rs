@@ -3,10 +3,13 @@
 //!
 //! A segment whose bytes differ from the ones a majority of the nodes
 //! publishing it agree on was made from other pictures (a slipped capture,
-//! a clock off by half a frame or more). The majority's frame fingerprints
-//! name the pictures it should have had; peers' trails (the last few
-//! seconds, in every state packet) are gathered here into a longer history
-//! so the pictures of a whole segment are known. The request goes to the
+//! a clock off by half a frame or more) and published so: no verdict came
+//! in time to hold it back (`crate::pipeline::rework::MajorityGate`). The
+//! majority's frame fingerprints name the pictures it should have had;
+//! peers' trails (the last few seconds, in every state packet) are
+//! gathered into a longer history
+//! ([`crate::pipeline::rework::PeerPrints`]) so the pictures of a whole
+//! segment are known. The request goes to the
 //! channel's rework thread (`crate::pipeline::rework`), which finds those
 //! pictures among the ones it kept, checks the majority's input hash and
 //! replaces the file only when its bytes are the majority's.
@@ -15,21 +18,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::state::SegmentHashes;
-use crate::pipeline::rework::Rework;
+use crate::pipeline::rework::{PeerPrints, Rework, Then, most_common};
 
 /// Segments of peers' fingerprints kept.
-const HISTORY_SEGMENTS: i64 = 12;
+pub const HISTORY_SEGMENTS: i64 = 12;
 /// A segment is asked for again after this long (its pictures may not all
 /// have been captured), at most [`ATTEMPTS`] times.
 const RETRY: Duration = Duration::from_secs(1);
 /// Requests for one segment, at most.
 const ATTEMPTS: u32 = 5;
 
-/// One channel's repair state: peers' fingerprint histories and the
-/// segments already asked for.
+/// One channel's repair state: the segments already asked for.
 #[derive(Debug, Default)]
 pub struct Repair {
-    prints: BTreeMap<String, BTreeMap<i64, u64>>,
     asked: BTreeMap<i64, (Instant, u32)>,
 }
 
@@ -43,31 +44,15 @@ pub struct Peer<'a> {
 }
 
 impl Repair {
-    /// Adds a peer's trail (fingerprints of frames `first`, `first + 1`, …)
-    /// to its history, forgetting frames more than a few segments old.
-    pub fn observe(&mut self, node: &str, first: i64, trail: &[u64], frames_per_segment: i64) {
-        let history = self.prints.entry(node.to_string()).or_default();
-        for (n, print) in (first..).zip(trail) {
-            history.insert(n, *print);
-        }
-        if let Some(&last) = history.keys().next_back() {
-            let keep_from = last - HISTORY_SEGMENTS * frames_per_segment.max(1);
-            *history = history.split_off(&keep_from);
-        }
-    }
-
-    /// Forgets the histories of nodes no longer heard.
-    pub fn retain(&mut self, nodes: &[&str]) {
-        self.prints.retain(|n, _| nodes.contains(&n.as_str()));
-    }
-
     /// The re-encodes to ask for now: each own segment whose video bytes
     /// differ from those a majority of the nodes publishing it (this one
-    /// included) agree on, with the pictures those nodes captured for it.
+    /// included) agree on, with the pictures those nodes captured for it
+    /// (from `prints`).
     pub fn plan(
         &mut self,
         own: &[SegmentHashes],
         peers: &[Peer<'_>],
+        prints: &PeerPrints,
         frames_per_segment: i64,
         now: Instant,
     ) -> Vec<Rework> {
@@ -76,7 +61,7 @@ impl Repair {
         }
         let mut out = Vec::new();
         for mine in own {
-            let Some(rework) = self.needed(mine, peers, frames_per_segment) else { continue };
+            let Some(rework) = needed(mine, peers, prints, frames_per_segment) else { continue };
             let asked = self.asked.entry(mine.index).or_insert((now, 0));
             if asked.1 >= ATTEMPTS || (asked.1 > 0 && now.duration_since(asked.0) < RETRY) {
                 continue;
@@ -86,54 +71,39 @@ impl Repair {
         }
         out
     }
-
-    /// The re-encode of `mine`, if the majority published other video
-    /// bytes and its pictures are known for every frame.
-    fn needed(&self, mine: &SegmentHashes, peers: &[Peer<'_>], frames_per_segment: i64) -> Option<Rework> {
-        let theirs: Vec<(&str, &SegmentHashes)> = peers
-            .iter()
-            .filter_map(|p| p.segments.iter().find(|s| s.index == mine.index).map(|s| (p.node, s)))
-            .collect();
-        let voters = theirs.len() + 1;
-        // The input the majority encoded, and the nodes that had it.
-        let (input, count) = most_common(theirs.iter().map(|(_, s)| s.input))?;
-        if input == mine.input || 2 * count <= voters {
-            return None;
-        }
-        let agreeing: Vec<&(&str, &SegmentHashes)> = theirs.iter().filter(|(_, s)| s.input == input).collect();
-        let mut expect = Vec::new();
-        for (track, own_hash) in mine.tracks.iter().filter(|(t, _)| t != "audio") {
-            let hashes =
-                agreeing.iter().filter_map(|(_, s)| s.tracks.iter().find(|(t, _)| t == track).map(|(_, h)| *h));
-            let (hash, count) = most_common(hashes)?;
-            if hash != *own_hash && 2 * count > voters {
-                expect.push((track.clone(), hash));
-            }
-        }
-        if expect.is_empty() {
-            return None;
-        }
-        let first = mine.index * frames_per_segment;
-        let prints = (first..first + frames_per_segment)
-            .map(|n| {
-                let known = agreeing.iter().filter_map(|(node, _)| self.prints.get(*node)?.get(&n).copied());
-                most_common(known).map(|(print, _)| print)
-            })
-            .collect::<Option<Vec<u64>>>()?;
-        Some(Rework { index: mine.index, prints, input_sha256: input, expect })
-    }
 }
 
-/// The most frequent value and its count (the first of equals).
-fn most_common<T: PartialEq + Copy>(values: impl Iterator<Item = T>) -> Option<(T, usize)> {
-    let mut counts: Vec<(T, usize)> = Vec::new();
-    for v in values {
-        match counts.iter_mut().find(|(x, _)| *x == v) {
-            Some((_, c)) => *c += 1,
-            None => counts.push((v, 1)),
+/// The re-encode of `mine`, if the majority published other video bytes
+/// and its pictures are known for every frame.
+fn needed(mine: &SegmentHashes, peers: &[Peer<'_>], prints: &PeerPrints, frames_per_segment: i64) -> Option<Rework> {
+    let theirs: Vec<(&str, &SegmentHashes)> =
+        peers.iter().filter_map(|p| p.segments.iter().find(|s| s.index == mine.index).map(|s| (p.node, s))).collect();
+    let voters = theirs.len() + 1;
+    // The input the majority encoded, and the nodes that had it.
+    let (input, count) = most_common(theirs.iter().map(|(_, s)| s.input))?;
+    if input == mine.input || 2 * count <= voters {
+        return None;
+    }
+    let agreeing: Vec<&(&str, &SegmentHashes)> = theirs.iter().filter(|(_, s)| s.input == input).collect();
+    let mut expect = Vec::new();
+    for (track, own_hash) in mine.tracks.iter().filter(|(t, _)| t != "audio") {
+        let hashes = agreeing.iter().filter_map(|(_, s)| s.tracks.iter().find(|(t, _)| t == track).map(|(_, h)| *h));
+        let (hash, count) = most_common(hashes)?;
+        if hash != *own_hash && 2 * count > voters {
+            expect.push((track.clone(), hash));
         }
     }
-    counts.into_iter().reduce(|best, c| if c.1 > best.1 { c } else { best })
+    if expect.is_empty() {
+        return None;
+    }
+    let first = mine.index * frames_per_segment;
+    let pictures = (first..first + frames_per_segment)
+        .map(|n| {
+            let known = agreeing.iter().filter_map(|(node, _)| prints.print(node, n));
+            most_common(known).map(|(print, _)| print)
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    Some(Rework { index: mine.index, prints: pictures, input_sha256: Some(input), then: Then::Replace(expect) })
 }
 
 #[cfg(test)]
@@ -152,72 +122,58 @@ mod tests {
     }
 
     /// Peers n1 and n2 captured pictures 100 + n for frame n.
-    fn repair() -> Repair {
-        let mut r = Repair::default();
+    fn prints() -> PeerPrints {
+        let mut p = PeerPrints::default();
         for node in ["n1", "n2"] {
             let trail: Vec<u64> = (8..16).map(|n| 100 + n).collect();
-            r.observe(node, 8, &trail, F);
+            p.observe(node, 8, &trail, HISTORY_SEGMENTS * F);
         }
-        r
+        p
     }
 
     #[test]
     fn a_segment_the_majority_made_otherwise_is_asked_for_with_its_pictures() {
-        let mut r = repair();
+        let (mut r, p) = (Repair::default(), prints());
         let (n1, n2) = (vec![seg(2, 1, 1), seg(3, 1, 1)], vec![seg(2, 1, 1), seg(3, 1, 1)]);
         let peers = [Peer { node: "n1", segments: &n1 }, Peer { node: "n2", segments: &n2 }];
         let own = [seg(2, 1, 1), seg(3, 7, 7)];
         let now = Instant::now();
-        let asked = r.plan(&own, &peers, F, now);
+        let asked = r.plan(&own, &peers, &p, F, now);
         assert_eq!(
             asked,
             [Rework {
                 index: 3,
                 prints: vec![112, 113, 114, 115],
-                input_sha256: [1; 32],
-                expect: vec![("360p".into(), [1; 32])],
+                input_sha256: Some([1; 32]),
+                then: Then::Replace(vec![("360p".into(), [1; 32])]),
             }]
         );
         // Not again at once; again after a second (the re-encode may have
         // waited for a picture), and not for ever.
-        assert!(r.plan(&own, &peers, F, now).is_empty());
+        assert!(r.plan(&own, &peers, &p, F, now).is_empty());
         let mut times = 1;
         for k in 1..10 {
-            times += r.plan(&own, &peers, F, now + RETRY * k).len();
+            times += r.plan(&own, &peers, &p, F, now + RETRY * k).len();
         }
         assert_eq!(times, ATTEMPTS as usize);
     }
 
     #[test]
     fn nothing_is_asked_without_a_majority_or_the_pictures() {
-        let mut r = repair();
+        let (mut r, p) = (Repair::default(), prints());
         let now = Instant::now();
         let own = [seg(3, 7, 7)];
         // The two peers disagree with each other: no majority of three.
         let (n1, n2) = (vec![seg(3, 1, 1)], vec![seg(3, 2, 2)]);
         let peers = [Peer { node: "n1", segments: &n1 }, Peer { node: "n2", segments: &n2 }];
-        assert!(r.plan(&own, &peers, F, now).is_empty());
+        assert!(r.plan(&own, &peers, &p, F, now).is_empty());
         // One peer alone is no majority of two.
-        assert!(r.plan(&own, &peers[..1], F, now).is_empty());
+        assert!(r.plan(&own, &peers[..1], &p, F, now).is_empty());
         // A majority, but the pictures of segment 1 are no longer known.
         let (n1, n2) = (vec![seg(1, 1, 1)], vec![seg(1, 1, 1)]);
         let peers = [Peer { node: "n1", segments: &n1 }, Peer { node: "n2", segments: &n2 }];
-        assert!(r.plan(&[seg(1, 7, 7)], &peers, F, now).is_empty());
+        assert!(r.plan(&[seg(1, 7, 7)], &peers, &p, F, now).is_empty());
         // Same bytes as the majority: nothing to do.
-        assert!(r.plan(&[seg(1, 1, 1)], &peers, F, now).is_empty());
-    }
-
-    #[test]
-    fn histories_keep_a_few_segments_and_only_nodes_heard() {
-        let mut r = repair();
-        let last = 15 + HISTORY_SEGMENTS * F;
-        r.observe("n1", last, &[5], F);
-        assert_eq!(
-            r.prints["n1"].keys().next(),
-            Some(&15),
-            "frames more than {HISTORY_SEGMENTS} segments old forgotten"
-        );
-        r.retain(&["n1"]);
-        assert_eq!(r.prints.keys().collect::<Vec<_>>(), ["n1"]);
+        assert!(r.plan(&[seg(1, 1, 1)], &peers, &p, F, now).is_empty());
     }
 }

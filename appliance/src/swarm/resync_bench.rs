@@ -126,7 +126,7 @@ fn free_udp_port() -> anyhow::Result<u16> {
 }
 
 impl LocalSwarm {
-    fn start(dir: &Path, n: usize, horizon_s: f64, run_s: f64) -> anyhow::Result<Self> {
+    fn start(dir: &Path, n: usize, horizon_s: f64, wait_ms: u32, run_s: f64) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let key = dir.join("fleet.key");
         crate::files::write_atomic(
@@ -162,7 +162,7 @@ impl LocalSwarm {
                  fps = \"25\"\n[audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
                  [output]\ndir = \"{}\"\nwindow_segments = 1000\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
                  [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\n\
-                 status_file = \"{}\"\ndrift_horizon_s = {horizon_s}\n{admin_table}",
+                 status_file = \"{}\"\ndrift_horizon_s = {horizon_s}\nmajority_wait_ms = {wait_ms}\n{admin_table}",
                 out.display(),
                 free_tcp_port()?,
                 swarm_ports[k],
@@ -257,9 +257,9 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Runs one drill on a fresh swarm of `n` with the given horizon.
-fn run_one(root: &Path, n: usize, drill: Drill, horizon_s: f64) -> anyhow::Result<Outcome> {
+fn run_one(root: &Path, n: usize, drill: Drill, horizon_s: f64, wait_ms: u32) -> anyhow::Result<Outcome> {
     let limit = drill.limit();
-    let swarm = LocalSwarm::start(root, n, horizon_s, limit.as_secs_f64() + 90.0)?;
+    let swarm = LocalSwarm::start(root, n, horizon_s, wait_ms, limit.as_secs_f64() + 90.0)?;
     swarm.wait_for_lockstep(Duration::from_secs(60))?;
     let drilled = swarm.drilled();
     let me = n - 1;
@@ -359,7 +359,7 @@ fn seconds(s: Option<f64>) -> String {
 /// Runs the benchmark: `nodes` appliances; drills a 1-frame slip, a
 /// clock step of `step_ms` and a drift of `ppm`, each with prediction and
 /// without.
-pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Result<()> {
+pub fn run(nodes: usize, ppm: f64, step_ms: f64, wait_ms: u32, only: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!((3..=9).contains(&nodes), "--nodes must be between 3 and 9");
     anyhow::ensure!(ppm != 0.0 && ppm.abs() <= 1000.0, "--ppm must be between -1000 and 1000, not 0");
     anyhow::ensure!(step_ms.abs() <= 1000.0, "--step-ms must be within ±1000");
@@ -374,14 +374,15 @@ pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Res
         .collect();
     println!(
         "{nodes} appliances (separate processes, 160x90 at 25 fps, 2 s segments); the drill on n{}; \
-         prediction: swarm.drift_horizon_s = {HORIZON_S}, reactive baseline: 0",
+         prediction: swarm.drift_horizon_s = {HORIZON_S}, reactive baseline: 0; swarm.majority_wait_ms = {wait_ms}",
         nodes - 1
     );
     let mut drift = Vec::new();
+    let (mut published, mut compared) = (0, 0);
     for (i, drill) in drills.iter().enumerate() {
         for (mode, horizon) in [("predictive", HORIZON_S), ("reactive", 0.0)] {
             let dir = root.join(format!("{i}-{mode}"));
-            let o = run_one(&dir, nodes, *drill, horizon)?;
+            let o = run_one(&dir, nodes, *drill, horizon, wait_ms)?;
             println!(
                 "{:<14} {mode:<10}  detected {:>7}  lead {:>7}  corrected {:>7} ({})  worst offset {:5.1} ms  misaligned segments {} of {} ({} left after re-encode)",
                 drill.describe(),
@@ -394,6 +395,8 @@ pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Res
                 o.compared,
                 o.left
             );
+            published += o.misaligned;
+            compared += o.compared;
             if matches!(drill, Drill::Drift(_)) {
                 drift.push(o);
             }
@@ -408,6 +411,8 @@ pub fn run(nodes: usize, ppm: f64, step_ms: f64, only: &[String]) -> anyhow::Res
             reactive.misaligned,
             seconds(predictive.lead_s)
         );
+    } else {
+        println!("misaligned segments published: {published} of {compared} (swarm.majority_wait_ms = {wait_ms})");
     }
     Ok(())
 }

@@ -148,6 +148,7 @@ export function lockstepRow(n, ls) {
   const a = n.action;
   const actions = [];
   if (a && a.proposal) actions.push(`${describeCorrection(a.proposal.correction)} at ${fmtId(a.proposal.at_segment)}: ${a.outcome}`);
+  if (n.reencoded && n.reencoded.before_publication > 0) actions.push(`${n.reencoded.before_publication} corrected before publication`);
   if (n.reencoded && n.reencoded.segments > 0) actions.push(`${n.reencoded.segments} re-encoded (last ${fmtId(n.reencoded.last_segment)})`);
   const k = n.frame_offset;
   const offset = isNum(k)
