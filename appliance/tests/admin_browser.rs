@@ -86,6 +86,15 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
     std::thread::spawn(move || for _ in lines {});
     let join = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/admin-screenshots");
+    // The clip a file channel plays until the test deletes it.
+    let clip = dir.path().join("clip.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x90:rate=25:duration=2"])
+        .args(["-pix_fmt", "yuv420p", "-c:v", "libx264", "-y"])
+        .arg(&clip)
+        .status()
+        .expect("this test needs ffmpeg (`./run deps` installs it)");
+    assert!(made.success(), "ffmpeg made no clip");
     let started = Instant::now();
     let out = Command::new("node")
         .arg(web.join("browser-test.mjs"))
@@ -94,6 +103,8 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         .arg("--shots")
         .arg(&shots)
         .args(["--pids", &join(&pids), "--admins", &join(&admins)])
+        .arg("--clip")
+        .arg(&clip)
         .current_dir(&web)
         .output()
         .unwrap();
@@ -109,6 +120,7 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         "channel pop created from the page",
         "channel pop deleted from the page",
         "failover event",
+        "while the first channel keeps publishing",
     ] {
         assert!(stdout.contains(step), "step `{step}` not reported");
     }

@@ -1070,7 +1070,8 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
         }
     };
     // The others predict n4 reaching half a frame within the horizon
-    // (10 s) while it is still less than half a frame off; once a
+    // (10 s), or see it a quarter frame off and heading there, while it is
+    // still less than half a frame off; once a
     // majority does, n4 proposes to correct its clock, they approve from
     // their own readings, and it applies at the boundary (a late one may
     // never flag it: corrected, n4 no longer drifts).
@@ -1087,10 +1088,13 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
         for (k, flag) in flagged.iter_mut().enumerate() {
             let Some(v) = status(k) else { continue };
             let c = clock(&v, drifter);
+            // Flagged (what proposals and votes go by): predicted half a
+            // frame off within the horizon, or a quarter frame off and
+            // heading there.
             if flag.is_none()
+                && c["flagged"] == true
                 && let (Some(left), Some(offset), Some(ppm)) =
                     (c["half_frame_in_s"].as_f64(), c["offset_ms"].as_f64(), c["drift_ppm"].as_f64())
-                && left <= 10.0
             {
                 assert!(offset.abs() < 20.0, "n{k} flagged n4 only once half a frame off: {c}");
                 // The first estimates are the roughest (within half of the

@@ -5,10 +5,13 @@
 //
 //   node browser-test.mjs --admin http://127.0.0.1:9080/ --password-file F \
 //     --shots DIR --pids node-1=123,node-2=124,node-3=125 \
-//     --admins node-1=http://127.0.0.1:9080/,node-2=...
+//     --admins node-1=http://127.0.0.1:9080/,node-2=... --clip CLIP.mp4
+//
+// CLIP.mp4 (160x90, no audio) becomes a file channel, and is deleted to
+// make that channel fail.
 
 import { chromium } from 'playwright-core';
-import { readFileSync, mkdirSync } from 'node:fs';
+import { readFileSync, mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
 const args = Object.fromEntries(
@@ -200,6 +203,41 @@ try {
   await shot('failover');
   await page.screenshot({ path: join(shots, 'failover-full.png'), fullPage: true });
   step(`the page shows ${chosen} unhealthy and a failover event; the preview kept playing (currentTime ${t2.toFixed(1)} s)`);
+
+  // A file channel whose file goes missing says why in the list, while
+  // the first channel keeps publishing.
+  await page.click('#channel-new');
+  await page.fill('#new-id', 'clip');
+  await page.selectOption('#new-kind', 'file');
+  await page.fill('#new-path', args.clip);
+  await page.fill('#new-ladder', '90p:200');
+  await page.uncheck('#new-audio');
+  await page.click('#new-create');
+  await page.waitForSelector('#channel-list tr[data-channel="clip"][data-running="true"]', { timeout: 30_000 });
+  unlinkSync(args.clip);
+  const rows = () => page.evaluate(() => [...document.querySelectorAll('#channel-list tr')].map((tr) => tr.textContent).join(' | '));
+  // The first channel's row is marked "first"; its number is its segment.
+  const firstSegment = () => page.evaluate(() => Number(
+    [...document.querySelectorAll('#channel-list tr')]
+      .find((tr) => tr.querySelector('.panel-note')?.textContent.includes('first'))
+      ?.querySelector('td.num')?.textContent.replace(/\D/g, '') || 0,
+  ));
+  const firstBefore = await firstSegment();
+  if (!(firstBefore > 0)) fail(`the first channel shows no segment: ${await rows()}`);
+  await page.waitForFunction(
+    () => document.querySelector('#channel-list tr[data-channel="clip"] td.state')?.textContent.includes('clip.mp4'),
+    null,
+    { timeout: 30_000 },
+  ).catch(async () => fail(`the clip channel shows no error: ${await rows()}`));
+  const clipState = await page.evaluate(() => document.querySelector('#channel-list tr[data-channel="clip"] td.state').textContent);
+  for (let waited = 0; (await firstSegment()) < firstBefore + 2; waited += 500) {
+    if (waited > 30_000) fail(`the first channel stopped publishing: ${await rows()}`);
+    await page.waitForTimeout(500);
+  }
+  step(`channel clip shows "${clipState}" while the first channel keeps publishing (segment ${firstBefore} → ${await firstSegment()})`);
+  await page.click('#channel-list tr[data-channel="clip"] .delete');
+  await page.click('#channel-list tr[data-channel="clip"] .delete.armed');
+  await page.waitForFunction(() => !document.querySelector('#channel-list tr[data-channel="clip"]'), null, { timeout: 20_000 });
 } catch (e) {
   fail(e.message.split('\n')[0]);
 } finally {

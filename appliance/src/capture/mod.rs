@@ -263,6 +263,9 @@ impl std::fmt::Debug for FileCapture {
     }
 }
 
+/// How often (in frames) a looping file is looked for again.
+const LOOK_AGAIN_FRAMES: u64 = 25;
+
 fn is_y4m(path: &Path) -> Result<Option<y4m::Y4mHeader>, CaptureError> {
     let open_err = |source| CaptureError::Open { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(open_err)?;
@@ -518,6 +521,12 @@ impl CaptureDevice for FileCapture {
         samples: usize,
         buf: &mut FrameBuffers<'_>,
     ) -> Result<Captured, CaptureError> {
+        // ffmpeg loops the file it opened: one deleted or moved away
+        // would play on from that handle for ever. A looping file is
+        // looked for again every LOOK_AGAIN_FRAMES frames.
+        if self.looping && self.frames_read > 0 && self.frames_read.is_multiple_of(LOOK_AGAIN_FRAMES) {
+            std::fs::metadata(&self.path).map_err(|source| CaptureError::Open { path: self.path.clone(), source })?;
+        }
         let got = self.read_next(n, first, samples, buf)?;
         match got {
             Captured::Frame => self.frames_read += 1,
@@ -544,5 +553,44 @@ impl CaptureDevice for FileCapture {
 impl Drop for FileCapture {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::capture::pool::{FrameLayout, FramePool};
+
+    #[test]
+    fn a_looping_file_deleted_while_it_plays_stops_with_an_error_naming_it() {
+        // ffmpeg loops the file it opened (`-stream_loop`): the case that
+        // played on for ever.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("two.mp4");
+        let made = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=32x32:rate=25:duration=0.4"])
+            .args(["-pix_fmt", "yuv420p", "-c:v", "libx264", "-y"])
+            .arg(&path)
+            .status()
+            .expect("this test needs ffmpeg (`./run deps` installs it)");
+        assert!(made.success());
+        let mut file = FileCapture::open(&path, true, 0).unwrap();
+        file.start().unwrap();
+        let layout = FrameLayout { width: 32, height: 32, audio_channels: 0, max_audio_samples: 0 };
+        let pool = FramePool::new(layout, 2);
+        let mut read = |n: i64| {
+            let mut w = pool.acquire();
+            file.read(n, 0, 0, &mut w.buffers())
+        };
+        // It loops: more frames than the file has (10).
+        for n in 0..30 {
+            assert!(matches!(read(n), Ok(Captured::Frame)), "frame {n}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        let gone = (30..30 + 2 * LOOK_AGAIN_FRAMES as i64).find_map(|n| read(n).err()).expect("noticed gone");
+        assert!(matches!(&gone, CaptureError::Open { path: p, .. } if *p == path), "{gone}");
+        assert!(gone.to_string().contains("two.mp4"), "{gone}");
+        file.stop();
     }
 }
