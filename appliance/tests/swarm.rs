@@ -1077,6 +1077,11 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
     // never flag it: corrected, n4 no longer drifts).
     let resync = |v: &serde_json::Value| v["resync"]["ch"].clone();
     let mut flagged: Vec<Option<(f64, f64, f64)>> = vec![None; N - 1];
+    // n4 sees itself heading away from the swarm's consensus (the median
+    // of its four neighbours); n0, with one neighbour of four drifting,
+    // never sees its consensus move.
+    let consensus = |v: &serde_json::Value| v["channels"]["ch"]["consensus"].clone();
+    let mut own_flag: Option<(f64, f64, f64, f64)> = None;
     let carried = loop {
         assert!(
             started.elapsed() < Duration::from_secs(45),
@@ -1104,6 +1109,17 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
                 *flag = Some((started.elapsed().as_secs_f64(), offset, left));
             }
         }
+        if let Some(v) = status(0) {
+            assert!(consensus(&v)["flagged"] != true, "n0's consensus moved with one neighbour: {}", consensus(&v));
+        }
+        if let Some(c) = status(4).map(|v| consensus(&v))
+            && own_flag.is_none()
+            && c["flagged"] == true
+            && let (Some(left), Some(offset), Some(ppm)) =
+                (c["half_frame_in_s"].as_f64(), c["offset_ms"].as_f64(), c["drift_ppm"].as_f64())
+        {
+            own_flag = Some((started.elapsed().as_secs_f64(), offset, left, ppm));
+        }
         if let Some(r) = status(4).map(|v| resync(&v))
             && r["outcome"] == "applied"
         {
@@ -1116,6 +1132,12 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
         }
     }
     assert!(flagged.iter().flatten().count() >= 3, "a majority predicted it: {flagged:?}");
+    // n4's own consensus filter saw it before the correction, less than
+    // half a frame off, the swarm falling behind it at about 1000 ppm.
+    let Some((at, offset, left, ppm)) = own_flag else { panic!("n4's consensus never flagged its clock") };
+    eprintln!("n4 predicted itself half a frame from the swarm in {left:.1} s, at {at:.1} s, {offset:+.1} ms off");
+    assert!(offset < 0.0 && offset > -20.0, "the swarm behind n4, less than half a frame: {offset} ms");
+    assert!((ppm + 1000.0).abs() < 500.0, "the swarm falls behind n4 at about 1000 ppm: {ppm}");
     // The four others are in step with each other: none is flagged, and
     // what drift their noisy early readings show is far below n4's.
     let v0 = status(0).unwrap();

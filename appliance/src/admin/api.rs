@@ -1400,6 +1400,7 @@ async fn lockstep(
             "node": v.node,
             "frame_ms": frame_ms,
             "drift_horizon_s": v.drift_horizon_s,
+            "consensus": v.channels.get(&channel).and_then(|c| c.consensus),
             "nodes": nodes,
         }),
     ))

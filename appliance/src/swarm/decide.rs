@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::PeerView;
-use super::deviation::{Deviation, deviation};
+use super::deviation::{ClockDrift, Deviation, deviation};
 use super::election::{self, Candidate, Replica, WeightInputs};
 use super::state::EncodingState;
 
@@ -52,6 +52,10 @@ pub struct ChannelDecisions {
     /// How far each peer that runs the channel deviates from this node
     /// (empty when this node does not run it).
     pub deviations: BTreeMap<String, Deviation>,
+    /// The swarm's consensus media clock (the median of the neighbours')
+    /// against this node's, once measured (`crate::predict::consensus`;
+    /// filled in by `super::node`, like the deviations' clocks).
+    pub consensus: Option<ClockDrift>,
 }
 
 /// One round's decisions.
@@ -143,7 +147,7 @@ pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: 
                     .collect(),
                 None => BTreeMap::new(),
             };
-            (id.to_string(), ChannelDecisions { weights, selection, deviations })
+            (id.to_string(), ChannelDecisions { weights, selection, deviations, consensus: None })
         })
         .collect();
     Decisions { group, leader, own_weights, channels }

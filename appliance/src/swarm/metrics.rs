@@ -90,5 +90,22 @@ impl View {
                 }
             }
         }
+        const CONSENSUS: (&str, &str) = (
+            "lockstep_swarm_consensus_offset_seconds",
+            "The swarm's consensus media clock (the median of the neighbours') minus this node's, per channel (filtered).",
+        );
+        const CONSENSUS_HALF_FRAME: (&str, &str) = (
+            "lockstep_swarm_consensus_half_frame_seconds",
+            "Predicted seconds until this node's media clock is half a frame from the swarm's consensus (only while heading there).",
+        );
+        out.declare(CONSENSUS.0, Kind::Gauge, CONSENSUS.1);
+        out.declare(CONSENSUS_HALF_FRAME.0, Kind::Gauge, CONSENSUS_HALF_FRAME.1);
+        for (c, s) in self.channels.iter().filter_map(|(c, d)| Some((c, d.consensus?))) {
+            let at = [("channel", c.as_str())];
+            out.gauge(CONSENSUS.0, CONSENSUS.1, &at, f64::from(s.offset_ms) / 1e3);
+            if let Some(left) = s.half_frame_in_s {
+                out.gauge(CONSENSUS_HALF_FRAME.0, CONSENSUS_HALF_FRAME.1, &at, f64::from(left));
+            }
+        }
     }
 }

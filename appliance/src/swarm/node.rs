@@ -355,7 +355,7 @@ impl Node {
 
     /// Adds each neighbour's media clock against this node's to its
     /// deviation, with the time left until it reaches half a frame of the
-    /// channel; forgets the readings of nodes and channels gone.
+    /// channel, and the swarm's consensus against this node's; forgets the readings of nodes and channels gone.
     fn clock_deviations(&mut self, channels: &mut BTreeMap<String, ChannelDecisions>) {
         let half_frames: BTreeMap<String, f64> = lock(&self.shared.local)
             .channels
@@ -372,6 +372,8 @@ impl Node {
             for (node, d) in c.deviations.iter_mut() {
                 d.clock = self.clocks.drift(id, node, now, half_frame_ns, self.settings.drift_horizon_s);
             }
+            self.clocks.consensus_round(id, now);
+            c.consensus = self.clocks.consensus(id, now, half_frame_ns, self.settings.drift_horizon_s);
         }
     }
 
@@ -498,7 +500,9 @@ impl Node {
                             can_realign
                                 .then(|| resync::proposal_needed(&decisions.deviations, &names, &clock_doubt))
                                 .flatten()
-                                .or_else(|| resync::clock_proposal_needed(&decisions.deviations, &names))
+                                .or_else(|| {
+                                    resync::clock_proposal_needed(&decisions.deviations, &names, decisions.consensus)
+                                })
                         }
                     };
                     if let Some((correction, evidence)) = wanted {

@@ -155,22 +155,36 @@ pub fn proposal_needed(
 /// when a majority of the `members` have its media clock flagged
 /// ([`ClockDrift::due`]: heading half a frame away within the horizon, a
 /// quarter frame off and heading there, or half a frame off already), all
-/// the same way, it is the one drifting and proposes to take the median
-/// of what they measure: their clocks minus its own, offset and rate.
+/// the same way, it is the one drifting and proposes to take what they
+/// measure: their clocks minus its own, offset and rate. That is the
+/// swarm's `consensus` against it (`crate::predict::consensus`: one
+/// filter over the median of every neighbour's readings, less noisy than
+/// any one) when it is flagged the same way; else the median of the
+/// flagged neighbours' own estimates.
 pub fn clock_proposal_needed(
     deviations: &BTreeMap<String, Deviation>,
     members: &[String],
+    consensus: Option<ClockDrift>,
 ) -> Option<(Correction, Vec<(String, i64)>)> {
     let flagged: Vec<(&String, ClockDrift)> =
         members.iter().filter_map(|n| Some((n, deviations.get(n)?.clock?))).filter(|(_, c)| c.flagged).collect();
     // The larger side by direction of drift (the neighbours of a fast
     // clock all see it running ahead: their clocks fall behind); by the
     // offset's while the rate is not known yet (a step).
-    let (ahead, behind): (Vec<_>, Vec<_>) =
-        flagged.into_iter().partition(|(_, c)| if c.drift_ppm == 0.0 { c.offset_ms > 0.0 } else { c.drift_ppm > 0.0 });
-    let side = if ahead.len() >= behind.len() { ahead } else { behind };
+    let ahead_of_it = |c: &ClockDrift| if c.drift_ppm == 0.0 { c.offset_ms > 0.0 } else { c.drift_ppm > 0.0 };
+    let (ahead, behind): (Vec<_>, Vec<_>) = flagged.into_iter().partition(|(_, c)| ahead_of_it(c));
+    let is_ahead = ahead.len() >= behind.len();
+    let side = if is_ahead { ahead } else { behind };
     if !majority(side.len(), members.len() + 1) {
         return None;
+    }
+    let evidence = side.iter().map(|(n, c)| ((*n).clone(), (f64::from(c.offset_ms) * 1e3).round() as i64)).collect();
+    if let Some(c) = consensus.filter(|c| c.flagged && ahead_of_it(c) == is_ahead) {
+        let correction = Correction::Clock {
+            offset_ns: (f64::from(c.offset_ms) * 1e6).round() as i64,
+            rate_ppb: (f64::from(c.drift_ppm) * 1e3).round() as i64,
+        };
+        return Some((correction, evidence));
     }
     let median = |f: &dyn Fn(&ClockDrift) -> f32| {
         let mut v: Vec<f32> = side.iter().map(|(_, c)| f(c)).collect();
@@ -181,7 +195,6 @@ pub fn clock_proposal_needed(
         offset_ns: (median(&|c| c.offset_ms) * 1e6).round() as i64,
         rate_ppb: (median(&|c| c.drift_ppm) * 1e3).round() as i64,
     };
-    let evidence = side.iter().map(|(n, c)| ((*n).clone(), (f64::from(c.offset_ms) * 1e3).round() as i64)).collect();
     Some((correction, evidence))
 }
 
@@ -310,7 +323,7 @@ mod tests {
         let mut seen = BTreeMap::new();
         seen.insert("n0".to_string(), clock(-12.0, -1000.0, Some(8.0)));
         seen.insert("n1".to_string(), clock(-13.0, -980.0, Some(7.0)));
-        let (c, evidence) = clock_proposal_needed(&seen, &all).unwrap();
+        let (c, evidence) = clock_proposal_needed(&seen, &all, None).unwrap();
         assert_eq!(c, Correction::Clock { offset_ns: -12_000_000, rate_ppb: -980_000 }, "the median of two: the upper");
         assert_eq!(evidence, vec![("n0".to_string(), -12_000), ("n1".to_string(), -13_000)]);
         assert_eq!(c.describe(), "correct its media clock by -12.0 ms and -980 ppm");
@@ -318,16 +331,27 @@ mod tests {
         let mut one = BTreeMap::new();
         one.insert("n1".to_string(), clock(0.1, 5.0, None));
         one.insert("n2".to_string(), clock(12.0, 1000.0, Some(8.0)));
-        assert_eq!(clock_proposal_needed(&one, &all_but("n0")), None);
+        assert_eq!(clock_proposal_needed(&one, &all_but("n0"), None), None);
         // Beyond the horizon and within a quarter frame, or the neighbours
         // disagreeing on the way: none.
         seen.insert("n1".to_string(), clock(-8.0, -400.0, Some(30.0)));
-        assert_eq!(clock_proposal_needed(&seen, &all), None);
+        assert_eq!(clock_proposal_needed(&seen, &all, None), None);
         seen.insert("n1".to_string(), clock(13.0, 980.0, Some(7.0)));
-        assert_eq!(clock_proposal_needed(&seen, &all), None);
+        assert_eq!(clock_proposal_needed(&seen, &all, None), None);
         // Already half a frame off (0 s left) counts.
         seen.insert("n1".to_string(), clock(-21.0, -900.0, Some(0.0)));
-        assert!(clock_proposal_needed(&seen, &all).is_some());
+        assert!(clock_proposal_needed(&seen, &all, None).is_some());
+        // The swarm's consensus against it, flagged the same way, is what
+        // it corrects by; one flagged the other way, or not at all, is not.
+        let consensus = clock(-12.5, -995.0, Some(7.5)).clock;
+        let (c, _) = clock_proposal_needed(&seen, &all, consensus).unwrap();
+        assert_eq!(c, Correction::Clock { offset_ns: -12_500_000, rate_ppb: -995_000 });
+        for other in [clock(12.5, 995.0, Some(7.5)).clock, clock(-0.5, -2.0, None).clock] {
+            let (c, _) = clock_proposal_needed(&seen, &all, other).unwrap();
+            assert_eq!(c, Correction::Clock { offset_ns: -12_000_000, rate_ppb: -900_000 }, "{other:?}");
+        }
+        // A consensus alone, without a majority of the neighbours: none.
+        assert_eq!(clock_proposal_needed(&one, &all_but("n0"), consensus), None);
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //! delay plus the clock difference; the two directions carry the same
 //! delay with opposite differences, so half their difference is the clock
 //! difference alone (as NTP does it). Each (channel, neighbour) pair feeds
-//! a [`DriftTracker`] (`crate::predict::drift`).
+//! a [`DriftTracker`] (`crate::predict::drift`), and every round the
+//! median of a channel's latest readings feeds its [`ConsensusTracker`]
+//! (`crate::predict::consensus`): this node against the swarm.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::deviation::ClockDrift;
+use crate::predict::consensus::ConsensusTracker;
 use crate::predict::drift::{DriftEstimate, DriftTracker};
 
 /// A node's timing packet ([`super::wire::Kind::Timing`]).
@@ -57,7 +60,18 @@ pub struct ClockWatch {
     /// Filters to start afresh with the first reading from this time on
     /// (a clock correction takes effect then).
     fresh_from: BTreeMap<(String, String), i64>,
+    /// The last clock difference measured per pair, and when.
+    latest: BTreeMap<(String, String), (i64, f64)>,
+    /// Per channel: this node against the median of its neighbours.
+    consensus: BTreeMap<String, ConsensusTracker>,
+    /// Consensus filters to start afresh from this time on (this node's
+    /// own clock was corrected).
+    consensus_fresh_from: BTreeMap<String, i64>,
 }
+
+/// Readings older than this are left out of the consensus (a neighbour
+/// that stopped sending timing packets).
+pub const CONSENSUS_READING_NS: i64 = 1_500_000_000;
 
 /// Readings this long after a correction takes effect start the fresh
 /// filter: a reading pairs this node's latest view with the neighbour's
@@ -91,7 +105,8 @@ impl ClockWatch {
                 self.fresh_from.remove(&key);
                 self.trackers.remove(&key);
             }
-            self.trackers.entry(key).or_default().measure(now_ns, own_minus_theirs);
+            self.trackers.entry(key.clone()).or_default().measure(now_ns, own_minus_theirs);
+            self.latest.insert(key, (now_ns, own_minus_theirs));
             measured += 1;
         }
         measured
@@ -125,12 +140,8 @@ impl ClockWatch {
 
     /// `node`'s media clock against this node's on `channel`, as a
     /// deviation tells it (from the neighbour's side, like the frame
-    /// offset), with the time left until it reaches `half_frame_ns`.
-    ///
-    /// Before the rate is known (the first readings, or after a step) only
-    /// a clock already half a frame off is shown, at rate 0, due now: a
-    /// step is corrected without waiting six seconds for its rate.
-    /// `horizon_s` is the prediction horizon ([`ClockDrift::due`]).
+    /// offset), with the time left until it reaches `half_frame_ns`
+    /// ([`seen_from_the_other_side`]). `horizon_s` is the prediction horizon ([`ClockDrift::due`]).
     pub fn drift(
         &self,
         channel: &str,
@@ -140,24 +151,38 @@ impl ClockWatch {
         horizon_s: f64,
     ) -> Option<ClockDrift> {
         let tracker = self.trackers.get(&(channel.to_string(), node.to_string()))?;
-        let (offset_ms, drift_ppm, error_ms, half_frame_in_s) = match tracker.estimate(now_ns) {
-            Some(e) => (-e.offset_ns / 1e6, -e.drift_ppm, e.error_ns / 1e6, e.time_to(half_frame_ns)),
-            None => {
-                let (offset, error) = tracker.offset(now_ns)?;
-                if offset.abs() < half_frame_ns || error > half_frame_ns / 4.0 {
-                    return None;
-                }
-                (-offset / 1e6, 0.0, error / 1e6, Some(0.0))
+        seen_from_the_other_side(tracker.estimate(now_ns), tracker.offset(now_ns), half_frame_ns, horizon_s)
+    }
+
+    /// Feeds `channel`'s consensus filter with the median of this node's
+    /// latest readings against its neighbours (those of the last
+    /// [`CONSENSUS_READING_NS`], none whose filter is starting afresh after
+    /// a correction). Call once a round.
+    pub fn consensus_round(&mut self, channel: &str, now_ns: i64) {
+        if let Some(&from) = self.consensus_fresh_from.get(channel) {
+            if now_ns < from {
+                return; // this node's correction is under way
             }
-        };
-        let half_frame_in_s = half_frame_in_s.map(|s| s as f32);
-        Some(ClockDrift {
-            offset_ms: offset_ms as f32,
-            drift_ppm: drift_ppm as f32,
-            error_ms: error_ms as f32,
-            half_frame_in_s,
-            flagged: ClockDrift::due(half_frame_in_s, offset_ms as f32, horizon_s, half_frame_ns / 1e6),
-        })
+            self.consensus_fresh_from.remove(channel);
+            self.consensus.remove(channel);
+        }
+        let readings: Vec<(i64, f64)> = self
+            .latest
+            .range((channel.to_string(), String::new())..)
+            .take_while(|((c, _), _)| c == channel)
+            .filter(|(key, (at, _))| !self.fresh_from.contains_key(*key) && now_ns - at <= CONSENSUS_READING_NS)
+            .map(|(_, reading)| *reading)
+            .collect();
+        self.consensus.entry(channel.to_string()).or_default().measure(now_ns, &readings);
+    }
+
+    /// The swarm's consensus media clock against this node's on
+    /// `channel`, as [`ClockWatch::drift`] tells a neighbour's: from the
+    /// swarm's side (positive: the swarm is ahead), with the time left
+    /// until this node is half a frame from it.
+    pub fn consensus(&self, channel: &str, now_ns: i64, half_frame_ns: f64, horizon_s: f64) -> Option<ClockDrift> {
+        let c = self.consensus.get(channel)?;
+        seen_from_the_other_side(c.estimate(now_ns), c.offset(now_ns), half_frame_ns, horizon_s)
     }
 
     /// Whether `node`'s media clock on `channel` is known to be within
@@ -186,7 +211,10 @@ impl ClockWatch {
     pub fn restart(&mut self, channel: &str, node: Option<&str>, at_ns: i64) {
         let keys: Vec<(String, String)> = match node {
             Some(n) => vec![(channel.to_string(), n.to_string())],
-            None => self.heard.keys().filter(|(c, _)| c == channel).cloned().collect(),
+            None => {
+                self.consensus_fresh_from.insert(channel.to_string(), at_ns + SETTLE_NS);
+                self.heard.keys().filter(|(c, _)| c == channel).cloned().collect()
+            }
         };
         for key in keys {
             self.fresh_from.insert(key, at_ns + SETTLE_NS);
@@ -198,7 +226,45 @@ impl ClockWatch {
         self.heard.retain(|(c, n), _| keep(c, n));
         self.trackers.retain(|(c, n), _| keep(c, n));
         self.fresh_from.retain(|(c, n), _| keep(c, n));
+        self.latest.retain(|(c, n), _| keep(c, n));
+        let channels: std::collections::BTreeSet<&String> = self.heard.keys().map(|(c, _)| c).collect();
+        self.consensus.retain(|c, _| channels.contains(c));
+        self.consensus_fresh_from.retain(|c, _| channels.contains(c));
     }
+}
+
+/// A filter's view of this node's clock minus another's (`estimate`, or
+/// before the rate is known `offset` alone), turned round: the other's
+/// clock against this node's, with the time left until it is
+/// `half_frame_ns` away.
+///
+/// Before the rate is known (the first readings, or after a step) only
+/// a clock already half a frame off is shown, at rate 0, due now: a
+/// step is corrected without waiting six seconds for its rate.
+fn seen_from_the_other_side(
+    estimate: Option<DriftEstimate>,
+    offset: Option<(f64, f64)>,
+    half_frame_ns: f64,
+    horizon_s: f64,
+) -> Option<ClockDrift> {
+    let (offset_ms, drift_ppm, error_ms, half_frame_in_s) = match estimate {
+        Some(e) => (-e.offset_ns / 1e6, -e.drift_ppm, e.error_ns / 1e6, e.time_to(half_frame_ns)),
+        None => {
+            let (offset, error) = offset?;
+            if offset.abs() < half_frame_ns || error > half_frame_ns / 4.0 {
+                return None;
+            }
+            (-offset / 1e6, 0.0, error / 1e6, Some(0.0))
+        }
+    };
+    let half_frame_in_s = half_frame_in_s.map(|s| s as f32);
+    Some(ClockDrift {
+        offset_ms: offset_ms as f32,
+        drift_ppm: drift_ppm as f32,
+        error_ms: error_ms as f32,
+        half_frame_in_s,
+        flagged: ClockDrift::due(half_frame_in_s, offset_ms as f32, horizon_s, half_frame_ns / 1e6),
+    })
 }
 
 #[cfg(test)]
@@ -311,6 +377,45 @@ mod tests {
         let after = a.drift("main", "b", 35 * S, 20e6, 10.0).unwrap();
         assert!(after.offset_ms.abs() < 0.1 && after.drift_ppm.abs() < 5.0, "{after:?}");
         assert_eq!(a.in_step("main", "b", 35 * S, 10e6), Some(true));
+    }
+
+    /// `node`'s packet to a at `t`, its clock `ahead` of a's (no delay).
+    fn from(node: &str, t: i64, ahead: i64) -> Timing {
+        Timing { node: node.into(), ..from_b(t, ahead) }
+    }
+
+    #[test]
+    fn the_consensus_is_the_median_neighbour_and_restarts_when_this_clock_is_corrected() {
+        let mut a = ClockWatch::default();
+        // a runs 6 ms behind b and c; d, 30 ms ahead of a, is off on its own.
+        let round = |a: &mut ClockWatch, t: i64, behind: i64| {
+            for (node, ahead) in [("b", behind), ("c", behind), ("d", 30_000_000)] {
+                a.receive("a", &from(node, t, ahead), &|_| Some(t), t);
+            }
+            a.consensus_round("main", t);
+        };
+        for r in 0..30 {
+            round(&mut a, r * S / 2, 6_000_000);
+        }
+        let seen = a.consensus("main", 15 * S, 20e6, 10.0).unwrap();
+        assert!((seen.offset_ms - 6.0).abs() < 0.1 && !seen.flagged, "{seen:?}");
+        // Corrected at 15 s: the consensus starts afresh after it settles
+        // (nothing known until its readings are in again).
+        a.restart("main", None, 15 * S);
+        for r in 30..36 {
+            round(&mut a, r * S / 2, 0);
+        }
+        assert!(a.consensus("main", 18 * S, 20e6, 10.0).is_none());
+        for r in 36..70 {
+            round(&mut a, r * S / 2, 0);
+        }
+        let seen = a.consensus("main", 35 * S, 20e6, 10.0).unwrap();
+        assert!(seen.offset_ms.abs() < 0.1, "{seen:?}");
+        // Neighbours gone: no consensus kept.
+        a.retain(|_, n| n == "b");
+        assert!(a.consensus("main", 35 * S, 20e6, 10.0).is_some(), "b still runs the channel");
+        a.retain(|_, _| false);
+        assert!(a.consensus("main", 35 * S, 20e6, 10.0).is_none());
     }
 
     #[test]

@@ -143,7 +143,12 @@ export function lockstepRow(n, ls) {
     else if (isNum(c.half_frame_in_s)) prediction = el('span', { class: `status tone-${c.flagged ? 'warn' : 'ok'}`, text: `½ frame in ${fmtDuration(c.half_frame_in_s)}` });
     else prediction = el('span', { class: 'status tone-ok', text: 'steady' });
   } else if (n.self) {
-    prediction = el('span', { class: 'sub', text: 'reference' });
+    // This node against the swarm's consensus (the median of its neighbours).
+    const s = ls.consensus;
+    if (!s) prediction = el('span', { class: 'sub', text: 'reference' });
+    else if (s.half_frame_in_s === 0) prediction = el('span', { class: 'status tone-bad', text: 'half a frame from the swarm' });
+    else if (isNum(s.half_frame_in_s)) prediction = el('span', { class: `status tone-${s.flagged ? 'warn' : 'ok'}`, text: `½ frame from the swarm in ${fmtDuration(s.half_frame_in_s)}` });
+    else prediction = el('span', { class: 'status tone-ok', text: 'steady with the swarm', title: `swarm ${fmtMs(s.offset_ms)} ± ${fmtMs(s.error_ms)}, ${s.drift_ppm.toFixed(1)} ppm` });
   }
   const a = n.action;
   const actions = [];
