@@ -22,6 +22,11 @@ pub const RECENT_FRAMES: usize = 32;
 /// a frame substituted on one node during an input fault does not hide
 /// the offset).
 const MATCH_TENTHS: usize = 9;
+/// Newest frames in a row that, matching at one offset only, give it
+/// even while the older frames compared still match another (a slip
+/// under way): a slip shows within about this many frames rather than
+/// [`RECENT_FRAMES`] (0.5 s at 25 fps).
+pub const NEWEST_RUN: usize = 12;
 
 /// One neighbour's deviation on one channel, as this node measures it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -104,34 +109,41 @@ pub fn deviation(mine: &ChannelReport, theirs: &ChannelReport) -> Deviation {
 /// The offset `k` for which frame `n` of `mine` carries the picture of
 /// frame `n + k` of `theirs`, with the number of frames that matched; each
 /// trail is (first frame number, fingerprints), and only the newest
-/// [`RECENT_FRAMES`] frames both hold are compared. `None` unless exactly one
-/// offset within ±[`MAX_OFFSET`] compares at least [`MIN_OVERLAP`] frames
-/// and matches 9 in 10 of them.
+/// [`RECENT_FRAMES`] frames both hold are compared. The offset within
+/// ±[`MAX_OFFSET`] that compares at least [`MIN_OVERLAP`] frames and
+/// matches 9 in 10 of them; failing that (a slip under way), the one
+/// whose newest [`NEWEST_RUN`] frames or more match in a row. `None`
+/// when no offset does, or more than one (a still or repeating picture).
 pub fn frame_offset(mine: (i64, &[u64]), theirs: (i64, &[u64])) -> Option<(i64, usize)> {
     let (mine_first, mine) = mine;
     let (theirs_first, theirs) = theirs;
-    let mut found = None;
+    let (mut most, mut newest) = (Vec::new(), Vec::new());
     for k in -MAX_OFFSET..=MAX_OFFSET {
-        let (mut compared, mut matched) = (0usize, 0usize);
+        let (mut compared, mut matched, mut run) = (0usize, 0usize, 0usize);
         for (i, print) in mine.iter().enumerate().rev() {
             let j = mine_first + i as i64 + k - theirs_first;
             if let Some(other) = usize::try_from(j).ok().and_then(|j| theirs.get(j)) {
                 compared += 1;
                 matched += usize::from(other == print);
+                if matched == compared {
+                    run = matched;
+                }
                 if compared == RECENT_FRAMES {
                     break;
                 }
             }
         }
-        if compared < MIN_OVERLAP || matched * 10 < compared * MATCH_TENTHS {
-            continue;
+        if compared >= MIN_OVERLAP && matched * 10 >= compared * MATCH_TENTHS {
+            most.push((k, matched));
         }
-        if found.is_some() {
-            return None; // ambiguous: a still or repeating picture
+        if run >= NEWEST_RUN {
+            newest.push((k, run));
         }
-        found = Some((k, matched));
     }
-    found
+    match (most.as_slice(), newest.as_slice()) {
+        ([one], _) | ([], [one]) => Some(*one),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +192,31 @@ mod tests {
         assert_eq!(frame_offset((0, &base), (1, &theirs[1..])), Some((0, 29)));
         theirs[80] = 0;
         assert_eq!(frame_offset((0, &base), (1, &theirs[1..])), None, "4 in 32 are too many");
+    }
+
+    #[test]
+    fn a_slip_under_way_shows_once_the_newest_frames_match_at_its_offset() {
+        // Their pictures run a frame late from frame 80 on: their frame n
+        // holds picture n - 1.
+        let base = pictures(0, 200);
+        let slipped = |to: usize| -> Vec<u64> {
+            (0..to as i64).map(|n| if n < 80 { base[n as usize] } else { base[n as usize - 1] }).collect()
+        };
+        // 11 frames after the slip: neither offset yet (11 of 32 differ at 0).
+        assert_eq!(frame_offset((0, &base), (0, &slipped(91))), None);
+        // 12: the newest frames say +1 while the older still say 0.
+        assert_eq!(frame_offset((0, &base), (0, &slipped(92))), Some((1, 12)));
+        // Once most of the newest 32 match at +1, the 9-in-10 rule gives it.
+        assert_eq!(frame_offset((0, &base[..100]), (0, &slipped(100))), Some((1, 20)), "20 newest in a row");
+        assert_eq!(frame_offset((0, &base), (0, &slipped(115))), Some((1, 32)), "32 of 32");
+        // A substituted frame among the newest restarts the count.
+        let mut late = slipped(95);
+        late[90] = 0;
+        assert_eq!(frame_offset((0, &base), (0, &late)), None);
+        // A still picture matches everywhere, the newest frames too.
+        let still = vec![7u64; 100];
+        assert_eq!(frame_offset((0, &base[..100]), (0, &still)), None);
+        assert_eq!(frame_offset((0, &still), (0, &still)), None);
     }
 
     fn report(trail_first: i64, trail: Vec<u64>, segments: &[(i64, u8)], latency: f32) -> ChannelReport {
