@@ -53,7 +53,7 @@ pub fn node_config(d: &SwarmDemo, k: u32, root: &Path) -> anyhow::Result<Config>
     c.output.dir = root.join(format!("node-{k}"));
     if let Some(path) = &d.input {
         c.source.kind = SourceKind::File;
-        c.source.path = Some(std::fs::canonicalize(path).with_context(|| format!("input {}", path.display()))?);
+        c.source.path = Some(std::fs::canonicalize(path).with_context(|| format!("--input {}", path.display()))?);
     }
     if d.fast {
         c.source.pacing = Pacing::Fast;
@@ -80,35 +80,114 @@ pub fn node_config(d: &SwarmDemo, k: u32, root: &Path) -> anyhow::Result<Config>
     Ok(c)
 }
 
+/// Checks that every address node `k` (1-based) of the demo would
+/// listen on is free, naming the option that moves it when one is not.
+fn check_ports(k: u32, c: &Config) -> anyhow::Result<()> {
+    let taken = |what: &str, addr: &str, e: std::io::Error, option: &str, off: &str| {
+        anyhow::anyhow!(
+            "node-{k}'s {what} cannot listen on {addr}: {e}; node k uses the port of {option} plus k-1: \
+             choose free ports with {option}{off}"
+        )
+    };
+    if let Some(addr) = &c.origin.listen {
+        std::net::TcpListener::bind(addr).map_err(|e| taken("origin", addr, e, "--listen", " or --no-origin"))?;
+    }
+    if let Some(addr) = &c.admin.listen {
+        std::net::TcpListener::bind(addr).map_err(|e| taken("admin page", addr, e, "--admin", " or --no-admin"))?;
+    }
+    let swarm = c.swarm.bind.to_string();
+    std::net::UdpSocket::bind(c.swarm.bind).map_err(|e| taken("swarm", &swarm, e, "--swarm-port", ""))?;
+    Ok(())
+}
+
+/// Files the demo made for a run that did not start: removed, so a
+/// failed start leaves no key or password behind.
+struct MadeForRun(Vec<PathBuf>);
+
+impl MadeForRun {
+    /// The run started: the files stay.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for MadeForRun {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Asks every child to stop (SIGTERM).
+fn terminate(children: &[(u32, Child)]) {
+    for (_, c) in children {
+        if let Ok(pid) = i32::try_from(c.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// How long a node has to start listening before the demo gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until node `k` accepts connections on its origin (or its admin
+/// page; a node with neither is taken as started). An error when it
+/// exits first or does not within [`START_TIMEOUT`].
+fn wait_started(k: u32, child: &mut Child, c: &Config) -> anyhow::Result<()> {
+    let Some(addr) = c.origin.listen.as_ref().or(c.admin.listen.as_ref()) else { return Ok(()) };
+    let addr: SocketAddr = addr.parse().with_context(|| format!("node-{k}: address {addr}"))?;
+    let since = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            // Done already (a short --frames run) is a start.
+            anyhow::ensure!(status.success(), "node-{k} did not start: it exited with {status} (its error is above)");
+            return Ok(());
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(since.elapsed() < START_TIMEOUT, "node-{k} did not start listening on {addr} within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the demo swarm until every node stops or `stop` is set.
+///
+/// Everything a node would need is checked before anything is written or
+/// started (the input, every port); the nodes' lines are printed once
+/// each listens. A node that fails to start stops the others, and the
+/// key and password made for the run are removed.
 pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     anyhow::ensure!((2..=16).contains(&d.nodes), "--nodes must be between 1 and 16");
-    std::fs::create_dir_all(&d.out).with_context(|| format!("output {}", d.out.display()))?;
-    let root = std::fs::canonicalize(&d.out)?;
+    let root = std::path::absolute(&d.out).with_context(|| format!("--out {}", d.out.display()))?;
+    let configs = (1..=d.nodes).map(|k| node_config(d, k, &root)).collect::<anyhow::Result<Vec<_>>>()?;
+    for (k, c) in (1..).zip(&configs) {
+        check_ports(k, c)?;
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("--out {}", root.display()))?;
     let key_path = root.join("fleet.key");
+    let mut made = MadeForRun(vec![key_path.clone()]);
     crate::admin::auth::write_private(&key_path, &FleetKey::generate().to_hex())?;
     if d.admin.is_some() {
         // A password made for the run; no password is built in.
+        made.0.extend([root.join(PASSWORD_FILE), root.join("admin.passwd")]);
         let password = hex::encode(crate::admin::auth::random_bytes::<12>()?);
         crate::admin::auth::write_private(&root.join(PASSWORD_FILE), &format!("{password}\n"))?;
         crate::admin::auth::set_password(&root.join("admin.passwd"), &password)?;
     }
     let exe = std::env::current_exe().context("cannot find the lockstep binary")?;
     let mut children: Vec<(u32, Child)> = Vec::new();
-    for k in 1..=d.nodes {
-        let config = node_config(d, k, &root)?;
-        std::fs::create_dir_all(&config.output.dir)?;
-        let path = config.output.dir.join("lockstep.toml");
-        std::fs::write(&path, toml::to_string(&config)?)?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["run", "--config"]).arg(&path);
-        if let Some(s) = d.duration {
-            cmd.arg("--duration").arg(s.to_string());
+    let started = spawn_all(d, &exe, &configs, &mut children);
+    if let Err(e) = started {
+        terminate(&children);
+        for (_, c) in &mut children {
+            let _ = c.wait();
         }
-        if let Some(f) = d.frames {
-            cmd.arg("--frames").arg(f.to_string());
-        }
-        let child = cmd.spawn().with_context(|| format!("starting node {k}"))?;
+        return Err(e);
+    }
+    made.keep();
+    for ((k, child), config) in children.iter().zip(&configs) {
         let origin = match &config.origin.listen {
             Some(l) => format!("http://{l}/{}/master.m3u8", config.channel.id),
             None => "none".into(),
@@ -120,7 +199,6 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
             config.swarm.bind,
             config.output.dir.display()
         );
-        children.push((k, child));
     }
     if d.admin.is_some() {
         eprintln!("lockstep demo: admin password (made for this run) in {}", root.join(PASSWORD_FILE).display());
@@ -134,12 +212,7 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     let mut signalled = false;
     while !children.is_empty() {
         if stop.load(Ordering::Relaxed) && !signalled {
-            for (_, c) in &children {
-                if let Ok(pid) = i32::try_from(c.id()) {
-                    // SAFETY: plain kill(2) on a child this process started and has not reaped.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            }
+            terminate(&children);
             signalled = true;
         }
         let mut still = Vec::new();
@@ -162,6 +235,30 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(ok)
+}
+
+/// Writes each node's configuration and starts it, then waits until
+/// every node listens; `children` holds those started, also on error.
+fn spawn_all(d: &SwarmDemo, exe: &Path, configs: &[Config], children: &mut Vec<(u32, Child)>) -> anyhow::Result<()> {
+    for (k, config) in (1..).zip(configs) {
+        std::fs::create_dir_all(&config.output.dir)?;
+        let path = config.output.dir.join("lockstep.toml");
+        std::fs::write(&path, toml::to_string(config)?)?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["run", "--config"]).arg(&path);
+        if let Some(s) = d.duration {
+            cmd.arg("--duration").arg(s.to_string());
+        }
+        if let Some(f) = d.frames {
+            cmd.arg("--frames").arg(f.to_string());
+        }
+        let child = cmd.spawn().with_context(|| format!("starting node-{k}"))?;
+        children.push((k, child));
+    }
+    for ((k, child), config) in children.iter_mut().zip(configs) {
+        wait_started(*k, child, config)?;
+    }
+    Ok(())
 }
 
 /// What `lockstep verify` found for one track.

@@ -296,6 +296,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut config = Config::embedded_demo();
             config.output.dir = out;
             if let Some(path) = input {
+                // Checked before anything is printed or listens.
+                anyhow::Context::with_context(std::fs::File::open(&path), || format!("--input {}", path.display()))?;
                 config.source.kind = SourceKind::File;
                 config.source.path = Some(path);
             }
@@ -305,7 +307,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.validate()?;
             std::fs::create_dir_all(&config.output.dir)?;
             let root = std::fs::canonicalize(&config.output.dir)?;
-            let origin = if no_origin { None } else { Some(origin::start(&listen, root.clone(), Default::default())?) };
+            let origin = if no_origin {
+                None
+            } else {
+                Some(
+                    origin::start(&listen, root.clone(), Default::default())
+                        .map_err(|e| anyhow::anyhow!("{e}; choose a free port with --listen, or --no-origin"))?,
+                )
+            };
             eprintln!("lockstep demo: writing to {}", root.join(&config.channel.id).display());
             if let Some(o) = &origin {
                 eprintln!("lockstep demo: playlist at http://{}/{}/master.m3u8", o.addr, config.channel.id);
@@ -512,19 +521,11 @@ fn read_password() -> anyhow::Result<String> {
 
 /// Turns terminal echo of standard input on or off.
 fn set_echo(on: bool) {
-    let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
-    // SAFETY: fd 0 is standard input; `t` is filled by tcgetattr and only
-    // used when it succeeded.
-    unsafe {
-        if libc::tcgetattr(0, t.as_mut_ptr()) == 0 {
-            let mut t = t.assume_init();
-            if on {
-                t.c_lflag |= libc::ECHO;
-            } else {
-                t.c_lflag &= !libc::ECHO;
-            }
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-        }
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    if let Ok(mut t) = tcgetattr(&stdin) {
+        t.local_flags.set(LocalFlags::ECHO, on);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
     }
 }
 

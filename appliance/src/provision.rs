@@ -558,18 +558,11 @@ const DAEMON_USER: &str = "lockstep";
 /// Makes `dir` and `files` the daemon user's, when that user exists and
 /// this runs as root (on the appliance); elsewhere leaves them alone.
 fn give_to_daemon(dir: &Path, files: impl Iterator<Item = PathBuf>) -> Result<(), ProvisionError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let name = std::ffi::CString::new(DAEMON_USER).unwrap_or_default();
-    // SAFETY: `name` is NUL-terminated; the returned record is read at once,
-    // before any other passwd call in this single-threaded command.
-    let ids = unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
-    };
-    let Some((uid, gid)) = ids else { return Ok(()) };
+    let Ok(Some(user)) = nix::unistd::User::from_name(DAEMON_USER) else { return Ok(()) };
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
     for path in std::iter::once(dir.to_path_buf()).chain(files) {
         std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io(&path))?;
     }
@@ -601,10 +594,8 @@ fn sync_dir(dir: &Path) -> Result<(), ProvisionError> {
 /// Sets the running host name (the boot's; `/etc/hostname` points at the
 /// configuration's `hostname` file for the next boots).
 fn set_hostname(name: &str) {
-    // SAFETY: `name` is a valid buffer of `name.len()` bytes.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc != 0 {
-        tracing::warn!("host name not set to {name}: {}", std::io::Error::last_os_error());
+    if let Err(e) = nix::unistd::sethostname(name) {
+        tracing::warn!("host name not set to {name}: {e}");
     }
 }
 

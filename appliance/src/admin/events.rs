@@ -146,6 +146,54 @@ struct Move {
     at: std::time::Instant,
 }
 
+/// Why the group's leadership moved from `before` to `now`, in words,
+/// from what `view` shows of both (docs/swarm.md, Decisions: the most
+/// confident healthy node leads, the incumbent kept unless another is
+/// 0.1 more confident).
+pub fn election_reason(view: &View, before: Option<&str>, now: Option<&str>) -> String {
+    let state = |n: &str| {
+        if n == view.node {
+            view.me.as_ref().map(|m| (m, !view.isolated))
+        } else {
+            view.peers.get(n).map(|p| (&p.state, p.healthy))
+        }
+    };
+    let Some(before) = before else {
+        return match now {
+            Some(_) => "the first leader this node has seen".into(),
+            None => "no healthy member".into(),
+        };
+    };
+    match state(before) {
+        None => format!("{before} left the swarm"),
+        Some((_, false)) => format!("{before} is unhealthy (no state from it for 1.5 s) or gone"),
+        Some((old, true)) => {
+            let new = now.and_then(state).map_or_else(String::new, |(s, _)| {
+                format!(" against {}'s {:.2} ({})", s.node, s.confidence, confidence_factors(s))
+            });
+            format!("{before}'s confidence is {:.2} ({}){new}", old.confidence, confidence_factors(old))
+        }
+    }
+}
+
+/// What holds a node's confidence below 1, from its state packet.
+fn confidence_factors(s: &crate::swarm::state::EncodingState) -> String {
+    let mut f = Vec::new();
+    if s.clock.state != "locked" {
+        f.push(format!("clock {}", s.clock.state));
+    }
+    if s.load.cpu > 0.85 {
+        f.push(format!("CPU {:.0} % over 10 s", s.load.cpu * 100.0));
+    }
+    if s.recent_errors > 0 {
+        f.push(format!("{} output errors in the last minute", s.recent_errors));
+    }
+    if s.isolated {
+        f.push("isolated".into());
+    }
+    if f.is_empty() { "nothing lowers it".into() } else { f.join(", ") }
+}
+
 /// How long after the selection moves a failure of the node it moved away
 /// from still counts as the reason (failure detection takes ~1.5 s).
 const FAILOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
@@ -154,9 +202,10 @@ impl ViewDiff {
     /// Records in `log` what changed since the last view.
     pub fn update(&mut self, view: &View, log: &EventLog) {
         if view.leader != self.leader && (self.seen || view.leader.is_some()) {
+            let why = election_reason(view, self.leader.as_deref(), view.leader.as_deref());
             match &view.leader {
-                Some(l) => log.push("election", Some(l), format!("{l} leads the group")),
-                None => log.push("election", None, "the group has no leader".into()),
+                Some(l) => log.push("election", Some(l), format!("{l} leads the group: {why}")),
+                None => log.push("election", None, format!("the group has no leader: {why}")),
             }
             self.leader = view.leader.clone();
         }
@@ -325,5 +374,52 @@ impl ViewDiff {
                 log.push("deviation", Some(node), text);
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::swarm::state::{ClockSummary, EncodingState, Load};
+
+    fn state(node: &str, confidence: f32, cpu: f32) -> EncodingState {
+        EncodingState {
+            node: node.into(),
+            boot: 1,
+            addr: "127.0.0.1:7946".parse().unwrap(),
+            origin: None,
+            sent_tai_ns: 0,
+            neighbour_latency_ms: 0.5,
+            neighbour_jitter_ms: 0.1,
+            load: Load { cpu, process_cpu: 0.2, memory: 0.3 },
+            clock: ClockSummary { state: "freerun".into(), error_ns: None },
+            recent_errors: 0,
+            uptime_s: 60,
+            isolated: false,
+            confidence,
+            leader: None,
+            channels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_election_says_why_the_leader_moved() {
+        let mut view = View { node: "n1".into(), me: Some(state("n1", 0.6, 0.5)), ..View::default() };
+        let peer = |s: EncodingState, healthy: bool| {
+            let mut p = crate::swarm::PeerView::new(s, 0.5);
+            p.healthy = healthy;
+            p
+        };
+        view.peers.insert("n2".into(), peer(state("n2", 0.42, 0.97), true));
+        let why = election_reason(&view, Some("n2"), Some("n1"));
+        assert_eq!(
+            why,
+            "n2's confidence is 0.42 (clock freerun, CPU 97 % over 10 s) against n1's 0.60 (clock freerun)"
+        );
+        view.peers.insert("n2".into(), peer(state("n2", 0.6, 0.2), false));
+        assert!(election_reason(&view, Some("n2"), Some("n1")).starts_with("n2 is unhealthy"));
+        assert_eq!(election_reason(&view, Some("n3"), Some("n1")), "n3 left the swarm");
+        assert_eq!(election_reason(&view, None, Some("n1")), "the first leader this node has seen");
     }
 }

@@ -325,15 +325,21 @@ impl TestSource {
         self.disc(buf, bx, by, h as f64 * 0.015, WHITE);
     }
 
-    fn burn_in(&self, n: i64, buf: &mut FrameBuffers<'_>) {
-        // Formatted into a stack buffer: no allocation per frame.
-        let mut storage = [0u8; 48];
+    /// The burnt-in text of frame `n` written into `storage` (no
+    /// allocation per frame): its TAI time of day, labelled (37 s ahead of
+    /// the UTC of the playlists' PROGRAM-DATE-TIME), and its number.
+    fn label<'a>(&self, n: i64, storage: &'a mut [u8; 48]) -> &'a [u8] {
         let len = {
             let mut cursor = std::io::Cursor::new(&mut storage[..]);
-            let _ = write!(cursor, "{} #{}", Timecode(self.rate, n), n);
+            let _ = write!(cursor, "{} TAI #{}", Timecode(self.rate, n), n);
             cursor.position() as usize
         };
-        let text = &storage[..len];
+        &storage[..len]
+    }
+
+    fn burn_in(&self, n: i64, buf: &mut FrameBuffers<'_>) {
+        let mut storage = [0u8; 48];
+        let text = self.label(n, &mut storage);
         let scale = (self.height / 60).max(1);
         let (cw, ch) = (4 * scale, 6 * scale);
         let box_w = (text.len() * cw + 2 * scale).min(self.width);
@@ -421,6 +427,9 @@ fn glyph(c: u8) -> [u8; 6] {
         b':' => [0, 0b010, 0, 0b010, 0, 0],
         b'#' => [0b101, 0b111, 0b101, 0b111, 0b101, 0],
         b'-' => [0, 0, 0b111, 0, 0, 0],
+        b'T' => [0b111, 0b010, 0b010, 0b010, 0b010, 0],
+        b'A' => [0b010, 0b101, 0b111, 0b101, 0b101, 0],
+        b'I' => [0b111, 0b010, 0b010, 0b010, 0b111, 0],
         _ => [0; 6],
     }
 }
@@ -474,6 +483,18 @@ mod tests {
             assert_eq!(render(&a, &pool, n), render(&b, &pool, n), "frame {n}");
         }
         assert_ne!(render(&a, &pool, 100), render(&a, &pool, 101));
+    }
+
+    #[test]
+    fn the_burnt_in_time_of_day_is_labelled_tai() {
+        let src = TestSource::new(320, 180, Rate::new(25, 1).expect("rate"), 0);
+        let mut storage = [0u8; 48];
+        // Frame 0 is 1970-01-01 00:00:00 TAI; a day and 1 s and 2 frames later:
+        let n = 25 * (86_400 + 1) + 2;
+        assert_eq!(src.label(n, &mut storage), format!("00:00:01:02 TAI #{n}").as_bytes());
+        for c in *b"TAI" {
+            assert_ne!(glyph(c), [0; 6], "{} is drawn", c as char);
+        }
     }
 
     #[test]

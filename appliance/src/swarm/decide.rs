@@ -249,19 +249,8 @@ mod tests {
     }
 
     fn peer(state: EncodingState, healthy: bool, latency_ms: f32) -> (String, PeerView) {
-        let view = PeerView {
-            state,
-            alive: healthy,
-            healthy,
-            state_age_ms: 0,
-            latency_ms,
-            jitter_ms: latency_ms / 10.0,
-            weights: BTreeMap::new(),
-            neighbour: false,
-            throughput_mbps: None,
-            last_state: None,
-            down_since: None,
-        };
+        let view =
+            PeerView { alive: healthy, healthy, jitter_ms: latency_ms / 10.0, ..PeerView::new(state, latency_ms) };
         (view.state.node.clone(), view)
     }
 

@@ -218,6 +218,26 @@ pub struct PeerView {
     down_since: Option<Instant>,
 }
 
+impl PeerView {
+    /// A peer first heard with `state`, `latency_ms` away: alive and
+    /// healthy, no weights or fetches yet.
+    pub fn new(state: EncodingState, latency_ms: f32) -> Self {
+        Self {
+            state,
+            alive: true,
+            healthy: true,
+            state_age_ms: 0,
+            latency_ms,
+            jitter_ms: 0.0,
+            weights: BTreeMap::new(),
+            neighbour: false,
+            throughput_mbps: None,
+            last_state: None,
+            down_since: None,
+        }
+    }
+}
+
 /// A correction the swarm approved for one of this node's channels, on
 /// its way to the channel (`feed`).
 #[derive(Debug, Clone)]

@@ -203,19 +203,7 @@ impl Node {
     fn peer_state(&mut self, state: EncodingState) {
         let now_tai = now_tai_ns();
         let latency = ((now_tai - i128::from(state.sent_tai_ns)) as f64 / 1e6).max(0.0) as f32;
-        let peer = self.peers.entry(state.node.clone()).or_insert_with(|| PeerView {
-            state: state.clone(),
-            alive: true,
-            healthy: true,
-            state_age_ms: 0,
-            latency_ms: latency,
-            jitter_ms: 0.0,
-            weights: BTreeMap::new(),
-            neighbour: false,
-            throughput_mbps: None,
-            last_state: None,
-            down_since: None,
-        });
+        let peer = self.peers.entry(state.node.clone()).or_insert_with(|| PeerView::new(state.clone(), latency));
         peer.jitter_ms += ((latency - peer.latency_ms).abs() - peer.jitter_ms) / 8.0;
         peer.latency_ms += (latency - peer.latency_ms) / 8.0;
         // Its fingerprints reach the view at once, not at the next round:

@@ -19,7 +19,9 @@ pub struct SegmentHashes {
 /// Resource use of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Load {
-    /// Machine CPU busy, 0–1, since the last packet.
+    /// Machine CPU busy, 0–1, averaged over about the last
+    /// [`CPU_AVERAGE_S`] seconds (a moment's load, such as a browser
+    /// opening a page, does not move the leader).
     pub cpu: f32,
     /// This process's CPU share of the machine, 0–1 (the encoders).
     pub process_cpu: f32,
@@ -219,7 +221,8 @@ pub struct ConfidenceInputs<'a> {
 /// - clock: locked 1; locking 0.7; free-running 0.6 (no PTP; same for all
 ///   nodes of a lab swarm); holdover 0.9 falling linearly to 0.3 as the
 ///   error estimate grows to a quarter frame;
-/// - CPU headroom: 1 up to 85 % busy, falling linearly to 0.5 at 100 %;
+/// - CPU headroom: 1 up to 85 % busy (averaged over about
+///   [`CPU_AVERAGE_S`] seconds), falling linearly to 0.5 at 100 %;
 /// - errors: 1 / (1 + errors in the last minute);
 /// - latency: 1 while every channel publishes a segment within one
 ///   segment length of its end, else segment length / latency of the
@@ -248,21 +251,40 @@ pub fn confidence(i: &ConfidenceInputs<'_>) -> f32 {
 pub struct LoadSampler {
     last_machine: Option<(u64, u64)>,
     last_process: Option<(u64, std::time::Instant)>,
+    /// Machine CPU, averaged, and when it was last updated.
+    cpu: Option<(f32, std::time::Instant)>,
+}
+
+/// Time constant of the machine CPU average, seconds.
+pub const CPU_AVERAGE_S: f32 = 10.0;
+
+/// `average` moved towards `sample` taken `dt_s` seconds after the last
+/// one: an exponential average with time constant [`CPU_AVERAGE_S`].
+pub fn cpu_average(average: f32, sample: f32, dt_s: f32) -> f32 {
+    let alpha = 1.0 - (-dt_s.max(0.0) / CPU_AVERAGE_S).exp();
+    average + alpha * (sample - average)
 }
 
 impl LoadSampler {
-    /// Load since the previous call (0 on the first).
+    /// Load since the previous call (0 on the first); machine CPU
+    /// averaged ([`cpu_average`]).
     pub fn sample(&mut self) -> Load {
         let mut load = Load::default();
+        let now = std::time::Instant::now();
         if let Some((busy, total)) = machine_ticks() {
             if let Some((b0, t0)) = self.last_machine
                 && total > t0
             {
-                load.cpu = (busy.saturating_sub(b0)) as f32 / (total - t0) as f32;
+                let sample = (busy.saturating_sub(b0)) as f32 / (total - t0) as f32;
+                let average = match self.cpu {
+                    Some((avg, at)) => cpu_average(avg, sample, now.duration_since(at).as_secs_f32()),
+                    None => sample,
+                };
+                self.cpu = Some((average, now));
+                load.cpu = average;
             }
             self.last_machine = Some((busy, total));
         }
-        let now = std::time::Instant::now();
         if let Some(ticks) = process_ticks() {
             if let Some((p0, at)) = self.last_process {
                 let hz = 100.0; // USER_HZ on Linux
@@ -381,6 +403,25 @@ mod tests {
         // The two forms are not confused: each decoder refuses the other's bytes.
         assert!(decode_single_channel(&encode(&s)).is_none());
         assert!(decode(&bytes).is_none());
+    }
+
+    #[test]
+    fn a_moment_of_full_load_does_not_take_the_cpu_average_over_the_line() {
+        // Idle at 30 %, then 100 % for 2 s in rounds of 0.5 s (a browser
+        // opening the page): the average stays under 85 %, where the
+        // confidence starts to fall.
+        let mut avg = 0.3;
+        for _ in 0..4 {
+            avg = cpu_average(avg, 1.0, 0.5);
+        }
+        assert!(avg < 0.85 && avg > 0.3, "{avg}");
+        let idle_again = (0..20).fold(avg, |a, _| cpu_average(a, 0.3, 0.5));
+        assert!((idle_again - 0.3).abs() < 0.05, "{idle_again}");
+        // Sustained load is followed: 30 s at 100 %.
+        let loaded = (0..60).fold(0.3, |a, _| cpu_average(a, 1.0, 0.5));
+        assert!(loaded > 0.95, "{loaded}");
+        // A round that took no time moves nothing.
+        assert_eq!(cpu_average(0.3, 1.0, 0.0), 0.3);
     }
 
     #[test]
