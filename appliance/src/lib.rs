@@ -17,6 +17,7 @@ pub mod devices;
 pub mod encode;
 pub mod files;
 pub mod handover;
+pub mod health;
 pub mod metrics;
 pub mod origin;
 pub mod package;

@@ -556,6 +556,45 @@ fn a_clock_fault_is_injected_and_cleared_through_the_api() {
     assert_eq!(audit.matches("set-clock-fault").count(), 2, "{audit}");
 }
 
+#[test]
+fn the_health_agents_show_pressure_disk_and_an_encoder_losing_its_deadline_slack() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let (cookie, csrf) = d.login();
+    let slack = || d.get("/api/v1/health", &cookie).json()["channels"][0]["deadline_slack"].clone();
+    // A few segments of 1 s in: most of a segment to spare.
+    d.wait_for("deadline slack", Duration::from_secs(20), || slack()["segments"].as_u64().is_some_and(|n| n >= 3));
+    let h = d.get("/api/v1/health", &cookie).json();
+    let before = h["channels"][0]["deadline_slack"]["last_ms"].as_f64().unwrap();
+    assert!(before > 500.0 && before < 1000.0, "{h}");
+    assert!(["cgroup", "machine"].contains(&h["pressure_scope"].as_str().unwrap()), "{h}");
+    assert!(h["pressure"]["cpu"]["some_avg10"].as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)), "{h}");
+    let out = &h["channels"][0]["output"];
+    assert!(
+        out["free_bytes"].as_u64().unwrap() > 0 && out["free_bytes"].as_u64() <= out["total_bytes"].as_u64(),
+        "{h}"
+    );
+    // The encoder holds every segment 600 ms: the slack drops by as much.
+    let r = d.send("POST", "/api/v1/channels/ch/drills/latency", &cookie, &csrf, r#"{"ms": 600, "seconds": 8}"#);
+    assert_eq!(r.status, 202, "{}", r.text());
+    d.wait_for("the slack to drop", Duration::from_secs(10), || {
+        slack()["last_ms"].as_f64().is_some_and(|s| s < before - 400.0)
+    });
+    let s = slack();
+    assert!(s["min_ms"].as_f64().unwrap() < before - 400.0, "{s}");
+    // Prometheus has the same figures.
+    let metrics = d.get("/metrics", &cookie).text();
+    for family in [
+        "lockstep_deadline_slack_seconds{channel=\"ch\"}",
+        "lockstep_pressure_ratio{resource=\"cpu\"}",
+        "lockstep_output_free_bytes{channel=\"ch\"}",
+    ] {
+        assert!(metrics.contains(family), "{family} missing");
+    }
+    // Health is not public.
+    assert_eq!(d.get("/api/v1/health", "").status, 401);
+}
+
 /// (index, SHA-256, bytes) of every segment in a track's manifest.
 fn segments(track: &Path) -> Vec<(i64, String, u64)> {
     common::manifest(track).into_iter().map(|e| (e.index, e.sha256, e.bytes)).collect()

@@ -182,6 +182,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/outputs", get(outputs))
+        .route("/api/v1/health", get(health))
         .route("/api/v1/swarm", get(swarm))
         .route("/api/v1/swarm/alignment", get(alignment))
         .route("/api/v1/swarm/lockstep", get(lockstep))
@@ -1069,6 +1070,41 @@ async fn clock(State(state): Shared) -> Response {
     json(StatusCode::OK, clock_json(&state))
 }
 
+/// This appliance's health agents now (`crate::health`): CPU, memory and
+/// I/O pressure, its cgroup's CPU and memory against their limits, and
+/// per channel its encoder's deadline slack with its trend and its
+/// output's disk space and write errors.
+async fn health(State(state): Shared) -> Response {
+    let node = tokio::task::spawn_blocking(crate::health::NodeHealth::sample).await.unwrap_or_default();
+    let channels: Vec<Value> = state
+        .ctx
+        .channels
+        .all()
+        .iter()
+        .map(|ch| {
+            let status = &ch.taps.status;
+            let disk = crate::health::Disk::of(&ch.supervisor.config().output.dir);
+            json!({
+                "channel": ch.id,
+                "running": status.running.load(Ordering::Relaxed),
+                "deadline_slack": lock(&status.slack).summary(),
+                "output": disk.map(|d| json!({ "free_bytes": d.free_bytes, "total_bytes": d.total_bytes, "used": d.used() })),
+                "write_errors": status.write_errors.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        json!({
+            "node": state.ctx.config.appliance.id,
+            "pressure_scope": node.pressure_scope,
+            "pressure": node.pressure,
+            "cgroup": node.cgroup,
+            "channels": channels,
+        }),
+    )
+}
+
 /// Replaces the media clock's injected fault (drills): applies now to the
 /// running clock, and to the clock of every later run of the pipeline.
 async fn set_clock_fault(
@@ -1110,18 +1146,6 @@ async fn sources(State(state): Shared) -> Response {
     json(StatusCode::OK, Value::Array(state.ctx.channels.all().iter().map(|c| source_json(c)).collect()))
 }
 
-/// Free bytes on the file system holding `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs the
-    // call fills in; it is read only when the call succeeded.
-    let ok = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } == 0;
-    // SAFETY: initialised by the successful call above.
-    ok.then(|| unsafe { st.assume_init() }).map(|st| st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 async fn outputs(State(state): Shared, headers: HeaderMap) -> Response {
     let origin = origin_url(&state, &headers);
     let list: Vec<Value> =
@@ -1138,7 +1162,7 @@ fn output_json(state: &AppState, ch: &Channel, origin: Option<&str>) -> Value {
             "dir": config.output.dir.join(id),
             "mode": match config.output.mode { crate::config::OutputMode::Archive => "archive", _ => "live" },
             "window_segments": config.output.window_segments,
-            "free_bytes": free_bytes(&config.output.dir),
+            "free_bytes": crate::health::Disk::of(&config.output.dir).map(|d| d.free_bytes),
             "origin": origin,
             "playlists": {
                 "own": format!("/{id}/master.m3u8"),

@@ -16,7 +16,23 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
     let mut out = Exposition::new();
     for ch in state.ctx.channels.all() {
         ch.taps.export(&ch.id, &mut out);
+        if let Some(d) = crate::health::Disk::of(&ch.supervisor.config().output.dir) {
+            let at = [("channel", ch.id.as_str())];
+            out.gauge(
+                "lockstep_output_free_bytes",
+                "Bytes free on the file system holding the channel's output.",
+                &at,
+                d.free_bytes as f64,
+            );
+            out.gauge(
+                "lockstep_output_used_ratio",
+                "Share of the file system holding the channel's output in use.",
+                &at,
+                d.used(),
+            );
+        }
     }
+    crate::health::NodeHealth::sample().export(&mut out);
     if let Some(swarm) = state.ctx.swarm.as_ref() {
         swarm.view().export(&mut out);
     }

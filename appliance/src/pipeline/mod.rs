@@ -109,6 +109,22 @@ impl Taps {
             &at,
             status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
+        if let Some(s) = lock(&status.slack).summary() {
+            out.gauge(
+                "lockstep_deadline_slack_seconds",
+                "How long before its deadline (the next segment's end) the last video segment was published; negative: late.",
+                &at,
+                f64::from(s.last_ms) / 1e3,
+            );
+            if let Some(t) = s.trend_ms_per_segment {
+                out.gauge(
+                    "lockstep_deadline_slack_trend_seconds",
+                    "Change of the deadline slack per segment over the last 16 (least squares); negative: shrinking.",
+                    &at,
+                    f64::from(t) / 1e3,
+                );
+            }
+        }
         out.counter(
             "lockstep_segments_reencoded_total",
             "Published segments replaced by a re-encode from kept input, bytes identical to the majority's.",
@@ -192,6 +208,8 @@ pub struct ChannelStatus {
     pub write_errors: std::sync::atomic::AtomicU64,
     /// From capture of a video segment's last frame to its publication, µs.
     pub encode_latency_us: std::sync::atomic::AtomicU64,
+    /// Deadline slack of the recent video segments (`crate::health::slack`).
+    pub slack: std::sync::Mutex<crate::health::slack::SlackHistory>,
     /// Media clock quality, refreshed every segment.
     pub clock: std::sync::Mutex<Option<crate::clock::ClockQuality>>,
     /// The packager's figures, refreshed every segment.
@@ -646,6 +664,10 @@ impl Publisher for ChannelPublisher {
             let waited = self.waited.get(&entry.index).map_or(0, |w| i128::try_from(w.as_nanos()).unwrap_or(0));
             let latency = (self.clock.now_tai_ns() - end - waited).max(0) / 1_000;
             status.encode_latency_us.store(u64::try_from(latency).unwrap_or(0), Ordering::Relaxed);
+            // Its deadline: the end of the next segment (one segment length
+            // after its own end), the wait for the majority left out.
+            let slack_ms = entry.duration * 1e3 - latency as f64 / 1e3;
+            lock(&status.slack).record(entry.index, slack_ms as f32);
         }
         if let Some(bus) = &self.taps.segments {
             let _ = bus.send(Arc::new(PublishedSegment {
