@@ -574,14 +574,28 @@ fn the_health_agents_show_pressure_disk_and_an_encoder_losing_its_deadline_slack
         out["free_bytes"].as_u64().unwrap() > 0 && out["free_bytes"].as_u64() <= out["total_bytes"].as_u64(),
         "{h}"
     );
-    // The encoder holds every segment 600 ms: the slack drops by as much.
-    let r = d.send("POST", "/api/v1/channels/ch/drills/latency", &cookie, &csrf, r#"{"ms": 600, "seconds": 8}"#);
+    // The chain: this node's source, encoder, packager and origin, all ok.
+    let chain = d.get("/api/v1/chain", &cookie).json();
+    let kinds: Vec<&str> =
+        chain["components"].as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["source", "encoder", "packager", "origin"], "{chain}");
+    assert_eq!(chain["links"].as_array().unwrap().len(), 3, "{chain}");
+    let encoder = |chain: &Value| chain["components"][1].clone();
+    assert_eq!(encoder(&chain)["state"], "ok", "{chain}");
+    assert_eq!(d.get("/api/v1/chain?channel=nope", &cookie).status, 404);
+    // The encoder holds every segment 800 ms: the slack drops by as much,
+    // and the chain shows its encoder in trouble, saying why.
+    let r = d.send("POST", "/api/v1/channels/ch/drills/latency", &cookie, &csrf, r#"{"ms": 800, "seconds": 8}"#);
     assert_eq!(r.status, 202, "{}", r.text());
     d.wait_for("the slack to drop", Duration::from_secs(10), || {
         slack()["last_ms"].as_f64().is_some_and(|s| s < before - 400.0)
     });
     let s = slack();
     assert!(s["min_ms"].as_f64().unwrap() < before - 400.0, "{s}");
+    let chain = d.get("/api/v1/chain", &cookie).json();
+    let e = encoder(&chain);
+    assert!(e["state"] == "warn" || e["state"] == "bad", "{e}");
+    assert!(e["reasons"].to_string().contains("deadline"), "{e}");
     // Prometheus has the same figures.
     let metrics = d.get("/metrics", &cookie).text();
     for family in [

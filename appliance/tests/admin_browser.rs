@@ -116,10 +116,12 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         "three healthy nodes",
         "preview plays",
         "lockstep panel shows three nodes in step",
+        "chain panel shows source, three encoders, packager and origin",
         "bitrate change took effect",
         "channel pop created from the page",
         "channel pop deleted from the page",
         "failover event",
+        "the chain shows the encoder of",
         "while the first channel keeps publishing",
     ] {
         assert!(stdout.contains(step), "step `{step}` not reported");

@@ -91,6 +91,14 @@ try {
   }, null, { timeout: 45_000 });
   step('lockstep panel shows three nodes in step, each clock on its lane');
 
+  // The chain panel: this node's source, encoder, packager and origin,
+  // and the two peers' encoders feeding its combined output.
+  await page.waitForFunction(() => {
+    const count = (k) => document.querySelectorAll(`#chain .chain-col[data-kind="${k}"] .chain-box`).length;
+    return count('encoder') === 3 && count('source') === 1 && count('packager') === 1 && count('origin') === 1;
+  }, null, { timeout: 30_000 });
+  step('chain panel shows source, three encoders, packager and origin');
+
   // Change a rendition's bitrate; the measured bitrate follows.
   const row = 'tr[data-rendition="180p"]';
   const measured = () => page.evaluate((r) => parseFloat(document.querySelector(`${r} .measured`).textContent.replace(/[^0-9.]/g, '')), row);
@@ -203,6 +211,12 @@ try {
   await shot('failover');
   await page.screenshot({ path: join(shots, 'failover-full.png'), fullPage: true });
   step(`the page shows ${chosen} unhealthy and a failover event; the preview kept playing (currentTime ${t2.toFixed(1)} s)`);
+  await page.waitForFunction(
+    (n) => document.querySelector(`#chain .chain-box[data-id="encoder:${n}"]`)?.dataset.state === 'down',
+    chosen,
+    { timeout: 30_000 },
+  );
+  step(`the chain shows the encoder of ${chosen} down`);
 
   // A file channel whose file goes missing says why in the list, while
   // the first channel keeps publishing.

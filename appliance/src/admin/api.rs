@@ -38,7 +38,7 @@ const PAGE_MODULES: &str = "/js/";
 const INDEX_HTML: &str = include_str!("page/index.html");
 /// The page's script, one ES module per view (`page/js/main.js` says
 /// which is which).
-const APP_MODULES: [(&str, &str); 13] = [
+const APP_MODULES: [(&str, &str); 14] = [
     ("main.js", include_str!("page/js/main.js")),
     ("core.js", include_str!("page/js/core.js")),
     ("session.js", include_str!("page/js/session.js")),
@@ -49,6 +49,7 @@ const APP_MODULES: [(&str, &str); 13] = [
     ("renditions.js", include_str!("page/js/renditions.js")),
     ("preview.js", include_str!("page/js/preview.js")),
     ("alignment.js", include_str!("page/js/alignment.js")),
+    ("chain.js", include_str!("page/js/chain.js")),
     ("events.js", include_str!("page/js/events.js")),
     ("charts.js", include_str!("page/js/charts.js")),
     ("settings.js", include_str!("page/js/settings.js")),
@@ -183,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/outputs", get(outputs))
         .route("/api/v1/health", get(health))
+        .route("/api/v1/chain", get(chain))
         .route("/api/v1/swarm", get(swarm))
         .route("/api/v1/swarm/alignment", get(alignment))
         .route("/api/v1/swarm/lockstep", get(lockstep))
@@ -1352,7 +1354,7 @@ fn swarm_channel(state: &AppState, v: &crate::swarm::View, channel: Option<Strin
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LockstepQuery {
+struct ChannelQuery {
     /// The channel; the first when left out.
     channel: Option<String>,
 }
@@ -1363,11 +1365,108 @@ struct LockstepQuery {
 /// and the predicted time to half a frame) and its last action (its
 /// resynchronisation proposal; for this node, where it stands, and its
 /// re-encodes).
+/// A channel's encoding chain as this node sees it: its source, encoder,
+/// packager and origin, the encoders of the peers that run the channel
+/// (whose replicas the combined output may take), the links between them,
+/// and each component's state judged from its health agents
+/// (`crate::health::chain`).
+async fn chain(
+    State(state): Shared,
+    q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    use crate::health::chain::{self, Judged};
+    let Query(ChannelQuery { channel }) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let ch = match channel {
+        Some(id) => check_channel(&state, &id)?,
+        None => state.ctx.channels.first(),
+    };
+    let node = tokio::task::spawn_blocking(crate::health::NodeHealth::sample).await.unwrap_or_default();
+    let me = state.ctx.config.appliance.id.clone();
+    let config = ch.supervisor.config();
+    let segment_ms = config.channel.segment_seconds * 1000.0;
+    let status = &ch.taps.status;
+    let running = status.running.load(Ordering::Relaxed);
+    let component = |id: String, kind: &str, node: &str, judged: Judged, figures: Value| json!({ "id": id, "kind": kind, "node": node, "state": judged.state, "reasons": judged.reasons, "figures": figures });
+    let fault = lock(&status.capture.input_fault).clone();
+    let slack = lock(&status.slack).summary();
+    let cpu_pressure = node.pressure.cpu.map(|p| p.some_avg10);
+    let disk = crate::health::Disk::of(&config.output.dir);
+    let write_errors = status.write_errors.load(Ordering::Relaxed);
+    let by_class = &state.ctx.origin_metrics.by_class;
+    let requests: u64 = by_class.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    let server_errors = by_class[4].load(Ordering::Relaxed);
+    let (source_id, encoder_id, packager_id, origin_id) =
+        (format!("source:{me}"), format!("encoder:{me}"), format!("packager:{me}"), format!("origin:{me}"));
+    let mut components = vec![
+        component(
+            source_id.clone(),
+            "source",
+            &me,
+            chain::source(running, fault.as_deref()),
+            json!({ "source": config.source.kind, "input_faults": status.capture.input_faults.load(Ordering::Relaxed) }),
+        ),
+        component(
+            encoder_id.clone(),
+            "encoder",
+            &me,
+            chain::encoder(running, slack.as_ref(), segment_ms, cpu_pressure),
+            json!({
+                "deadline_slack": slack,
+                "encode_latency_ms": status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "cpu_pressure": cpu_pressure,
+            }),
+        ),
+        component(
+            packager_id.clone(),
+            "packager",
+            &me,
+            chain::packager(disk, write_errors),
+            json!({
+                "output": disk.map(|d| json!({ "free_bytes": d.free_bytes, "total_bytes": d.total_bytes, "used": d.used() })),
+                "write_errors": write_errors,
+            }),
+        ),
+        component(
+            origin_id.clone(),
+            "origin",
+            &me,
+            chain::origin(state.ctx.origin.is_some(), requests, server_errors),
+            json!({
+                "url": state.ctx.origin.map(|a| format!("http://{a}/")),
+                "requests": requests,
+                "server_errors": server_errors,
+            }),
+        ),
+    ];
+    let link = |from: &str, to: &str| json!({ "from": from, "to": to });
+    let mut links =
+        vec![link(&source_id, &encoder_id), link(&encoder_id, &packager_id), link(&packager_id, &origin_id)];
+    // The peers that run the channel: their replicas reach the combined
+    // output of this node's origin.
+    if let Some(sw) = state.ctx.swarm.as_ref() {
+        let v = sw.view();
+        for p in v.peers.values() {
+            let Some(c) = p.state.channel(&ch.id) else { continue };
+            let id = format!("encoder:{}", p.state.node);
+            components.push(component(
+                id.clone(),
+                "encoder",
+                &p.state.node,
+                chain::peer_encoder(p.healthy, c.encode_latency_ms, segment_ms),
+                json!({ "encode_latency_ms": c.encode_latency_ms, "weight": p.weights.get(&ch.id) }),
+            ));
+            links.push(link(&id, &origin_id));
+        }
+    }
+    Ok(json(StatusCode::OK, json!({ "channel": ch.id, "node": me, "components": components, "links": links })))
+}
+
 async fn lockstep(
     State(state): Shared,
-    q: Result<Query<LockstepQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(LockstepQuery { channel }) =
+    let Query(ChannelQuery { channel }) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
     let Some(sw) = state.ctx.swarm.as_ref() else {
         let id = channel.unwrap_or_else(|| state.ctx.channels.first().id.clone());

@@ -168,10 +168,19 @@ pub fn election_reason(view: &View, before: Option<&str>, now: Option<&str>) -> 
         None => format!("{before} left the swarm"),
         Some((_, false)) => format!("{before} is unhealthy (no state from it for 1.5 s) or gone"),
         Some((old, true)) => {
-            let new = now.and_then(state).map_or_else(String::new, |(s, _)| {
-                format!(" against {}'s {:.2} ({})", s.node, s.confidence, confidence_factors(s))
-            });
-            format!("{before}'s confidence is {:.2} ({}){new}", old.confidence, confidence_factors(old))
+            let was = format!("{before}'s confidence is {:.2} ({})", old.confidence, confidence_factors(old));
+            match now.and_then(state) {
+                // Within a step of each other (elect: 0.05 steps): the
+                // majority's incumbent, then latency and id decided.
+                Some((new, _)) if (new.confidence - old.confidence).abs() < 0.05 => format!(
+                    "{was}, as much as {}'s: the leader the majority named, then the lower latency to neighbours, then the lower id, decide",
+                    new.node
+                ),
+                Some((new, _)) => {
+                    format!("{was} against {}'s {:.2} ({})", new.node, new.confidence, confidence_factors(new))
+                }
+                None => was,
+            }
         }
     }
 }
@@ -416,6 +425,12 @@ mod tests {
         assert_eq!(
             why,
             "n2's confidence is 0.42 (clock freerun, CPU 97 % over 10 s) against n1's 0.60 (clock freerun)"
+        );
+        view.peers.insert("n2".into(), peer(state("n2", 0.62, 0.2), true));
+        assert!(
+            election_reason(&view, Some("n2"), Some("n1"))
+                .starts_with("n2's confidence is 0.62 (clock freerun), as much as n1's:"),
+            "a tie"
         );
         view.peers.insert("n2".into(), peer(state("n2", 0.6, 0.2), false));
         assert!(election_reason(&view, Some("n2"), Some("n1")).starts_with("n2 is unhealthy"));

@@ -11,9 +11,12 @@
 //!   `memory.max`) and the limit's events (`memory.events`);
 //! - [`slack`]: an encoder's deadline slack per segment — how long before
 //!   the next segment's end each segment was published — and its trend,
-//!   the leading indicator of an encoder falling behind real time.
+//!   the leading indicator of an encoder falling behind real time;
+//! - [`chain`]: a channel's chain (source → encoders → packager → origin)
+//!   and each component's state judged from those figures.
 
 pub mod cgroup;
+pub mod chain;
 pub mod pressure;
 pub mod slack;
 

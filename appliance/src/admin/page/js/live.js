@@ -5,6 +5,7 @@ import { renderStatus } from './status.js';
 import { renderSwarm } from './swarm.js';
 import { renderChannel, renderChannelList } from './channels.js';
 import { renderAlignment, renderLockstep } from './alignment.js';
+import { renderChain } from './chain.js';
 import { addEvents } from './events.js';
 import { renderCharts } from './charts.js';
 import { loadConfig } from './settings.js';
@@ -125,11 +126,13 @@ export async function refreshFast() {
       get(`/swarm/alignment?limit=${ALIGNMENT_LIMIT}${id ? `&channel=${encodeURIComponent(id)}` : ''}`),
       get('/channels'),
       get(`/swarm/lockstep${id ? `?channel=${encodeURIComponent(id)}` : ''}`),
+      get(`/chain${id ? `?channel=${encodeURIComponent(id)}` : ''}`),
     ]);
     if (gen !== state.gen) return;
     noteReachability(results);
-    const [status, swarm, channel, alignment, channels, lockstep] = results;
+    const [status, swarm, channel, alignment, channels, lockstep, chain] = results;
     if (lockstep.status === 'fulfilled' && lockstep.value) renderLockstep(lockstep.value);
+    if (chain.status === 'fulfilled' && chain.value) renderChain(chain.value);
     if (channels.status === 'fulfilled' && Array.isArray(channels.value)) renderChannelList(channels.value);
     // A start/stop finished while these were in flight: their running
     // flags are older than what we know; skip them rather than flicker.

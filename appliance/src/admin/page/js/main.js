@@ -1,7 +1,7 @@
 /* Lockstep admin console — plain ES modules, no framework, no build step.
  *
  * One module per view (swarm.js, channels.js, renditions.js, preview.js,
- * alignment.js, events.js, charts.js, settings.js, status.js), the shared
+ * alignment.js, chain.js, events.js, charts.js, settings.js, status.js), the shared
  * state, helpers and API client in core.js, the session in session.js, the
  * live updates and refresh in live.js; this module binds the handlers and
  * boots the page. The daemon serves them under /js/.

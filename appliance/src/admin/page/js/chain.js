@@ -1,0 +1,41 @@
+/* Lockstep admin console: the channel's encoding chain — source → encoder →
+ * packager → origin, and the peers' encoders feeding the combined output —
+ * as boxes coloured by each component's state, with the reasons.
+ */
+import { $, el } from './core.js';
+
+const COLUMNS = [
+  ['source', 'Source'],
+  ['encoder', 'Encoders'],
+  ['packager', 'Packager'],
+  ['origin', 'Origin'],
+];
+const TONE = { ok: 'ok', warn: 'warn', bad: 'bad', down: 'bad' };
+
+/** One component as a box: kind and node, state, reasons. */
+function box(c, self) {
+  const reasons = Array.isArray(c.reasons) ? c.reasons : [];
+  return el('div', { class: `chain-box tone-${TONE[c.state] || 'neutral'}${c.node === self ? ' is-self' : ''}`, dataset: { id: c.id, state: c.state }, title: reasons.join('\n') || c.state },
+    el('div', { class: 'chain-node', text: c.node }),
+    el('div', { class: 'chain-state', text: c.state }),
+    ...reasons.map((r) => el('div', { class: 'chain-reason', text: r })));
+}
+
+/** The chain of `GET /api/v1/chain`: a column per stage, arrows between. */
+export function renderChain(chain) {
+  const body = $('chain');
+  const components = Array.isArray(chain.components) ? chain.components : [];
+  const worst = components.reduce((w, c) => (['ok', 'warn', 'bad', 'down'].indexOf(c.state) > ['ok', 'warn', 'bad', 'down'].indexOf(w) ? c.state : w), 'ok');
+  const chip = $('chain-summary');
+  chip.hidden = !components.length;
+  chip.className = `chip tone-${TONE[worst]}`;
+  chip.textContent = worst === 'ok' ? 'all healthy' : `${components.filter((c) => c.state !== 'ok').length} need attention`;
+  const columns = [];
+  COLUMNS.forEach(([kind, title], i) => {
+    if (i > 0) columns.push(el('div', { class: 'chain-arrow', text: '→', 'aria-hidden': 'true' }));
+    columns.push(el('div', { class: 'chain-col', dataset: { kind } },
+      el('div', { class: 'chain-title', text: title }),
+      ...components.filter((c) => c.kind === kind).map((c) => box(c, chain.node))));
+  });
+  body.replaceChildren(...columns);
+}
