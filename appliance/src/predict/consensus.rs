@@ -62,21 +62,10 @@ impl ConsensusTracker {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::predict::Noise;
     use crate::predict::drift::half_frame_ns;
 
     const S: i64 = 1_000_000_000;
-
-    /// Reproducible noise, roughly uniform in ±a.
-    struct Noise(u64);
-
-    impl Noise {
-        fn next(&mut self, a: f64) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % 2_000_001) as f64 / 1e6 * a - a
-        }
-    }
 
     /// Four neighbours read twice a second with ±1 ms noise; `own(t)` is
     /// this node's clock error and `first(t)` the first neighbour's.

@@ -163,19 +163,9 @@ pub fn half_frame_ns(fps: f64) -> f64 {
 mod tests {
     use super::*;
 
+    use crate::predict::Noise;
+
     const S: i64 = 1_000_000_000;
-
-    /// Reproducible noise, roughly uniform in ±a.
-    struct Noise(u64);
-
-    impl Noise {
-        fn next(&mut self, a: f64) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * a
-        }
-    }
 
     /// Feeds measurements twice a second from `from` to `to` (s) of a true
     /// offset `truth(t)` with ±1 ms of noise; returns the first time a

@@ -7,3 +7,18 @@
 
 pub mod consensus;
 pub mod drift;
+
+/// Reproducible noise for the filters' tests, roughly uniform in ±a.
+#[cfg(test)]
+pub(crate) struct Noise(pub u64);
+
+#[cfg(test)]
+impl Noise {
+    /// The next value (xorshift).
+    pub fn next(&mut self, a: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * a
+    }
+}
