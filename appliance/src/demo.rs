@@ -147,7 +147,11 @@ fn wait_started(k: u32, child: &mut Child, c: &Config) -> anyhow::Result<()> {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
-        anyhow::ensure!(since.elapsed() < START_TIMEOUT, "node-{k} did not start listening on {addr} within 30 s");
+        anyhow::ensure!(
+            since.elapsed() < START_TIMEOUT,
+            "node-{k} did not start listening on {addr} within {} s",
+            START_TIMEOUT.as_secs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
