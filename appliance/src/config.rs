@@ -89,6 +89,13 @@ pub struct Config {
     /// Admin page and REST API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// CDN edges in front of the origins, their health and the players'
+    /// steering between them (HLS Content Steering).
+    #[serde(default)]
+    pub steering: SteeringConfig,
+    /// The health agents' figures over time (`crate::history`).
+    #[serde(default)]
+    pub history: HistoryConfig,
     /// More channels on this appliance besides `[channel]` (also created
     /// and deleted through the API): each with its own source, ladder and
     /// playlists, encoded by this appliance alone (`crate::channels`).
@@ -705,6 +712,118 @@ fn default_window() -> u32 {
     6
 }
 
+/// CDN edges (or other origins) players can fetch the channels through:
+/// each is a pathway of HLS Content Steering. With pathways, the origin
+/// serves a steered multivariant playlist (`/steered/<channel>/master.m3u8`)
+/// and the steering server (`/steering/<channel>`), and the edge health
+/// agent probes every pathway (`crate::health::edge`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SteeringConfig {
+    /// The pathways, in the order players prefer them while all are
+    /// healthy.
+    pub pathways: Vec<PathwayConfig>,
+    /// Seconds a player keeps the steering manifest before asking again
+    /// (the `TTL` it is given).
+    pub ttl_s: u32,
+    /// How often each pathway is probed, ms.
+    pub probe_interval_ms: u32,
+}
+
+impl Default for SteeringConfig {
+    fn default() -> Self {
+        Self { pathways: Vec::new(), ttl_s: 2, probe_interval_ms: 500 }
+    }
+}
+
+/// One pathway: a CDN edge's base URL, under which the origin's paths
+/// are served (`<url>/combined/<channel>/master.m3u8`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PathwayConfig {
+    /// Its PATHWAY-ID: letters, digits, `-`, `.` and `_`.
+    pub id: String,
+    /// Base URL (`http://edge-1.example.net`), no trailing slash.
+    pub url: String,
+}
+
+impl SteeringConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.pathways.iter().enumerate() {
+            let key = format!("steering.pathways[{i}]");
+            let id_ok = !p.id.is_empty()
+                && p.id.len() <= 64
+                && p.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+            if !id_ok {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("`{}`: 1 to 64 letters, digits, `-`, `.` or `_`", p.id),
+                ));
+            }
+            if !seen.insert(p.id.as_str()) {
+                return Err(invalid(format!("{key}.id"), format!("`{}` is named twice", p.id)));
+            }
+            let scheme_ok = p.url.starts_with("http://") || p.url.starts_with("https://");
+            if !scheme_ok || p.url.ends_with('/') || p.url.contains(char::is_whitespace) {
+                return Err(invalid(
+                    format!("{key}.url"),
+                    format!("`{}` is not a base URL like \"http://edge-1.example.net\" (no trailing slash)", p.url),
+                ));
+            }
+        }
+        if !(1..=300).contains(&self.ttl_s) {
+            return Err(invalid("steering.ttl_s", "allowed: 1 to 300"));
+        }
+        if !(100..=60_000).contains(&self.probe_interval_ms) {
+            return Err(invalid("steering.probe_interval_ms", "allowed: 100 to 60000"));
+        }
+        Ok(())
+    }
+}
+
+/// The history store of the health agents' figures (`crate::history`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Record the figures.
+    pub enabled: bool,
+    /// The store; `<output.dir>/history.redb` when left out.
+    pub file: Option<PathBuf>,
+    /// How often the agents are sampled, ms.
+    pub interval_ms: u32,
+    /// Hours raw samples are kept.
+    pub raw_hours: u32,
+    /// Days each minute's mean, smallest and largest value are kept.
+    pub days: u32,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { enabled: true, file: None, interval_ms: 1000, raw_hours: 6, days: 7 }
+    }
+}
+
+impl HistoryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(200..=60_000).contains(&self.interval_ms) {
+            return Err(invalid("history.interval_ms", "allowed: 200 to 60000"));
+        }
+        if !(1..=168).contains(&self.raw_hours) {
+            return Err(invalid("history.raw_hours", "allowed: 1 to 168 (a week)"));
+        }
+        if !(1..=366).contains(&self.days) {
+            return Err(invalid("history.days", "allowed: 1 to 366"));
+        }
+        Ok(())
+    }
+
+    /// The store's path for an appliance writing under `output`.
+    pub fn path(&self, output: &Path) -> PathBuf {
+        self.file.clone().unwrap_or_else(|| output.join("history.redb"))
+    }
+}
+
 /// Built-in HTTP origin.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -783,6 +902,8 @@ impl Config {
         self.clock.validate()?;
         self.swarm.validate()?;
         self.admin.validate()?;
+        self.steering.validate()?;
+        self.history.validate()?;
         if self.appliance.id.is_empty() || self.appliance.id.len() > 64 {
             return Err(invalid("appliance.id", "must be 1 to 64 characters"));
         }
@@ -1027,6 +1148,29 @@ mod tests {
     /// The default configuration with `extra` appended (`[[channels]]`).
     fn plus(extra: &str) -> Result<Config, ConfigError> {
         Config::from_toml(&format!("{DEFAULT_TOML}\n{extra}"), "test")
+    }
+
+    #[test]
+    fn steering_pathways_need_unique_ids_and_base_urls() {
+        let pathways = |a: &str, b: &str| {
+            plus(&format!(
+                "[steering]\npathways = [{{ id = \"edge-1\", url = \"{a}\" }}, {{ id = \"{b}\", url = \"http://e2\" }}]"
+            ))
+        };
+        let c = pathways("http://e1:8180", "edge-2").expect("two edges");
+        assert_eq!(c.steering.pathways[1], PathwayConfig { id: "edge-2".into(), url: "http://e2".into() });
+        assert_eq!((c.steering.ttl_s, c.steering.probe_interval_ms), (2, 500));
+        let e = pathways("http://e1/", "edge-2").expect_err("trailing slash");
+        assert!(e.to_string().contains("steering.pathways[0].url"), "{e}");
+        let e = pathways("ftp://e1", "edge-2").expect_err("not http");
+        assert!(e.to_string().contains("steering.pathways[0].url"), "{e}");
+        let e = pathways("http://e1", "edge-1").expect_err("twice");
+        assert!(e.to_string().contains("steering.pathways[1].id") && e.to_string().contains("twice"), "{e}");
+        let e = pathways("http://e1", "edge 2").expect_err("a space");
+        assert!(e.to_string().contains("steering.pathways[1].id"), "{e}");
+        let e = plus("[steering]\nttl_s = 0").expect_err("ttl");
+        assert!(e.to_string().contains("steering.ttl_s"), "{e}");
+        assert!(plus("").expect("defaults").steering.pathways.is_empty());
     }
 
     const SECOND: &str = r#"

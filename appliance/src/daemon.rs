@@ -28,9 +28,25 @@ pub struct Services {
 /// admin API for `config`.
 pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Services> {
     let origin_metrics = Arc::new(OriginMetrics::default());
+    let edges = crate::health::edge::EdgeAgent::start(&config.steering);
+    let steering = edges.as_ref().map(|agent| origin::Steering {
+        config: config.steering.clone(),
+        agent: Arc::clone(agent),
+        combined: config.swarm.enabled,
+    });
     let origin = match &config.origin.listen {
-        Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics))?),
+        Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics), steering)?),
         None => None,
+    };
+    let history = {
+        let (channels, edges) = (Arc::clone(channels), edges.clone());
+        let path = config.history.path(&config.output.dir);
+        // Without its history the appliance still encodes: said, not fatal.
+        crate::history::start(&config.history, &path, move || health_samples(&channels, edges.as_deref()))
+            .unwrap_or_else(|e| {
+                tracing::error!("history off for this run: {e:#}");
+                None
+            })
     };
     let swarm = crate::swarm::join(config, channels)?;
     let admin = match &config.admin.listen {
@@ -40,10 +56,49 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
             swarm: swarm.clone(),
             origin: origin.as_ref().map(|o: &origin::Origin| o.addr),
             origin_metrics,
+            edges,
+            history,
         })?),
         None => None,
     };
     Ok(Services { origin, swarm, admin })
+}
+
+/// One round of the health agents' figures for the history store:
+/// `node/…` (pressure, memory), `channel/<id>/…` (deadline slack, encode
+/// latency, output disk) and `edge/<id>/…` (probe latency, failed share,
+/// up).
+fn health_samples(channels: &Channels, edges: Option<&crate::health::edge::EdgeAgent>) -> Vec<(String, f64)> {
+    let node = crate::health::NodeHealth::sample();
+    let mut out = Vec::new();
+    for (name, p) in [("cpu", node.pressure.cpu), ("memory", node.pressure.memory), ("io", node.pressure.io)] {
+        if let Some(p) = p {
+            out.push((format!("node/pressure_{name}"), f64::from(p.some_avg10)));
+        }
+    }
+    if let Some(bytes) = node.cgroup.as_ref().and_then(|c| c.memory_bytes) {
+        out.push(("node/memory_bytes".into(), bytes as f64));
+    }
+    for ch in channels.all() {
+        let status = &ch.taps.status;
+        if let Some(slack) = crate::sync::lock(&status.slack).summary() {
+            out.push((format!("channel/{}/slack_ms", ch.id), f64::from(slack.last_ms)));
+        }
+        let latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0;
+        out.push((format!("channel/{}/encode_latency_ms", ch.id), latency_ms));
+        if let Some(d) = crate::health::Disk::of(&ch.supervisor.config().output.dir) {
+            out.push((format!("channel/{}/disk_used", ch.id), d.used()));
+        }
+    }
+    for f in edges.map(crate::health::edge::EdgeAgent::figures).unwrap_or_default() {
+        if let Some(ms) = f.latency_ms {
+            out.push((format!("edge/{}/latency_ms", f.id), f64::from(ms)));
+        }
+        let failed = if f.probes == 0 { 0.0 } else { f.failed as f64 / f.probes as f64 };
+        out.push((format!("edge/{}/failed_ratio", f.id), failed));
+        out.push((format!("edge/{}/up", f.id), crate::metrics::flag(f.probes > 0 && f.failing_in_a_row == 0)));
+    }
+    out
 }
 
 /// Runs the daemon until a signal, or until the first channel's pipeline

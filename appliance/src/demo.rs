@@ -1,7 +1,8 @@
 //! `lockstep demo --nodes N`: a local swarm of N appliance processes on
 //! loopback, each with its own origin and output directory, sharing a
-//! fleet key made for the run; and `lockstep verify DIR`, which compares
-//! what the nodes wrote.
+//! fleet key made for the run — with `--edge`, two CDN edges (nginx) in
+//! front of the origins that players are steered between; and `lockstep
+//! verify DIR`, which compares what the nodes wrote.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +41,39 @@ pub struct SwarmDemo {
     pub frames: Option<u64>,
     /// Admin page and API of node 1 (node k on the next ports); `None`: none.
     pub admin: Option<SocketAddr>,
+    /// CDN edges (nginx) in front of the origins, edge k on this port
+    /// plus k-1; `None`: none.
+    pub edge_port: Option<u16>,
+}
+
+/// Edges the demo runs with `--edge`: two pathways to steer between.
+pub const DEMO_EDGES: u16 = 2;
+
+/// The edges of the demo: edge k listens on `--edge-port` plus k-1; its
+/// upstream is node ((k-1) mod N)+1's origin, the other origins its
+/// backups, so the edges spread over the nodes.
+pub fn edge_specs(d: &SwarmDemo, root: &Path) -> anyhow::Result<Vec<crate::edge::nginx::EdgeSpec>> {
+    let Some(base) = d.edge_port else { return Ok(Vec::new()) };
+    anyhow::ensure!(!d.no_origin, "--edge needs the origins: leave out --no-origin");
+    let origins: Vec<SocketAddr> = (0..d.nodes)
+        .map(|i| {
+            let p = d.listen.port().checked_add(u16::try_from(i)?).context("origin port out of range")?;
+            Ok(SocketAddr::new(d.listen.ip(), p))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    (1..=DEMO_EDGES)
+        .map(|k| {
+            let port = base.checked_add(k - 1).context("--edge-port out of range")?;
+            let mut upstream = origins.clone();
+            upstream.rotate_left(usize::from(k - 1) % origins.len().max(1));
+            Ok(crate::edge::nginx::EdgeSpec {
+                id: format!("edge-{k}"),
+                listen: SocketAddr::new(d.listen.ip(), port),
+                origins: upstream,
+                dir: root.join(format!("edge-{k}")),
+            })
+        })
+        .collect()
 }
 
 /// Name of the file holding the demo's admin password (mode 600).
@@ -71,6 +105,8 @@ pub fn node_config(d: &SwarmDemo, k: u32, root: &Path) -> anyhow::Result<Config>
     c.swarm.fleet_key_file = Some(root.join("fleet.key"));
     c.swarm.status_file = Some(c.output.dir.join("swarm.json"));
     c.swarm.expected_nodes = d.nodes.max(2);
+    c.steering.pathways =
+        edge_specs(d, root)?.iter().map(|e| crate::config::PathwayConfig { id: e.id.clone(), url: e.url() }).collect();
     if let Some(admin) = d.admin {
         let p = port(admin.port(), k).context("admin port out of range")?;
         c.admin.listen = Some(SocketAddr::new(admin.ip(), p).to_string());
@@ -169,6 +205,17 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     for (k, c) in (1..).zip(&configs) {
         check_ports(k, c)?;
     }
+    let edge_specs = edge_specs(d, &root)?;
+    for e in &edge_specs {
+        std::net::TcpListener::bind(e.listen).map_err(|err| {
+            anyhow::anyhow!(
+                "{} cannot listen on {}: {err}; edge k uses the port of --edge-port plus k-1: choose free ports \
+                 with --edge-port",
+                e.id,
+                e.listen
+            )
+        })?;
+    }
     std::fs::create_dir_all(&root).with_context(|| format!("--out {}", root.display()))?;
     let key_path = root.join("fleet.key");
     let mut made = MadeForRun(vec![key_path.clone()]);
@@ -182,7 +229,13 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     }
     let exe = std::env::current_exe().context("cannot find the lockstep binary")?;
     let mut children: Vec<(u32, Child)> = Vec::new();
-    let started = spawn_all(d, &exe, &configs, &mut children);
+    let mut edges = Vec::new();
+    let started = spawn_all(d, &exe, &configs, &mut children).and_then(|()| {
+        for spec in edge_specs {
+            edges.push(crate::edge::nginx::Edge::start(spec)?);
+        }
+        Ok(())
+    });
     if let Err(e) = started {
         terminate(&children);
         for (_, c) in &mut children {
@@ -204,6 +257,24 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
             config.output.dir.display()
         );
     }
+    for e in &edges {
+        let names: Vec<String> =
+            e.spec.origins.iter().map(|o| node_of(&configs, *o).unwrap_or_else(|| o.to_string())).collect();
+        eprintln!(
+            "lockstep demo: {} pid {} url {} (nginx in front of {}; backups {})",
+            e.spec.id,
+            e.pid(),
+            e.spec.url(),
+            names.first().map_or("", String::as_str),
+            names.get(1..).unwrap_or_default().join(", ")
+        );
+    }
+    if let (Some(first), false) = (configs.first().and_then(|c| c.origin.listen.as_ref()), edges.is_empty()) {
+        eprintln!(
+            "lockstep demo: steered playlist (players move between the edges) http://{first}/steered/{}/master.m3u8",
+            configs[0].channel.id
+        );
+    }
     if d.admin.is_some() {
         eprintln!("lockstep demo: admin password (made for this run) in {}", root.join(PASSWORD_FILE).display());
     }
@@ -214,6 +285,7 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
     );
     let mut ok = true;
     let mut signalled = false;
+    let mut gone: Vec<String> = Vec::new();
     while !children.is_empty() {
         if stop.load(Ordering::Relaxed) && !signalled {
             terminate(&children);
@@ -236,9 +308,23 @@ pub fn run(d: &SwarmDemo, stop: &Arc<AtomicBool>) -> anyhow::Result<bool> {
             }
         }
         children = still;
+        for e in &mut edges {
+            if !gone.contains(&e.spec.id) && !e.running() {
+                eprintln!("lockstep demo: {} (nginx) is gone; players are steered to the other edge", e.spec.id);
+                gone.push(e.spec.id.clone());
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(ok)
+}
+
+/// The name of the node whose origin is `addr`.
+fn node_of(configs: &[Config], addr: SocketAddr) -> Option<String> {
+    configs
+        .iter()
+        .find(|c| c.origin.listen.as_deref() == Some(addr.to_string().as_str()))
+        .map(|c| c.appliance.id.clone())
 }
 
 /// Writes each node's configuration and starts it, then waits until

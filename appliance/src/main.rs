@@ -62,6 +62,13 @@ enum Command {
         /// Encode as fast as possible instead of in real time.
         #[arg(long)]
         fast: bool,
+        /// Run two CDN edges (Debian's nginx, caching) in front of the
+        /// origins, and steer players between them (HLS Content Steering).
+        #[arg(long)]
+        edge: bool,
+        /// Port of edge 1 with --edge (edge k listens on the k-1 next ports).
+        #[arg(long, default_value_t = 8180)]
+        edge_port: u16,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -261,9 +268,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { out, nodes, swarm_port, input, listen, no_origin, admin, no_admin, fast, limits: l }
-            if nodes != 1 =>
-        {
+        Command::Demo {
+            out,
+            nodes,
+            swarm_port,
+            input,
+            listen,
+            no_origin,
+            admin,
+            no_admin,
+            fast,
+            edge,
+            edge_port,
+            limits: l,
+        } if nodes != 1 => {
             let listen = listen
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--listen `{listen}` is not an address like 127.0.0.1:8080"))?;
@@ -288,11 +306,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 duration: l.duration_s,
                 frames: l.frames,
                 admin,
+                edge_port: edge.then_some(edge_port),
             };
             let stop = l.stop.unwrap_or_default();
             Ok(if lockstep::demo::run(&d, &stop)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Demo { out, input, listen, no_origin, fast, limits: l, .. } => {
+        Command::Demo { out, input, listen, no_origin, fast, edge, limits: l, .. } => {
+            anyhow::ensure!(!edge, "--edge needs a swarm: --nodes 2 or more (the edges steer between its origins)");
             let mut config = Config::embedded_demo();
             config.output.dir = out;
             if let Some(path) = input {
@@ -311,7 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None
             } else {
                 Some(
-                    origin::start(&listen, root.clone(), Default::default())
+                    origin::start(&listen, root.clone(), Default::default(), None)
                         .map_err(|e| anyhow::anyhow!("{e}; choose a free port with --listen, or --no-origin"))?,
                 )
             };

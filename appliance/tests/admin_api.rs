@@ -268,6 +268,7 @@ fn every_documented_route_answers_as_documented() {
             p if p.ends_with("/clock/fault") => r#"{"offset_ns": 1000}"#.to_string(),
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
             p if p.ends_with("/drills/latency") => r#"{"ms": 100, "seconds": 2}"#.to_string(),
+            p if p.ends_with("/drills/origin-latency") => r#"{"ms": 10, "ramp_s": 1, "seconds": 1}"#.to_string(),
             p if p.ends_with("/drills/slip") || p.ends_with("/drills/forged-proposal") => {
                 r#"{"frames": 1}"#.to_string()
             }
@@ -605,8 +606,31 @@ fn the_health_agents_show_pressure_disk_and_an_encoder_losing_its_deadline_slack
     ] {
         assert!(metrics.contains(family), "{family} missing");
     }
+    // The history store recorded the agents' figures, the drill included.
+    let listed = d.get("/api/v1/health/history", &cookie).json();
+    let names: Vec<&str> = listed["series"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    for name in ["node/pressure_cpu", "channel/ch/slack_ms", "channel/ch/encode_latency_ms", "channel/ch/disk_used"] {
+        assert!(names.contains(&name), "{name} not in the history: {listed}");
+    }
+    // Sampled once a second: the drill's slack shows within a few.
+    let history = || d.get("/api/v1/health/history?series=channel/ch/slack_ms&since_s=120", &cookie).json();
+    let lowest = |h: &serde_json::Value| {
+        h["points"].as_array().unwrap().iter().filter_map(|p| p["mean"].as_f64()).fold(f64::INFINITY, f64::min)
+    };
+    d.wait_for("the drill's slack in the history", Duration::from_secs(10), || {
+        let h = history();
+        h["points"].as_array().is_some_and(|p| p.len() >= 5) && lowest(&h) < before - 400.0
+    });
+    let h = history();
+    assert_eq!(h["resolution"], "raw", "{h}");
+    let highest = h["points"].as_array().unwrap().iter().filter_map(|p| p["mean"].as_f64()).fold(0.0, f64::max);
+    assert!(highest > before - 400.0, "the slack before the drill is in the history too: {h}");
+    assert_eq!(d.get("/api/v1/health/history?series=nope", &cookie).status, 404);
+    assert_eq!(d.get("/api/v1/health/history?since_s=0", &cookie).status, 400);
+    assert!(dir.path().join("out/history.redb").is_file(), "the store is <output.dir>/history.redb");
     // Health is not public.
     assert_eq!(d.get("/api/v1/health", "").status, 401);
+    assert_eq!(d.get("/api/v1/health/history", "").status, 401);
 }
 
 /// (index, SHA-256, bytes) of every segment in a track's manifest.

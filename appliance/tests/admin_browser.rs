@@ -13,52 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn free_base(count: u16) -> u16 {
-    // Consecutive free ports (demo node k uses base + k - 1).
-    for _ in 0..50 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base < 60_000
-            && (0..count).all(|i| {
-                std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
-                    && std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok()
-            })
-        {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
-
-struct Demo(std::process::Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the child this test started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_admin_page_runs_a_swarm_in_a_browser() {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
-    assert!(
-        Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "this test needs node (`./run test` installs nodejs)"
-    );
-    assert!(Path::new("/usr/bin/chromium").exists(), "this test needs Debian's chromium (`./run test` installs it)");
-    assert!(
-        web.join("node_modules/playwright-core").exists(),
-        "this test needs playwright-core (`./run deps` runs npm ci in appliance/web)"
-    );
-    assert!(
-        web.join("node_modules/hls.js/dist/hls.min.js").exists(),
-        "this test needs hls.js built into the page (`./run deps`, then rebuild)"
-    );
+    common::require_browser(&web);
     let dir = tempfile::tempdir().unwrap();
-    let (origin, admin, swarm) = (free_base(3), free_base(3), free_base(3));
+    let (origin, admin, swarm) = (common::free_ports(3), common::free_ports(3), common::free_ports(3));
     let mut child = common::lockstep()
         .args(["demo", "--duration", "240", "--out"])
         .arg(dir.path())
@@ -69,7 +29,7 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         .unwrap();
     // The demo prints `node-k pid P origin ... admin URL ...` per node.
     let stderr = child.stderr.take().unwrap();
-    let demo = Demo(child);
+    let demo = common::Stopped(child);
     let mut lines = BufReader::new(stderr).lines();
     let (mut pids, mut admins) = (BTreeMap::new(), BTreeMap::new());
     while pids.len() < 3 {

@@ -22,21 +22,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     REAL_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A free UDP/TCP port block start (ports `p..p+n` were free a moment ago).
-fn free_ports(n: u16) -> u16 {
-    loop {
-        let p = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if p < 60_000
-            && (0..n).all(|i| {
-                UdpSocket::bind(("127.0.0.1", p + i)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()
-            })
-        {
-            return p;
-        }
-    }
-}
-
 fn view(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
@@ -46,7 +31,7 @@ fn the_demo_checks_its_input_and_ports_before_it_prints_or_writes_anything() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let (web, admin, swarm) = (free_ports(3), free_ports(3), free_ports(3));
+    let (web, admin, swarm) = (common::free_ports(3), common::free_ports(3), common::free_ports(3));
     let demo = |extra: &[&str]| {
         let run = common::lockstep()
             .args(["demo", "--nodes", "3", "--duration", "4", "--listen"])
@@ -102,7 +87,7 @@ fn a_demo_swarm_agrees_on_bytes_and_leader() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let (web, swarm) = (free_ports(3), free_ports(3));
+    let (web, swarm) = (common::free_ports(3), common::free_ports(3));
     let run = common::lockstep()
         .args(["demo", "--nodes", "3", "--duration", "7", "--listen"])
         .arg(format!("127.0.0.1:{web}"))
@@ -175,7 +160,7 @@ fn admin_api(dir: &Path) -> (String, String, String) {
     common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "a long enough password\n");
     let tokens = dir.join("tokens");
     let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "ci"], "");
-    let admin = format!("127.0.0.1:{}", free_ports(1));
+    let admin = format!("127.0.0.1:{}", common::free_ports(1));
     let table = format!(
         "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
         passwd.display(),
@@ -260,7 +245,7 @@ fn bursts_of_full_cpu_load_do_not_move_the_leader() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = fleet_key(dir.path());
-    let ports = (free_ports(3), free_ports(3));
+    let ports = (common::free_ports(3), common::free_ports(3));
     let _nodes = Nodes((0..3).map(|k| node(dir.path(), k, ports, &key)).collect());
     let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
     let leader = agreed_leader(&status);
@@ -321,7 +306,7 @@ fn a_killed_leader_is_detected_and_replaced() {
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = fleet_key(dir.path());
-    let ports = (free_ports(3), free_ports(3));
+    let ports = (common::free_ports(3), common::free_ports(3));
     let mut nodes = Nodes((0..3).map(|k| node(dir.path(), k, ports, &key)).collect());
     let status = |k: usize| view(&dir.path().join(format!("n{k}/swarm.json")));
     let leader = agreed_leader(&status);
@@ -362,7 +347,7 @@ fn a_killed_leader_is_detected_and_replaced() {
 /// tests beside it open sockets too).
 fn lone_node(name: &str, key: &FleetKey) -> (Swarm, SocketAddr) {
     for _ in 0..10 {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_ports(1)).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", common::free_ports(1)).parse().unwrap();
         match lone_node_at(name, key, addr) {
             Err(lockstep::swarm::SwarmError::Bind { .. }) => continue,
             started => return (started.unwrap(), addr),
@@ -451,7 +436,7 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
     common::require_tool("ffprobe");
     let dir = tempfile::tempdir().unwrap();
     let key = fleet_key(dir.path());
-    let ports = (free_ports(3), free_ports(3));
+    let ports = (common::free_ports(3), common::free_ports(3));
     let window = "window_segments = 30\n";
     let mut nodes = Nodes(vec![node_with(dir.path(), 0, ports, &key, window)]);
     std::thread::sleep(Duration::from_secs(5));
@@ -719,7 +704,7 @@ fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let key = fleet_key(dir.path());
-    let ports = (free_ports(3), free_ports(3));
+    let ports = (common::free_ports(3), common::free_ports(3));
     // n0 and n1 encode `ch` and `two` (another picture size, another
     // ladder); n2 encodes `ch` only.
     let two = "[[channels]]\nchannel = { id = \"two\" }\n\
@@ -928,7 +913,7 @@ fn a_capture_slip_is_never_published_and_is_corrected_by_majority_vote() {
     let key = fleet_key(dir.path());
     common::require_tool("ffprobe");
     const N: usize = 5;
-    let ports = (free_ports(N as u16), free_ports(N as u16));
+    let ports = (common::free_ports(N as u16), common::free_ports(N as u16));
     // n1 has the admin API, for the drill.
     let (admin, token, admin_table) = admin_api(dir.path());
     let window = "window_segments = 30\n";
@@ -1172,7 +1157,7 @@ fn a_drifting_media_clock_is_predicted_and_corrected_by_majority_vote_before_it_
     // admin API (events).
     const N: usize = 5;
     let drifter = "n4";
-    let ports = (free_ports(N as u16), free_ports(N as u16));
+    let ports = (common::free_ports(N as u16), common::free_ports(N as u16));
     let (admin, token, admin_table) = admin_api(dir.path());
     let drifting = format!("{admin_table}[clock.fault]\nfrequency_ppm = 1000.0\n");
     let window = "window_segments = 30\n";

@@ -10,7 +10,7 @@
 // CLIP.mp4 (160x90, no audio) becomes a file channel, and is deleted to
 // make that channel fail.
 
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 import { readFileSync, mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -30,14 +30,7 @@ const fail = (why) => {
   process.exit(1);
 };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
-  ],
-});
+const browser = await launchChromium();
 const timer = setTimeout(() => fail('the whole browser test took over 4 minutes'), 240_000);
 
 try {

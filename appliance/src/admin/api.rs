@@ -176,6 +176,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/drills/slip", post(slip_drill))
         .route("/api/v1/channels/{id}/drills/latency", post(latency_drill))
         .route("/api/v1/channels/{id}/drills/forged-proposal", post(forged_proposal_drill))
+        .route("/api/v1/drills/origin-latency", post(origin_latency_drill))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
         .route("/api/v1/clock", get(clock))
@@ -185,6 +186,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/outputs", get(outputs))
         .route("/api/v1/health", get(health))
         .route("/api/v1/chain", get(chain))
+        .route("/api/v1/health/history", get(health_history))
         .route("/api/v1/swarm", get(swarm))
         .route("/api/v1/swarm/alignment", get(alignment))
         .route("/api/v1/swarm/lockstep", get(lockstep))
@@ -962,6 +964,56 @@ async fn latency_drill(
     ))
 }
 
+/// Body of `POST /api/v1/drills/origin-latency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginLatencyDrill {
+    /// Hold of every answer at the end of the ramp, ms.
+    ms: u32,
+    /// Seconds the hold takes to grow from 0 to `ms` (0: at once).
+    #[serde(default)]
+    ramp_s: u32,
+    /// How long the drill lasts, ramp included.
+    seconds: u32,
+}
+
+/// An origin latency drill: every answer of this appliance's origin is
+/// held, the hold growing from 0 to `ms` over `ramp_s`, for `seconds` —
+/// the edges in front of it (and the edge agents' probes through them)
+/// see their upstream degrade, as with a failing network between them.
+async fn origin_latency_drill(
+    State(state): Shared,
+    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let OriginLatencyDrill { ms, ramp_s, seconds } = parse_body(&headers, &body)?;
+    drill_range("ms", ms, LATENCY_DRILL_MAX_MS)?;
+    drill_range("seconds", seconds, HANG_DRILL_MAX_S)?;
+    if ramp_s > seconds {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "ramp_s: at most seconds"));
+    }
+    if state.ctx.origin.is_none() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "no origin on this appliance (origin.listen)"));
+    }
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    state.ctx.origin_metrics.drill_latency(Duration::from_millis(u64::from(ms)), secs(ramp_s), secs(seconds));
+    let detail = json!({ "ms": ms, "ramp_s": ramp_s, "seconds": seconds });
+    Ok(drill_done(
+        &state,
+        &actor,
+        from,
+        "origin-latency-drill",
+        detail,
+        format!(
+            "origin latency drill: every answer of this origin held up to {ms} ms (reached in {ramp_s} s) for \
+             {seconds} s (by {})",
+            actor.name()
+        ),
+    ))
+}
+
 /// Body of `POST /api/v1/channels/{id}/drills/slip`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1103,8 +1155,66 @@ async fn health(State(state): Shared) -> Response {
             "pressure": node.pressure,
             "cgroup": node.cgroup,
             "channels": channels,
+            "edges": edge_figures(&state),
         }),
     )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    /// A series; every series' name when left out.
+    series: Option<String>,
+    /// How far back, seconds (default 600).
+    since_s: Option<u64>,
+}
+
+/// The health agents' figures over time (`crate::history`): the series
+/// recorded, or one series over the last `since_s` seconds — raw samples
+/// while they are kept, else each minute's mean, smallest and largest.
+async fn health_history(
+    State(state): Shared,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(HistoryQuery { series, since_s }) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let Some(store) = state.ctx.history.clone() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no history on this appliance (history.enabled = false)"));
+    };
+    let days = state.ctx.config.history.days;
+    let since_s = since_s.unwrap_or(600);
+    if since_s == 0 || since_s > u64::from(days) * 86_400 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("since_s: 1 to {} (history.days = {days})", u64::from(days) * 86_400),
+        ));
+    }
+    let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
+        let failed = |e: redb::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("history: {e}"));
+        let known = store.series().map_err(failed)?;
+        let Some(name) = series else { return Ok(json!({ "series": known })) };
+        if !known.iter().any(|s| s.name == name) {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no series `{name}` in the history")));
+        }
+        let now = crate::history::now_ms();
+        let span = store.span(&name, now.saturating_sub(since_s * 1000), now, now).map_err(failed)?;
+        Ok(json!({ "series": name, "resolution": span.resolution, "points": span.points }))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("history: {e}")))??;
+    Ok(json(StatusCode::OK, answer))
+}
+
+/// Every edge's figures and judgement (empty without `[steering]`).
+fn edge_figures(state: &AppState) -> Vec<Value> {
+    let figures = state.ctx.edges.as_ref().map(|a| a.figures()).unwrap_or_default();
+    figures
+        .into_iter()
+        .map(|f| {
+            let judged = crate::health::chain::edge(&f);
+            json!({ "figures": f, "state": judged.state, "reasons": judged.reasons })
+        })
+        .collect()
 }
 
 /// Replaces the media clock's injected fault (drills): applies now to the
@@ -1359,12 +1469,6 @@ struct ChannelQuery {
     channel: Option<String>,
 }
 
-/// The lockstep state of a channel across the swarm, as this node sees
-/// it: every node's position (frame, newest segment), its deviation from
-/// this node (frame offset, hash disagreements, media clock offset, drift
-/// and the predicted time to half a frame) and its last action (its
-/// resynchronisation proposal; for this node, where it stands, and its
-/// re-encodes).
 /// A channel's encoding chain as this node sees it: its source, encoder,
 /// packager and origin, the encoders of the peers that run the channel
 /// (whose replicas the combined output may take), the links between them,
@@ -1459,9 +1563,28 @@ async fn chain(
             links.push(link(&id, &origin_id));
         }
     }
+    // The CDN edges players are steered between, in front of the origins.
+    for e in edge_figures(&state) {
+        let id = format!("edge:{}", e["figures"]["id"].as_str().unwrap_or_default());
+        components.push(json!({
+            "id": id,
+            "kind": "edge",
+            "node": e["figures"]["id"],
+            "state": e["state"],
+            "reasons": e["reasons"],
+            "figures": e["figures"],
+        }));
+        links.push(link(&origin_id, &id));
+    }
     Ok(json(StatusCode::OK, json!({ "channel": ch.id, "node": me, "components": components, "links": links })))
 }
 
+/// The lockstep state of a channel across the swarm, as this node sees
+/// it: every node's position (frame, newest segment), its deviation from
+/// this node (frame offset, hash disagreements, media clock offset, drift
+/// and the predicted time to half a frame) and its last action (its
+/// resynchronisation proposal; for this node, where it stands, and its
+/// re-encodes).
 async fn lockstep(
     State(state): Shared,
     q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,

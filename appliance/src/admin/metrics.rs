@@ -37,6 +37,12 @@ pub(super) async fn metrics(State(state): Shared) -> Response {
         swarm.view().export(&mut out);
     }
     state.ctx.origin_metrics.export(&mut out);
+    if let Some(edges) = &state.ctx.edges {
+        edges.export(&mut out);
+    }
+    if let Some(history) = &state.ctx.history {
+        history.export(&mut out);
+    }
     state.api.export(&mut out);
     out.counter("lockstep_events_total", "Events recorded in the admin event log.", &[], state.events.count() as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out.render()).into_response()

@@ -45,6 +45,10 @@ pub struct Context {
     pub origin: Option<SocketAddr>,
     /// The origin's counters.
     pub origin_metrics: Arc<OriginMetrics>,
+    /// The edge health agent, when `[steering]` names pathways.
+    pub edges: Option<Arc<crate::health::edge::EdgeAgent>>,
+    /// The history store, unless `history.enabled = false`.
+    pub history: Option<Arc<crate::history::History>>,
 }
 
 /// A running admin server.

@@ -134,10 +134,71 @@ pub fn origin(listening: bool, requests: u64, server_errors: u64) -> Judged {
     )
 }
 
+/// Probes in a row an edge did not answer from which it is down.
+pub const EDGE_DOWN_AFTER: usize = 2;
+/// Median probe time (edge and origin behind it) above which an edge is
+/// slow, ms.
+pub const EDGE_LATENCY_WARN_MS: f32 = 300.0;
+
+/// A CDN edge, from its probes (`super::edge`).
+pub fn edge(f: &super::edge::EdgeFigures) -> Judged {
+    let why = f.last_error.as_deref().unwrap_or("no answer");
+    if f.probes == 0 {
+        return Judged::of(vec![(State::Warn, "not probed yet".into())]);
+    }
+    if f.failing_in_a_row >= EDGE_DOWN_AFTER.min(f.probes) {
+        return Judged::of(vec![(State::Down, format!("{} probes in a row failed: {why}", f.failing_in_a_row))]);
+    }
+    let mut found = Vec::new();
+    if f.failed > 0 {
+        let state = if f.probes >= 4 && f.failed * 2 >= f.probes { State::Bad } else { State::Warn };
+        found.push((state, format!("{} of the last {} probes failed: {why}", f.failed, f.probes)));
+    }
+    if f.upstream_errors > 0 {
+        found.push((
+            State::Warn,
+            format!("{} of the last {} probes found the origin behind it failing", f.upstream_errors, f.probes),
+        ));
+    }
+    if let Some(ms) = f.latency_ms.filter(|ms| *ms > EDGE_LATENCY_WARN_MS) {
+        found.push((State::Warn, format!("slow: its probes take {ms:.0} ms (median)")));
+    }
+    Judged::of(found)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edge_is_down_after_two_failed_probes_and_slow_or_erring_ones_warn() {
+        let f = super::super::edge::EdgeFigures {
+            id: "edge-1".into(),
+            url: "http://127.0.0.1:1".into(),
+            probes: 10,
+            failed: 0,
+            upstream_errors: 0,
+            failing_in_a_row: 0,
+            latency_ms: Some(5.0),
+            latency_max_ms: Some(9.0),
+            active_connections: None,
+            requests_per_s: None,
+            last_error: None,
+        };
+        assert_eq!(edge(&f).state, State::Ok);
+        let slow = super::super::edge::EdgeFigures { latency_ms: Some(400.0), ..f.clone() };
+        assert_eq!(edge(&slow).state, State::Warn);
+        assert!(edge(&slow).reasons[0].contains("400 ms"));
+        let erring = super::super::edge::EdgeFigures { failed: 1, last_error: Some("timeout".into()), ..f.clone() };
+        assert_eq!(edge(&erring).reasons, ["1 of the last 10 probes failed: timeout"]);
+        let failing = super::super::edge::EdgeFigures { failed: 5, ..f.clone() };
+        assert_eq!(edge(&failing).state, State::Bad);
+        let down = super::super::edge::EdgeFigures { failed: 2, failing_in_a_row: 2, ..f.clone() };
+        assert_eq!(edge(&down).state, State::Down);
+        let upstream = super::super::edge::EdgeFigures { upstream_errors: 1, ..f };
+        assert_eq!(edge(&upstream).state, State::Warn);
+    }
 
     fn slack(last_ms: f32, trend: Option<f32>, left: Option<f32>) -> Slack {
         Slack {

@@ -12,11 +12,14 @@
 //! - [`slack`]: an encoder's deadline slack per segment — how long before
 //!   the next segment's end each segment was published — and its trend,
 //!   the leading indicator of an encoder falling behind real time;
-//! - [`chain`]: a channel's chain (source → encoders → packager → origin)
-//!   and each component's state judged from those figures.
+//! - [`edge`]: every CDN edge players are steered between, probed from
+//!   here: answered or not, its latency, the origin behind it, its load;
+//! - [`chain`]: a channel's chain (source → encoders → packager → origin
+//!   → edges) and each component's state judged from those figures.
 
 pub mod cgroup;
 pub mod chain;
+pub mod edge;
 pub mod pressure;
 pub mod slack;
 

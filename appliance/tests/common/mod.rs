@@ -196,3 +196,51 @@ pub fn assert_overlap_identical(a: &Path, b: &Path, at_least: usize) {
         );
     }
 }
+
+/// A free UDP/TCP port block start (ports `p..p+n` were free a moment ago).
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let p = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if p < 60_000
+            && (0..n).all(|i| {
+                std::net::UdpSocket::bind(("127.0.0.1", p + i)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()
+            })
+        {
+            return p;
+        }
+    }
+    panic!("no block of {n} free ports on 127.0.0.1");
+}
+
+/// A process the test started: asked to stop (SIGTERM) and waited for
+/// when dropped, also when the test fails.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Fails loudly (never skips) unless the browser tests' tools are here:
+/// node, Debian's chromium, and playwright-core and hls.js in `web`
+/// (appliance/web/node_modules).
+pub fn require_browser(web: &Path) {
+    assert!(
+        Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "this test needs node (`./run test` installs nodejs)"
+    );
+    assert!(Path::new("/usr/bin/chromium").exists(), "this test needs Debian's chromium (`./run test` installs it)");
+    assert!(
+        web.join("node_modules/playwright-core").exists(),
+        "this test needs playwright-core (`./run deps` runs npm ci in appliance/web)"
+    );
+    assert!(
+        web.join("node_modules/hls.js/dist/hls.min.js").exists(),
+        "this test needs hls.js built into the page (`./run deps`, then rebuild)"
+    );
+}

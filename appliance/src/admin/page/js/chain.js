@@ -1,5 +1,6 @@
 /* Lockstep admin console: the channel's encoding chain — source → encoder →
- * packager → origin, and the peers' encoders feeding the combined output —
+ * packager → origin → CDN edges, and the peers' encoders feeding the
+ * combined output —
  * as boxes coloured by each component's state, with the reasons.
  */
 import { $, el } from './core.js';
@@ -9,6 +10,7 @@ const COLUMNS = [
   ['encoder', 'Encoders'],
   ['packager', 'Packager'],
   ['origin', 'Origin'],
+  ['edge', 'Edges'],
 ];
 const TONE = { ok: 'ok', warn: 'warn', bad: 'bad', down: 'bad' };
 
@@ -31,7 +33,9 @@ export function renderChain(chain) {
   chip.className = `chip tone-${TONE[worst]}`;
   chip.textContent = worst === 'ok' ? 'all healthy' : `${components.filter((c) => c.state !== 'ok').length} need attention`;
   const columns = [];
-  COLUMNS.forEach(([kind, title], i) => {
+  // The edges' column only where players are steered between edges.
+  const shown = COLUMNS.filter(([kind]) => kind !== 'edge' || components.some((c) => c.kind === 'edge'));
+  shown.forEach(([kind, title], i) => {
     if (i > 0) columns.push(el('div', { class: 'chain-arrow', text: '→', 'aria-hidden': 'true' }));
     columns.push(el('div', { class: 'chain-col', dataset: { kind } },
       el('div', { class: 'chain-title', text: title }),
