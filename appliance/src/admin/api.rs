@@ -1160,6 +1160,11 @@ async fn health(State(state): Shared) -> Response {
     )
 }
 
+/// A query string's fields, or a 400 naming what is wrong with it.
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
@@ -1176,8 +1181,7 @@ async fn health_history(
     State(state): Shared,
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(HistoryQuery { series, since_s }) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let HistoryQuery { series, since_s } = query(q)?;
     let Some(store) = state.ctx.history.clone() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no history on this appliance (history.enabled = false)"));
     };
@@ -1406,8 +1410,7 @@ async fn alignment(
     State(state): Shared,
     q: Result<Query<AlignmentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(AlignmentQuery { limit, channel }) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let AlignmentQuery { limit, channel } = query(q)?;
     let n = in_range(limit, 12, 200)?;
     let Some(sw) = state.ctx.swarm.as_ref() else {
         return Ok(json(StatusCode::OK, json!({ "nodes": [state.ctx.config.appliance.id], "rows": [] })));
@@ -1479,8 +1482,7 @@ async fn chain(
     q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     use crate::health::chain::{self, Judged};
-    let Query(ChannelQuery { channel }) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let ChannelQuery { channel } = query(q)?;
     let ch = match channel {
         Some(id) => check_channel(&state, &id)?,
         None => state.ctx.channels.first(),
@@ -1589,8 +1591,7 @@ async fn lockstep(
     State(state): Shared,
     q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(ChannelQuery { channel }) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let ChannelQuery { channel } = query(q)?;
     let Some(sw) = state.ctx.swarm.as_ref() else {
         let id = channel.unwrap_or_else(|| state.ctx.channels.first().id.clone());
         return Ok(json(StatusCode::OK, json!({ "channel": id, "node": state.ctx.config.appliance.id, "nodes": [] })));
@@ -1664,8 +1665,7 @@ async fn analysis(
     State(state): Shared,
     q: Result<Query<AnalysisQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(AnalysisQuery { limit, channel }) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    let AnalysisQuery { limit, channel } = query(q)?;
     let n = in_range(limit, 120, super::ANALYSIS_KEPT)?;
     let ch = match channel {
         Some(id) => check_channel(&state, &id)?,
