@@ -13,8 +13,9 @@
 //! per series every `history.interval_ms`) are kept `history.raw_hours`;
 //! each complete minute is also kept as its mean, smallest and largest
 //! value for `history.days`. A recorder thread samples the agents and
-//! writes each round in one transaction; a full or failing disk costs
-//! the history, never the output (the error is logged and counted).
+//! writes each round in one transaction, synced to disk once a minute;
+//! a full or failing disk costs the history, never the output (the error
+//! is logged and counted).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -99,8 +100,13 @@ impl History {
     }
 
     /// Writes one round of samples taken at `at_ms`, in one transaction.
+    /// The round is not synced to disk: the next [`History::downsample`]
+    /// (once a minute) makes it and every round before it durable, so the
+    /// store costs one sync a minute, not one a second; a crash loses at
+    /// most that minute's raw samples.
     pub fn record(&self, at_ms: u64, samples: &[(String, f64)]) -> Result<(), redb::Error> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::None)?;
         {
             let mut raw = tx.open_table(RAW)?;
             let mut series = tx.open_table(SERIES)?;
@@ -117,7 +123,8 @@ impl History {
     }
 
     /// Aggregates every complete minute before `now_ms` not yet
-    /// aggregated, and drops raw samples and minutes past their retention.
+    /// aggregated, and drops raw samples and minutes past their retention;
+    /// a durable commit, also of the rounds recorded since the last.
     pub fn downsample(&self, now_ms: u64) -> Result<(), redb::Error> {
         let complete = now_ms - now_ms % MINUTE_MS;
         let tx = self.db.begin_write()?;

@@ -1160,8 +1160,11 @@ async fn health(State(state): Shared) -> Response {
     )
 }
 
+/// A handler's query string as axum extracts it: read with [`query`].
+type QueryOf<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
 /// A query string's fields, or a 400 naming what is wrong with it.
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+fn query<T>(q: QueryOf<T>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))
 }
 
@@ -1177,10 +1180,7 @@ struct HistoryQuery {
 /// The health agents' figures over time (`crate::history`): the series
 /// recorded, or one series over the last `since_s` seconds — raw samples
 /// while they are kept, else each minute's mean, smallest and largest.
-async fn health_history(
-    State(state): Shared,
-    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult {
+async fn health_history(State(state): Shared, q: QueryOf<HistoryQuery>) -> ApiResult {
     let HistoryQuery { series, since_s } = query(q)?;
     let Some(store) = state.ctx.history.clone() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no history on this appliance (history.enabled = false)"));
@@ -1406,10 +1406,7 @@ struct AlignmentQuery {
     channel: Option<String>,
 }
 
-async fn alignment(
-    State(state): Shared,
-    q: Result<Query<AlignmentQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult {
+async fn alignment(State(state): Shared, q: QueryOf<AlignmentQuery>) -> ApiResult {
     let AlignmentQuery { limit, channel } = query(q)?;
     let n = in_range(limit, 12, 200)?;
     let Some(sw) = state.ctx.swarm.as_ref() else {
@@ -1477,10 +1474,7 @@ struct ChannelQuery {
 /// (whose replicas the combined output may take), the links between them,
 /// and each component's state judged from its health agents
 /// (`crate::health::chain`).
-async fn chain(
-    State(state): Shared,
-    q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult {
+async fn chain(State(state): Shared, q: QueryOf<ChannelQuery>) -> ApiResult {
     use crate::health::chain::{self, Judged};
     let ChannelQuery { channel } = query(q)?;
     let ch = match channel {
@@ -1587,10 +1581,7 @@ async fn chain(
 /// and the predicted time to half a frame) and its last action (its
 /// resynchronisation proposal; for this node, where it stands, and its
 /// re-encodes).
-async fn lockstep(
-    State(state): Shared,
-    q: Result<Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult {
+async fn lockstep(State(state): Shared, q: QueryOf<ChannelQuery>) -> ApiResult {
     let ChannelQuery { channel } = query(q)?;
     let Some(sw) = state.ctx.swarm.as_ref() else {
         let id = channel.unwrap_or_else(|| state.ctx.channels.first().id.clone());
@@ -1661,10 +1652,7 @@ struct AnalysisQuery {
     channel: Option<String>,
 }
 
-async fn analysis(
-    State(state): Shared,
-    q: Result<Query<AnalysisQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult {
+async fn analysis(State(state): Shared, q: QueryOf<AnalysisQuery>) -> ApiResult {
     let AnalysisQuery { limit, channel } = query(q)?;
     let n = in_range(limit, 120, super::ANALYSIS_KEPT)?;
     let ch = match channel {
@@ -1692,7 +1680,7 @@ struct Since {
     since: Option<u64>,
 }
 
-async fn events(State(state): Shared, q: Result<Query<Since>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+async fn events(State(state): Shared, q: QueryOf<Since>) -> ApiResult {
     let Query(Since { since }) =
         q.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "since", format!("query: {}", e.body_text())))?;
     Ok(json(StatusCode::OK, json!(state.events.since(since.unwrap_or(0)))))
