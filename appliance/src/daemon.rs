@@ -48,6 +48,8 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
                 None
             })
     };
+    // A disk drill's filler left by a daemon killed during the drill.
+    crate::drill::disk::remove_left(&config.output.dir);
     let swarm = crate::swarm::join(config, channels)?;
     let admin = match &config.admin.listen {
         Some(_) => Some(crate::admin::start(crate::admin::Context {
@@ -58,6 +60,7 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
             origin_metrics,
             edges,
             history,
+            drills: Arc::default(),
         })?),
         None => None,
     };

@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod devices;
+pub mod drill;
 pub mod edge;
 pub mod encode;
 pub mod files;

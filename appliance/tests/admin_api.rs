@@ -269,6 +269,10 @@ fn every_documented_route_answers_as_documented() {
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
             p if p.ends_with("/drills/latency") => r#"{"ms": 100, "seconds": 2}"#.to_string(),
             p if p.ends_with("/drills/origin-latency") => r#"{"ms": 10, "ramp_s": 1, "seconds": 1}"#.to_string(),
+            p if p.ends_with("/drills/cpu") => r#"{"cpus": 1.5, "ramp_s": 1, "seconds": 1}"#.to_string(),
+            p if p.ends_with("/drills/memory") => r#"{"mb": 8, "ramp_s": 1, "seconds": 1}"#.to_string(),
+            // 8 MiB taken from what the output's file system has free.
+            p if p.ends_with("/drills/disk") => format!(r#"{{"free_mb": {}, "seconds": 1}}"#, free_mib(&d.dir) - 8),
             p if p.ends_with("/drills/slip") || p.ends_with("/drills/forged-proposal") => {
                 r#"{"frames": 1}"#.to_string()
             }
@@ -289,6 +293,14 @@ fn every_documented_route_answers_as_documented() {
             assert!(responses.contains_key("409"));
             assert_eq!(r.status, 409, "{method} {path}: {}", r.text());
             assert!(r.text().contains("no swarm"), "{}", r.text());
+            checked += 1;
+            continue;
+        }
+        if path.ends_with("/drills/cpu") && !common::is_root() {
+            // Lowering the daemon's cgroup CPU limit needs root here
+            // (tests/drills.rs runs it); the documented 409 says so.
+            assert_eq!(r.status, 409, "{method} {path}: {}", r.text());
+            assert!(r.text().contains("needs root"), "{}", r.text());
             checked += 1;
             continue;
         }
@@ -328,6 +340,13 @@ fn every_documented_route_answers_as_documented() {
         checked += 1;
     }
     assert!(checked >= 20, "only {checked} operations documented");
+}
+
+/// MiB free on the file system holding `dir` (`df`).
+fn free_mib(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df").args(["-m", "--output=avail"]).arg(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("df: {text}"))
 }
 
 #[test]

@@ -172,11 +172,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/channels/{id}/renditions/{name}", patch(set_rendition))
         .route("/api/v1/channels/{id}/start", post(start_channel))
         .route("/api/v1/channels/{id}/stop", post(stop_channel))
-        .route("/api/v1/channels/{id}/drills/hang", post(hang_drill))
-        .route("/api/v1/channels/{id}/drills/slip", post(slip_drill))
-        .route("/api/v1/channels/{id}/drills/latency", post(latency_drill))
-        .route("/api/v1/channels/{id}/drills/forged-proposal", post(forged_proposal_drill))
-        .route("/api/v1/drills/origin-latency", post(origin_latency_drill))
+        .route("/api/v1/channels/{id}/drills/hang", post(super::drills::hang_drill))
+        .route("/api/v1/channels/{id}/drills/slip", post(super::drills::slip_drill))
+        .route("/api/v1/channels/{id}/drills/latency", post(super::drills::latency_drill))
+        .route("/api/v1/channels/{id}/drills/forged-proposal", post(super::drills::forged_proposal_drill))
+        .route("/api/v1/drills/origin-latency", post(super::drills::origin_latency_drill))
+        .route("/api/v1/drills", get(super::drills::list).delete(super::drills::stop_all))
+        .route("/api/v1/drills/cpu", post(super::drills::cpu))
+        .route("/api/v1/drills/memory", post(super::drills::memory))
+        .route("/api/v1/drills/disk", post(super::drills::disk))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
         .route("/api/v1/clock", get(clock))
@@ -682,7 +686,7 @@ pub(super) fn command_error(e: CommandError) -> ApiError {
 }
 
 /// Sends `cmd` to channel `id`'s supervisor off the async runtime.
-async fn ask(ch: &Channel, cmd: ChannelCommand) -> Result<crate::command::Answer, ApiError> {
+pub(super) async fn ask(ch: &Channel, cmd: ChannelCommand) -> Result<crate::command::Answer, ApiError> {
     let supervisor = ch.supervisor.clone();
     tokio::task::spawn_blocking(move || supervisor.ask(cmd, COMMAND_TIMEOUT))
         .await
@@ -849,268 +853,6 @@ async fn set_source_control(
     Ok(json(StatusCode::OK, control_json(&control)))
 }
 
-/// Body of `POST /api/v1/channels/{id}/drills/hang`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HangDrill {
-    seconds: u32,
-}
-
-/// The longest hang drill, s.
-const HANG_DRILL_MAX_S: u32 = 600;
-
-/// A drill under way: audited as `action` (with `detail`, also the
-/// answer), and a `drill` event saying what it does.
-fn drill_done(
-    state: &AppState,
-    actor: &Actor,
-    from: SocketAddr,
-    action: &str,
-    detail: Value,
-    event: String,
-) -> Response {
-    state.audit(&actor.name(), Some(from), action, detail.clone());
-    state.events.push("drill", Some(&state.ctx.config.appliance.id), event);
-    json(StatusCode::ACCEPTED, detail)
-}
-
-/// A drill's `field` from 1 to `max`.
-fn drill_range(field: &'static str, value: u32, max: u32) -> Result<(), ApiError> {
-    if (1..=max).contains(&value) {
-        return Ok(());
-    }
-    Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, format!("{field} {value}: allowed 1 to {max}")))
-}
-
-/// A drill needs the channel running (`nothing to …` what it would do).
-fn drill_running(ch: &Channel, what: &str) -> Result<(), ApiError> {
-    if ch.taps.status.running.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    Err(ApiError::new(StatusCode::CONFLICT, format!("channel `{}` is not running; nothing to {what}", ch.id)))
-}
-
-/// A hang drill: the channel's capture loop stops for `seconds`, as a
-/// wedged data plane would. Under systemd the watchdog pings stop and the
-/// service is restarted; that is what the drill proves.
-async fn hang_drill(
-    State(state): Shared,
-    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
-    axum::Extension(actor): axum::Extension<Actor>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let ch = check_channel(&state, &id)?;
-    let HangDrill { seconds } = parse_body(&headers, &body)?;
-    drill_range("seconds", seconds, HANG_DRILL_MAX_S)?;
-    drill_running(&ch, "hang")?;
-    ask(&ch, ChannelCommand::Hang(Duration::from_secs(u64::from(seconds)))).await?;
-    let watchdog_s = crate::systemd::watchdog_period().map(|w| w.as_secs_f64());
-    let detail = json!({ "channel": id, "seconds": seconds, "watchdog_s": watchdog_s });
-    Ok(drill_done(
-        &state,
-        &actor,
-        from,
-        "hang-drill",
-        detail,
-        format!("hang drill: channel {id}'s capture stops for {seconds} s (by {})", actor.name()),
-    ))
-}
-
-/// Body of `POST /api/v1/channels/{id}/drills/latency`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LatencyDrill {
-    /// Hold per segment, ms.
-    ms: u32,
-    /// How long the drill lasts.
-    seconds: u32,
-}
-
-/// Longest hold per segment of a latency drill, ms.
-const LATENCY_DRILL_MAX_MS: u32 = 10_000;
-
-/// An encode-latency spike drill: every rendition of the channel holds
-/// each segment it finishes `ms` before publishing it, for `seconds`. Its
-/// neighbours see its encode latency rise (the deviation's
-/// `encode_latency_ms`); a hold longer than the frame pool stalls capture.
-async fn latency_drill(
-    State(state): Shared,
-    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
-    axum::Extension(actor): axum::Extension<Actor>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let ch = check_channel(&state, &id)?;
-    let LatencyDrill { ms, seconds } = parse_body(&headers, &body)?;
-    drill_range("ms", ms, LATENCY_DRILL_MAX_MS)?;
-    drill_range("seconds", seconds, HANG_DRILL_MAX_S)?;
-    drill_running(&ch, "delay")?;
-    let (hold, lasting) = (Duration::from_millis(u64::from(ms)), Duration::from_secs(u64::from(seconds)));
-    ask(&ch, ChannelCommand::LatencySpike { hold, lasting }).await?;
-    let detail = json!({ "channel": id, "ms": ms, "seconds": seconds });
-    Ok(drill_done(
-        &state,
-        &actor,
-        from,
-        "latency-drill",
-        detail,
-        format!(
-            "latency drill: channel {id}'s encoders hold every segment {ms} ms for {seconds} s (by {})",
-            actor.name()
-        ),
-    ))
-}
-
-/// Body of `POST /api/v1/drills/origin-latency`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OriginLatencyDrill {
-    /// Hold of every answer at the end of the ramp, ms.
-    ms: u32,
-    /// Seconds the hold takes to grow from 0 to `ms` (0: at once).
-    #[serde(default)]
-    ramp_s: u32,
-    /// How long the drill lasts, ramp included.
-    seconds: u32,
-}
-
-/// An origin latency drill: every answer of this appliance's origin is
-/// held, the hold growing from 0 to `ms` over `ramp_s`, for `seconds` —
-/// the edges in front of it (and the edge agents' probes through them)
-/// see their upstream degrade, as with a failing network between them.
-async fn origin_latency_drill(
-    State(state): Shared,
-    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
-    axum::Extension(actor): axum::Extension<Actor>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let OriginLatencyDrill { ms, ramp_s, seconds } = parse_body(&headers, &body)?;
-    drill_range("ms", ms, LATENCY_DRILL_MAX_MS)?;
-    drill_range("seconds", seconds, HANG_DRILL_MAX_S)?;
-    if ramp_s > seconds {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "ramp_s: at most seconds"));
-    }
-    if state.ctx.origin.is_none() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "no origin on this appliance (origin.listen)"));
-    }
-    let secs = |s: u32| Duration::from_secs(u64::from(s));
-    state.ctx.origin_metrics.drill_latency(Duration::from_millis(u64::from(ms)), secs(ramp_s), secs(seconds));
-    let detail = json!({ "ms": ms, "ramp_s": ramp_s, "seconds": seconds });
-    Ok(drill_done(
-        &state,
-        &actor,
-        from,
-        "origin-latency-drill",
-        detail,
-        format!(
-            "origin latency drill: every answer of this origin held up to {ms} ms (reached in {ramp_s} s) for \
-             {seconds} s (by {})",
-            actor.name()
-        ),
-    ))
-}
-
-/// Body of `POST /api/v1/channels/{id}/drills/slip`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SlipDrill {
-    frames: i64,
-}
-
-/// The frames of a slip or forged-proposal drill: within the offsets the
-/// swarm looks for, not 0.
-fn drill_frames(headers: &HeaderMap, body: &Bytes) -> Result<i64, ApiError> {
-    let SlipDrill { frames } = parse_body(headers, body)?;
-    let max = crate::swarm::deviation::MAX_OFFSET;
-    if frames == 0 || frames.abs() > max {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "frames",
-            format!("frames {frames}: allowed -{max} to {max}, not 0"),
-        ));
-    }
-    Ok(frames)
-}
-
-/// A slip drill: the channel's capture slips by `frames` against the
-/// shared timeline, as a capture that lost (positive) or gained frames
-/// would; its neighbours see the frame offset and the hashes disagree.
-/// The built-in test source only (a device or a file slips by itself).
-async fn slip_drill(
-    State(state): Shared,
-    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
-    axum::Extension(actor): axum::Extension<Actor>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let ch = check_channel(&state, &id)?;
-    let frames = drill_frames(&headers, &body)?;
-    if ch.supervisor.config().source.kind != crate::config::SourceKind::Test {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "channel `{id}`: a slip drill needs the built-in test source (a capture device or file slips by itself)"
-            ),
-        ));
-    }
-    drill_running(&ch, "slip")?;
-    ask(&ch, ChannelCommand::Slip(frames)).await?;
-    let slip = ch.taps.status.capture.slip_frames.load(Ordering::Relaxed);
-    let detail = json!({ "channel": id, "frames": frames, "slip_frames": slip });
-    Ok(drill_done(
-        &state,
-        &actor,
-        from,
-        "slip-drill",
-        detail,
-        format!(
-            "slip drill: channel {id}'s capture slips {} frame{} {} (now {slip} in all; by {})",
-            frames.abs(),
-            if frames.abs() == 1 { "" } else { "s" },
-            if frames > 0 { "late" } else { "early" },
-            actor.name()
-        ),
-    ))
-}
-
-/// A forged-proposal drill: this node proposes to realign its capture of
-/// the channel by `frames` with made-up evidence. Its neighbours measure
-/// no such offset, vote it down, and nothing changes (the outcome shows in
-/// `GET /api/v1/swarm` and the events).
-async fn forged_proposal_drill(
-    State(state): Shared,
-    ConnectInfo(super::PeerAddr(from)): ConnectInfo<super::PeerAddr>,
-    axum::Extension(actor): axum::Extension<Actor>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let ch = check_channel(&state, &id)?;
-    let frames = drill_frames(&headers, &body)?;
-    let Some(swarm) = state.ctx.swarm.as_ref() else {
-        return Err(ApiError::new(StatusCode::CONFLICT, "this appliance is in no swarm: nobody to propose to"));
-    };
-    drill_running(&ch, "propose")?;
-    swarm.forge_proposal(&id, frames);
-    let detail = json!({ "channel": id, "frames": frames });
-    Ok(drill_done(
-        &state,
-        &actor,
-        from,
-        "forged-proposal-drill",
-        detail,
-        format!(
-            "forged-proposal drill: channel {id}: a realignment by {frames} frames proposed without cause (by {})",
-            actor.name()
-        ),
-    ))
-}
-
 fn clock_json(state: &AppState) -> Value {
     let first = state.ctx.channels.first();
     let s = &first.taps.status;
@@ -1154,6 +896,7 @@ async fn health(State(state): Shared) -> Response {
             "pressure_scope": node.pressure_scope,
             "pressure": node.pressure,
             "cgroup": node.cgroup,
+            "memory": node.memory,
             "channels": channels,
             "edges": edge_figures(&state),
         }),
@@ -1510,11 +1253,13 @@ async fn chain(State(state): Shared, q: QueryOf<ChannelQuery>) -> ApiResult {
             encoder_id.clone(),
             "encoder",
             &me,
-            chain::encoder(running, slack.as_ref(), segment_ms, cpu_pressure),
+            chain::encoder(running, slack.as_ref(), segment_ms, cpu_pressure, node.memory),
             json!({
                 "deadline_slack": slack,
                 "encode_latency_ms": status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
                 "cpu_pressure": cpu_pressure,
+                "cpu_limit": node.cgroup.as_ref().and_then(|c| c.cpu_limit),
+                "memory": node.memory,
             }),
         ),
         component(

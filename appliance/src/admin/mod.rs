@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+mod drills;
 pub mod events;
 mod metrics;
 pub mod settings;
@@ -49,6 +50,8 @@ pub struct Context {
     pub edges: Option<Arc<crate::health::edge::EdgeAgent>>,
     /// The history store, unless `history.enabled = false`.
     pub history: Option<Arc<crate::history::History>>,
+    /// The resource drills.
+    pub drills: Arc<crate::drill::Drills>,
 }
 
 /// A running admin server.

@@ -1,7 +1,10 @@
-//! The daemon's cgroup v2: CPU used and throttled, memory in use against
-//! its limit, and the memory limit's events. On the appliance systemd
-//! puts the daemon in `lockstep.service`'s cgroup, where `CPUQuota=` and
-//! `MemoryMax=` (or a drill) set `cpu.max` and `memory.max`.
+//! The daemon's cgroup: CPU used and throttled, memory in use against its
+//! limit, and the memory limit's events. On the appliance (cgroup v2)
+//! systemd puts the daemon in `lockstep.service`'s cgroup, where
+//! `CPUQuota=` and `MemoryMax=` (or a drill) set `cpu.max` and
+//! `memory.max`. On a hybrid system the `cpu` and `memory` controllers
+//! are cgroup v1 hierarchies (`/sys/fs/cgroup/cpu`, `…/memory`) and the
+//! figures the v2 directory lacks are read there instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,12 +13,25 @@ use serde::Serialize;
 
 use super::pressure::AllPressure;
 
-/// A cgroup v2 directory.
+/// The daemon's cgroup: its cgroup v2 directory and, on a hybrid system,
+/// its directories in the v1 `cpu` and `memory` hierarchies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
     /// Its directory under the cgroup2 mount.
     pub dir: PathBuf,
+    /// Its directory in the v1 `cpu` hierarchy, where one is mounted.
+    pub v1_cpu: Option<PathBuf>,
+    /// Its directory in the v1 `memory` hierarchy, where one is mounted.
+    pub v1_memory: Option<PathBuf>,
 }
+
+/// Where cgroup v1 hierarchies are mounted on the systems the appliance
+/// runs on (Debian's and systemd's layout).
+pub const V1_MOUNT: &str = "/sys/fs/cgroup";
+
+/// A v1 `memory.limit_in_bytes` this large means no limit (the kernel
+/// writes the largest page-aligned value).
+const V1_NO_LIMIT: u64 = 1 << 62;
 
 /// One sample of a cgroup's figures; a file missing gives `None` (the
 /// root cgroup has no `memory.max`, a controller may be off).
@@ -66,18 +82,40 @@ impl Cgroup {
             .into_iter()
             .map(Path::new)
             .find(|m| m.join("cgroup.controllers").exists())?;
-        Self::from_proc(&text, mount)
+        let mut own = Self::from_proc(&text, mount)?;
+        // Only hierarchies that are mounted where expected count.
+        own.v1_cpu = own.v1_cpu.filter(|d| d.join("cpu.cfs_quota_us").exists());
+        own.v1_memory = own.v1_memory.filter(|d| d.join("memory.usage_in_bytes").exists());
+        Some(own)
     }
 
-    /// The cgroup a `/proc/<pid>/cgroup` text names, under `mount`.
+    /// The cgroup a `/proc/<pid>/cgroup` text names: its v2 directory
+    /// under `mount`, its v1 `cpu` and `memory` ones under [`V1_MOUNT`].
     pub fn from_proc(text: &str, mount: &Path) -> Option<Self> {
-        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
-        let relative = path.trim_start_matches('/');
-        // A path with `..` would leave the mount: not a cgroup.
-        if Path::new(relative).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return None;
-        }
-        Some(Self { dir: mount.join(relative) })
+        let v2 = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let v1 = |controller: &str| {
+            text.lines().find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (controllers, path) = rest.split_once(':')?;
+                controllers.split(',').any(|c| c == controller).then_some(path)
+            })
+        };
+        let under = |mount: &Path, path: &str| {
+            let relative = path.trim().trim_start_matches('/');
+            // A path with `..` would leave the mount: not a cgroup.
+            let escapes = Path::new(relative).components().any(|c| matches!(c, std::path::Component::ParentDir));
+            (!escapes).then(|| mount.join(relative))
+        };
+        Some(Self {
+            dir: under(mount, v2)?,
+            v1_cpu: v1("cpu").and_then(|p| under(&Path::new(V1_MOUNT).join("cpu"), p)),
+            v1_memory: v1("memory").and_then(|p| under(&Path::new(V1_MOUNT).join("memory"), p)),
+        })
+    }
+
+    /// Just a cgroup v2 directory.
+    pub fn v2(dir: PathBuf) -> Self {
+        Self { dir, v1_cpu: None, v1_memory: None }
     }
 
     /// Reads its figures now.
@@ -102,6 +140,38 @@ impl Cgroup {
             },
             pressure: AllPressure::of_cgroup(&self.dir),
         }
+        .or_v1(self.v1_cpu.as_deref(), self.v1_memory.as_deref())
+    }
+}
+
+impl CgroupSample {
+    /// Fills what the v2 directory did not give from the v1 `cpu` and
+    /// `memory` directories: `cpu.stat` (`throttled_time` in ns),
+    /// `cpu.cfs_quota_us`/`cpu.cfs_period_us`,
+    /// `memory.usage_in_bytes`, `memory.limit_in_bytes` and
+    /// `memory.failcnt` (allocations that hit the limit).
+    fn or_v1(mut self, cpu: Option<&Path>, memory: Option<&Path>) -> Self {
+        let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let number = |dir: &Path, name: &str| read(dir, name).and_then(|t| t.trim().parse::<i64>().ok());
+        if let Some(dir) = cpu.filter(|_| self.cpu_limit.is_none() && self.cpu_throttled_us.is_none()) {
+            let stat = read(dir, "cpu.stat").map(|t| keyed(&t)).unwrap_or_default();
+            self.cpu_throttled_us = stat.get("throttled_time").map(|ns| ns / 1000);
+            self.cpu_throttled_periods = stat.get("nr_throttled").copied();
+            let (quota, period) = (number(dir, "cpu.cfs_quota_us"), number(dir, "cpu.cfs_period_us"));
+            if let (Some(q), Some(p)) = (quota, period)
+                && q > 0
+                && p > 0
+            {
+                self.cpu_limit = Some(q as f64 / p as f64);
+            }
+        }
+        if let Some(dir) = memory.filter(|_| self.memory_bytes.is_none()) {
+            self.memory_bytes = number(dir, "memory.usage_in_bytes").and_then(|b| u64::try_from(b).ok());
+            self.memory_limit_bytes =
+                number(dir, "memory.limit_in_bytes").and_then(|b| u64::try_from(b).ok()).filter(|b| *b < V1_NO_LIMIT);
+            self.memory_events.max = number(dir, "memory.failcnt").and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        }
+        self
     }
 }
 
@@ -135,9 +205,14 @@ mod tests {
         let text = "12:memory:/x\n0::/system.slice/lockstep.service\n";
         let c = Cgroup::from_proc(text, Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(c.dir, Path::new("/sys/fs/cgroup/system.slice/lockstep.service"));
+        assert_eq!(c.v1_memory.as_deref(), Some(Path::new("/sys/fs/cgroup/memory/x")));
+        assert_eq!(c.v1_cpu, None);
         assert_eq!(Cgroup::from_proc("0::/\n", Path::new("/m")).unwrap().dir, Path::new("/m/"));
         assert_eq!(Cgroup::from_proc("4:memory:/a\n", Path::new("/m")), None, "cgroup v1 only");
         assert_eq!(Cgroup::from_proc("0::/../../etc\n", Path::new("/m")), None);
+        let hybrid = Cgroup::from_proc("3:cpu,cpuacct:/lockstep\n2:memory:/../x\n0::/\n", Path::new("/m")).unwrap();
+        assert_eq!(hybrid.v1_cpu.as_deref(), Some(Path::new("/sys/fs/cgroup/cpu/lockstep")));
+        assert_eq!(hybrid.v1_memory, None, "never outside the mount");
     }
 
     #[test]
@@ -156,7 +231,7 @@ mod tests {
             "cpu.pressure",
             "some avg10=12.50 avg60=3.00 avg300=1.00 total=77\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=5\n",
         );
-        let s = Cgroup { dir: dir.path().to_path_buf() }.sample();
+        let s = Cgroup::v2(dir.path().to_path_buf()).sample();
         assert_eq!((s.cpu_usage_us, s.cpu_throttled_us, s.cpu_throttled_periods), (Some(5000), Some(900), Some(4)));
         assert_eq!(s.cpu_limit, Some(0.5));
         assert_eq!((s.memory_bytes, s.memory_limit_bytes), (Some(1_048_576), None), "max: no limit");
@@ -164,8 +239,34 @@ mod tests {
         assert_eq!(s.pressure.cpu.map(|p| p.some_avg10), Some(12.5));
         assert_eq!(s.pressure.memory, None, "no memory.pressure file");
         // A cgroup with nothing readable gives nothing, not zeros.
-        let empty = Cgroup { dir: dir.path().join("gone") }.sample();
+        let empty = Cgroup::v2(dir.path().join("gone")).sample();
         assert_eq!((empty.cpu_usage_us, empty.memory_bytes, empty.cpu_limit), (None, None, None));
+    }
+
+    #[test]
+    fn a_hybrid_system_gives_cpu_and_memory_from_the_v1_hierarchies() {
+        let root = tempfile::tempdir().unwrap();
+        let (v2, cpu, memory) = (root.path().join("v2"), root.path().join("cpu"), root.path().join("memory"));
+        for d in [&v2, &cpu, &memory] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let write = |dir: &Path, name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        write(&v2, "cpu.stat", "usage_usec 7000\nuser_usec 3000\nsystem_usec 4000\n");
+        write(&cpu, "cpu.stat", "nr_periods 50\nnr_throttled 20\nthrottled_time 3000000\n");
+        write(&cpu, "cpu.cfs_quota_us", "25000\n");
+        write(&cpu, "cpu.cfs_period_us", "100000\n");
+        write(&memory, "memory.usage_in_bytes", "4096\n");
+        write(&memory, "memory.limit_in_bytes", "9223372036854771712\n");
+        write(&memory, "memory.failcnt", "3\n");
+        let c = Cgroup { dir: v2, v1_cpu: Some(cpu.clone()), v1_memory: Some(memory.clone()) };
+        let s = c.sample();
+        assert_eq!(s.cpu_usage_us, Some(7000), "v2 figures stay");
+        assert_eq!((s.cpu_throttled_us, s.cpu_throttled_periods, s.cpu_limit), (Some(3000), Some(20), Some(0.25)));
+        assert_eq!((s.memory_bytes, s.memory_limit_bytes, s.memory_events.max), (Some(4096), None, 3));
+        write(&memory, "memory.limit_in_bytes", "8192\n");
+        write(&cpu, "cpu.cfs_quota_us", "-1\n");
+        let s = c.sample();
+        assert_eq!((s.memory_limit_bytes, s.cpu_limit), (Some(8192), None), "-1: no CPU limit");
     }
 
     #[test]

@@ -56,8 +56,19 @@ pub const DISK_BAD: f64 = 0.98;
 /// its deadline is in doubt.
 pub const PEER_LATENCY_WARN: f64 = 0.75;
 
+/// Share of the memory limit in use from which memory is short.
+pub const MEMORY_WARN: f64 = 0.85;
+/// From which the limit is about to be hit.
+pub const MEMORY_BAD: f64 = 0.95;
+
 /// This node's encoder of a channel.
-pub fn encoder(running: bool, slack: Option<&Slack>, segment_ms: f64, cpu_pressure: Option<f32>) -> Judged {
+pub fn encoder(
+    running: bool,
+    slack: Option<&Slack>,
+    segment_ms: f64,
+    cpu_pressure: Option<f32>,
+    memory: Option<super::MemoryUse>,
+) -> Judged {
     let mut f = Vec::new();
     if !running {
         return Judged::of(vec![(State::Down, "the channel is not running".into())]);
@@ -77,6 +88,20 @@ pub fn encoder(running: bool, slack: Option<&Slack>, segment_ms: f64, cpu_pressu
     }
     if let Some(p) = cpu_pressure.filter(|p| *p > PRESSURE_WARN) {
         f.push((State::Warn, format!("CPU contended: tasks waited {p:.0} % of the last 10 s")));
+    }
+    if let Some(m) = memory.filter(|m| m.used() >= MEMORY_WARN) {
+        let state = if m.used() >= MEMORY_BAD { State::Bad } else { State::Warn };
+        let mib = |b: u64| b >> 20;
+        f.push((
+            state,
+            format!(
+                "memory {:.0} % of the {} limit ({} of {} MiB)",
+                m.used() * 100.0,
+                m.scope,
+                mib(m.used_bytes),
+                mib(m.limit_bytes)
+            ),
+        ));
     }
     Judged::of(f)
 }
@@ -213,21 +238,28 @@ mod tests {
 
     #[test]
     fn an_encoder_is_judged_by_its_slack_its_trend_and_its_cpu() {
-        let ok = encoder(true, Some(&slack(1500.0, Some(-1.0), Some(1500.0))), 2000.0, Some(3.0));
+        let ok = encoder(true, Some(&slack(1500.0, Some(-1.0), Some(1500.0))), 2000.0, Some(3.0), None);
         assert_eq!(ok, Judged { state: State::Ok, reasons: vec![] });
-        let shrinking = encoder(true, Some(&slack(1200.0, Some(-150.0), Some(8.0))), 2000.0, None);
+        let shrinking = encoder(true, Some(&slack(1200.0, Some(-150.0), Some(8.0))), 2000.0, None, None);
         assert_eq!(shrinking.state, State::Warn);
         assert_eq!(shrinking.reasons, vec!["slack shrinking 150 ms a segment: out in 8 segments"]);
-        let thin = encoder(true, Some(&slack(300.0, None, None)), 2000.0, None);
+        let thin = encoder(true, Some(&slack(300.0, None, None)), 2000.0, None, None);
         assert_eq!((thin.state, thin.reasons[0].as_str()), (State::Warn, "300 ms of slack left before the deadline"));
-        let late = encoder(true, Some(&slack(-250.0, Some(-100.0), Some(0.0))), 2000.0, Some(70.0));
+        let late = encoder(true, Some(&slack(-250.0, Some(-100.0), Some(0.0))), 2000.0, Some(70.0), None);
         assert_eq!(late.state, State::Bad);
         assert_eq!(
             late.reasons,
             vec!["segment 7 published 250 ms after its deadline", "CPU contended: tasks waited 70 % of the last 10 s"]
         );
-        assert_eq!(encoder(false, None, 2000.0, None).state, State::Down);
-        assert_eq!(encoder(true, None, 2000.0, None).state, State::Ok, "no segment yet");
+        assert_eq!(encoder(false, None, 2000.0, None, None).state, State::Down);
+        assert_eq!(encoder(true, None, 2000.0, None, None).state, State::Ok, "no segment yet");
+        let memory =
+            |used: u64| Some(super::super::MemoryUse { used_bytes: used, limit_bytes: 100 << 20, scope: "cgroup" });
+        assert_eq!(encoder(true, None, 2000.0, None, memory(50 << 20)).state, State::Ok);
+        assert_eq!(encoder(true, None, 2000.0, None, memory(90 << 20)).state, State::Warn);
+        let short = encoder(true, None, 2000.0, None, memory(96 << 20));
+        assert_eq!(short.state, State::Bad);
+        assert!(short.reasons[0].contains("96 % of the cgroup limit (96 of 100 MiB)"), "{:?}", short.reasons);
     }
 
     #[test]

@@ -55,6 +55,46 @@ impl Disk {
     }
 }
 
+/// Memory in use against the limit that matters: the daemon's cgroup's
+/// when it has one, else the machine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryUse {
+    /// Bytes in use (the cgroup's, or the machine's total less what it has
+    /// available).
+    pub used_bytes: u64,
+    /// The limit, bytes.
+    pub limit_bytes: u64,
+    /// `cgroup` or `machine`.
+    pub scope: &'static str,
+}
+
+impl MemoryUse {
+    /// Reads it now.
+    pub fn now() -> Option<Self> {
+        let cgroup = cgroup::Cgroup::own().map(|c| c.sample());
+        Self::of(cgroup.as_ref(), std::fs::read_to_string("/proc/meminfo").ok().as_deref())
+    }
+
+    /// From a cgroup sample (when it has a limit) or `/proc/meminfo`.
+    pub fn of(cgroup: Option<&cgroup::CgroupSample>, meminfo: Option<&str>) -> Option<Self> {
+        if let Some(c) = cgroup
+            && let (Some(used), Some(limit)) = (c.memory_bytes, c.memory_limit_bytes)
+        {
+            return Some(Self { used_bytes: used, limit_bytes: limit, scope: "cgroup" });
+        }
+        let kb = |key: &str| {
+            meminfo?.lines().find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        };
+        let (total, available) = (kb("MemTotal:")?, kb("MemAvailable:")?);
+        Some(Self { used_bytes: total.saturating_sub(available) * 1024, limit_bytes: total * 1024, scope: "machine" })
+    }
+
+    /// Share of the limit in use, 0–1.
+    pub fn used(&self) -> f64 {
+        if self.limit_bytes == 0 { 0.0 } else { self.used_bytes as f64 / self.limit_bytes as f64 }
+    }
+}
+
 /// The machine's and the daemon's health, sampled once.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeHealth {
@@ -64,8 +104,10 @@ pub struct NodeHealth {
     /// Where the pressure figures come from: `cgroup` or `machine`;
     /// `none` without PSI (a kernel built without it).
     pub pressure_scope: &'static str,
-    /// The daemon's cgroup v2 figures; `None` without cgroup v2.
+    /// The daemon's cgroup figures; `None` without cgroup v2.
     pub cgroup: Option<cgroup::CgroupSample>,
+    /// Memory in use against its limit.
+    pub memory: Option<MemoryUse>,
 }
 
 impl NodeHealth {
@@ -83,7 +125,8 @@ impl NodeHealth {
                 (p, scope)
             }
         };
-        Self { pressure, pressure_scope, cgroup: sample }
+        let memory = MemoryUse::of(sample.as_ref(), std::fs::read_to_string("/proc/meminfo").ok().as_deref());
+        Self { pressure, pressure_scope, cgroup: sample, memory }
     }
 
     /// Adds the figures to an exposition.
@@ -97,6 +140,14 @@ impl NodeHealth {
                     f64::from(p.some_avg10) / 100.0,
                 );
             }
+        }
+        if let Some(m) = self.memory {
+            out.gauge(
+                "lockstep_memory_used_ratio",
+                "Share of the memory limit in use: the daemon's cgroup's when it has a limit, else the machine's.",
+                &[("scope", m.scope)],
+                m.used(),
+            );
         }
         let Some(c) = &self.cgroup else { return };
         if let Some(us) = c.cpu_throttled_us {
@@ -132,5 +183,25 @@ impl NodeHealth {
                 n as f64,
             );
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_use_is_the_cgroups_when_it_has_a_limit_else_the_machines() {
+        let meminfo = "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n";
+        let machine = MemoryUse::of(None, Some(meminfo)).unwrap();
+        assert_eq!((machine.used_bytes, machine.limit_bytes, machine.scope), (750 * 1024, 1000 * 1024, "machine"));
+        assert!((machine.used() - 0.75).abs() < 1e-9);
+        let limited =
+            cgroup::CgroupSample { memory_bytes: Some(60), memory_limit_bytes: Some(100), ..Default::default() };
+        assert_eq!(MemoryUse::of(Some(&limited), Some(meminfo)).unwrap().scope, "cgroup");
+        let unlimited = cgroup::CgroupSample { memory_bytes: Some(60), ..Default::default() };
+        assert_eq!(MemoryUse::of(Some(&unlimited), Some(meminfo)).unwrap().scope, "machine", "no limit: the machine's");
+        assert_eq!(MemoryUse::of(None, Some("MemTotal: 5 kB\n")), None);
     }
 }

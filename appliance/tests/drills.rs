@@ -1,0 +1,271 @@
+//! The resource drills against a running daemon, with the kernel's real
+//! limits: the daemon runs in a memory cgroup with a limit and writes its
+//! output to a small tmpfs; through the admin API a CPU drill lowers its
+//! cgroup CPU limit until its encoder misses deadlines, a memory drill
+//! leaks towards the limit and a disk drill fills the output's file
+//! system. Each time the chain's component says so with the reason, and
+//! ending the drills gives everything back.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, mib: u32) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs at {}", at.display());
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A memory cgroup with a limit, made for the test: cgroup v1's `memory`
+/// hierarchy where the machine has one, else a cgroup v2 child of the
+/// root. Removed on drop (the daemon has ended by then).
+struct MemoryCgroup {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl MemoryCgroup {
+    fn new(limit_mib: u64) -> Self {
+        let name = format!("lockstep-test-{}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
+        let v2_root = Path::new("/sys/fs/cgroup/cgroup.controllers");
+        let dir = if v1 {
+            Path::new("/sys/fs/cgroup/memory").join(&name)
+        } else {
+            let controllers = std::fs::read_to_string(v2_root).unwrap_or_default();
+            assert!(
+                controllers.split_whitespace().any(|c| c == "memory"),
+                "this test needs a memory cgroup controller (v1 `memory` hierarchy or v2 `memory`); this machine has neither"
+            );
+            std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory").unwrap();
+            Path::new("/sys/fs/cgroup").join(&name)
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let limit = (limit_mib << 20).to_string();
+        std::fs::write(dir.join(if v1 { "memory.limit_in_bytes" } else { "memory.max" }), limit).unwrap();
+        Self { dir, v1 }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = self.v1;
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let mut r = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(b.to_string().as_bytes()),
+            (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let text = r.body_mut().read_to_string().unwrap();
+        (r.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Ends the running drills and waits until each has undone itself.
+    fn end_drills(&self) {
+        let (status, ended) = self.call("DELETE", "/api/v1/drills", None);
+        assert_eq!((status, ended["ended"].as_u64()), (200, Some(1)), "{ended}");
+        let started = Instant::now();
+        while !self.call("GET", "/api/v1/drills", None).1["running"].as_array().unwrap().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the drill did not end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn component(&self, kind: &str) -> Value {
+        let (status, chain) = self.call("GET", "/api/v1/chain", None);
+        assert_eq!(status, 200, "{chain}");
+        chain["components"].as_array().unwrap().iter().find(|c| c["kind"] == kind).cloned().unwrap()
+    }
+
+    /// Waits until `kind`'s component satisfies `ok`; answers it.
+    fn wait(&self, what: &str, kind: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let c = self.component(kind);
+            if ok(&c) {
+                return c;
+            }
+            assert!(started.elapsed() < limit, "{what} not within {limit:?}; last: {c}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn reasons(c: &Value) -> String {
+    c["reasons"].to_string()
+}
+
+#[test]
+fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
+    assert!(common::is_root(), "this test needs root: it mounts a tmpfs and makes a memory cgroup");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let _tmpfs = Tmpfs::mount(&out, 64);
+    let cgroup = MemoryCgroup::new(320);
+    let passwd = dir.path().join("admin.passwd");
+    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "drill-test secret\n");
+    let tokens = dir.path().join("tokens");
+    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "drills"], "");
+    let admin = common::free_ports(1);
+    let text = format!(
+        "[appliance]\nid = \"unit-1\"\n[channel]\nid = \"ch\"\nsegment_seconds = 1.0\n\
+         [source]\nkind = \"test\"\nwidth = 320\nheight = 180\nfps = \"25\"\n[audio]\nenabled = false\n\
+         [[renditions]]\nname = \"180p\"\nheight = 180\nbitrate_kbps = 900\n\
+         [output]\ndir = \"{}\"\nwindow_segments = 10\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+        out.display(),
+        passwd.display(),
+        tokens.display(),
+    );
+    let config = dir.path().join("lockstep.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let child =
+        common::lockstep().args(["run", "--duration", "240", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+    cgroup.add(child.id());
+    let pid = child.id();
+    let daemon = common::Stopped(child);
+    let api = Api { base: format!("http://127.0.0.1:{admin}"), token: token.trim().to_string() };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "admin API not up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let encoder = api.wait("a first segment", "encoder", Duration::from_secs(20), |c| {
+        c["figures"]["deadline_slack"].is_object() && c["state"] == "ok"
+    });
+    assert_eq!(encoder["figures"]["memory"]["scope"], "cgroup", "the test's limit is the one judged: {encoder}");
+
+    // Bad requests name the field; nothing starts.
+    let (status, e) = api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0, "seconds": 10 })));
+    assert_eq!((status, e["field"].as_str()), (422, Some("cpus")), "{e}");
+    let (status, e) = api.call("POST", "/api/v1/drills/disk", Some(json!({ "free_mb": 4096, "seconds": 10 })));
+    assert_eq!((status, e["field"].as_str()), (422, Some("free_mb")), "{e}");
+    let (status, e) = api.call("POST", "/api/v1/drills/memory", Some(json!({ "mb": 10, "ramp_s": 20, "seconds": 10 })));
+    assert_eq!((status, e["field"].as_str()), (422, Some("ramp_s")), "{e}");
+
+    // CPU: down to 2 % of a CPU over 3 s; the encoder falls behind.
+    let (status, drill) =
+        api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": 3, "seconds": 120 })));
+    assert_eq!(status, 202, "{drill}");
+    assert_eq!(drill["kind"], "cpu");
+    let (status, again) = api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.5, "seconds": 10 })));
+    assert_eq!(status, 409, "one CPU drill at a time: {again}");
+    let starved = api.wait("the encoder behind real time", "encoder", Duration::from_secs(40), |c| {
+        c["state"] == "bad" && reasons(c).contains("after its deadline")
+    });
+    let limit = starved["figures"]["cpu_limit"].as_f64().unwrap();
+    assert!((limit - 0.02).abs() < 0.005, "the limit the drill set is what the agent reads: {starved}");
+    let cgroup_during = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    eprintln!("CPU drill: {}; cgroups {}", reasons(&starved), cgroup_during.replace('\n', " "));
+    let (_, drills) = api.call("GET", "/api/v1/drills", None);
+    assert_eq!(drills["running"][0]["kind"], "cpu", "{drills}");
+    api.end_drills();
+    assert!(api.component("encoder")["figures"]["cpu_limit"].is_null(), "the CPU limit given back");
+    let cgroup_after = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if cgroup_during.contains("lockstep-drill-") {
+        assert!(!cgroup_after.contains("lockstep-drill-"), "moved back: {cgroup_after}");
+    }
+    api.wait("the encoder caught up", "encoder", Duration::from_secs(60), |c| c["state"] == "ok");
+
+    // Memory: a leak towards the test's 320 MiB limit, stopped at 97 %.
+    let before = api.component("encoder")["figures"]["memory"]["used_bytes"].as_f64().unwrap();
+    let (status, drill) =
+        api.call("POST", "/api/v1/drills/memory", Some(json!({ "mb": 1000, "ramp_s": 4, "seconds": 120 })));
+    assert_eq!(status, 202, "{drill}");
+    let short = api.wait("memory near the limit", "encoder", Duration::from_secs(30), |c| {
+        c["state"] == "bad" && reasons(c).contains("of the cgroup limit")
+    });
+    let used = short["figures"]["memory"]["used_bytes"].as_f64().unwrap();
+    let limit = short["figures"]["memory"]["limit_bytes"].as_f64().unwrap();
+    assert_eq!(limit, 320.0 * 1048576.0);
+    assert!(used / limit < 0.99, "the leak stops short of the limit: {short}");
+    eprintln!("memory drill: {}", reasons(&short));
+    assert!(daemon_alive(pid), "the daemon was not killed for memory");
+    api.end_drills();
+    api.wait("memory given back", "encoder", Duration::from_secs(10), |c| {
+        c["figures"]["memory"]["used_bytes"].as_f64().unwrap() < before + 32.0 * 1048576.0
+    });
+
+    // Disk: the 64 MiB output file system filled until 1 MiB is free.
+    let (status, drill) =
+        api.call("POST", "/api/v1/drills/disk", Some(json!({ "free_mb": 1, "ramp_s": 3, "seconds": 120 })));
+    assert_eq!(status, 202, "{drill}");
+    let full = api.wait("the output disk full", "packager", Duration::from_secs(20), |c| {
+        c["state"] == "bad" && reasons(c).contains("% full")
+    });
+    assert!(out.join(".lockstep-disk-drill").exists(), "{full}");
+    eprintln!("disk drill: {}", reasons(&full));
+    api.end_drills();
+    api.wait("the disk given back", "packager", Duration::from_secs(10), |c| c["state"] == "ok");
+    assert!(!out.join(".lockstep-disk-drill").exists());
+
+    let (_, drills) = api.call("GET", "/api/v1/drills", None);
+    let ended: Vec<&str> = drills["ended"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(ended, ["cpu", "memory", "disk"], "{drills}");
+    assert!(drills["running"].as_array().unwrap().is_empty());
+    let (_, events) = api.call("GET", "/api/v1/events", None);
+    let said = events.to_string();
+    for kind in ["cpu", "memory", "disk"] {
+        assert!(said.contains(&format!("{kind} drill ")) && said.contains("ended (ended by command)"), "{said}");
+    }
+    drop(daemon);
+}
+
+fn daemon_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
