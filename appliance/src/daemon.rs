@@ -38,15 +38,29 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
         Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics), steering)?),
         None => None,
     };
+    let history_path = config.history.path(&config.output.dir);
+    // The prediction learns from the history: without it, none.
+    let predictor = config.history.enabled.then(|| models_path(&history_path)).and_then(|path| {
+        crate::predict::live::Predictor::open(path)
+            .map(Arc::new)
+            .map_err(|e| tracing::error!("failure prediction off for this run: {e:#}"))
+            .ok()
+    });
     let history = {
-        let (channels, edges) = (Arc::clone(channels), edges.clone());
-        let path = config.history.path(&config.output.dir);
+        let (channels, edges, predictor) = (Arc::clone(channels), edges.clone(), predictor.clone());
+        let sample = move || {
+            let mut samples = health_samples(&channels, edges.as_deref());
+            if let Some(p) = &predictor {
+                let (_, record) = p.observe(crate::history::now_ms(), &samples);
+                samples.extend(record);
+            }
+            samples
+        };
         // Without its history the appliance still encodes: said, not fatal.
-        crate::history::start(&config.history, &path, move || health_samples(&channels, edges.as_deref()))
-            .unwrap_or_else(|e| {
-                tracing::error!("history off for this run: {e:#}");
-                None
-            })
+        crate::history::start(&config.history, &history_path, sample).unwrap_or_else(|e| {
+            tracing::error!("history off for this run: {e:#}");
+            None
+        })
     };
     // A disk drill's filler left by a daemon killed during the drill.
     crate::drill::disk::remove_left(&config.output.dir);
@@ -61,10 +75,16 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
             edges,
             history,
             drills: Arc::default(),
+            predictor,
         })?),
         None => None,
     };
     Ok(Services { origin, swarm, admin })
+}
+
+/// Where the failure models are saved: beside the history store.
+fn models_path(history: &std::path::Path) -> std::path::PathBuf {
+    history.with_file_name("models.json")
 }
 
 /// One round of the health agents' figures for the history store:
@@ -72,6 +92,7 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
 /// latency, output disk) and `edge/<id>/…` (probe latency, failed share,
 /// up).
 fn health_samples(channels: &Channels, edges: Option<&crate::health::edge::EdgeAgent>) -> Vec<(String, f64)> {
+    use crate::health::chain;
     let node = crate::health::NodeHealth::sample();
     let mut out = Vec::new();
     for (name, p) in [("cpu", node.pressure.cpu), ("memory", node.pressure.memory), ("io", node.pressure.io)] {
@@ -82,18 +103,34 @@ fn health_samples(channels: &Channels, edges: Option<&crate::health::edge::EdgeA
     if let Some(bytes) = node.cgroup.as_ref().and_then(|c| c.memory_bytes) {
         out.push(("node/memory_bytes".into(), bytes as f64));
     }
+    if let Some(m) = node.memory {
+        out.push(("node/memory_used".into(), m.used()));
+    }
+    let cpu_pressure = node.pressure.cpu.map(|p| p.some_avg10);
     for ch in channels.all() {
         let status = &ch.taps.status;
-        if let Some(slack) = crate::sync::lock(&status.slack).summary() {
+        let config = ch.supervisor.config();
+        let slack = crate::sync::lock(&status.slack).summary();
+        if let Some(slack) = &slack {
             out.push((format!("channel/{}/slack_ms", ch.id), f64::from(slack.last_ms)));
         }
         let latency_ms = status.encode_latency_us.load(Ordering::Relaxed) as f64 / 1000.0;
         out.push((format!("channel/{}/encode_latency_ms", ch.id), latency_ms));
-        if let Some(d) = crate::health::Disk::of(&ch.supervisor.config().output.dir) {
+        let disk = crate::health::Disk::of(&config.output.dir);
+        if let Some(d) = disk {
             out.push((format!("channel/{}/disk_used", ch.id), d.used()));
         }
+        // The judged states label the history: the failure prediction
+        // learns what came before each failure from them.
+        let running = status.running.load(Ordering::Relaxed);
+        let segment_ms = config.channel.segment_seconds * 1000.0;
+        let encoder = chain::encoder(running, slack.as_ref(), segment_ms, cpu_pressure, node.memory);
+        out.push((format!("channel/{}/encoder_state", ch.id), encoder.state.level()));
+        let packager = chain::packager(disk, status.write_errors.load(Ordering::Relaxed));
+        out.push((format!("channel/{}/packager_state", ch.id), packager.state.level()));
     }
     for f in edges.map(crate::health::edge::EdgeAgent::figures).unwrap_or_default() {
+        out.push((format!("edge/{}/state", f.id), chain::edge(&f).state.level()));
         if let Some(ms) = f.latency_ms {
             out.push((format!("edge/{}/latency_ms", f.id), f64::from(ms)));
         }

@@ -14,8 +14,10 @@
 //! each complete minute is also kept as its mean, smallest and largest
 //! value for `history.days`. A recorder thread samples the agents and
 //! writes each round in one transaction, synced to disk once a minute;
-//! a full or failing disk costs the history, never the output (the error
-//! is logged and counted).
+//! a full or failing disk never costs the output: the rounds it could not
+//! write wait in memory (up to 10 minutes of them) and the store is opened
+//! again (redb takes nothing after an I/O error until then), so a short
+//! episode costs no history either; the error is logged and counted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -71,7 +73,11 @@ pub struct SeriesInfo {
 /// The store.
 #[derive(Debug)]
 pub struct History {
-    db: redb::Database,
+    /// `None` between a failed write and a successful reopening: after an
+    /// I/O error (a full disk) redb refuses every operation until the
+    /// database is opened again.
+    db: std::sync::RwLock<Option<redb::Database>>,
+    path: std::path::PathBuf,
     raw_ms: u64,
     minutes_ms: u64,
     /// Rounds that could not be written.
@@ -82,21 +88,43 @@ impl History {
     /// Opens (or creates) the store at `path`, keeping raw samples
     /// `raw_hours` and minutes `days`.
     pub fn open(path: &Path, raw_hours: u32, days: u32) -> anyhow::Result<Self> {
-        let db = redb::Database::create(path).map_err(|e| anyhow::anyhow!("history {}: {e}", path.display()))?;
-        let tx = db.begin_write().map_err(redb::Error::from)?;
-        {
-            // Every table exists from the start, so reads never miss one.
-            tx.open_table(RAW).map_err(redb::Error::from)?;
-            tx.open_table(MINUTES).map_err(redb::Error::from)?;
-            tx.open_table(SERIES).map_err(redb::Error::from)?;
-        }
-        tx.commit().map_err(redb::Error::from)?;
+        let db = Self::open_db(path).map_err(|e| anyhow::anyhow!("history {}: {e}", path.display()))?;
         Ok(Self {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
+            path: path.to_path_buf(),
             raw_ms: u64::from(raw_hours) * 3_600_000,
             minutes_ms: u64::from(days) * 86_400_000,
             write_errors: AtomicU64::new(0),
         })
+    }
+
+    fn open_db(path: &Path) -> Result<redb::Database, redb::Error> {
+        let db = redb::Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            // Every table exists from the start, so reads never miss one.
+            tx.open_table(RAW)?;
+            tx.open_table(MINUTES)?;
+            tx.open_table(SERIES)?;
+        }
+        tx.commit()?;
+        Ok(db)
+    }
+
+    /// Opens the store again after a failed write (redb refuses every
+    /// operation after an I/O error until then); it stays closed, and the
+    /// next call tries again, while that fails too (the disk still full).
+    pub fn reopen(&self) -> Result<(), redb::Error> {
+        let mut db = crate::sync::write(&self.db);
+        // The old handle goes first: the file takes one writer.
+        drop(db.take());
+        *db = Some(Self::open_db(&self.path)?);
+        Ok(())
+    }
+
+    /// The database, `None` while closed by an I/O error.
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Option<redb::Database>> {
+        crate::sync::read(&self.db)
     }
 
     /// Writes one round of samples taken at `at_ms`, in one transaction.
@@ -105,7 +133,8 @@ impl History {
     /// store costs one sync a minute, not one a second; a crash loses at
     /// most that minute's raw samples.
     pub fn record(&self, at_ms: u64, samples: &[(String, f64)]) -> Result<(), redb::Error> {
-        let mut tx = self.db.begin_write()?;
+        let db = self.db();
+        let mut tx = db.as_ref().ok_or(redb::Error::PreviousIo)?.begin_write()?;
         tx.set_durability(redb::Durability::None)?;
         {
             let mut raw = tx.open_table(RAW)?;
@@ -127,7 +156,8 @@ impl History {
     /// a durable commit, also of the rounds recorded since the last.
     pub fn downsample(&self, now_ms: u64) -> Result<(), redb::Error> {
         let complete = now_ms - now_ms % MINUTE_MS;
-        let tx = self.db.begin_write()?;
+        let db = self.db();
+        let tx = db.as_ref().ok_or(redb::Error::PreviousIo)?.begin_write()?;
         {
             let mut raw = tx.open_table(RAW)?;
             let mut minutes = tx.open_table(MINUTES)?;
@@ -168,7 +198,8 @@ impl History {
 
     /// Every series, by name.
     pub fn series(&self) -> Result<Vec<SeriesInfo>, redb::Error> {
-        let tx = self.db.begin_read()?;
+        let db = self.db();
+        let tx = db.as_ref().ok_or(redb::Error::PreviousIo)?.begin_read()?;
         let series = tx.open_table(SERIES)?;
         let mut out = Vec::new();
         for entry in series.iter()? {
@@ -181,7 +212,8 @@ impl History {
     /// `name` from `from_ms` to `to_ms`: raw samples while the span lies
     /// within their retention, else minutes.
     pub fn span(&self, name: &str, from_ms: u64, to_ms: u64, now_ms: u64) -> Result<Span, redb::Error> {
-        let tx = self.db.begin_read()?;
+        let db = self.db();
+        let tx = db.as_ref().ok_or(redb::Error::PreviousIo)?.begin_read()?;
         if from_ms >= now_ms.saturating_sub(self.raw_ms) {
             let raw = tx.open_table(RAW)?;
             let mut points = Vec::new();
@@ -218,6 +250,21 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Rounds kept while the store cannot be written (10 minutes at 1 s).
+const PENDING_KEPT: usize = 600;
+
+/// Writes the pending rounds oldest first; those that fail stay.
+fn write_pending(
+    h: &History,
+    pending: &mut std::collections::VecDeque<(u64, Vec<(String, f64)>)>,
+) -> Result<(), redb::Error> {
+    while let Some((at, samples)) = pending.front() {
+        h.record(*at, samples)?;
+        pending.pop_front();
+    }
+    Ok(())
+}
+
 /// Opens the store of `config` and starts its recorder: every
 /// `interval_ms` it writes what `sample` returns, every minute it
 /// downsamples. `None` when history is off; an error when the store
@@ -238,12 +285,20 @@ pub fn start(
     let every = Duration::from_millis(u64::from(config.interval_ms));
     std::thread::Builder::new().name("history".into()).spawn(move || {
         let mut last_downsample = 0;
+        // Rounds not written yet (a full disk): kept, and written first
+        // once the store takes writes again, so a short episode — a disk
+        // drill, the very failure these rounds record — loses nothing.
+        let mut pending: std::collections::VecDeque<(u64, Vec<(String, f64)>)> = std::collections::VecDeque::new();
         loop {
             std::thread::sleep(every);
             let samples = sample();
             let Some(h) = weak.upgrade() else { return };
             let now = now_ms();
-            let written = h.record(now, &samples).and_then(|()| {
+            if pending.len() == PENDING_KEPT {
+                pending.pop_front();
+            }
+            pending.push_back((now, samples));
+            let written = write_pending(&h, &mut pending).and_then(|()| {
                 if now / MINUTE_MS != last_downsample {
                     last_downsample = now / MINUTE_MS;
                     h.downsample(now)?;
@@ -255,6 +310,12 @@ pub fn start(
                 if h.write_errors.fetch_add(1, Ordering::Relaxed) % 60 == 0 {
                     tracing::warn!("history: cannot write the health samples: {e}");
                 }
+                // redb takes nothing after an I/O error until reopened.
+                if let Err(e) = h.reopen()
+                    && h.write_errors.load(Ordering::Relaxed) % 60 == 1
+                {
+                    tracing::warn!("history: cannot open the store again yet: {e}");
+                }
             }
         }
     })?;
@@ -265,6 +326,26 @@ pub fn start(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_that_cannot_be_written_wait_and_are_written_once_the_store_is_open_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.redb"), 1, 1).unwrap();
+        let t0 = 1_800_000_000_000;
+        h.record(t0, &[("a".into(), 1.0)]).unwrap();
+        // As after an I/O error: closed.
+        drop(crate::sync::write(&h.db).take());
+        let mut pending = std::collections::VecDeque::from([(t0 + 1000, vec![("a".into(), 2.0)])]);
+        pending.push_back((t0 + 2000, vec![("a".into(), 3.0)]));
+        assert!(write_pending(&h, &mut pending).is_err());
+        assert_eq!(pending.len(), 2, "kept");
+        assert!(h.series().is_err(), "closed: reads say so too");
+        h.reopen().unwrap();
+        write_pending(&h, &mut pending).unwrap();
+        assert!(pending.is_empty());
+        let points = h.span("a", t0, t0 + 2000, t0 + 2000).unwrap().points;
+        assert_eq!(points.iter().map(|p| p.mean).collect::<Vec<_>>(), [1.0, 2.0, 3.0], "nothing lost");
+    }
 
     #[test]
     fn samples_come_back_raw_then_as_minutes_and_leave_after_their_retention() {

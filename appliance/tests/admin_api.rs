@@ -269,6 +269,7 @@ fn every_documented_route_answers_as_documented() {
             p if p.ends_with("/drills/hang") => r#"{"seconds": 1}"#.to_string(),
             p if p.ends_with("/drills/latency") => r#"{"ms": 100, "seconds": 2}"#.to_string(),
             p if p.ends_with("/drills/origin-latency") => r#"{"ms": 10, "ramp_s": 1, "seconds": 1}"#.to_string(),
+            p if p.ends_with("/predict/train") => r#"{"since_s": 600}"#.to_string(),
             p if p.ends_with("/drills/cpu") => r#"{"cpus": 1.5, "ramp_s": 1, "seconds": 1}"#.to_string(),
             p if p.ends_with("/drills/memory") => r#"{"mb": 8, "ramp_s": 1, "seconds": 1}"#.to_string(),
             // 8 MiB taken from what the output's file system has free.

@@ -189,6 +189,8 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
         c["figures"]["deadline_slack"].is_object() && c["state"] == "ok"
     });
     assert_eq!(encoder["figures"]["memory"]["scope"], "cgroup", "the test's limit is the one judged: {encoder}");
+    // Calm history first: what the failure prediction compares with.
+    std::thread::sleep(Duration::from_secs(15));
 
     // Bad requests name the field; nothing starts.
     let (status, e) = api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0, "seconds": 10 })));
@@ -198,9 +200,9 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     let (status, e) = api.call("POST", "/api/v1/drills/memory", Some(json!({ "mb": 10, "ramp_s": 20, "seconds": 10 })));
     assert_eq!((status, e["field"].as_str()), (422, Some("ramp_s")), "{e}");
 
-    // CPU: down to 2 % of a CPU over 3 s; the encoder falls behind.
+    // CPU: down to 2 % of a CPU over 8 s; the encoder falls behind.
     let (status, drill) =
-        api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": 3, "seconds": 120 })));
+        api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": 8, "seconds": 120 })));
     assert_eq!(status, 202, "{drill}");
     assert_eq!(drill["kind"], "cpu");
     let (status, again) = api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.5, "seconds": 10 })));
@@ -214,6 +216,8 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     eprintln!("CPU drill: {}; cgroups {}", reasons(&starved), cgroup_during.replace('\n', " "));
     let (_, drills) = api.call("GET", "/api/v1/drills", None);
     assert_eq!(drills["running"][0]["kind"], "cpu", "{drills}");
+    // The failure lasts long enough for the history (1 s rounds) to keep it.
+    std::thread::sleep(Duration::from_secs(3));
     api.end_drills();
     assert!(api.component("encoder")["figures"]["cpu_limit"].is_null(), "the CPU limit given back");
     let cgroup_after = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -236,6 +240,8 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     assert!(used / limit < 0.99, "the leak stops short of the limit: {short}");
     eprintln!("memory drill: {}", reasons(&short));
     assert!(daemon_alive(pid), "the daemon was not killed for memory");
+    // The failure lasts long enough for the history (1 s rounds) to keep it.
+    std::thread::sleep(Duration::from_secs(3));
     api.end_drills();
     api.wait("memory given back", "encoder", Duration::from_secs(10), |c| {
         c["figures"]["memory"]["used_bytes"].as_f64().unwrap() < before + 32.0 * 1048576.0
@@ -250,13 +256,64 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     });
     assert!(out.join(".lockstep-disk-drill").exists(), "{full}");
     eprintln!("disk drill: {}", reasons(&full));
+    // The failure lasts long enough for the history (1 s rounds) to keep it.
+    std::thread::sleep(Duration::from_secs(3));
     api.end_drills();
     api.wait("the disk given back", "packager", Duration::from_secs(10), |c| c["state"] == "ok");
     assert!(!out.join(".lockstep-disk-drill").exists());
 
+    // The failures above label the history: a model per kind that failed.
+    let (status, e) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 0 })));
+    assert_eq!((status, e["field"].as_str()), (422, Some("since_s")), "{e}");
+    let (status, trained) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
+    assert_eq!(status, 200, "{trained}");
+    eprintln!("trained: {trained}");
+    for kind in ["encoder", "packager"] {
+        let m = &trained["trained"][kind];
+        assert!(m["positives"].as_u64().unwrap() >= 3, "{kind} learned from its failure: {trained}");
+        assert!(m["quality"]["failures"].as_u64().unwrap() >= 1, "{trained}");
+    }
+    assert!(trained["skipped"]["edge"].as_str().unwrap().contains("no edge failure"), "{trained}");
+    assert!(out.join("models.json").exists(), "the models are saved beside the history");
+    let predict = wait_json(&api, "/api/v1/predict", |p| p["components"].as_array().is_some_and(|c| c.len() == 2));
+    assert_eq!(predict["horizon_s"], 30);
+    let encoder = api.component("encoder");
+    let p = encoder["risk"]["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p) && encoder["risk"]["alarm"].is_boolean(), "{encoder}");
+
+    // A second CPU drill, slower: the trained model sees it coming.
+    let (status, _) =
+        api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": 20, "seconds": 120 })));
+    assert_eq!(status, 202);
+    let started = Instant::now();
+    let starved = api.wait("the encoder behind real time again", "encoder", Duration::from_secs(60), |c| {
+        c["state"] == "bad" && reasons(c).contains("after its deadline")
+    });
+    let failed_after = started.elapsed();
+    let seen_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let (_, events) = api.call("GET", "/api/v1/events", None);
+    let predicted: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "prediction" && e["message"].as_str().unwrap().contains("encoder:ch: failure predicted")
+        })
+        .map(|e| e["t_ms"].as_u64().unwrap())
+        .collect();
+    let lead_s = predicted.last().map(|t| (seen_ms as f64 - *t as f64) / 1000.0);
+    eprintln!(
+        "second CPU drill: failed {failed_after:?} after its start; predicted {lead_s:?} s before; {}",
+        starved["risk"]
+    );
+    // The failure lasts long enough for the history (1 s rounds) to keep it.
+    std::thread::sleep(Duration::from_secs(3));
+    api.end_drills();
+    assert!(lead_s.is_some_and(|s| s > 0.0), "the alarm for the encoder rose before its failure was seen: {events}");
+
     let (_, drills) = api.call("GET", "/api/v1/drills", None);
     let ended: Vec<&str> = drills["ended"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(ended, ["cpu", "memory", "disk"], "{drills}");
+    assert_eq!(ended, ["cpu", "memory", "disk", "cpu"], "{drills}");
     assert!(drills["running"].as_array().unwrap().is_empty());
     let (_, events) = api.call("GET", "/api/v1/events", None);
     let said = events.to_string();
@@ -264,6 +321,20 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
         assert!(said.contains(&format!("{kind} drill ")) && said.contains("ended (ended by command)"), "{said}");
     }
     drop(daemon);
+}
+
+/// GET `path` until `ok`; answers it.
+fn wait_json(api: &Api, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, v) = api.call("GET", path, None);
+        assert_eq!(status, 200, "{v}");
+        if ok(&v) {
+            return v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{path}: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn daemon_alive(pid: u32) -> bool {

@@ -181,6 +181,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/drills/cpu", post(super::drills::cpu))
         .route("/api/v1/drills/memory", post(super::drills::memory))
         .route("/api/v1/drills/disk", post(super::drills::disk))
+        .route("/api/v1/predict", get(super::predict::status))
+        .route("/api/v1/predict/train", post(super::predict::train))
         .route("/api/v1/channels/{id}/source/controls", get(source_controls).patch(set_source_control))
         .route("/api/v1/channels/{id}/config", get(super::settings::get).patch(super::settings::patch))
         .route("/api/v1/clock", get(clock))
@@ -1316,6 +1318,21 @@ async fn chain(State(state): Shared, q: QueryOf<ChannelQuery>) -> ApiResult {
             "figures": e["figures"],
         }));
         links.push(link(&origin_id, &id));
+    }
+    // The failure prediction of this node's components, where a model
+    // scores them.
+    if let Some(p) = &state.ctx.predictor {
+        for c in &mut components {
+            let key = match (c["kind"].as_str(), c["node"] == me.as_str()) {
+                (Some("encoder"), true) => format!("encoder:{}", ch.id),
+                (Some("packager"), _) => format!("packager:{}", ch.id),
+                (Some("edge"), _) => c["id"].as_str().unwrap_or_default().to_owned(),
+                _ => continue,
+            };
+            if let Some(r) = p.risk(&key) {
+                c["risk"] = json!({ "probability": r.probability, "alarm": r.alarm });
+            }
+        }
     }
     Ok(json(StatusCode::OK, json!({ "channel": ch.id, "node": me, "components": components, "links": links })))
 }

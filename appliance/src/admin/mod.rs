@@ -11,6 +11,7 @@ pub mod bench;
 mod drills;
 pub mod events;
 mod metrics;
+mod predict;
 pub mod settings;
 mod tls;
 
@@ -52,6 +53,8 @@ pub struct Context {
     pub history: Option<Arc<crate::history::History>>,
     /// The resource drills.
     pub drills: Arc<crate::drill::Drills>,
+    /// The failure prediction, unless the history is off.
+    pub predictor: Option<Arc<crate::predict::live::Predictor>>,
 }
 
 /// A running admin server.
@@ -405,6 +408,22 @@ fn watch(state: &Arc<AppState>) {
         let view = state.ctx.swarm.as_ref().map(|s| s.view());
         if let Some(view) = &view {
             diff.update(view, &state.events);
+        }
+        if let Some(p) = &state.ctx.predictor {
+            for change in p.take_changes() {
+                let r = &change.risk;
+                let what = if change.raised {
+                    format!(
+                        "{}: failure predicted within {} s (probability {:.2})",
+                        r.component,
+                        crate::predict::live::HORIZON_S,
+                        r.probability
+                    )
+                } else {
+                    format!("{}: failure no longer predicted (probability {:.2})", r.component, r.probability)
+                };
+                state.events.push("prediction", Some(&state.ctx.config.appliance.id), what);
+            }
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
             last_sample = Instant::now();

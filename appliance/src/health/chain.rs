@@ -24,6 +24,19 @@ pub enum State {
     Down,
 }
 
+impl State {
+    /// As a number for the history and the metrics: 0 ok, 1 warn, 2 bad,
+    /// 3 down.
+    pub fn level(self) -> f64 {
+        match self {
+            Self::Ok => 0.0,
+            Self::Warn => 1.0,
+            Self::Bad => 2.0,
+            Self::Down => 3.0,
+        }
+    }
+}
+
 /// A component's state and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Judged {

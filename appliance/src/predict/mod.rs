@@ -7,6 +7,8 @@
 
 pub mod consensus;
 pub mod drift;
+pub mod failure;
+pub mod live;
 
 /// Reproducible noise for the filters' tests, roughly uniform in ±a.
 #[cfg(test)]

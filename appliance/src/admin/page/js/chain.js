@@ -14,12 +14,20 @@ const COLUMNS = [
 ];
 const TONE = { ok: 'ok', warn: 'warn', bad: 'bad', down: 'bad' };
 
-/** One component as a box: kind and node, state, reasons. */
+/** Its predicted risk, when a model scores it: "risk 83 %", marked when alarming. */
+function risk(c) {
+  if (!c.risk || typeof c.risk.probability !== 'number') return [];
+  const text = `risk ${Math.round(c.risk.probability * 100)} % in 30 s${c.risk.alarm ? ' — failure predicted' : ''}`;
+  return [el('div', { class: `chain-risk${c.risk.alarm ? ' is-alarm' : ''}`, text })];
+}
+
+/** One component as a box: kind and node, state, predicted risk, reasons. */
 function box(c, self) {
   const reasons = Array.isArray(c.reasons) ? c.reasons : [];
   return el('div', { class: `chain-box tone-${TONE[c.state] || 'neutral'}${c.node === self ? ' is-self' : ''}`, dataset: { id: c.id, state: c.state }, title: reasons.join('\n') || c.state },
     el('div', { class: 'chain-node', text: c.node }),
     el('div', { class: 'chain-state', text: c.state }),
+    ...risk(c),
     ...reasons.map((r) => el('div', { class: 'chain-reason', text: r })));
 }
 
