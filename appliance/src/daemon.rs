@@ -46,13 +46,23 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
             .map_err(|e| tracing::error!("failure prediction off for this run: {e:#}"))
             .ok()
     });
+    // A disk drill's filler left by a daemon killed during the drill.
+    crate::drill::disk::remove_left(&config.output.dir);
+    let swarm = crate::swarm::join(config, channels)?;
     let history = {
         let (channels, edges, predictor) = (Arc::clone(channels), edges.clone(), predictor.clone());
+        let swarm = swarm.clone();
         let sample = move || {
             let mut samples = health_samples(&channels, edges.as_deref());
             if let Some(p) = &predictor {
                 let (_, record) = p.observe(crate::history::now_ms(), &samples);
                 samples.extend(record);
+                // The swarm hands this node's work over before a predicted
+                // failure: its confidence falls with the risk.
+                if let Some(sw) = &swarm {
+                    let risk = own_risk(&p.risks());
+                    sw.local(|l| l.predicted_risk = risk);
+                }
             }
             samples
         };
@@ -62,9 +72,6 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
             None
         })
     };
-    // A disk drill's filler left by a daemon killed during the drill.
-    crate::drill::disk::remove_left(&config.output.dir);
-    let swarm = crate::swarm::join(config, channels)?;
     let admin = match &config.admin.listen {
         Some(_) => Some(crate::admin::start(crate::admin::Context {
             config: config.clone(),
@@ -80,6 +87,17 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
         None => None,
     };
     Ok(Services { origin, swarm, admin })
+}
+
+/// The risk this node's own components carry for the swarm: the highest
+/// probability of an encoder or packager whose alarm is up, else 0.
+fn own_risk(risks: &[crate::predict::live::Risk]) -> f32 {
+    use crate::predict::failure::Kind;
+    risks
+        .iter()
+        .filter(|r| r.alarm && matches!(r.kind, Kind::Encoder | Kind::Packager))
+        .map(|r| r.probability as f32)
+        .fold(0.0, f32::max)
 }
 
 /// Where the failure models are saved: beside the history store.
@@ -215,4 +233,25 @@ fn keep_saved(channels: Arc<Channels>, stop: Arc<AtomicBool>) {
 /// The admin URL a node's config gives, for printing.
 pub fn admin_url(addr: SocketAddr, tls: bool) -> String {
     format!("{}://{addr}/", if tls { "https" } else { "http" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predict::failure::Kind;
+    use crate::predict::live::Risk;
+
+    #[test]
+    fn the_swarm_hears_the_highest_risk_of_this_nodes_own_components_in_alarm() {
+        let risk =
+            |component: &str, kind, probability, alarm| Risk { component: component.into(), kind, probability, alarm };
+        assert_eq!(own_risk(&[]), 0.0);
+        let risks = [
+            risk("encoder:a", Kind::Encoder, 0.9, true),
+            risk("packager:a", Kind::Packager, 0.95, false),
+            risk("edge:e1", Kind::Edge, 0.99, true),
+            risk("encoder:b", Kind::Encoder, 0.7, true),
+        ];
+        assert!((own_risk(&risks) - 0.9).abs() < 1e-6, "not an edge's, not one without alarm");
+    }
 }

@@ -134,6 +134,9 @@ pub struct Local {
     pub errors: VecDeque<Instant>,
     /// Every channel this node encodes, by id.
     pub channels: BTreeMap<String, ChannelLocal>,
+    /// The failure prediction's risk for this node (its confidence's
+    /// prediction factor; `swarm::state::confidence`).
+    pub predicted_risk: f32,
 }
 
 /// What one channel's pipeline reports to the swarm.

@@ -546,6 +546,7 @@ impl Node {
             recent_errors,
             latency_ratio,
             isolated,
+            predicted_risk: local.predicted_risk,
         });
         let channels = local
             .channels

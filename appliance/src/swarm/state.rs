@@ -213,9 +213,12 @@ pub struct ConfidenceInputs<'a> {
     pub latency_ratio: f32,
     /// Isolated from the swarm.
     pub isolated: bool,
+    /// The failure prediction's probability that this node's encoder or
+    /// packager fails within its horizon, while its alarm is up (else 0).
+    pub predicted_risk: f32,
 }
 
-/// Confidence score: the product of five factors, each 0–1, so any one
+/// Confidence score: the product of six factors, each 0–1, so any one
 /// weakness pulls the score down (docs/swarm.md):
 ///
 /// - clock: locked 1; locking 0.7; free-running 0.6 (no PTP; same for all
@@ -227,7 +230,10 @@ pub struct ConfidenceInputs<'a> {
 /// - latency: 1 while every channel publishes a segment within one
 ///   segment length of its end, else segment length / latency of the
 ///   worst channel;
-/// - isolation: 0.5 when the node hears no peer.
+/// - isolation: 0.5 when the node hears no peer;
+/// - prediction: 1 − 0.8 × the predicted risk of failing (a node whose
+///   failure is predicted hands its work over before it fails, yet is
+///   never scored 0 while it still works).
 pub fn confidence(i: &ConfidenceInputs<'_>) -> f32 {
     let quarter_frame = i.frame_ns / 4.0;
     let clock = match i.clock_state {
@@ -243,7 +249,8 @@ pub fn confidence(i: &ConfidenceInputs<'_>) -> f32 {
     let errors = 1.0 / (1.0 + i.recent_errors as f32);
     let latency = if i.latency_ratio <= 1.0 { 1.0 } else { 1.0 / i.latency_ratio };
     let isolation = if i.isolated { 0.5 } else { 1.0 };
-    (clock * cpu * errors * latency * isolation).clamp(0.0, 1.0)
+    let prediction = 1.0 - 0.8 * i.predicted_risk.clamp(0.0, 1.0);
+    (clock * cpu * errors * latency * isolation * prediction).clamp(0.0, 1.0)
 }
 
 /// Samples machine and process CPU and memory from /proc.
@@ -339,6 +346,7 @@ mod tests {
             recent_errors: 0,
             latency_ratio: 0.4,
             isolated: false,
+            predicted_risk: 0.0,
         }
     }
 
@@ -357,6 +365,7 @@ mod tests {
             ConfidenceInputs { recent_errors: 2, ..inputs() },
             ConfidenceInputs { latency_ratio: 2.5, ..inputs() },
             ConfidenceInputs { isolated: true, ..inputs() },
+            ConfidenceInputs { predicted_risk: 0.9, ..inputs() },
         ];
         for c in cases {
             let v = confidence(&c);
