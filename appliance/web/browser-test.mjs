@@ -37,6 +37,16 @@ try {
   const page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
   page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
   const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`) });
+  // Waits up to 30 s for `ok` in the page; a timeout names the step and
+  // leaves a screenshot of the page as it was.
+  const waitStep = async (what, ok) => {
+    try {
+      await page.waitForFunction(ok, null, { timeout: 30_000 });
+    } catch (e) {
+      await shot('timeout').catch(() => {});
+      fail(`${what}: not within 30 s (${e.message.split('\n')[0]}); screenshot timeout.png`);
+    }
+  };
 
   // Pages are fetched before any login; the API refuses everything else.
   const login = async (url) => {
@@ -148,7 +158,9 @@ try {
   await page.fill('#new-ladder', '180p:200');
   await page.uncheck('#new-audio');
   await page.click('#new-create');
-  await page.waitForFunction(() => document.querySelector('#new-message').classList.contains('error'), null, { timeout: 15_000 });
+  // Right after a handover the daemon may be busy for a while: the
+  // waits here name their step when they time out.
+  await waitStep('the reserved id refused', () => document.querySelector('#new-message').classList.contains('error'));
   const badId = await page.evaluate(() => ({
     text: document.querySelector('#new-message').textContent,
     marked: document.querySelector('#new-id').classList.contains('invalid'),
@@ -157,7 +169,7 @@ try {
   await page.fill('#new-id', 'pop');
   await page.click('#new-create');
   await page.waitForSelector('#channel-list tr[data-channel="pop"][data-running="true"]', { timeout: 30_000 });
-  await page.waitForFunction(() => document.querySelector('#channel-id').textContent === 'pop', null, { timeout: 15_000 });
+  await waitStep('the new channel shown', () => document.querySelector('#channel-id').textContent === 'pop');
   const tp = await played(2, 60_000);
   const popUrl = await page.evaluate(() => document.querySelector('#preview-url').textContent);
   if (!popUrl.includes('/pop/')) fail(`the preview does not play the new channel: ${popUrl}`);
