@@ -298,23 +298,21 @@ pub fn start(
                 pending.pop_front();
             }
             pending.push_back((now, samples));
-            let written = write_pending(&h, &mut pending).and_then(|()| {
-                if now / MINUTE_MS != last_downsample {
-                    last_downsample = now / MINUTE_MS;
-                    h.downsample(now)?;
-                }
-                Ok(())
-            });
+            // A store closed by an earlier error is opened again first,
+            // so the rounds it kept are written as soon as it can take them.
+            let written = write_pending(&h, &mut pending)
+                .or_else(|_| h.reopen().and_then(|()| write_pending(&h, &mut pending)))
+                .and_then(|()| {
+                    if now / MINUTE_MS != last_downsample {
+                        last_downsample = now / MINUTE_MS;
+                        h.downsample(now)?;
+                    }
+                    Ok(())
+                });
             if let Err(e) = written {
                 // Once a minute at most: a full disk would say it every round.
                 if h.write_errors.fetch_add(1, Ordering::Relaxed) % 60 == 0 {
                     tracing::warn!("history: cannot write the health samples: {e}");
-                }
-                // redb takes nothing after an I/O error until reopened.
-                if let Err(e) = h.reopen()
-                    && h.write_errors.load(Ordering::Relaxed) % 60 == 1
-                {
-                    tracing::warn!("history: cannot open the store again yet: {e}");
                 }
             }
         }

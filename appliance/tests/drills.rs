@@ -262,7 +262,9 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     api.wait("the disk given back", "packager", Duration::from_secs(10), |c| c["state"] == "ok");
     assert!(!out.join(".lockstep-disk-drill").exists());
 
-    // The failures above label the history: a model per kind that failed.
+    // The failures above label the history: a model per kind that failed
+    // (after two history rounds, so the last rounds are written).
+    std::thread::sleep(Duration::from_secs(2));
     let (status, e) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 0 })));
     assert_eq!((status, e["field"].as_str()), (422, Some("since_s")), "{e}");
     let (status, trained) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
@@ -282,9 +284,10 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     assert!((0.0..=1.0).contains(&p) && encoder["risk"]["alarm"].is_boolean(), "{encoder}");
 
     // A second CPU drill, slower: the trained model sees it coming.
-    let (status, _) =
+    let (status, second) =
         api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": 20, "seconds": 120 })));
-    assert_eq!(status, 202);
+    assert_eq!(status, 202, "{second}");
+    let drill_ms = second["started_ms"].as_u64().unwrap();
     let started = Instant::now();
     let starved = api.wait("the encoder behind real time again", "encoder", Duration::from_secs(60), |c| {
         c["state"] == "bad" && reasons(c).contains("after its deadline")
@@ -301,7 +304,19 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
         })
         .map(|e| e["t_ms"].as_u64().unwrap())
         .collect();
-    let lead_s = predicted.last().map(|t| (seen_ms as f64 - *t as f64) / 1000.0);
+    // The first alarm after the drill's start (the alarm may fall and rise
+    // again while the encoder struggles); none in the calm before it.
+    let trained_ms = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "prediction" && e["message"].as_str().unwrap().contains("trained"))
+        .unwrap()["t_ms"]
+        .as_u64()
+        .unwrap();
+    let calm_alarms = predicted.iter().filter(|t| **t >= trained_ms && **t < drill_ms).count();
+    let lead_s = predicted.iter().find(|t| **t >= drill_ms).map(|t| (seen_ms as f64 - *t as f64) / 1000.0);
     eprintln!(
         "second CPU drill: failed {failed_after:?} after its start; predicted {lead_s:?} s before; {}",
         starved["risk"]
@@ -309,6 +324,7 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     // The failure lasts long enough for the history (1 s rounds) to keep it.
     std::thread::sleep(Duration::from_secs(3));
     api.end_drills();
+    assert_eq!(calm_alarms, 0, "no alarm between the training and the drill: {events}");
     assert!(lead_s.is_some_and(|s| s > 0.0), "the alarm for the encoder rose before its failure was seen: {events}");
 
     let (_, drills) = api.call("GET", "/api/v1/drills", None);

@@ -10,8 +10,8 @@ use std::sync::{Mutex, RwLock};
 
 use serde::Serialize;
 
-use super::failure::{Component, HORIZON_MS, Kind, Model, Models, PredictError, Series, WINDOW_MS, examples};
-use crate::sync::lock;
+use super::failure::{Component, HORIZON_MS, Kind, Model, Models, Series, WINDOW_MS, examples};
+use crate::sync::{lock, read, write};
 
 /// A component's prediction now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,7 +80,7 @@ impl Predictor {
 
     /// The models in use.
     pub fn models(&self) -> Models {
-        self.models.read().map_or_else(|p| p.into_inner().clone(), |m| m.clone())
+        read(&self.models).clone()
     }
 
     /// Takes one round of samples at `at_ms`: scores every component in it
@@ -95,9 +95,12 @@ impl Predictor {
             points.drain(..keep);
         }
         recent.retain(|_, p| !p.is_empty());
-        let models = self.models();
+        let models = read(&self.models);
         let components = Component::all_in(samples.iter().map(|(n, _)| n.as_str()));
         let mut risks = lock(&self.risks);
+        // A component gone from the round (a channel deleted, an edge no
+        // longer listed) keeps no risk: it would drain the node's weight.
+        risks.retain(|id, _| components.iter().any(|c| &c.id == id));
         let (mut changes, mut record) = (Vec::new(), Vec::new());
         for c in components {
             let Some(p) = models.probability(&c, &recent, at_ms) else { continue };
@@ -146,7 +149,7 @@ impl Predictor {
                 Ok(m) => {
                     trained.models.insert(kind, m);
                 }
-                Err(e @ (PredictError::NoFailures(_) | PredictError::Fit(..))) => {
+                Err(e) => {
                     trained.skipped.insert(kind, e.to_string());
                 }
             }
@@ -154,10 +157,7 @@ impl Predictor {
         let mut models = self.models();
         models.models.extend(trained.models.clone());
         models.save(&self.path)?;
-        match self.models.write() {
-            Ok(mut m) => *m = models,
-            Err(p) => *p.into_inner() = models,
-        }
+        *write(&self.models) = models;
         Ok(trained)
     }
 }
@@ -230,6 +230,9 @@ mod tests {
         assert!(raised + 10 <= failed_at, "raised at {raised} s, failed at {failed_at} s");
         assert!(cleared.is_some_and(|c| c > failed_at), "cleared after the recovery: {cleared:?}");
         assert_eq!(p.risks().len(), 1);
+        // A round without the channel (deleted): its risk goes with it.
+        p.observe(later + 200_000, &[("node/pressure_cpu".into(), 5.0)]);
+        assert!(p.risks().is_empty());
         // Reopened: the saved models predict the same.
         let again = Predictor::open(dir.path().join("models.json")).unwrap();
         assert!(again.models().models.contains_key(&Kind::Encoder));
