@@ -194,15 +194,26 @@ try {
     return (settled.find((x) => x.track === '180p') || settled[0])?.chosen;
   });
   let current = Object.keys(admins).find((n) => admins[n] === args.admin);
+  // Every observer chooses by the published weights, so watching from a
+  // node other than the chosen one leaves the choice where it was; while
+  // no index has settled yet, wait for one.
   let chosen = await chosenNow();
-  for (let tries = 0; chosen && chosen === current && tries < 3; tries += 1) {
-    current = Object.keys(admins).find((n) => n !== chosen);
-    await login(admins[current]);
-    await page.waitForFunction(() => document.querySelectorAll('#members [data-node]').length === 3, null, { timeout: 30_000 });
-    await played(1, 60_000);
+  const seen = [chosen];
+  for (const until = Date.now() + 60_000; (!chosen || chosen === current) && Date.now() < until;) {
+    if (chosen) {
+      current = Object.keys(admins).find((n) => n !== chosen);
+      await login(admins[current]);
+      await page.waitForFunction(() => document.querySelectorAll('#members [data-node]').length === 3, null, { timeout: 30_000 });
+      await played(1, 60_000);
+    } else {
+      await page.waitForTimeout(500);
+    }
     chosen = await chosenNow();
+    seen.push(chosen);
   }
-  if (!chosen || !pids[chosen] || chosen === current) fail(`no chosen node other than the watching one found (${chosen})`);
+  if (!chosen || !pids[chosen] || chosen === current) {
+    fail(`no chosen node other than the watching one (${current}) found within 60 s; chosen in turn: ${seen.join(', ')}`);
+  }
   const viewer = current;
   process.kill(Number(pids[chosen]), 'SIGKILL');
   step(`killed ${chosen} (pid ${pids[chosen]}), the node whose segments were chosen; watching from ${viewer}`);

@@ -139,7 +139,16 @@ pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: 
             if let Some(w) = own_weights.get(id) {
                 weights.insert(me.node.clone(), *w);
             }
-            let selection = select(peers, me, id, &weights);
+            // Replicas are chosen by the weights the nodes published: this
+            // node's from its last packet, as its peers hold it, not the
+            // one just computed. While weights move (they all rise after a
+            // start) a fresh own weight would run a round ahead of the
+            // others and every observer would choose itself.
+            let mut published = weights.clone();
+            if me.channel(id).is_some() {
+                published.insert(me.node.clone(), prior.weights.get(id).copied().unwrap_or(0.0));
+            }
+            let selection = select(peers, me, id, &published);
             let deviations = match me.channel(id) {
                 Some(mine) => peers
                     .values()
@@ -325,6 +334,22 @@ mod tests {
         let selection = &d.channels["main"].selection;
         assert_eq!(selection[&10]["360p"], "b", "a is down: b has the majority's bytes");
         assert!(!selection.contains_key(&11), "no healthy node has segment 11");
+    }
+
+    #[test]
+    fn every_observer_chooses_by_the_published_weights() {
+        // All weights rising after a start: each node's fresh weight is a
+        // round ahead of the one its peers hold. Chosen by the published
+        // ones, a and b agree on a (ties: lower id), whoever observes.
+        let published = 0.5;
+        let seen_by = |me: &str, other: &str| {
+            let peers: BTreeMap<_, _> = [peer(state(other, 0.9, published, &[(10, 1)]), true, 1.0)].into();
+            let d = decide(&peers, &state(me, 0.9, 0.0, &[(10, 1)]), false, &prior(published));
+            assert!(d.own_weights["main"] > published + 0.05, "the fresh weight runs ahead: {:?}", d.own_weights);
+            d.channels["main"].selection[&10]["360p"].clone()
+        };
+        assert_eq!(seen_by("a", "b"), "a");
+        assert_eq!(seen_by("b", "a"), "a");
     }
 
     #[test]
