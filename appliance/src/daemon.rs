@@ -28,16 +28,6 @@ pub struct Services {
 /// admin API for `config`.
 pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Services> {
     let origin_metrics = Arc::new(OriginMetrics::default());
-    let edges = crate::health::edge::EdgeAgent::start(&config.steering);
-    let steering = edges.as_ref().map(|agent| origin::Steering {
-        config: config.steering.clone(),
-        agent: Arc::clone(agent),
-        combined: config.swarm.enabled,
-    });
-    let origin = match &config.origin.listen {
-        Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics), steering)?),
-        None => None,
-    };
     let history_path = config.history.path(&config.output.dir);
     // The prediction learns from the history: without it, none.
     let predictor = config.history.enabled.then(|| models_path(&history_path)).and_then(|path| {
@@ -46,6 +36,17 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
             .map_err(|e| tracing::error!("failure prediction off for this run: {e:#}"))
             .ok()
     });
+    let edges = crate::health::edge::EdgeAgent::start(&config.steering);
+    let steering = edges.as_ref().map(|agent| origin::Steering {
+        config: config.steering.clone(),
+        agent: Arc::clone(agent),
+        combined: config.swarm.enabled,
+        predictor: predictor.clone(),
+    });
+    let origin = match &config.origin.listen {
+        Some(listen) => Some(origin::start(listen, config.output.dir.clone(), Arc::clone(&origin_metrics), steering)?),
+        None => None,
+    };
     // A disk drill's filler left by a daemon killed during the drill.
     crate::drill::disk::remove_left(&config.output.dir);
     let swarm = crate::swarm::join(config, channels)?;

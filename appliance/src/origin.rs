@@ -128,15 +128,14 @@ pub struct Steering {
     /// Players get the swarm's combined output (`combined/<channel>/`),
     /// not this node's own.
     pub combined: bool,
+    /// The failure prediction: an edge predicted to fail is left first.
+    pub predictor: Option<Arc<crate::predict::live::Predictor>>,
 }
 
 impl Steering {
-    /// The pathways, healthiest first.
+    /// The pathways, preferred first.
     fn priority(&self) -> Vec<String> {
-        let figures = self.agent.figures();
-        steering::priority(&self.config.pathways, |id| {
-            figures.iter().find(|f| f.id == id).map(|f| crate::health::chain::edge(f).state)
-        })
+        crate::edge::standings(&self.config, &self.agent, self.predictor.as_deref()).into_iter().map(|s| s.id).collect()
     }
 }
 

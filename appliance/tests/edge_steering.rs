@@ -146,6 +146,7 @@ fn players_leave_an_edge_predicted_to_fail_and_play_through_its_death() {
         "origin latency drill on edge-1's upstream",
         "into the drill, edge-1 still serving",
         "the player moved to edge-2 before edge-1 failed",
+        "steering event: players steered to edge-2 > edge-1 (edge-1: ",
         "edge-1 killed",
         "the steering server put edge-2 first",
         "fragments come through edge-2",

@@ -104,6 +104,12 @@ try {
     s = await wait('no fragment came through edge-2 while edge-1 degraded', (x) => x.seen.fragments.some((f) => f.at > pageDrilled && f.url.startsWith(args.to)), 30_000);
     const first = s.seen.fragments.find((f) => f.at > pageDrilled && f.url.startsWith(args.to));
     step(`the player moved to edge-2 before edge-1 failed (${((first.at - pageDrilled) / 1000).toFixed(1)} s into the drill; ${s.seen.waiting.filter((w) => w.at > pageDrilled).length} stalls)`);
+    // The change of order is an event on the page, with its reason.
+    const ev = await fetch(new URL('/api/v1/events', args.admin), { headers: { Cookie: cookie } });
+    if (ev.status !== 200) fail(`events at ${args.admin}: ${ev.status}`);
+    const steeringEvent = (await ev.json()).find((e) => e.kind === 'steering' && e.message.startsWith('players steered to edge-2 > edge-1 (edge-1: '));
+    if (!steeringEvent) fail('no steering event naming edge-1 and why it went last');
+    step(`steering event: ${steeringEvent.message}`);
     // Let the player settle on edge-2 for a few seconds before the kill.
     await new Promise((res) => setTimeout(res, 3000));
   }

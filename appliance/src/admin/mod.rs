@@ -392,6 +392,7 @@ fn watch(state: &Arc<AppState>) {
     let mut follows: Vec<Follow> = Vec::new();
     let mut diff = ViewDiff::default();
     let mut last_sample = Instant::now() - Duration::from_secs(1);
+    let mut steering: Option<Vec<crate::edge::steering::Standing>> = None;
     loop {
         // Channels come and go through the API.
         let channels = state.ctx.channels.all();
@@ -424,6 +425,18 @@ fn watch(state: &Arc<AppState>) {
                 };
                 state.events.push("prediction", Some(&state.ctx.config.appliance.id), what);
             }
+        }
+        // Every change of the players' pathway priority, with its reasons.
+        if let Some(agent) = &state.ctx.edges {
+            let now = crate::edge::standings(&state.ctx.config.steering, agent, state.ctx.predictor.as_deref());
+            let before = steering.get_or_insert_with(|| {
+                // At start: the configured order, all taken as healthy.
+                crate::edge::steering::standings(&state.ctx.config.steering.pathways, |_| None, |_| None)
+            });
+            if let Some(what) = crate::edge::steering::change_message(before, &now) {
+                state.events.push("steering", Some(&state.ctx.config.appliance.id), what);
+            }
+            *before = now;
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
             last_sample = Instant::now();

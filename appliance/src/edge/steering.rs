@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::PathwayConfig;
-use crate::health::chain::State;
+use crate::health::chain::{Judged, State};
 
 /// The steering manifest a player reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,6 +38,67 @@ pub fn priority(pathways: &[PathwayConfig], state: impl Fn(&str) -> Option<State
         pathways.iter().enumerate().map(|(i, p)| (state(&p.id).unwrap_or(State::Ok), i, p.id.as_str())).collect();
     ranked.sort_unstable();
     ranked.into_iter().map(|(_, _, id)| id.to_owned()).collect()
+}
+
+/// Where a pathway stands for steering.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Standing {
+    /// Pathway id.
+    pub id: String,
+    /// The state it is ranked by.
+    pub state: State,
+    /// Why it is not `ok`.
+    pub why: Option<String>,
+}
+
+/// The pathways' standings, preferred first. `judged` is the health
+/// agent's judgement of a pathway's edge (`None`: not judged yet, taken as
+/// ok); `predicted` the probability of its failure while the failure
+/// prediction's alarm for it is up. An edge predicted to fail ranks as
+/// `warn`: after the healthy ones, before those failing now, so players
+/// leave it before it fails.
+pub fn standings(
+    pathways: &[PathwayConfig],
+    judged: impl Fn(&str) -> Option<Judged>,
+    predicted: impl Fn(&str) -> Option<f64>,
+) -> Vec<Standing> {
+    let mut all: Vec<Standing> = pathways
+        .iter()
+        .map(|p| {
+            let judged = judged(&p.id).unwrap_or(Judged { state: State::Ok, reasons: Vec::new() });
+            let mut why: Vec<String> = judged.reasons;
+            let mut state = judged.state;
+            if let Some(probability) = predicted(&p.id) {
+                state = state.max(State::Warn);
+                why.push(format!(
+                    "failure predicted within {} s (probability {probability:.2})",
+                    crate::predict::live::HORIZON_S
+                ));
+            }
+            Standing { id: p.id.clone(), state, why: (state > State::Ok).then(|| why.join("; ")) }
+        })
+        .collect();
+    let order = priority(pathways, |id| all.iter().find(|s| s.id == id).map(|s| s.state));
+    all.sort_by_key(|s| order.iter().position(|id| *id == s.id));
+    all
+}
+
+/// What an event says when the pathway priority changes from `before`
+/// to `now`: the new order and why each pathway behind the first stands
+/// where it does.
+pub fn change_message(before: &[Standing], now: &[Standing]) -> Option<String> {
+    let ids = |s: &[Standing]| s.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    if ids(before) == ids(now) {
+        return None;
+    }
+    let mut text = format!("players steered to {}", ids(now).join(" > "));
+    let reasons: Vec<String> = now.iter().filter_map(|s| s.why.as_ref().map(|w| format!("{}: {w}", s.id))).collect();
+    if reasons.is_empty() {
+        text.push_str(": every pathway healthy again");
+    } else {
+        text.push_str(&format!(" ({})", reasons.join("; ")));
+    }
+    Some(text)
 }
 
 /// The steering manifest for `priority`.
@@ -118,6 +179,35 @@ mod tests {
         );
         let m = serde_json::to_value(manifest(priority(&p, |_| Some(State::Ok)), 2)).unwrap();
         assert_eq!(m, serde_json::json!({ "VERSION": 1, "TTL": 2, "PATHWAY-PRIORITY": ["edge-1", "edge-2"] }));
+    }
+
+    #[test]
+    fn an_edge_predicted_to_fail_goes_after_the_healthy_before_the_failing() {
+        let mut p = pathways();
+        p.push(PathwayConfig { id: "edge-3".into(), url: "http://127.0.0.1:8183".into() });
+        let judged = |id: &str| {
+            (id == "edge-3")
+                .then(|| Judged { state: State::Bad, reasons: vec!["3 of the last 10 probes failed".into()] })
+        };
+        let calm = standings(&p, judged, |_| None);
+        assert_eq!(calm.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["edge-1", "edge-2", "edge-3"]);
+        assert_eq!(calm[0].why, None);
+        let ahead = standings(&p, judged, |id| (id == "edge-1").then_some(0.83));
+        assert_eq!(ahead.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["edge-2", "edge-1", "edge-3"]);
+        assert_eq!(ahead[1].state, State::Warn);
+        assert_eq!(ahead[1].why.as_deref(), Some("failure predicted within 30 s (probability 0.83)"));
+        let said = change_message(&calm, &ahead).unwrap();
+        assert_eq!(
+            said,
+            "players steered to edge-2 > edge-1 > edge-3 (edge-1: failure predicted within 30 s (probability 0.83); \
+             edge-3: 3 of the last 10 probes failed)"
+        );
+        assert_eq!(change_message(&ahead, &ahead), None, "no change, no event");
+        let healthy = standings(&pathways(), |_| None, |_| None);
+        assert_eq!(
+            change_message(&standings(&pathways(), |_| None, |id| (id == "edge-1").then_some(0.9)), &healthy).unwrap(),
+            "players steered to edge-1 > edge-2: every pathway healthy again"
+        );
     }
 
     #[test]

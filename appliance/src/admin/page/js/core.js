@@ -32,7 +32,7 @@ export const CLOCK_TONE = { locked: 'ok', locking: 'warn', holdover: 'warn', fre
 export const EVENT_TONE = {
   election: 'info', failover: 'warn', 'node-down': 'bad', 'node-up': 'ok',
   isolated: 'bad', rejoined: 'ok', ladder: 'info', channel: 'neutral', config: 'info',
-  error: 'bad', clock: 'warn', drill: 'warn', prediction: 'warn',
+  error: 'bad', clock: 'warn', drill: 'warn', prediction: 'warn', steering: 'info',
 };
 
 // ------------------------------------------------------------ state
