@@ -66,6 +66,25 @@ pub enum Which {
         #[arg(long, default_value_t = 16)]
         nodes: usize,
     },
+    /// CPU starvation drills on one appliance of a local swarm of two, the
+    /// failure prediction trained on some and judged on others it was not
+    /// trained on, acting and not (the reactive baseline): lead times,
+    /// handovers, late combined segments, false alarms on a calm spell.
+    /// Needs root.
+    Chain {
+        /// Drills to train the model on.
+        #[arg(long, default_value_t = 3)]
+        training: usize,
+        /// Held-out drills, each run with prediction and without.
+        #[arg(long, default_value_t = 4)]
+        drills: usize,
+        /// Minutes without drills on the swarm with the model.
+        #[arg(long, default_value_t = 30.0)]
+        calm_minutes: f64,
+        /// Seed of the drills' random ramps and calm spells.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Drills on one appliance of a local swarm of daemon processes (a
     /// capture slip, a clock step, a clock drift): detection, correction,
     /// prediction lead time and misaligned segments, with drift prediction
@@ -145,6 +164,9 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         }
         Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
         Which::Channels { max, seconds } => crate::channels::bench::run(max, seconds),
+        Which::Chain { training, drills, calm_minutes, seed } => {
+            crate::predict::bench::run(training, drills, calm_minutes, seed)
+        }
     }
 }
 

@@ -53,8 +53,9 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
     let history = {
         let (channels, edges, predictor) = (Arc::clone(channels), edges.clone(), predictor.clone());
         let swarm = swarm.clone();
+        let headroom = crate::health::CpuHeadroom::default();
         let sample = move || {
-            let mut samples = health_samples(&channels, edges.as_deref());
+            let mut samples = health_samples(&channels, edges.as_deref(), &headroom);
             if let Some(p) = &predictor {
                 let (_, record) = p.observe(crate::history::now_ms(), &samples);
                 samples.extend(record);
@@ -107,13 +108,20 @@ fn models_path(history: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// One round of the health agents' figures for the history store:
-/// `node/…` (pressure, memory), `channel/<id>/…` (deadline slack, encode
+/// `node/…` (pressure, memory, CPU headroom), `channel/<id>/…` (deadline slack, encode
 /// latency, output disk) and `edge/<id>/…` (probe latency, failed share,
 /// up).
-fn health_samples(channels: &Channels, edges: Option<&crate::health::edge::EdgeAgent>) -> Vec<(String, f64)> {
+fn health_samples(
+    channels: &Channels,
+    edges: Option<&crate::health::edge::EdgeAgent>,
+    headroom: &crate::health::CpuHeadroom,
+) -> Vec<(String, f64)> {
     use crate::health::chain;
     let node = crate::health::NodeHealth::sample();
     let mut out = Vec::new();
+    if let Some(cpus) = headroom.read(node.cgroup.as_ref().and_then(|c| c.cpu_limit)) {
+        out.push(("node/cpu_headroom".into(), cpus));
+    }
     for (name, p) in [("cpu", node.pressure.cpu), ("memory", node.pressure.memory), ("io", node.pressure.io)] {
         if let Some(p) = p {
             out.push((format!("node/pressure_{name}"), f64::from(p.some_avg10)));

@@ -5,15 +5,25 @@
 //! leaks towards the limit and a disk drill fills the output's file
 //! system. Each time the chain's component says so with the reason, and
 //! ending the drills gives everything back.
+//!
+//! In a swarm of two, a node whose encoder failure is predicted (a model
+//! trained on a first CPU drill) hands its work over before it fails: its
+//! weight drains while it is still healthy and the other node's replicas
+//! are chosen, ahead of the failure a second drill brings.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+/// One test of this file at a time: each starves a daemon of CPU.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -151,6 +161,7 @@ fn reasons(c: &Value) -> String {
 
 #[test]
 fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(common::is_root(), "this test needs root: it mounts a tmpfs and makes a memory cgroup");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -355,4 +366,190 @@ fn wait_json(api: &Api, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
 
 fn daemon_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Unix time, ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// What the other node's view said of the drilled one at a moment.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    t_ms: u64,
+    healthy: bool,
+    /// The two nodes' weights for the channel, in the 0.05 steps replica
+    /// selection goes by: drilled, other.
+    weights: (f64, f64),
+}
+
+impl Seen {
+    /// The other node's replicas are chosen while the drilled one is
+    /// still healthy: drained by weight, not dropped by a failure.
+    fn handed_over(&self) -> bool {
+        self.healthy && self.weights.0 < self.weights.1
+    }
+}
+
+/// Reads `status` (the other node's swarm view) every 200 ms until `stop`.
+fn watch_view(status: PathBuf, drilled: &'static str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Seen>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let view: Option<Value> = std::fs::read_to_string(&status).ok().and_then(|t| serde_json::from_str(&t).ok());
+            if let Some(v) = view {
+                let w = &v["channels"]["ch"]["weights"];
+                let step = |x: &Value| x.as_f64().map(|w| (w * 20.0).round() / 20.0);
+                let me = v["node"].as_str().unwrap_or_default().to_string();
+                if let (Some(a), Some(b)) = (step(&w[drilled]), step(&w[&me])) {
+                    let healthy = v["peers"][drilled]["healthy"].as_bool().unwrap_or(false);
+                    seen.push(Seen { t_ms: unix_ms(), healthy, weights: (a, b) });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_node_predicted_to_fail_hands_its_work_over_before_it_fails() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(common::is_root(), "this test needs root: its CPU drills set the daemon's cgroup CPU limit");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, lockstep::swarm::wire::FleetKey::generate().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let passwd = dir.path().join("admin.passwd");
+    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "handover-test secret\n");
+    let tokens = dir.path().join("tokens");
+    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "handover"], "");
+    let (admin, origin, swarm) = (common::free_ports(2), common::free_ports(2), common::free_ports(2));
+    let mut nodes = Vec::new();
+    for k in 0..2u16 {
+        let out = dir.path().join(format!("n{}", k + 1));
+        std::fs::create_dir_all(&out).unwrap();
+        let text = format!(
+            "[appliance]\nid = \"n{}\"\n[channel]\nid = \"ch\"\nsegment_seconds = 1.0\n\
+             [source]\nkind = \"test\"\nwidth = 320\nheight = 180\nfps = \"25\"\n[audio]\nenabled = false\n\
+             [[renditions]]\nname = \"180p\"\nheight = 180\nbitrate_kbps = 900\n\
+             [output]\ndir = \"{}\"\nwindow_segments = 10\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
+             [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [\"127.0.0.1:{}\"]\nfleet_key_file = \"{}\"\n\
+             status_file = \"{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+            k + 1,
+            out.display(),
+            origin + k,
+            swarm + k,
+            swarm + 1 - k,
+            key.display(),
+            out.join("swarm.json").display(),
+            admin + k,
+            passwd.display(),
+            tokens.display(),
+        );
+        let config = out.join("lockstep.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(out.join("stderr.log")).unwrap();
+        let child =
+            common::lockstep().args(["run", "--duration", "400", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+        nodes.push(common::Stopped(child));
+    }
+    // n1 is drilled; n2 watches it.
+    let api = Api { base: format!("http://127.0.0.1:{admin}"), token: token.trim().to_string() };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "admin API not up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_view(dir.path().join("n2/swarm.json"), "n1", Arc::clone(&stop));
+    let status = dir.path().join("n2/swarm.json");
+    let level = |limit: Duration| {
+        // Both weights up and level, as n2 sees them.
+        let since = Instant::now();
+        loop {
+            let v: Value = std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let w = &v["channels"]["ch"]["weights"];
+            let (a, b) = (w["n1"].as_f64().unwrap_or(0.0), w["n2"].as_f64().unwrap_or(0.0));
+            if v["peers"]["n1"]["healthy"] == true && a > 0.5 && (a - b).abs() < 0.05 {
+                return;
+            }
+            assert!(since.elapsed() < limit, "the two nodes' weights did not settle level: {v}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    api.wait("a first segment", "encoder", Duration::from_secs(30), |c| c["state"] == "ok");
+    level(Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(15));
+
+    // The first drill, before any model: what the swarm does unwarned.
+    let drill = |ramp_s: u32| {
+        let (status, d) =
+            api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": ramp_s, "seconds": 120 })));
+        assert_eq!(status, 202, "{d}");
+        let started_ms = d["started_ms"].as_u64().unwrap();
+        api.wait("n1's encoder behind real time", "encoder", Duration::from_secs(60), |c| {
+            c["state"] == "bad" && reasons(c).contains("after its deadline")
+        });
+        // The failure lasts long enough for the history (1 s rounds) to keep it.
+        std::thread::sleep(Duration::from_secs(3));
+        api.end_drills();
+        api.wait("n1's encoder caught up", "encoder", Duration::from_secs(60), |c| c["state"] == "ok");
+        started_ms
+    };
+    let first = drill(8);
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, trained) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
+    assert_eq!(status, 200, "{trained}");
+    assert!(trained["trained"]["encoder"]["positives"].as_u64().unwrap() >= 3, "{trained}");
+    level(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(10));
+
+    // The second, slower: the trained model sees it coming.
+    let second = drill(20);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+
+    // When n1's encoder failed, from its own judged-state history.
+    let (status, history) = api.call("GET", "/api/v1/health/history?series=channel/ch/encoder_state&since_s=600", None);
+    assert_eq!(status, 200, "{history}");
+    let failed_after = |from_ms: u64| {
+        history["points"].as_array().unwrap().iter().find_map(|p| {
+            let t = p["t_ms"].as_u64()?;
+            (t >= from_ms && p["max"].as_f64()? >= 2.0).then_some(t)
+        })
+    };
+    // Seconds from the handover in a drill (from its start to `until`) to
+    // the failure; `None` without a handover while n1 was healthy.
+    let lead = |from_ms: u64, until_ms: u64| {
+        let failed = failed_after(from_ms).unwrap_or_else(|| panic!("no failure after {from_ms}: {history}"));
+        let handed = seen.iter().find(|s| (from_ms..until_ms).contains(&s.t_ms) && s.handed_over());
+        handed.map(|h| (failed as f64 - h.t_ms as f64) / 1000.0)
+    };
+    let (unwarned, warned) = (lead(first, second), lead(second, u64::MAX));
+    let (_, events) = api.call("GET", "/api/v1/events", None);
+    let alarms: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "prediction" && e["message"].as_str().unwrap().contains("encoder:ch: failure predicted")
+        })
+        .collect();
+    eprintln!(
+        "handover ahead of the failure, s (negative: after it; none: only once n1 was unhealthy): \
+         before training {unwarned:?}, with the model {warned:?}; alarms {alarms:?}"
+    );
+    assert!(
+        warned.is_some_and(|s| s > 0.0),
+        "with the model, n2's replicas were chosen while n1 was healthy, before n1's encoder failed: \
+         {warned:?}; what n2 saw after the drill: {:?}",
+        seen.iter().filter(|s| s.t_ms >= second).collect::<Vec<_>>()
+    );
+    drop(nodes);
 }

@@ -110,6 +110,31 @@ pub struct NodeHealth {
     pub memory: Option<MemoryUse>,
 }
 
+/// The CPUs the daemon could still use: its cgroup's CPU limit (else the
+/// machine's CPUs) less what it used since the last reading. It shrinks
+/// as a limit comes down towards the daemon's need, before the encoder
+/// falls behind: the failure prediction's leading input for CPU
+/// starvation.
+#[derive(Debug, Default)]
+pub struct CpuHeadroom {
+    last: std::sync::Mutex<Option<(std::time::Instant, f64)>>,
+}
+
+impl CpuHeadroom {
+    /// The headroom since the last reading, CPUs; `None` at the first.
+    pub fn read(&self, limit: Option<f64>) -> Option<f64> {
+        let now = (std::time::Instant::now(), crate::bench::cpu_seconds());
+        let (then, used_before) = crate::sync::lock(&self.last).replace(now)?;
+        let secs = now.0.duration_since(then).as_secs_f64();
+        if secs < 0.1 {
+            return None;
+        }
+        let used = (now.1 - used_before).max(0.0) / secs;
+        let available = limit.unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
+        Some(available - used)
+    }
+}
+
 impl NodeHealth {
     /// Samples the daemon's cgroup (when it runs in one of cgroup v2)
     /// and the pressure figures.

@@ -81,12 +81,37 @@ impl Kind {
     /// Its input series, by the last part of their names.
     fn inputs(self) -> &'static [&'static str] {
         match self {
-            Self::Encoder => &["slack_ms", "encode_latency_ms", "pressure_cpu", "memory_used"],
+            Self::Encoder => &["slack_ms", "encode_latency_ms", "pressure_cpu", "memory_used", "cpu_headroom"],
             Self::Packager => &["disk_used"],
             Self::Edge => &["latency_ms", "failed_ratio"],
         }
     }
+
+    /// The smallest change of each input that matters (ms, percent of
+    /// stall time, share of a limit, CPUs), in the order of
+    /// [`Self::inputs`].
+    fn resolutions(self) -> &'static [f64] {
+        match self {
+            Self::Encoder => &[20.0, 20.0, 5.0, 0.02, 0.05],
+            Self::Packager => &[0.02],
+            Self::Edge => &[20.0, 0.05],
+        }
+    }
+
+    /// The least spread each feature is standardised by: an input's
+    /// resolution for its value, the resolution per [`RESOLUTION_S`] for
+    /// its slope. A feature that hardly moved in the training examples
+    /// (memory a few thousandths of its limit apart) would otherwise make
+    /// a harmless move later (memory growing after a start) look like
+    /// many standard deviations and raise the alarm.
+    pub fn least_spread(self) -> Vec<f64> {
+        self.resolutions().iter().flat_map(|r| [*r, r / RESOLUTION_S]).collect()
+    }
 }
+
+/// A slope of one resolution per this many seconds is the least that
+/// matters.
+pub const RESOLUTION_S: f64 = 10.0;
 
 /// A component and the names of its series in the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +138,7 @@ impl Component {
                 format!("channel/{channel}/encode_latency_ms"),
                 "node/pressure_cpu".into(),
                 "node/memory_used".into(),
+                "node/cpu_headroom".into(),
             ],
             state: format!("channel/{channel}/encoder_state"),
         }
@@ -298,10 +324,11 @@ impl Model {
         let width = kind.features().len();
         let n = examples.len() as f64;
         let mean: Vec<f64> = (0..width).map(|j| examples.iter().map(|e| e.x[j]).sum::<f64>() / n).collect();
+        let least = kind.least_spread();
         let scale: Vec<f64> = (0..width)
             .map(|j| {
                 let var = examples.iter().map(|e| (e.x[j] - mean[j]).powi(2)).sum::<f64>() / n;
-                if var > 1e-18 { var.sqrt() } else { 1.0 }
+                var.sqrt().max(least[j])
             })
             .collect();
         let rows: Vec<Vec<f64>> =
@@ -433,9 +460,24 @@ impl Models {
     /// Reads a saved set; `Ok(None)` when there is none.
     pub fn load(path: &std::path::Path) -> anyhow::Result<Option<Self>> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("{}: not a saved model set: {e}", path.display())),
+            Ok(bytes) => {
+                let mut set: Self = serde_json::from_slice(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not a saved model set: {e}", path.display()))?;
+                // A model fitted on other features (an older release's) would
+                // weigh the wrong inputs: it is dropped until trained again.
+                set.models.retain(|kind, m| {
+                    let fits = m.features == kind.features();
+                    if !fits {
+                        tracing::warn!(
+                            "{}: the {kind} model was fitted on other inputs ({}); train it again",
+                            path.display(),
+                            m.features.join(", ")
+                        );
+                    }
+                    fits
+                });
+                Ok(Some(set))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
         }
@@ -511,7 +553,7 @@ mod tests {
         assert_eq!(x[0], 40.0, "the newest at or before the moment");
         assert!((x[1] + 2.0).abs() < 1e-9, "slope {}", x[1]);
         assert_eq!((x[2], x[3]), (0.0, 0.0), "a series with no samples");
-        assert_eq!(Kind::Encoder.features().len(), 8);
+        assert_eq!(Kind::Encoder.features().len(), 10);
     }
 
     #[test]
@@ -569,8 +611,41 @@ mod tests {
         }
         assert!(back.probability(&Component::edge("e1"), &data, 1_800_000_000_000).is_none(), "no edge model");
         assert!(Models::load(&dir.path().join("none.json")).unwrap().is_none());
+        // A model fitted on other inputs (an older release's) is dropped.
+        let older = std::fs::read_to_string(&path).unwrap().replace("\"cpu_headroom\"", "\"cpu_spare\"");
+        std::fs::write(&path, older).unwrap();
+        assert!(Models::load(&path).unwrap().unwrap().models.is_empty(), "kept a model of other inputs");
         std::fs::write(&path, b"{").unwrap();
         assert!(Models::load(&path).unwrap_err().to_string().contains("not a saved model set"));
+    }
+
+    #[test]
+    fn a_feature_that_hardly_moved_in_training_cannot_raise_the_alarm_alone() {
+        // The slack runs out before each failure; memory sits within a
+        // few thousandths of its limit throughout, by chance a little
+        // higher before the failures.
+        let mut noise = Noise(7);
+        let examples: Vec<Example> = (0..600u32)
+            .map(|s| {
+                let fails = s % 100 >= 70;
+                let slack = if fails { 300.0 - 8.0 * f64::from(s % 100 - 70) } else { 900.0 } + noise.next(20.0);
+                let memory = 0.020 + if fails { 0.0005 } else { 0.0 } + noise.next(0.0002);
+                let slope = if fails { -8.0 } else { 0.0 };
+                Example {
+                    t_ms: u64::from(s) * 1000,
+                    x: vec![slack, slope, 5.0, 0.0, 5.0, 0.0, memory, 0.0, 1.0, 0.0],
+                    fails,
+                }
+            })
+            .collect();
+        let model = Model::fit(Kind::Encoder, &examples, 1).unwrap();
+        let least = Kind::Encoder.least_spread();
+        assert_eq!(least.len(), model.scale.len());
+        assert!(model.scale.iter().zip(&least).all(|(s, l)| s >= l), "{:?}", model.scale);
+        // Calm slack; memory 2 % higher, growing 0.1 % of the limit a second (a start).
+        let p = model.probability(&[900.0, 0.0, 5.0, 0.0, 5.0, 0.0, 0.04, 0.001, 1.0, 0.0]);
+        assert!(p < model.threshold, "memory alone raised the alarm: {p} ≥ {}", model.threshold);
+        assert!(model.probability(&examples[95].x) >= model.threshold, "the slack's run-out still does");
     }
 
     #[test]

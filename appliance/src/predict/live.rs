@@ -103,6 +103,12 @@ impl Predictor {
         risks.retain(|id, _| components.iter().any(|c| &c.id == id));
         let (mut changes, mut record) = (Vec::new(), Vec::new());
         for c in components {
+            // As in training: not before half a window of the component's
+            // history (a start moves everything at once).
+            let since = recent.get(&c.state).and_then(|p| p.first()).map_or(at_ms, |(t, _)| *t);
+            if at_ms.saturating_sub(since) < WINDOW_MS / 2 {
+                continue;
+            }
             let Some(p) = models.probability(&c, &recent, at_ms) else { continue };
             let threshold = models.models.get(&c.kind).map_or(1.0, |m| m.threshold);
             let risk = Risk { component: c.id.clone(), kind: c.kind, probability: p, alarm: p >= threshold };
@@ -216,8 +222,11 @@ mod tests {
                 failed_at = Some(s);
             }
             let (changes, record) = p.observe(later + s * 1000, &round(v, state));
-            assert_eq!(record.len(), 1);
-            assert_eq!(record[0].0, "predict/encoder/ch/p");
+            // Scored from half a window of the component's history on.
+            assert_eq!(record.len(), usize::from(s >= WINDOW_MS / 2000), "at {s} s");
+            if let Some((name, _)) = record.first() {
+                assert_eq!(name, "predict/encoder/ch/p");
+            }
             for c in changes {
                 if c.raised && raised.is_none() {
                     raised = Some(s);

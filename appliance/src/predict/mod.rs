@@ -5,6 +5,7 @@
 //! media clock is heading against the swarm's (the median of its
 //! neighbours'), from the same filter.
 
+pub mod bench;
 pub mod consensus;
 pub mod drift;
 pub mod failure;

@@ -40,6 +40,16 @@ pub struct Prior {
     pub weights: BTreeMap<String, f32>,
 }
 
+/// What the node knows of itself that its state packet does not carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Own {
+    /// No swarm member is reachable.
+    pub isolated: bool,
+    /// The failure prediction's probability that this node's encoder or
+    /// packager fails within its horizon, while its alarm is up (else 0).
+    pub predicted_risk: f32,
+}
+
 /// One channel's decisions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChannelDecisions {
@@ -72,13 +82,14 @@ pub struct Decisions {
 }
 
 /// The round's decisions from the peers' last packets, this node's state
-/// `me` (its weight and leader fields are ignored) and the round before.
+/// `me` (its weight and leader fields are ignored), what else it knows of
+/// itself (`own`) and the round before.
 ///
 /// The group and its leader are the appliance's (the leader is the most
 /// confident node, whatever it encodes). Weights and replicas are per
 /// channel: a node's weight for a channel follows that channel's
 /// complexity, and only nodes that encode a channel offer replicas of it.
-pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: bool, prior: &Prior) -> Decisions {
+pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, own: Own, prior: &Prior) -> Decisions {
     // Leader of this node's group.
     let mut everyone: Vec<Candidate> = peers
         .values()
@@ -118,7 +129,8 @@ pub fn decide(peers: &BTreeMap<String, PeerView>, me: &EncodingState, isolated: 
                 complexity: c.complexity,
                 process_cpu: me.load.process_cpu,
                 confidence: me.confidence,
-                healthy: !isolated,
+                healthy: !own.isolated,
+                predicted_risk: own.predicted_risk,
             });
             let before = prior.weights.get(&c.id).copied().unwrap_or(0.0);
             (c.id.clone(), election::update_weight(before, predicted))
@@ -283,7 +295,7 @@ mod tests {
         let me = state("b", 0.8, 0.5, &[]);
         let peers: BTreeMap<_, _> =
             [peer(state("a", 0.9, 0.5, &[]), true, 1.0), peer(state("c", 0.85, 0.5, &[]), true, 1.0)].into();
-        let d = decide(&peers, &me, false, &Prior::default());
+        let d = decide(&peers, &me, Own::default(), &Prior::default());
         assert_eq!(d.group, ["a", "b", "c"]);
         assert_eq!(d.leader.as_deref(), Some("a"));
         // c was named by a and c (and this node): its bonus keeps it
@@ -292,10 +304,10 @@ mod tests {
         for p in named.values_mut() {
             p.state.leader = Some("c".into());
         }
-        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), ..prior(0.5) });
+        let d = decide(&named, &me, Own::default(), &Prior { leader: Some("c".into()), ..prior(0.5) });
         assert_eq!(d.leader.as_deref(), Some("c"));
         named.get_mut("c").unwrap().healthy = false;
-        let d = decide(&named, &me, false, &Prior { leader: Some("c".into()), ..prior(0.5) });
+        let d = decide(&named, &me, Own::default(), &Prior { leader: Some("c".into()), ..prior(0.5) });
         assert_eq!(d.leader.as_deref(), Some("a"), "an unhealthy incumbent is replaced");
     }
 
@@ -304,14 +316,32 @@ mod tests {
         let me = state("b", 0.9, 0.0, &[]);
         let peers: BTreeMap<_, _> =
             [peer(state("a", 0.9, 0.7, &[]), true, 1.0), peer(state("c", 0.9, 0.6, &[]), false, 1.0)].into();
-        let d = decide(&peers, &me, false, &prior(0.5));
+        let d = decide(&peers, &me, Own::default(), &prior(0.5));
         let weights = &d.channels["main"].weights;
         assert_eq!(weights["a"], 0.7);
         assert_eq!(weights["c"], 0.0);
         assert_eq!(weights["b"], d.own_weights["main"]);
-        let alone = decide(&peers, &me, true, &prior(0.5));
+        let alone = decide(&peers, &me, Own { isolated: true, ..Own::default() }, &prior(0.5));
         assert!(alone.own_weights["main"] < 0.5, "isolated: the weight drifts down ({:?})", alone.own_weights);
         assert!(d.own_weights["main"] > alone.own_weights["main"]);
+    }
+
+    #[test]
+    fn a_node_predicted_to_fail_drains_round_by_round_and_its_peer_is_chosen() {
+        let me = state("a", 0.9, 0.0, &[(10, 1)]);
+        let peers: BTreeMap<_, _> = [peer(state("b", 0.9, 0.9, &[(10, 1)]), true, 1.0)].into();
+        let risky = Own { predicted_risk: 0.7, ..Own::default() };
+        let (mut calm, mut alarmed) = (prior(0.9), prior(0.9));
+        for _ in 0..10 {
+            calm.weights = decide(&peers, &me, Own::default(), &calm).own_weights;
+            let d = decide(&peers, &me, risky, &alarmed);
+            assert!(d.own_weights["main"] < alarmed.weights["main"], "gradually, every round: {:?}", d.own_weights);
+            alarmed.weights = d.own_weights;
+        }
+        assert!(calm.weights["main"] > 0.9, "{:?}", calm.weights);
+        assert!(alarmed.weights["main"] < 0.4, "{:?}", alarmed.weights);
+        let d = decide(&peers, &me, risky, &alarmed);
+        assert_eq!(d.channels["main"].selection[&10]["360p"], "b", "the healthy peer's replica");
     }
 
     #[test]
@@ -324,13 +354,13 @@ mod tests {
             peer(state("c", 0.9, 1.0, &[(10, 2)]), true, 1.0),
         ]
         .into();
-        let d = decide(&peers, &me, false, &prior(0.5));
+        let d = decide(&peers, &me, Own::default(), &prior(0.5));
         let selection = &d.channels["main"].selection;
         assert_eq!(selection[&10]["360p"], "a");
         assert_eq!(selection[&11]["360p"], "a");
         let mut down = peers.clone();
         down.get_mut("a").unwrap().healthy = false;
-        let d = decide(&down, &me, false, &prior(0.5));
+        let d = decide(&down, &me, Own::default(), &prior(0.5));
         let selection = &d.channels["main"].selection;
         assert_eq!(selection[&10]["360p"], "b", "a is down: b has the majority's bytes");
         assert!(!selection.contains_key(&11), "no healthy node has segment 11");
@@ -344,7 +374,7 @@ mod tests {
         let published = 0.5;
         let seen_by = |me: &str, other: &str| {
             let peers: BTreeMap<_, _> = [peer(state(other, 0.9, published, &[(10, 1)]), true, 1.0)].into();
-            let d = decide(&peers, &state(me, 0.9, 0.0, &[(10, 1)]), false, &prior(published));
+            let d = decide(&peers, &state(me, 0.9, 0.0, &[(10, 1)]), Own::default(), &prior(published));
             assert!(d.own_weights["main"] > published + 0.05, "the fresh weight runs ahead: {:?}", d.own_weights);
             d.channels["main"].selection[&10]["360p"].clone()
         };
@@ -369,7 +399,7 @@ mod tests {
         ]
         .into();
         let before = Prior { leader: None, weights: [("main".into(), 0.5), ("news".into(), 0.5)].into() };
-        let d = decide(&peers, &me, false, &before);
+        let d = decide(&peers, &me, Own::default(), &before);
         assert_eq!(d.channels.keys().collect::<Vec<_>>(), ["main", "news", "sport"]);
         assert_eq!(d.own_weights.keys().collect::<Vec<_>>(), ["main", "news"], "weights only for what it encodes");
         assert!(d.own_weights["main"] > d.own_weights["news"], "the busier channel weighs less: {:?}", d.own_weights);

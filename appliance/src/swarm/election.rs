@@ -73,18 +73,22 @@ pub struct WeightInputs {
     pub confidence: f32,
     /// Alive, sending state and agreeing with the majority.
     pub healthy: bool,
+    /// The failure prediction's probability that the node's encoder or
+    /// packager fails within its horizon, while its alarm is up (else 0).
+    pub predicted_risk: f32,
 }
 
-/// `predicted = 0.7 × complexity_fit + 0.3 × performance`, where
-/// complexity_fit = 1 − complexity × process_cpu (a loaded node fits
-/// complex content worse) and performance = confidence; 0 for an unhealthy
-/// node (drained).
+/// `predicted = (0.7 × complexity_fit + 0.3 × performance) × (1 − risk)`,
+/// where complexity_fit = 1 − complexity × process_cpu (a loaded node fits
+/// complex content worse), performance = confidence and risk the predicted
+/// failure's probability while its alarm is up (a node about to fail hands
+/// its work over before it does); 0 for an unhealthy node (drained).
 pub fn predicted_weight(i: &WeightInputs) -> f32 {
     if !i.healthy {
         return 0.0;
     }
     let fit = (1.0 - i.complexity.clamp(0.0, 1.0) * i.process_cpu.clamp(0.0, 1.0)).clamp(0.0, 1.0);
-    0.7 * fit + 0.3 * i.confidence.clamp(0.0, 1.0)
+    (0.7 * fit + 0.3 * i.confidence.clamp(0.0, 1.0)) * (1.0 - i.predicted_risk.clamp(0.0, 1.0))
 }
 
 /// One round: `w += (predicted − w) × rate`, clamped to 0–1. A failing
@@ -188,7 +192,8 @@ mod tests {
 
     #[test]
     fn weights_drain_and_recover_gradually() {
-        let healthy = WeightInputs { complexity: 0.5, process_cpu: 0.4, confidence: 1.0, healthy: true };
+        let healthy =
+            WeightInputs { complexity: 0.5, process_cpu: 0.4, confidence: 1.0, healthy: true, predicted_risk: 0.0 };
         let p = predicted_weight(&healthy);
         assert!((p - (0.7 * 0.8 + 0.3)).abs() < 1e-6);
         let mut w = p;

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod deviation;
 pub mod election;
 mod feed;
+pub mod local;
 mod metrics;
 mod node;
 pub mod repair;

@@ -295,8 +295,8 @@ impl Node {
         }
         let mut me = self.own_state(latency, jitter, isolated);
         let prior = decide::Prior { leader: self.leader.clone(), weights: self.own_weights.clone() };
-        let decide::Decisions { group, leader, own_weights, channels } =
-            decide::decide(&self.peers, &me, isolated, &prior);
+        let own = decide::Own { isolated, predicted_risk: lock(&self.shared.local).predicted_risk };
+        let decide::Decisions { group, leader, own_weights, channels } = decide::decide(&self.peers, &me, own, &prior);
         if leader != self.leader {
             tracing::info!(leader = leader.as_deref().unwrap_or("none"), "group leader");
             self.leader = leader;

@@ -15,16 +15,13 @@
 //! the undrilled clock's time, as a camera would (docs/time.md), so a clock
 //! half a frame off misaligns segments as a real capture would.
 
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::wire::FleetKey;
+use super::local::{LocalSwarm, Options};
 
 /// Frames per segment of the bench channel (25 fps, 2 s segments).
 const SEGMENT_FRAMES: i64 = 50;
@@ -97,101 +94,24 @@ struct Outcome {
     left: usize,
 }
 
-/// One node's process, killed when dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A local swarm of `n` daemon processes under `dir`; the last one has
 /// the admin API (the drills go through it).
-struct LocalSwarm {
-    dir: PathBuf,
-    n: usize,
-    admin: String,
-    token: String,
-    _nodes: Vec<Node>,
-}
-
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+fn start_swarm(dir: &Path, n: usize, horizon_s: f64, wait_ms: u32, run_s: f64) -> anyhow::Result<LocalSwarm> {
+    let options = Options {
+        nodes: n,
+        run_s,
+        height: 90,
+        bitrate_kbps: 100,
+        swarm: format!("drift_horizon_s = {horizon_s}\nmajority_wait_ms = {wait_ms}\n"),
+        channel: String::new(),
+        admin: vec![n - 1],
+    };
+    LocalSwarm::start(dir, &options)
 }
 
 impl LocalSwarm {
-    fn start(dir: &Path, n: usize, horizon_s: f64, wait_ms: u32, run_s: f64) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let key = dir.join("fleet.key");
-        crate::files::write_atomic(
-            &key,
-            FleetKey::generate().to_hex().as_bytes(),
-            crate::files::Mode::Exactly(0o600),
-            false,
-        )?;
-        let passwd = dir.join("admin.passwd");
-        crate::admin::auth::set_password(&passwd, &hex::encode(crate::admin::auth::random_bytes::<16>()?))?;
-        let tokens = dir.join("tokens");
-        let token = crate::admin::auth::add_token(&tokens, "bench")?;
-        let admin = format!("127.0.0.1:{}", free_tcp_port()?);
-        let swarm_ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect::<anyhow::Result<_>>()?;
-        let exe = std::env::current_exe().context("the lockstep binary")?;
-        let mut nodes = Vec::new();
-        for k in 0..n {
-            let out = dir.join(format!("n{k}"));
-            std::fs::create_dir_all(&out)?;
-            let seeds: Vec<String> =
-                (0..n).filter(|&j| j != k).map(|j| format!("\"127.0.0.1:{}\"", swarm_ports[j])).collect();
-            let admin_table = if k == n - 1 {
-                format!(
-                    "[admin]\nlisten = \"{admin}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
-                    passwd.display(),
-                    tokens.display()
-                )
-            } else {
-                String::new()
-            };
-            let text = format!(
-                "[appliance]\nid = \"n{k}\"\n[channel]\nid = \"ch\"\n[source]\nkind = \"test\"\nwidth = 160\nheight = 90\n\
-                 fps = \"25\"\n[audio]\nenabled = false\n[[renditions]]\nname = \"90p\"\nheight = 90\nbitrate_kbps = 100\n\
-                 [output]\ndir = \"{}\"\nwindow_segments = 1000\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
-                 [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\nfleet_key_file = \"{}\"\n\
-                 status_file = \"{}\"\ndrift_horizon_s = {horizon_s}\nmajority_wait_ms = {wait_ms}\n{admin_table}",
-                out.display(),
-                free_tcp_port()?,
-                swarm_ports[k],
-                seeds.join(", "),
-                key.display(),
-                out.join("swarm.json").display(),
-            );
-            let config = out.join("lockstep.toml");
-            std::fs::write(&config, text)?;
-            let log = std::fs::File::create(out.join("stderr.log"))?;
-            let child = Command::new(&exe)
-                .args(["run", "--duration", &format!("{run_s:.0}"), "--config"])
-                .arg(&config)
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("starting a node")?;
-            nodes.push(Node(child));
-        }
-        Ok(Self { dir: dir.to_path_buf(), n, admin, token, _nodes: nodes })
-    }
-
     fn drilled(&self) -> String {
         format!("n{}", self.n - 1)
-    }
-
-    fn view(&self, k: usize) -> Option<Value> {
-        let text = std::fs::read_to_string(self.dir.join(format!("n{k}/swarm.json"))).ok()?;
-        serde_json::from_str(&text).ok()
     }
 
     /// Every node sees every other in lockstep, and the others measure
@@ -221,13 +141,7 @@ impl LocalSwarm {
     }
 
     fn request(&self, method: &str, path: &str, body: &str) -> anyhow::Result<()> {
-        let url = format!("http://{}{path}", self.admin);
-        let auth = format!("Bearer {}", self.token);
-        let sent = match method {
-            "POST" => ureq::post(&url).header("Authorization", &auth).content_type("application/json").send(body),
-            _ => ureq::put(&url).header("Authorization", &auth).content_type("application/json").send(body),
-        };
-        sent.with_context(|| format!("{method} {path}"))?;
+        self.ask(self.n - 1, method, path, Some(body))?;
         Ok(())
     }
 
@@ -259,7 +173,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 /// Runs one drill on a fresh swarm of `n` with the given horizon.
 fn run_one(root: &Path, n: usize, drill: Drill, horizon_s: f64, wait_ms: u32) -> anyhow::Result<Outcome> {
     let limit = drill.limit();
-    let swarm = LocalSwarm::start(root, n, horizon_s, wait_ms, limit.as_secs_f64() + 90.0)?;
+    let swarm = start_swarm(root, n, horizon_s, wait_ms, limit.as_secs_f64() + 90.0)?;
     swarm.wait_for_lockstep(Duration::from_secs(60))?;
     let drilled = swarm.drilled();
     let me = n - 1;
