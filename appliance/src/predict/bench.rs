@@ -13,9 +13,10 @@
 //!
 //! A drill ramps `n0`'s cgroup CPU limit down to 0.02 CPU. Its failure is
 //! taken from the outputs: the first segment `n0` publishes a whole
-//! segment after `n1` published the same index. The handover is the first
-//! moment `n1`'s view weighs `n0` below itself (in the 0.05 steps replica
-//! selection goes by) while `n0` is still healthy. A combined segment at
+//! segment after `n1` published the same index. The handover is the start
+//! of the first stretch of at least 2 s in which `n1`'s view weighs `n0`
+//! below itself (in the 0.05 steps replica selection goes by) while `n0`
+//! is still healthy. A combined segment at
 //! `n1` is late when it appears a whole segment after `n1`'s own copy,
 //! missing when it never does. Needs root (the CPU drill sets the cgroup
 //! limit of `n0`).
@@ -95,12 +96,44 @@ struct Watch {
     drilled_own: Appearances,
     watcher_own: Appearances,
     combined: Appearances,
-    /// First moment the drilled node came to be weighed below the watcher
-    /// while healthy (a handover under way when counting began is not
-    /// one).
+    /// Start of the first handover that began after counting began.
     handed_over_ms: Option<u64>,
-    /// Whether it was, at the last poll.
-    handed: bool,
+    handovers: Handovers,
+}
+
+/// A handover: the drilled node weighed below the watcher while healthy,
+/// held for [`HANDOVER_HELD_MS`] — a weight dipping one 0.05 step for a
+/// round is noise, not a handover.
+#[derive(Debug, Default)]
+struct Handovers {
+    /// Since when the condition holds, and whether that stretch was
+    /// counted already.
+    since: Option<(u64, bool)>,
+    /// Stretches that began while it did not hold (at the start, one
+    /// under way is not counted).
+    armed: bool,
+}
+
+/// How long the drilled node stays weighed below the watcher before that
+/// counts as a handover, ms.
+const HANDOVER_HELD_MS: u64 = 2000;
+
+impl Handovers {
+    /// The condition at `t_ms`; answers the start of a handover once it
+    /// has held long enough (once per stretch).
+    fn observe(&mut self, holds: bool, t_ms: u64) -> Option<u64> {
+        if !holds {
+            self.since = None;
+            self.armed = true;
+            return None;
+        }
+        let (start, counted) = self.since.get_or_insert((t_ms, false));
+        if self.armed && !*counted && t_ms >= *start + HANDOVER_HELD_MS {
+            *counted = true;
+            return Some(*start);
+        }
+        None
+    }
 }
 
 impl Watch {
@@ -110,7 +143,7 @@ impl Watch {
             watcher_own: Appearances::default(),
             combined: Appearances::default(),
             handed_over_ms: None,
-            handed: false,
+            handovers: Handovers::default(),
         }
     }
 
@@ -119,11 +152,10 @@ impl Watch {
         self.drilled_own.read(&swarm.out(DRILLED).join("ch/180p/playlist.m3u8"), t);
         self.watcher_own.read(&swarm.out(WATCHER).join("ch/180p/playlist.m3u8"), t);
         self.combined.read(&swarm.out(WATCHER).join("combined/ch/180p/playlist.m3u8"), t);
-        let handed = swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
-        if handed && !self.handed && self.handed_over_ms.is_none() {
-            self.handed_over_ms = Some(t);
+        let holds = swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
+        if let Some(start) = self.handovers.observe(holds, t) {
+            self.handed_over_ms = self.handed_over_ms.or(Some(start));
         }
-        self.handed = handed;
     }
 
     /// The first index from `from_ms` on that the drilled node published a
@@ -197,6 +229,7 @@ fn run_drill(swarm: &LocalSwarm, drill: Drill) -> anyhow::Result<Outcome> {
         std::thread::sleep(Duration::from_millis(200));
     }
     watch.handed_over_ms = None;
+    watch.handovers = Handovers::default();
     let body = format!(
         r#"{{"cpus": {STARVED_CPUS}, "ramp_s": {}, "seconds": {}}}"#,
         drill.ramp_s,
@@ -371,13 +404,11 @@ fn run_in(root: &Path, learn: &[Drill], held_out: &[Drill], calm_minutes: f64, s
             let before = alarms(&swarm)?;
             let calm = Duration::from_secs_f64(calm_minutes * 60.0);
             let until = Instant::now() + calm;
-            let mut handovers = 0;
-            let mut was = false;
+            let (mut handovers, mut seen) = (0, Handovers::default());
             while Instant::now() < until {
-                let now = swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
-                handovers += usize::from(now && !was);
-                was = now;
-                std::thread::sleep(Duration::from_millis(500));
+                let holds = swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
+                handovers += usize::from(seen.observe(holds, now_ms()).is_some());
+                std::thread::sleep(Duration::from_millis(200));
             }
             let false_alarms = alarms(&swarm)? - before;
             println!(
@@ -443,6 +474,20 @@ mod tests {
         assert!(handed_over(&view(0.6, true)));
         assert!(!handed_over(&view(0.79, true)), "the same 0.05 step");
         assert!(!handed_over(&view(0.0, false)), "dropped, not handed over");
+    }
+
+    #[test]
+    fn a_handover_holds_two_seconds_and_one_under_way_at_the_start_is_not_counted() {
+        let mut h = Handovers::default();
+        assert_eq!(h.observe(true, 0), None, "under way when counting began");
+        assert_eq!(h.observe(true, 5_000), None);
+        assert_eq!(h.observe(false, 5_200), None);
+        assert_eq!(h.observe(true, 6_000), None);
+        assert_eq!(h.observe(false, 6_400), None, "a dip of one round is noise");
+        assert_eq!(h.observe(true, 7_000), None);
+        assert_eq!(h.observe(true, 8_000), None);
+        assert_eq!(h.observe(true, 9_000), Some(7_000), "held 2 s: it began at 7 s");
+        assert_eq!(h.observe(true, 9_200), None, "once per stretch");
     }
 
     #[test]
