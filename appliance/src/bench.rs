@@ -84,6 +84,10 @@ pub enum Which {
         /// Seed of the drills' random ramps and calm spells.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The watching appliance is a standby unit that starts encoding
+        /// only when the drilled one is predicted to fail or fails.
+        #[arg(long)]
+        standby: bool,
     },
     /// Drills on one appliance of a local swarm of daemon processes (a
     /// capture slip, a clock step, a clock drift): detection, correction,
@@ -164,8 +168,8 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         }
         Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
         Which::Channels { max, seconds } => crate::channels::bench::run(max, seconds),
-        Which::Chain { training, drills, calm_minutes, seed } => {
-            crate::predict::bench::run(training, drills, calm_minutes, seed)
+        Which::Chain { training, drills, calm_minutes, seed, standby } => {
+            crate::predict::bench::run(training, drills, calm_minutes, seed, standby)
         }
     }
 }

@@ -239,6 +239,25 @@ pub struct SwarmConfig {
     pub majority_wait_ms: u32,
     /// Where the node writes its view of the swarm (JSON), if anywhere.
     pub status_file: Option<PathBuf>,
+    /// What starts a standby unit's channel (`appliance.role =
+    /// "standby"`; docs/swarm.md, "Standby units").
+    pub standby_prepares: StandbyPrepares,
+    /// A standby unit stops a channel it started once no encoder of it
+    /// has been in trouble this long, s (5–3600).
+    pub standby_release_s: u32,
+}
+
+/// What starts a standby unit's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StandbyPrepares {
+    /// An encoder of the channel predicted to fail (its alarm up), or one
+    /// that failed (down or silent).
+    Predicted,
+    /// Only an encoder that failed: the reactive baseline.
+    Failed,
+    /// Only an operator's start command.
+    Manual,
 }
 
 impl Default for SwarmConfig {
@@ -257,6 +276,8 @@ impl Default for SwarmConfig {
             drift_horizon_s: 10.0,
             majority_wait_ms: 1_000,
             status_file: None,
+            standby_prepares: StandbyPrepares::Predicted,
+            standby_release_s: 60,
         }
     }
 }
@@ -292,6 +313,9 @@ impl SwarmConfig {
         }
         if self.drift_horizon_s != 0.0 && !(1.0..=600.0).contains(&self.drift_horizon_s) {
             return Err(invalid("swarm.drift_horizon_s", "must be 0 (no prediction) or between 1 and 600 seconds"));
+        }
+        if !(5..=3600).contains(&self.standby_release_s) {
+            return Err(invalid("swarm.standby_release_s", "must be between 5 and 3600 seconds"));
         }
         if self.majority_wait_ms > 10_000 {
             return Err(invalid("swarm.majority_wait_ms", "must be 0 (publish at once) to 10000"));

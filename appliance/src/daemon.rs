@@ -61,9 +61,14 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
                 samples.extend(record);
                 // The swarm hands this node's work over before a predicted
                 // failure: its confidence falls with the risk.
+                // and its standby units prepare from its alarms.
                 if let Some(sw) = &swarm {
-                    let risk = own_risk(&p.risks());
-                    sw.local(|l| l.predicted_risk = risk);
+                    let risks = p.risks();
+                    let (risk, alarms) = (own_risk(&risks), own_alarms(&risks));
+                    sw.local(|l| {
+                        l.predicted_risk = risk;
+                        l.outlook.alarms = alarms;
+                    });
                 }
             }
             samples
@@ -100,6 +105,17 @@ fn own_risk(risks: &[crate::predict::live::Risk]) -> f32 {
         .filter(|r| r.alarm && matches!(r.kind, Kind::Encoder | Kind::Packager))
         .map(|r| r.probability as f32)
         .fold(0.0, f32::max)
+}
+
+/// This node's encoder and packager components whose alarm is up, for
+/// its state packets (standby units prepare from them).
+fn own_alarms(risks: &[crate::predict::live::Risk]) -> Vec<crate::swarm::state::Alarm> {
+    use crate::predict::failure::Kind;
+    risks
+        .iter()
+        .filter(|r| r.alarm && matches!(r.kind, Kind::Encoder | Kind::Packager))
+        .map(|r| crate::swarm::state::Alarm { component: r.component.clone(), probability: r.probability as f32 })
+        .collect()
 }
 
 /// Where the failure models are saved: beside the history store.

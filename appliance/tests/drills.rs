@@ -413,67 +413,138 @@ fn watch_view(status: PathBuf, drilled: &'static str, stop: Arc<AtomicBool>) -> 
     })
 }
 
+/// Two daemons in a swarm, each with its origin and admin API (one token
+/// for both): n1 an encoder, n2 as `n2_role` says. Channel `ch`, 320x180
+/// in 1 s segments at 900 kbit/s, enough for a CPU drill to starve.
+struct Pair {
+    dir: tempfile::TempDir,
+    /// n1's API, then n2's.
+    apis: [Api; 2],
+    _nodes: Vec<common::Stopped>,
+}
+
+impl Pair {
+    fn start(n2_role: &str, swarm_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("fleet.key");
+        std::fs::write(&key, lockstep::swarm::wire::FleetKey::generate().to_hex()).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let passwd = dir.path().join("admin.passwd");
+        common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "handover-test secret\n");
+        let tokens = dir.path().join("tokens");
+        let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "drills"], "");
+        let (admin, origin, swarm) = (common::free_ports(2), common::free_ports(2), common::free_ports(2));
+        let mut nodes = Vec::new();
+        for k in 0..2u16 {
+            let out = dir.path().join(format!("n{}", k + 1));
+            std::fs::create_dir_all(&out).unwrap();
+            let text = format!(
+                "[appliance]\nid = \"n{}\"\nrole = \"{}\"\n[channel]\nid = \"ch\"\nsegment_seconds = 1.0\n\
+                 [source]\nkind = \"test\"\nwidth = 320\nheight = 180\nfps = \"25\"\n[audio]\nenabled = false\n\
+                 [[renditions]]\nname = \"180p\"\nheight = 180\nbitrate_kbps = 900\n\
+                 [output]\ndir = \"{}\"\nwindow_segments = 10\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
+                 [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [\"127.0.0.1:{}\"]\nfleet_key_file = \"{}\"\n\
+                 status_file = \"{}\"\n{swarm_extra}\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
+                k + 1,
+                if k == 0 { "encoder" } else { n2_role },
+                out.display(),
+                origin + k,
+                swarm + k,
+                swarm + 1 - k,
+                key.display(),
+                out.join("swarm.json").display(),
+                admin + k,
+                passwd.display(),
+                tokens.display(),
+            );
+            let config = out.join("lockstep.toml");
+            std::fs::write(&config, text).unwrap();
+            let log = std::fs::File::create(out.join("stderr.log")).unwrap();
+            let child = common::lockstep()
+                .args(["run", "--duration", "400", "--config"])
+                .arg(&config)
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            nodes.push(common::Stopped(child));
+        }
+        let api = |k: u16| Api { base: format!("http://127.0.0.1:{}", admin + k), token: token.trim().to_string() };
+        for k in 0..2 {
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", admin + k)).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(20), "n{}'s admin API not up", k + 1);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Self { dir, apis: [api(0), api(1)], _nodes: nodes }
+    }
+
+    /// n2's view of the swarm, as it last wrote it.
+    fn n2_view(&self) -> Value {
+        std::fs::read_to_string(self.dir.path().join("n2/swarm.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// A CPU drill on n1 ramping down over `ramp_s` until its encoder
+    /// fails, held 3 s, then ended; answers when it started (unix ms).
+    fn drill(&self, ramp_s: u32) -> u64 {
+        let api = &self.apis[0];
+        let (status, d) =
+            api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": ramp_s, "seconds": 120 })));
+        assert_eq!(status, 202, "{d}");
+        let started_ms = d["started_ms"].as_u64().unwrap();
+        api.wait("n1's encoder behind real time", "encoder", Duration::from_secs(60), |c| {
+            c["state"] == "bad" && reasons(c).contains("after its deadline")
+        });
+        // The failure lasts long enough for the history (1 s rounds) to keep it.
+        std::thread::sleep(Duration::from_secs(3));
+        api.end_drills();
+        api.wait("n1's encoder caught up", "encoder", Duration::from_secs(60), |c| c["state"] == "ok");
+        started_ms
+    }
+
+    /// Trains n1's failure prediction on its history.
+    fn train(&self) {
+        let (status, trained) = self.apis[0].call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
+        assert_eq!(status, 200, "{trained}");
+        assert!(trained["trained"]["encoder"]["positives"].as_u64().unwrap() >= 3, "{trained}");
+    }
+
+    /// When n1's encoder failed (its own judged-state history) at or after
+    /// `from_ms`, unix ms.
+    fn n1_failed_after(&self, from_ms: u64) -> u64 {
+        let (status, history) =
+            self.apis[0].call("GET", "/api/v1/health/history?series=channel/ch/encoder_state&since_s=600", None);
+        assert_eq!(status, 200, "{history}");
+        history["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|p| {
+                let t = p["t_ms"].as_u64()?;
+                (t >= from_ms && p["max"].as_f64()? >= 2.0).then_some(t)
+            })
+            .unwrap_or_else(|| panic!("no failure of n1's encoder after {from_ms}: {history}"))
+    }
+}
+
 #[test]
 fn a_node_predicted_to_fail_hands_its_work_over_before_it_fails() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(common::is_root(), "this test needs root: its CPU drills set the daemon's cgroup CPU limit");
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("fleet.key");
-    std::fs::write(&key, lockstep::swarm::wire::FleetKey::generate().to_hex()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let passwd = dir.path().join("admin.passwd");
-    common::lockstep_stdin(&["passwd", "--file", passwd.to_str().unwrap()], "handover-test secret\n");
-    let tokens = dir.path().join("tokens");
-    let token = common::lockstep_stdin(&["token", "--file", tokens.to_str().unwrap(), "--name", "handover"], "");
-    let (admin, origin, swarm) = (common::free_ports(2), common::free_ports(2), common::free_ports(2));
-    let mut nodes = Vec::new();
-    for k in 0..2u16 {
-        let out = dir.path().join(format!("n{}", k + 1));
-        std::fs::create_dir_all(&out).unwrap();
-        let text = format!(
-            "[appliance]\nid = \"n{}\"\n[channel]\nid = \"ch\"\nsegment_seconds = 1.0\n\
-             [source]\nkind = \"test\"\nwidth = 320\nheight = 180\nfps = \"25\"\n[audio]\nenabled = false\n\
-             [[renditions]]\nname = \"180p\"\nheight = 180\nbitrate_kbps = 900\n\
-             [output]\ndir = \"{}\"\nwindow_segments = 10\n[origin]\nlisten = \"127.0.0.1:{}\"\n\
-             [swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [\"127.0.0.1:{}\"]\nfleet_key_file = \"{}\"\n\
-             status_file = \"{}\"\n\
-             [admin]\nlisten = \"127.0.0.1:{}\"\npassword_file = \"{}\"\ntokens_file = \"{}\"\n",
-            k + 1,
-            out.display(),
-            origin + k,
-            swarm + k,
-            swarm + 1 - k,
-            key.display(),
-            out.join("swarm.json").display(),
-            admin + k,
-            passwd.display(),
-            tokens.display(),
-        );
-        let config = out.join("lockstep.toml");
-        std::fs::write(&config, text).unwrap();
-        let log = std::fs::File::create(out.join("stderr.log")).unwrap();
-        let child =
-            common::lockstep().args(["run", "--duration", "400", "--config"]).arg(&config).stderr(log).spawn().unwrap();
-        nodes.push(common::Stopped(child));
-    }
+    let pair = Pair::start("encoder", "");
     // n1 is drilled; n2 watches it.
-    let api = Api { base: format!("http://127.0.0.1:{admin}"), token: token.trim().to_string() };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "admin API not up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let api = &pair.apis[0];
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_view(dir.path().join("n2/swarm.json"), "n1", Arc::clone(&stop));
-    let status = dir.path().join("n2/swarm.json");
+    let watcher = watch_view(pair.dir.path().join("n2/swarm.json"), "n1", Arc::clone(&stop));
     let level = |limit: Duration| {
         // Both weights up and level, as n2 sees them.
         let since = Instant::now();
         loop {
-            let v: Value = std::fs::read_to_string(&status)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(Value::Null);
+            let v = pair.n2_view();
             let w = &v["channels"]["ch"]["weights"];
             let (a, b) = (w["n1"].as_f64().unwrap_or(0.0), w["n2"].as_f64().unwrap_or(0.0));
             if v["peers"]["n1"]["healthy"] == true && a > 0.5 && (a - b).abs() < 0.05 {
@@ -488,47 +559,22 @@ fn a_node_predicted_to_fail_hands_its_work_over_before_it_fails() {
     std::thread::sleep(Duration::from_secs(15));
 
     // The first drill, before any model: what the swarm does unwarned.
-    let drill = |ramp_s: u32| {
-        let (status, d) =
-            api.call("POST", "/api/v1/drills/cpu", Some(json!({ "cpus": 0.02, "ramp_s": ramp_s, "seconds": 120 })));
-        assert_eq!(status, 202, "{d}");
-        let started_ms = d["started_ms"].as_u64().unwrap();
-        api.wait("n1's encoder behind real time", "encoder", Duration::from_secs(60), |c| {
-            c["state"] == "bad" && reasons(c).contains("after its deadline")
-        });
-        // The failure lasts long enough for the history (1 s rounds) to keep it.
-        std::thread::sleep(Duration::from_secs(3));
-        api.end_drills();
-        api.wait("n1's encoder caught up", "encoder", Duration::from_secs(60), |c| c["state"] == "ok");
-        started_ms
-    };
-    let first = drill(8);
+    let first = pair.drill(8);
     std::thread::sleep(Duration::from_secs(2));
-    let (status, trained) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
-    assert_eq!(status, 200, "{trained}");
-    assert!(trained["trained"]["encoder"]["positives"].as_u64().unwrap() >= 3, "{trained}");
+    pair.train();
     level(Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(10));
 
     // The second, slower: the trained model sees it coming.
-    let second = drill(20);
+    let second = pair.drill(20);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
 
-    // When n1's encoder failed, from its own judged-state history.
-    let (status, history) = api.call("GET", "/api/v1/health/history?series=channel/ch/encoder_state&since_s=600", None);
-    assert_eq!(status, 200, "{history}");
-    let failed_after = |from_ms: u64| {
-        history["points"].as_array().unwrap().iter().find_map(|p| {
-            let t = p["t_ms"].as_u64()?;
-            (t >= from_ms && p["max"].as_f64()? >= 2.0).then_some(t)
-        })
-    };
     // Seconds from the handover in a drill (from its start to `until`) to
     // the failure; `None` without a handover while n1 was healthy.
     let lead = |from_ms: u64, until_ms: u64| {
-        let failed = failed_after(from_ms).unwrap_or_else(|| panic!("no failure after {from_ms}: {history}"));
+        let failed = pair.n1_failed_after(from_ms);
         // A handover holds 2 s: a weight dipping one step for a poll is noise.
         let within: Vec<&Seen> = seen.iter().filter(|s| (from_ms..until_ms).contains(&s.t_ms)).collect();
         let held = within.iter().enumerate().find_map(|(i, s)| {
@@ -557,5 +603,144 @@ fn a_node_predicted_to_fail_hands_its_work_over_before_it_fails() {
          {warned:?}; what n2 saw after the drill: {:?}",
         seen.iter().filter(|s| s.t_ms >= second).collect::<Vec<_>>()
     );
-    drop(nodes);
+}
+
+/// One look at n2's playlists: its own and the combined output's segment
+/// indices.
+#[derive(Debug, Clone)]
+struct Look {
+    t_ms: u64,
+    own: Vec<i64>,
+    combined: Vec<i64>,
+}
+
+/// The segment indices a playlist lists (`seg-<index>.m4s`).
+fn listed(playlist: &Path) -> Vec<i64> {
+    std::fs::read_to_string(playlist)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("seg-")?.strip_suffix(".m4s")?.parse().ok())
+        .collect()
+}
+
+/// Reads n2's own and combined playlists every 250 ms until `stop`.
+fn watch_playlists(n2: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Look>> {
+    std::thread::spawn(move || {
+        let mut looks = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            looks.push(Look {
+                t_ms: unix_ms(),
+                own: listed(&n2.join("ch/180p/playlist.m3u8")),
+                combined: listed(&n2.join("combined/ch/180p/playlist.m3u8")),
+            });
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        looks
+    })
+}
+
+/// n2's first event of `kind` from `from_ms` on whose message has `text`:
+/// (unix ms, message).
+fn event_after(api: &Api, kind: &str, text: &str, from_ms: u64) -> Option<(u64, String)> {
+    let (status, events) = api.call("GET", "/api/v1/events", None);
+    assert_eq!(status, 200, "{events}");
+    events.as_array().unwrap().iter().find_map(|e| {
+        let (t, message) = (e["t_ms"].as_u64()?, e["message"].as_str()?);
+        (e["kind"] == kind && t >= from_ms && message.contains(text)).then(|| (t, message.to_string()))
+    })
+}
+
+#[test]
+fn a_standby_unit_is_encoding_before_a_predicted_failure_and_viewers_lose_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(common::is_root(), "this test needs root: its CPU drills set the daemon's cgroup CPU limit");
+    let pair = Pair::start("standby", "standby_release_s = 8");
+    let (n1, n2) = (&pair.apis[0], &pair.apis[1]);
+    n1.wait("a first segment", "encoder", Duration::from_secs(30), |c| c["state"] == "ok");
+    // n2 stands by for ch: not encoding it, ready to.
+    let since = Instant::now();
+    loop {
+        let v = pair.n2_view();
+        let s = &v["standby"]["ch"];
+        if s["standbys"] == json!(["n2"]) && s["prepared"] == false && v["peers"]["n1"]["healthy"] == true {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(20), "n2 does not stand by for ch: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Its origin serves the combined output already, from n1's segments.
+    let since = Instant::now();
+    let combined = pair.dir.path().join("n2/combined/ch");
+    while listed(&combined.join("180p/playlist.m3u8")).len() < 3 || !combined.join("180p/init.mp4").exists() {
+        assert!(since.elapsed() < Duration::from_secs(20), "n2 serves no combined output of n1's segments");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(listed(&pair.dir.path().join("n2/ch/180p/playlist.m3u8")).is_empty(), "n2 encodes nothing yet");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_playlists(pair.dir.path().join("n2"), Arc::clone(&stop));
+
+    // Before any model: the standby starts once n1 has failed, if it does.
+    let first = pair.drill(8);
+    let unwarned = event_after(n2, "standby", "prepares channel ch", first);
+    // Once no encoder has been in trouble for the release time, n2 stops.
+    let released = || {
+        let since = Instant::now();
+        while pair.n2_view()["standby"]["ch"]["prepared"] != false {
+            assert!(since.elapsed() < Duration::from_secs(60), "n2 did not release ch: {}", pair.n2_view());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    if unwarned.is_some() {
+        released();
+        assert!(event_after(n2, "standby", "releases channel ch", first).is_some());
+    }
+    pair.train();
+    // Scored just after training, the recovery from the first drill may
+    // still look like its run-up for a while.
+    std::thread::sleep(Duration::from_secs(10));
+    released();
+    // From here n2 stands by: its next preparation is the second drill's
+    // (the alarm may rise before the drill's first second is over).
+    let armed = unix_ms();
+    std::thread::sleep(Duration::from_secs(5));
+
+    // The second, slower drill: the model sees it coming and n2 prepares.
+    let second = pair.drill(20);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let looks = watcher.join().unwrap();
+    let failed = pair.n1_failed_after(second);
+    let (prepared, why) = event_after(n2, "standby", "prepares channel ch", armed).unwrap_or_else(|| {
+        panic!("n2 never prepared ch in the second drill: {}", n2.call("GET", "/api/v1/events", None).1)
+    });
+    // n2's own segments: the first one published in the second drill.
+    let before = looks.iter().rfind(|l| l.t_ms <= armed).and_then(|l| l.own.iter().max().copied());
+    let encoding = looks
+        .iter()
+        .find(|l| l.t_ms >= armed && l.own.iter().max().copied() > before)
+        .map(|l| l.t_ms)
+        .unwrap_or_else(|| panic!("n2 published no segment of its own in the second drill"));
+    // The indices the combined output listed in a span, and those missing
+    // between its first and last.
+    let span = |from: u64, to: u64| {
+        let seen: std::collections::BTreeSet<i64> =
+            looks.iter().filter(|l| (from..to).contains(&l.t_ms)).flat_map(|l| l.combined.clone()).collect();
+        let (lo, hi) = (*seen.first().unwrap(), *seen.last().unwrap());
+        let missing: Vec<i64> = (lo..=hi).filter(|i| !seen.contains(i)).collect();
+        (lo..=hi, missing)
+    };
+    let (unwarned_span, unwarned_missing) = span(first, second);
+    let (warned_span, warned_missing) = span(second, u64::MAX);
+    let s = |t: u64, failed: u64| (failed as f64 - t as f64) / 1000.0;
+    eprintln!(
+        "standby, s before n1's encoder failed: before training prepared {:?} ({unwarned:?}), combined output \
+         {unwarned_span:?} missing {unwarned_missing:?}; with the model prepared {} ({why}), its first segment {}, \
+         combined output {warned_span:?} missing {warned_missing:?}",
+        unwarned.as_ref().map(|(t, _)| s(*t, pair.n1_failed_after(first))),
+        s(prepared, failed),
+        s(encoding, failed),
+    );
+    assert!(why.contains("predicted to fail"), "prepared for the prediction: {why}");
+    assert!(encoding < failed, "n2's segments were ready before n1's encoder failed ({} s)", s(encoding, failed));
+    assert!(warned_missing.is_empty(), "the combined output at n2 lost segments {warned_missing:?} of {warned_span:?}");
 }

@@ -1132,6 +1132,7 @@ async fn swarm(State(state): Shared) -> Response {
             "members": members,
             "packets": v.packets,
             "resync": v.resync,
+            "standby": v.standby,
         }),
     )
 }

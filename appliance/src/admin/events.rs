@@ -409,6 +409,7 @@ mod tests {
             confidence,
             leader: None,
             channels: Vec::new(),
+            outlook: crate::swarm::state::Outlook::default(),
         }
     }
 

@@ -410,6 +410,11 @@ fn watch(state: &Arc<AppState>) {
         if let Some(view) = &view {
             diff.update(view, &state.events);
         }
+        // A standby unit's decisions, each with the prediction or failure
+        // that caused it.
+        for what in state.ctx.swarm.as_ref().map(|s| s.take_standby_events()).unwrap_or_default() {
+            state.events.push("standby", Some(&state.ctx.config.appliance.id), what);
+        }
         if let Some(p) = &state.ctx.predictor {
             for change in p.take_changes() {
                 let r = &change.risk;

@@ -43,6 +43,8 @@ pub struct Channel {
     /// follows the last start or stop command, so a channel an operator
     /// stopped stays stopped after a restart.
     start: AtomicBool,
+    /// An operator started or stopped it since the daemon started.
+    operated: AtomicBool,
     /// The supervisor thread of a channel other than the first (the
     /// daemon's own thread supervises the first), and its stop flag.
     thread: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
@@ -60,6 +62,7 @@ impl Channel {
             supervisor,
             first: true,
             start: AtomicBool::new(true),
+            operated: AtomicBool::new(false),
             thread: Mutex::default(),
         };
         (Arc::new(channel), commands)
@@ -75,11 +78,19 @@ impl Channel {
         self.start.load(Ordering::Relaxed)
     }
 
-    /// Records a start (`true`) or stop command, for the saved
-    /// configuration (the first channel has no such key: it always starts,
-    /// unless the appliance is a standby unit).
+    /// Records an operator's start (`true`) or stop command, for the
+    /// saved configuration (the first channel has no such key: it always
+    /// starts, unless the appliance is a standby unit). On a standby unit
+    /// the channel is the operator's from then on, not the swarm's.
     pub fn set_starts(&self, start: bool) {
         self.start.store(start, Ordering::Relaxed);
+        self.operated.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an operator started or stopped it since the daemon started
+    /// (a standby unit then leaves it alone: `crate::swarm::standby`).
+    pub fn operated(&self) -> bool {
+        self.operated.load(Ordering::Relaxed)
     }
 
     /// Stops its supervisor and waits for it (not the first's).
@@ -203,6 +214,7 @@ impl Channels {
             supervisor,
             first: false,
             start: AtomicBool::new(spec.start),
+            operated: AtomicBool::new(false),
             thread: Mutex::new(Some((stop, thread))),
         });
         list.push(Arc::clone(&channel));

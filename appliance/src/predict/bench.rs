@@ -20,6 +20,16 @@
 //! `n1` is late when it appears a whole segment after `n1`'s own copy,
 //! missing when it never does. Needs root (the CPU drill sets the cgroup
 //! limit of `n0`).
+//!
+//! With `--standby`, `n1` is a standby unit (`appliance.role =
+//! "standby"`): it encodes nothing until an encoder of the channel is
+//! predicted to fail or fails (`crate::swarm::standby`). Without peer
+//! copies to compare with, times are taken against each playlist's own
+//! pace before the drill (its median delay behind the segment's index):
+//! `n0` fails when a segment of its own comes a whole segment later than
+//! its pace, a combined segment at `n1` is late when it comes a whole
+//! segment later than the combined output's pace, and the standby is
+//! ready when its first segment of its own appears.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,7 +88,21 @@ fn now_ms() -> u64 {
 #[derive(Debug, Default)]
 struct Appearances(BTreeMap<i64, u64>);
 
+/// How long after its index's start (the index times the segment length,
+/// on the media clock's scale: a constant apart from the system clock) a
+/// segment appeared, ms.
+fn delay(index: i64, t_ms: u64) -> i64 {
+    t_ms as i64 - index * SEGMENT_MS as i64
+}
+
 impl Appearances {
+    /// The median delay of the segments that appeared before `until_ms`.
+    fn pace(&self, until_ms: u64) -> Option<i64> {
+        let mut d: Vec<i64> = self.0.iter().filter(|(_, t)| **t < until_ms).map(|(i, t)| delay(*i, *t)).collect();
+        d.sort_unstable();
+        d.get(d.len() / 2).copied()
+    }
+
     fn read(&mut self, playlist: &Path, at_ms: u64) {
         let Ok(text) = std::fs::read_to_string(playlist) else { return };
         for line in text.lines() {
@@ -99,6 +123,8 @@ struct Watch {
     /// Start of the first handover that began after counting began.
     handed_over_ms: Option<u64>,
     handovers: Handovers,
+    /// The watcher is a standby unit.
+    standby: bool,
 }
 
 /// A handover: the drilled node weighed below the watcher while healthy,
@@ -144,6 +170,7 @@ impl Watch {
             combined: Appearances::default(),
             handed_over_ms: None,
             handovers: Handovers::default(),
+            standby: false,
         }
     }
 
@@ -152,15 +179,25 @@ impl Watch {
         self.drilled_own.read(&swarm.out(DRILLED).join("ch/180p/playlist.m3u8"), t);
         self.watcher_own.read(&swarm.out(WATCHER).join("ch/180p/playlist.m3u8"), t);
         self.combined.read(&swarm.out(WATCHER).join("combined/ch/180p/playlist.m3u8"), t);
-        let holds = swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
+        let holds = !self.standby && swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
         if let Some(start) = self.handovers.observe(holds, t) {
             self.handed_over_ms = self.handed_over_ms.or(Some(start));
         }
     }
 
     /// The first index from `from_ms` on that the drilled node published a
-    /// whole segment after the watcher: when that happened.
+    /// whole segment after the watcher (a standby watcher: a whole segment
+    /// behind its own pace before `from_ms`): when that happened.
     fn failure_ms(&self, from_ms: u64) -> Option<u64> {
+        if self.standby {
+            let pace = self.drilled_own.pace(from_ms)?;
+            return self
+                .drilled_own
+                .0
+                .iter()
+                .find(|(i, t)| **t >= from_ms && delay(**i, **t) >= pace + SEGMENT_MS as i64)
+                .map(|(_, t)| *t);
+        }
         self.drilled_own
             .0
             .iter()
@@ -185,11 +222,16 @@ fn handed_over(view: &Value) -> bool {
     }
 }
 
-/// Waits until both nodes are up and weigh the same in the watcher's view.
-fn wait_level(swarm: &LocalSwarm, limit: Duration) -> anyhow::Result<()> {
+/// Waits until both nodes are up and weigh the same in the watcher's
+/// view (a standby watcher: until it stands by again, encoding nothing).
+fn wait_level(swarm: &LocalSwarm, standby: bool, limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        if let Some(v) = swarm.view(WATCHER) {
+        if standby && let Some(v) = swarm.view(WATCHER) {
+            if v["standby"]["ch"]["prepared"] == false && v["peers"]["n0"]["healthy"] == true {
+                return Ok(());
+            }
+        } else if let Some(v) = swarm.view(WATCHER) {
             let w = &v["channels"]["ch"]["weights"];
             let level = matches!((step(&w["n0"]), step(&w["n1"])), (Some(a), Some(b)) if a > 0.5 && a == b);
             if level && v["peers"]["n0"]["healthy"] == true {
@@ -198,7 +240,7 @@ fn wait_level(swarm: &LocalSwarm, limit: Duration) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             started.elapsed() < limit,
-            "the two appliances under {} did not weigh the same within {limit:?}: {}",
+            "the two appliances under {} did not settle (the same weight, or standing by) within {limit:?}: {}",
             swarm.dir.display(),
             swarm.view(WATCHER).unwrap_or_default()
         );
@@ -220,9 +262,9 @@ fn end_drills(swarm: &LocalSwarm) -> anyhow::Result<()> {
 }
 
 /// Runs `drill` on `swarm` and measures it.
-fn run_drill(swarm: &LocalSwarm, drill: Drill) -> anyhow::Result<Outcome> {
-    wait_level(swarm, Duration::from_secs(90))?;
-    let mut watch = Watch::new();
+fn run_drill(swarm: &LocalSwarm, standby: bool, drill: Drill) -> anyhow::Result<Outcome> {
+    wait_level(swarm, standby, Duration::from_secs(90))?;
+    let mut watch = Watch { standby, ..Watch::new() };
     let calm_until = Instant::now() + Duration::from_secs(u64::from(drill.calm_s));
     while Instant::now() < calm_until {
         watch.poll(swarm);
@@ -272,6 +314,13 @@ fn run_drill(swarm: &LocalSwarm, drill: Drill) -> anyhow::Result<Outcome> {
         handover_lead_s: failed_ms.zip(watch.handed_over_ms).map(|(f, h)| secs(f, h)),
         ..Outcome::default()
     };
+    if standby {
+        // The standby is ready with its first segment of its own.
+        let ready = watch.watcher_own.0.values().copied().filter(|t| *t >= start_ms).min();
+        out.handover_lead_s = failed_ms.zip(ready).map(|(f, r)| secs(f, r));
+        standby_combined(&watch, start_ms, &mut out);
+        return Ok(out);
+    }
     // Every index the watcher published from the drill on, but the last
     // two (their combined copies may still be on their way).
     let own: Vec<(&i64, &u64)> = watch.watcher_own.0.iter().filter(|(_, t)| **t >= start_ms).collect();
@@ -291,9 +340,36 @@ fn run_drill(swarm: &LocalSwarm, drill: Drill) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
-/// Starts a swarm of two under `dir`; `models` (a `models.json`) goes
-/// beside the drilled node's history first.
-fn start(dir: &Path, models: Option<&Path>, run_s: f64) -> anyhow::Result<LocalSwarm> {
+/// The combined segments at a standby watcher from the drill on: every
+/// index from the first one anyone published after `start_ms` to the
+/// newest but two, late when it came a whole segment behind the combined
+/// output's pace before the drill.
+fn standby_combined(watch: &Watch, start_ms: u64, out: &mut Outcome) {
+    let Some(pace) = watch.combined.pace(start_ms) else { return };
+    let after = [&watch.drilled_own, &watch.watcher_own, &watch.combined]
+        .into_iter()
+        .flat_map(|a| a.0.iter().filter(|(_, t)| **t >= start_ms).map(|(i, _)| *i))
+        .collect::<Vec<_>>();
+    let (Some(first), Some(last)) = (after.iter().min(), after.iter().max()) else { return };
+    for index in *first..=last - 2 {
+        out.compared += 1;
+        match watch.combined.0.get(&index) {
+            Some(t) => {
+                let behind = (delay(index, *t) - pace) as f64 / 1000.0;
+                out.slowest_s = out.slowest_s.max(behind);
+                if behind >= SEGMENT_MS as f64 / 1000.0 {
+                    out.late += 1;
+                }
+            }
+            None => out.missing += 1,
+        }
+    }
+}
+
+/// Starts a swarm of two under `dir` (the watcher a standby unit with
+/// `standby`); `models` (a `models.json`) goes beside the drilled node's
+/// history first.
+fn start(dir: &Path, models: Option<&Path>, run_s: f64, standby: bool) -> anyhow::Result<LocalSwarm> {
     if let Some(m) = models {
         let at = dir.join(format!("n{DRILLED}"));
         std::fs::create_dir_all(&at)?;
@@ -306,7 +382,8 @@ fn start(dir: &Path, models: Option<&Path>, run_s: f64) -> anyhow::Result<LocalS
         bitrate_kbps: 900,
         channel: "segment_seconds = 1.0\n".into(),
         admin: vec![DRILLED],
-        ..Options::default()
+        standby: if standby { vec![WATCHER] } else { Vec::new() },
+        swarm: "standby_release_s = 10\n".into(),
     };
     LocalSwarm::start(dir, &options)
 }
@@ -328,7 +405,7 @@ fn drill_s(d: Drill) -> f64 {
 /// Runs the benchmark: `training` drills to learn from, `drills` held-out
 /// ones with prediction on and off, `calm_minutes` without drills; the
 /// ramps and calm spells drawn from `seed`.
-pub fn run(training: usize, drills: usize, calm_minutes: f64, seed: u64) -> anyhow::Result<()> {
+pub fn run(training: usize, drills: usize, calm_minutes: f64, seed: u64, standby: bool) -> anyhow::Result<()> {
     anyhow::ensure!((1..=10).contains(&training), "--training must be between 1 and 10");
     anyhow::ensure!((1..=20).contains(&drills), "--drills must be between 1 and 20");
     anyhow::ensure!((0.0..=240.0).contains(&calm_minutes), "--calm-minutes must be between 0 and 240");
@@ -342,7 +419,7 @@ pub fn run(training: usize, drills: usize, calm_minutes: f64, seed: u64) -> anyh
     let learn: Vec<Drill> = (0..training).map(|_| draw(5..30)).collect();
     let held_out: Vec<Drill> = (0..drills).map(|_| draw(10..40)).collect();
     let root: PathBuf = std::env::temp_dir().join(format!("lockstep-bench-chain-{}", std::process::id()));
-    let result = run_in(&root, &learn, &held_out, calm_minutes, seed);
+    let result = run_in(&root, &learn, &held_out, calm_minutes, seed, standby);
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
@@ -351,20 +428,29 @@ pub fn run(training: usize, drills: usize, calm_minutes: f64, seed: u64) -> anyh
     result
 }
 
-fn run_in(root: &Path, learn: &[Drill], held_out: &[Drill], calm_minutes: f64, seed: u64) -> anyhow::Result<()> {
+fn run_in(
+    root: &Path,
+    learn: &[Drill],
+    held_out: &[Drill],
+    calm_minutes: f64,
+    seed: u64,
+    standby: bool,
+) -> anyhow::Result<()> {
     println!(
-        "2 appliances (separate processes, 320x180 at 25 fps, 900 kbit/s, 1 s segments); CPU drills on n{DRILLED} down to \
-         {STARVED_CPUS} CPU; seed {seed}; {} training drills, {} held out, {calm_minutes} calm minutes",
+        "2 appliances (separate processes, 320x180 at 25 fps, 900 kbit/s, 1 s segments{}); CPU drills on n{DRILLED} \
+         down to {STARVED_CPUS} CPU; seed {seed}; {} training drills, {} held out, {calm_minutes} calm minutes",
+        if standby { format!("; n{WATCHER} a standby unit") } else { String::new() },
         learn.len(),
         held_out.len()
     );
+    let lead = if standby { "standby ready" } else { "handover lead" };
     // 1. Training.
     let models = root.join("models.json");
     {
         let run_s = learn.iter().map(|d| drill_s(*d)).sum::<f64>() + 120.0;
-        let swarm = start(&root.join("training"), None, run_s)?;
+        let swarm = start(&root.join("training"), None, run_s, standby)?;
         for (i, d) in learn.iter().enumerate() {
-            let o = run_drill(&swarm, *d)?;
+            let o = run_drill(&swarm, standby, *d)?;
             println!("training drill {}: ramp {} s, failed after {}", i + 1, d.ramp_s, seconds(o.failed_s));
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -381,11 +467,11 @@ fn run_in(root: &Path, learn: &[Drill], held_out: &[Drill], calm_minutes: f64, s
     let mut rows: BTreeMap<&str, Vec<Outcome>> = BTreeMap::new();
     for (mode, with) in [("prediction on", Some(models.as_path())), ("prediction off", None)] {
         let run_s = held_out.iter().map(|d| drill_s(*d)).sum::<f64>() + 120.0;
-        let swarm = start(&root.join(mode.replace(' ', "-")), with, run_s)?;
+        let swarm = start(&root.join(mode.replace(' ', "-")), with, run_s, standby)?;
         for (i, d) in held_out.iter().enumerate() {
-            let o = run_drill(&swarm, *d)?;
+            let o = run_drill(&swarm, standby, *d)?;
             println!(
-                "drill {} (ramp {:>2} s) {mode:<14}  failed after {:>7}  alarm lead {:>7}  handover lead {:>7}  \
+                "drill {} (ramp {:>2} s) {mode:<14}  failed after {:>7}  alarm lead {:>7}  {lead} {:>7}  \
                  combined at n{WATCHER}: {} late, {} missing of {} (slowest {:.1} s behind its own)",
                 i + 1,
                 d.ramp_s,
@@ -404,16 +490,25 @@ fn run_in(root: &Path, learn: &[Drill], held_out: &[Drill], calm_minutes: f64, s
             let before = alarms(&swarm)?;
             let calm = Duration::from_secs_f64(calm_minutes * 60.0);
             let until = Instant::now() + calm;
-            let (mut handovers, mut seen) = (0, Handovers::default());
+            let (mut handovers, mut seen, mut prepared) = (0, Handovers::default(), false);
             while Instant::now() < until {
-                let holds = swarm.view(WATCHER).is_some_and(|v| handed_over(&v));
-                handovers += usize::from(seen.observe(holds, now_ms()).is_some());
+                let view = swarm.view(WATCHER);
+                if standby {
+                    // A preparation of the standby is this spell's handover.
+                    let now = view.is_some_and(|v| v["standby"]["ch"]["prepared"] == true);
+                    handovers += usize::from(now && !prepared);
+                    prepared = now;
+                } else {
+                    let holds = view.is_some_and(|v| handed_over(&v));
+                    handovers += usize::from(seen.observe(holds, now_ms()).is_some());
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
             let false_alarms = alarms(&swarm)? - before;
             println!(
-                "calm {calm_minutes} min with the models: {false_alarms} false alarms ({:.1} per hour), {handovers} handovers",
-                false_alarms as f64 * 60.0 / calm_minutes
+                "calm {calm_minutes} min with the models: {false_alarms} false alarms ({:.1} per hour), {handovers} {}",
+                false_alarms as f64 * 60.0 / calm_minutes,
+                if standby { "standby preparations" } else { "handovers" }
             );
         }
     }
@@ -428,7 +523,8 @@ fn run_in(root: &Path, learn: &[Drill], held_out: &[Drill], calm_minutes: f64, s
     let (late_off, lead_off, _, _) = summary("prediction off");
     println!(
         "held-out drills predicted ahead: {alarmed} of {n}; late or missing combined segments: {late_on} with \
-         prediction, {late_off} without; handover ahead of the failure (median): {} with, {} without",
+         prediction, {late_off} without; {} ahead of the failure (median): {} with, {} without",
+        if standby { "standby ready" } else { "handover" },
         seconds(lead_on),
         seconds(lead_off)
     );
@@ -488,6 +584,23 @@ mod tests {
         assert_eq!(h.observe(true, 8_000), None);
         assert_eq!(h.observe(true, 9_000), Some(7_000), "held 2 s: it began at 7 s");
         assert_eq!(h.observe(true, 9_200), None, "once per stretch");
+    }
+
+    #[test]
+    fn with_a_standby_watcher_times_are_judged_against_each_playlists_own_pace() {
+        let mut w = Watch { standby: true, ..Watch::new() };
+        // n0 publishes 300 ms after each index's start, then falls behind.
+        w.drilled_own.0 = [(10, 10_300), (11, 11_300), (12, 12_300), (13, 13_900), (14, 15_400)].into();
+        assert_eq!(w.drilled_own.pace(12_000), Some(300));
+        assert_eq!(w.failure_ms(12_000), Some(15_400), "1.3 s behind its pace at 14; 0.6 s at 13 is not yet");
+        // The combined output at the standby: 500 ms behind; 13 late,
+        // 14 missing, 15 on time (the standby's), 16 and 17 too new to judge.
+        w.combined.0 =
+            [(10, 10_500), (11, 11_500), (12, 12_500), (13, 14_600), (15, 15_500), (16, 16_500), (17, 17_500)].into();
+        let mut out = Outcome::default();
+        standby_combined(&w, 12_000, &mut out);
+        assert_eq!((out.compared, out.late, out.missing), (4, 1, 1), "{out:?}");
+        assert!((out.slowest_s - 1.1).abs() < 1e-9, "{out:?}");
     }
 
     #[test]

@@ -22,9 +22,16 @@ pub struct Risk {
     pub kind: Kind,
     /// Probability of its failure within the horizon.
     pub probability: f64,
-    /// Whether that is at or above its model's threshold.
+    /// Whether its alarm is up: raised when the probability reaches its
+    /// model's threshold, cleared once it has stayed below for
+    /// [`CLEAR_AFTER_MS`] (a probability hovering at the threshold is one
+    /// alarm, not one per round).
     pub alarm: bool,
 }
+
+/// How long a probability stays below the threshold before its alarm
+/// clears, ms.
+pub const CLEAR_AFTER_MS: u64 = 10_000;
 
 /// A change of a component's alarm, for the event log.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +58,9 @@ pub struct Predictor {
     path: PathBuf,
     recent: Mutex<Series>,
     risks: Mutex<BTreeMap<String, Risk>>,
+    /// Since when each raised alarm's probability has been below its
+    /// threshold, ms.
+    below_since: Mutex<BTreeMap<String, u64>>,
     /// Alarm changes not yet taken (by the admin's event log).
     changes: Mutex<Vec<AlarmChange>>,
 }
@@ -69,6 +79,7 @@ impl Predictor {
             path,
             recent: Mutex::default(),
             risks: Mutex::default(),
+            below_since: Mutex::default(),
             changes: Mutex::default(),
         })
     }
@@ -101,6 +112,8 @@ impl Predictor {
         // A component gone from the round (a channel deleted, an edge no
         // longer listed) keeps no risk: it would drain the node's weight.
         risks.retain(|id, _| components.iter().any(|c| &c.id == id));
+        let mut below = lock(&self.below_since);
+        below.retain(|id, _| risks.contains_key(id));
         let (mut changes, mut record) = (Vec::new(), Vec::new());
         for c in components {
             // As in training: not before half a window of the component's
@@ -111,8 +124,13 @@ impl Predictor {
             }
             let Some(p) = models.probability(&c, &recent, at_ms) else { continue };
             let threshold = models.models.get(&c.kind).map_or(1.0, |m| m.threshold);
-            let risk = Risk { component: c.id.clone(), kind: c.kind, probability: p, alarm: p >= threshold };
             let was = risks.get(&c.id).is_some_and(|r| r.alarm);
+            let (alarm, since) = held_alarm(p >= threshold, was, below.get(&c.id).copied(), at_ms);
+            match since {
+                Some(t) => below.insert(c.id.clone(), t),
+                None => below.remove(&c.id),
+            };
+            let risk = Risk { component: c.id.clone(), kind: c.kind, probability: p, alarm };
             if was != risk.alarm {
                 changes.push(AlarmChange { risk: risk.clone(), raised: risk.alarm });
             }
@@ -168,6 +186,20 @@ impl Predictor {
     }
 }
 
+/// Whether an alarm is up this round, with since when its probability
+/// has been below the threshold while it stayed up: raised at once,
+/// cleared after [`CLEAR_AFTER_MS`] below.
+fn held_alarm(above: bool, was: bool, below_since: Option<u64>, at_ms: u64) -> (bool, Option<u64>) {
+    match (above, was) {
+        (true, _) => (true, None),
+        (false, false) => (false, None),
+        (false, true) => {
+            let since = below_since.unwrap_or(at_ms);
+            if at_ms.saturating_sub(since) < CLEAR_AFTER_MS { (true, Some(since)) } else { (false, None) }
+        }
+    }
+}
+
 /// The horizon, s (for the API).
 pub const HORIZON_S: u64 = HORIZON_MS / 1000;
 
@@ -184,6 +216,23 @@ mod tests {
             ("node/memory_used".into(), 0.3),
             ("channel/ch/encoder_state".into(), state),
         ]
+    }
+
+    #[test]
+    fn an_alarm_rises_at_once_and_clears_after_ten_seconds_below() {
+        assert_eq!(held_alarm(true, false, None, 0), (true, None));
+        // Below for a round, above again: still the same alarm.
+        assert_eq!(held_alarm(false, true, None, 1_000), (true, Some(1_000)));
+        assert_eq!(held_alarm(true, true, Some(1_000), 2_000), (true, None));
+        // Below from 3 s on: up until 13 s.
+        let mut since = None;
+        for t in (3..13).map(|s| s * 1_000) {
+            let (up, s) = held_alarm(false, true, since, t);
+            assert!(up, "at {t} ms");
+            since = s;
+        }
+        assert_eq!(held_alarm(false, true, since, 13_000), (false, None));
+        assert_eq!(held_alarm(false, false, None, 14_000), (false, None));
     }
 
     #[test]
@@ -236,6 +285,7 @@ mod tests {
             }
         }
         let (raised, failed_at) = (raised.unwrap(), failed_at.unwrap());
+
         assert!(raised + 10 <= failed_at, "raised at {raised} s, failed at {failed_at} s");
         assert!(cleared.is_some_and(|c| c > failed_at), "cleared after the recovery: {cleared:?}");
         assert_eq!(p.risks().len(), 1);

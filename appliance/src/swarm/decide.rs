@@ -262,6 +262,7 @@ mod tests {
             confidence,
             leader: None,
             channels,
+            outlook: crate::swarm::state::Outlook::default(),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Options {
     pub channel: String,
     /// The nodes with an admin API.
     pub admin: Vec<usize>,
+    /// The standby units (`appliance.role = "standby"`); the others encode.
+    pub standby: Vec<usize>,
 }
 
 /// One node's process, killed when dropped.
@@ -105,11 +107,12 @@ impl LocalSwarm {
                 )
             });
             let text = format!(
-                "[appliance]\nid = \"n{k}\"\n[channel]\nid = \"ch\"\n{}[source]\nkind = \"test\"\nwidth = {}\n\
+                "[appliance]\nid = \"n{k}\"\nrole = \"{}\"\n[channel]\nid = \"ch\"\n{}[source]\nkind = \"test\"\nwidth = {}\n\
                  height = {h}\nfps = \"25\"\n[audio]\nenabled = false\n[[renditions]]\nname = \"{h}p\"\nheight = {h}\n\
                  bitrate_kbps = {}\n[output]\ndir = \"{}\"\nwindow_segments = 1000\n[origin]\n\
                  listen = \"127.0.0.1:{}\"\n[swarm]\nenabled = true\nbind = \"127.0.0.1:{}\"\nseeds = [{}]\n\
                  fleet_key_file = \"{}\"\nstatus_file = \"{}\"\n{}{admin_table}",
+                if o.standby.contains(&k) { "standby" } else { "encoder" },
                 o.channel,
                 o.height * 16 / 9,
                 o.bitrate_kbps,

@@ -21,6 +21,7 @@ pub mod repair;
 pub mod replicate;
 pub mod resync;
 pub mod resync_bench;
+pub mod standby;
 pub mod state;
 pub mod timing;
 pub mod wire;
@@ -138,6 +139,9 @@ pub struct Local {
     /// The failure prediction's risk for this node (its confidence's
     /// prediction factor; `swarm::state::confidence`).
     pub predicted_risk: f32,
+    /// What its packets say for failover: the channels it stands by for
+    /// and prepares (`standby`), its alarms (the daemon's prediction).
+    pub outlook: state::Outlook,
 }
 
 /// What one channel's pipeline reports to the swarm.
@@ -286,6 +290,9 @@ pub struct View {
     pub drift_horizon_s: f64,
     /// Datagrams accepted and dropped, by reason.
     pub packets: BTreeMap<String, u64>,
+    /// A standby unit: where each channel it stands by for stands.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub standby: BTreeMap<String, standby::Status>,
 }
 
 /// Shared between the swarm thread and the rest of the daemon.
@@ -305,6 +312,10 @@ struct Shared {
     corrections: Mutex<Vec<Approved>>,
     /// Forged proposals asked for by a drill: (channel, frames).
     forged: Mutex<Vec<(String, i64)>>,
+    /// A standby unit's decisions not yet taken by the event log.
+    standby_events: Mutex<Vec<String>>,
+    /// The node serves an origin (and so the combined output).
+    serves: bool,
 }
 
 /// A running swarm node.
@@ -331,6 +342,8 @@ impl Swarm {
             targets: Mutex::default(),
             corrections: Mutex::default(),
             forged: Mutex::default(),
+            standby_events: Mutex::default(),
+            serves: settings.origin.is_some(),
         });
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -359,6 +372,12 @@ impl Swarm {
     /// changes (docs/swarm.md, "Resynchronisation").
     pub fn forge_proposal(&self, channel: &str, frames: i64) {
         lock(&self.shared.forged).push((channel.to_string(), frames));
+    }
+
+    /// A standby unit's decisions since the last call, in words, for the
+    /// event log (at most the last 100 are kept).
+    pub fn take_standby_events(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.shared.standby_events))
     }
 
     /// The combined outputs to keep, by channel.
@@ -464,6 +483,15 @@ pub fn join(
             .spawn(move || replicate::run(&weak))
             .map_err(SwarmError::Thread)?;
         *lock(&swarm.replicator) = Some(thread);
+    }
+    if config.appliance.role == crate::config::Role::Standby {
+        let weak = Arc::downgrade(&swarm);
+        let (list, prepares) = (Arc::clone(channels), s.standby_prepares);
+        let release_after = Duration::from_secs(u64::from(s.standby_release_s));
+        std::thread::Builder::new()
+            .name("standby".into())
+            .spawn(move || standby::run(&weak, &list, prepares, release_after))
+            .map_err(SwarmError::Thread)?;
     }
     Ok(Some(swarm))
 }

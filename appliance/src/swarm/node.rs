@@ -582,6 +582,7 @@ impl Node {
             confidence,
             leader: self.leader.clone(),
             channels,
+            outlook: local.outlook.clone(),
         }
     }
 

@@ -77,7 +77,10 @@ impl Output {
                 match place(agent, view, target, track, *index, node, &hash, round) {
                     Ok(entry) => {
                         if !t.init {
-                            t.init = copy_own(target, &format!("{track}/init.mp4"));
+                            t.init = copy_shared(agent, view, target, node, &format!("{track}/init.mp4"));
+                        }
+                        if !self.master {
+                            self.master = copy_shared(agent, view, target, node, "master.m3u8");
                         }
                         t.entries.insert(*index, entry);
                         while t.entries.len() > target.window {
@@ -97,9 +100,6 @@ impl Output {
                     ),
                 }
             }
-        }
-        if !self.master && !self.tracks.is_empty() {
-            self.master = copy_own(target, "master.m3u8");
         }
     }
 
@@ -285,10 +285,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PlaceError> {
         .map_err(|source| PlaceError::Write { path: path.to_path_buf(), source })
 }
 
-/// Copies a file of the node's own output into the combined output
-/// (init segments and the multivariant playlist are the same on every node).
-fn copy_own(target: &Target, rel: &str) -> bool {
-    std::fs::read(target.own.join(rel)).is_ok_and(|b| write_atomic(&target.combined.join(rel), &b).is_ok())
+/// Copies a file that is the same on every node (an init segment, the
+/// multivariant playlist) into the combined output: this node's own, else
+/// `node`'s from its origin (a standby unit that does not encode the
+/// channel serves its combined output too).
+fn copy_shared(agent: &ureq::Agent, view: &super::View, target: &Target, node: &str, rel: &str) -> bool {
+    let bytes = std::fs::read(target.own.join(rel)).ok().or_else(|| {
+        let origin = view.peers.get(node)?.state.origin.clone()?;
+        get(agent, &format!("{origin}/{}/{rel}", target.channel)).ok()
+    });
+    bytes.is_some_and(|b| write_atomic(&target.combined.join(rel), &b).is_ok())
 }
 
 fn write_playlist(target: &Target, track: &str, t: &Track, ended: bool) {

@@ -430,6 +430,7 @@ mod tests {
                 proposal: Some(proposal),
                 votes: vec![Vote { node: "n2".into(), id: 9, approve: true }],
             }],
+            outlook: state::Outlook::default(),
         };
         assert_eq!(state::decode(&state::encode(&s)), Some(s));
     }

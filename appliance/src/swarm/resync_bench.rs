@@ -105,6 +105,7 @@ fn start_swarm(dir: &Path, n: usize, horizon_s: f64, wait_ms: u32, run_s: f64) -
         swarm: format!("drift_horizon_s = {horizon_s}\nmajority_wait_ms = {wait_ms}\n"),
         channel: String::new(),
         admin: vec![n - 1],
+        standby: Vec::new(),
     };
     LocalSwarm::start(dir, &options)
 }

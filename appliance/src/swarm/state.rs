@@ -105,6 +105,33 @@ pub struct EncodingState {
     pub leader: Option<String>,
     /// Every channel it encodes, by id.
     pub channels: Vec<ChannelReport>,
+    /// Its standby role and its failure predictions (last: a member from
+    /// before it reads the packet without it, see [`decode`]).
+    pub outlook: Outlook,
+}
+
+/// What a node tells the swarm for the failover of its channels: the
+/// channels it holds ready as a standby unit and the failures its own
+/// prediction sees coming (docs/swarm.md, "Standby units").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outlook {
+    /// A standby unit: the channels it can take on (configured here and
+    /// left to the swarm, running or not).
+    pub standing_by: Vec<String>,
+    /// The channels among them it runs because the swarm needs it to
+    /// (`super::standby`).
+    pub prepared: Vec<String>,
+    /// Its encoder and packager components whose failure alarm is up.
+    pub alarms: Vec<Alarm>,
+}
+
+/// A failure the node's own prediction sees coming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// The component, as the chain names it (`encoder:main`).
+    pub component: String,
+    /// Probability of its failure within the prediction's horizon.
+    pub probability: f32,
 }
 
 impl EncodingState {
@@ -117,9 +144,18 @@ impl EncodingState {
 /// Decodes a state packet's payload (postcard, [`wire::Kind::State`]);
 /// `None` when malformed.
 ///
+/// The outlook is the packet's last field, so a member from before it
+/// reads a newer packet and ignores the rest (postcard stops at the last
+/// field it knows); a packet of such a member ends before the outlook and
+/// is read with an empty one.
+///
 /// [`wire::Kind::State`]: super::wire::Kind::State
 pub fn decode(payload: &[u8]) -> Option<EncodingState> {
-    postcard::from_bytes(payload).ok()
+    postcard::from_bytes(payload).ok().or_else(|| {
+        let mut older = payload.to_vec();
+        older.extend(postcard::to_allocvec(&Outlook::default()).ok()?);
+        postcard::from_bytes(&older).ok()
+    })
 }
 
 /// Encodes a state packet's payload.
@@ -193,6 +229,7 @@ pub fn decode_single_channel(payload: &[u8]) -> Option<EncodingState> {
         confidence: s.confidence,
         leader: s.leader,
         channels: vec![channel],
+        outlook: Outlook::default(),
     })
 }
 
@@ -412,6 +449,50 @@ mod tests {
         // The two forms are not confused: each decoder refuses the other's bytes.
         assert!(decode_single_channel(&encode(&s)).is_none());
         assert!(decode(&bytes).is_none());
+    }
+
+    #[test]
+    fn the_outlook_travels_last_and_an_older_members_packet_reads_without_it() {
+        let old = SingleChannelState {
+            node: "n1".into(),
+            boot: 7,
+            addr: "127.0.0.1:7946".parse().unwrap_or_else(|_| unreachable!()),
+            origin: None,
+            channel: "main".into(),
+            sent_tai_ns: 1,
+            frame: 500,
+            timecode: String::new(),
+            complexity: 0.4,
+            segments: Vec::new(),
+            encode_latency_ms: 300.0,
+            neighbour_latency_ms: 0.5,
+            neighbour_jitter_ms: 0.1,
+            load: Load::default(),
+            clock: ClockSummary { state: "locked".into(), error_ns: None },
+            recent_errors: 0,
+            uptime_s: 60,
+            isolated: false,
+            confidence: 0.9,
+            weight: 0.6,
+            leader: None,
+            ladder: Vec::new(),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap_or_default();
+        let mut s = decode_single_channel(&bytes).unwrap_or_else(|| panic!("not decoded"));
+        s.outlook = Outlook {
+            standing_by: vec!["main".into()],
+            prepared: vec!["main".into()],
+            alarms: vec![Alarm { component: "encoder:main".into(), probability: 0.9 }],
+        };
+        let newer = encode(&s);
+        assert_eq!(decode(&newer).as_ref(), Some(&s));
+        // A member from before the outlook sends the same bytes up to it.
+        let plain = Outlook::default();
+        let empty = postcard::to_allocvec(&plain).unwrap_or_default();
+        let cut = newer.len() - postcard::to_allocvec(&s.outlook).unwrap_or_default().len();
+        let before = &newer[..cut];
+        assert_eq!(decode(before).map(|d| d.outlook), Some(plain), "read with an empty outlook");
+        assert_eq!([before, &empty].concat(), encode(&EncodingState { outlook: Outlook::default(), ..s }));
     }
 
     #[test]

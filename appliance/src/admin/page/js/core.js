@@ -33,6 +33,7 @@ export const EVENT_TONE = {
   election: 'info', failover: 'warn', 'node-down': 'bad', 'node-up': 'ok',
   isolated: 'bad', rejoined: 'ok', ladder: 'info', channel: 'neutral', config: 'info',
   error: 'bad', clock: 'warn', drill: 'warn', prediction: 'warn', steering: 'info',
+  standby: 'warn',
 };
 
 // ------------------------------------------------------------ state
