@@ -614,15 +614,6 @@ struct Look {
     combined: Vec<i64>,
 }
 
-/// The segment indices a playlist lists (`seg-<index>.m4s`).
-fn listed(playlist: &Path) -> Vec<i64> {
-    std::fs::read_to_string(playlist)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("seg-")?.strip_suffix(".m4s")?.parse().ok())
-        .collect()
-}
-
 /// Reads n2's own and combined playlists every 250 ms until `stop`.
 fn watch_playlists(n2: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Look>> {
     std::thread::spawn(move || {
@@ -630,8 +621,8 @@ fn watch_playlists(n2: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
         while !stop.load(Ordering::Relaxed) {
             looks.push(Look {
                 t_ms: unix_ms(),
-                own: listed(&n2.join("ch/180p/playlist.m3u8")),
-                combined: listed(&n2.join("combined/ch/180p/playlist.m3u8")),
+                own: common::listed(&n2.join("ch/180p/playlist.m3u8")),
+                combined: common::listed(&n2.join("combined/ch/180p/playlist.m3u8")),
             });
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -671,11 +662,11 @@ fn a_standby_unit_is_encoding_before_a_predicted_failure_and_viewers_lose_nothin
     // Its origin serves the combined output already, from n1's segments.
     let since = Instant::now();
     let combined = pair.dir.path().join("n2/combined/ch");
-    while listed(&combined.join("180p/playlist.m3u8")).len() < 3 || !combined.join("180p/init.mp4").exists() {
+    while common::listed(&combined.join("180p/playlist.m3u8")).len() < 3 || !combined.join("180p/init.mp4").exists() {
         assert!(since.elapsed() < Duration::from_secs(20), "n2 serves no combined output of n1's segments");
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(listed(&pair.dir.path().join("n2/ch/180p/playlist.m3u8")).is_empty(), "n2 encodes nothing yet");
+    assert!(common::listed(&pair.dir.path().join("n2/ch/180p/playlist.m3u8")).is_empty(), "n2 encodes nothing yet");
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_playlists(pair.dir.path().join("n2"), Arc::clone(&stop));
 

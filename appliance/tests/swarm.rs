@@ -690,15 +690,6 @@ fn a_cut_off_node_keeps_producing_flags_itself_isolated_and_converges() {
     assert!(compared >= 5, "only {compared} combined segments in common");
 }
 
-/// Indices of the segments a playlist lists.
-fn listed(playlist: &Path) -> Vec<i64> {
-    std::fs::read_to_string(playlist)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("seg-")?.strip_suffix(".m4s")?.parse().ok())
-        .collect()
-}
-
 #[test]
 fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_kill() {
     let _turn = one_at_a_time();
@@ -730,8 +721,8 @@ fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_
             && names(&v["channels"]["two"]["weights"]) == ["n0", "n1"]
             && v["peers"].as_object().is_some_and(|p| p.len() == 2 && p.values().all(|x| x["healthy"] == true));
         let growing = (0..2).all(|k| {
-            listed(&combined(k, "ch", "90p").join("playlist.m3u8")).len() >= 3
-                && listed(&combined(k, "two", "72p").join("playlist.m3u8")).len() >= 3
+            common::listed(&combined(k, "ch", "90p").join("playlist.m3u8")).len() >= 3
+                && common::listed(&combined(k, "two", "72p").join("playlist.m3u8")).len() >= 3
         });
         // The node selected for the newest index of `two`.
         let chosen = v["channels"]["two"]["selection"]
@@ -763,7 +754,7 @@ fn each_channel_has_its_own_replicas_weights_and_combined_output_and_survives_a_
     for (ch, track) in [("ch", "90p"), ("two", "72p")] {
         let own = |k: usize| dir.path().join(format!("n{k}/{ch}/{track}"));
         let last_dead = common::manifest(&own(dead)).iter().map(|e| e.index).max().unwrap();
-        let have = listed(&combined(alive, ch, track).join("playlist.m3u8"));
+        let have = common::listed(&combined(alive, ch, track).join("playlist.m3u8"));
         assert!(have.windows(2).all(|w| w[1] == w[0] + 1), "{ch}: no missing index: {have:?}");
         assert!(
             have.first().is_some_and(|&f| f <= last_dead) && have.last().is_some_and(|&l| l >= last_dead + 3),
@@ -1014,7 +1005,7 @@ fn a_capture_slip_is_never_published_and_is_corrected_by_majority_vote() {
     // index between the slip and the correction has n0's bytes.
     let first_after = slip_frame / segment_frames + 1;
     let combined = dir.path().join("n0/combined/ch/90p");
-    let have = listed(&combined.join("playlist.m3u8"));
+    let have = common::listed(&combined.join("playlist.m3u8"));
     let slipped_indices: Vec<i64> = have.iter().copied().filter(|&i| i >= first_after && i < at).collect();
     assert!(!slipped_indices.is_empty(), "segments made slipped: {have:?} (slip at frame {slip_frame}, back at {at})");
     for i in &slipped_indices {

@@ -84,9 +84,10 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// When each index first appeared in a playlist.
+/// When each index first appeared in a playlist, and when it was first
+/// read (what it listed then appeared earlier, at an unknown time).
 #[derive(Debug, Default)]
-struct Appearances(BTreeMap<i64, u64>);
+struct Appearances(BTreeMap<i64, u64>, Option<u64>);
 
 /// How long after its index's start (the index times the segment length,
 /// on the media clock's scale: a constant apart from the system clock) a
@@ -96,15 +97,18 @@ fn delay(index: i64, t_ms: u64) -> i64 {
 }
 
 impl Appearances {
-    /// The median delay of the segments that appeared before `until_ms`.
+    /// The median delay of the segments that appeared before `until_ms`
+    /// (after the first read: a segment listed then is older than its sight).
     fn pace(&self, until_ms: u64) -> Option<i64> {
-        let mut d: Vec<i64> = self.0.iter().filter(|(_, t)| **t < until_ms).map(|(i, t)| delay(*i, *t)).collect();
+        let seen = |t: u64| self.1.is_none_or(|first| t > first) && t < until_ms;
+        let mut d: Vec<i64> = self.0.iter().filter(|(_, t)| seen(**t)).map(|(i, t)| delay(*i, *t)).collect();
         d.sort_unstable();
         d.get(d.len() / 2).copied()
     }
 
     fn read(&mut self, playlist: &Path, at_ms: u64) {
         let Ok(text) = std::fs::read_to_string(playlist) else { return };
+        self.1.get_or_insert(at_ms);
         for line in text.lines() {
             let index = line.strip_prefix("seg-").and_then(|l| l.strip_suffix(".m4s")).and_then(|i| i.parse().ok());
             if let Some(i) = index {
@@ -613,5 +617,6 @@ mod tests {
         std::fs::write(&p, "#EXTM3U\n#EXTINF:2.0,\nseg-7.m4s\n#EXTINF:2.0,\nseg-8.m4s\n").unwrap();
         a.read(&p, 200);
         assert_eq!(a.0, [(7, 100), (8, 200)].into());
+        assert_eq!(a.pace(1_000), Some(200 - 8 * SEGMENT_MS as i64), "7, listed at the first read, is left out");
     }
 }

@@ -210,13 +210,13 @@ fn select(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::swarm::state::{ChannelReport, ClockSummary, Load, SegmentHashes};
 
     /// A channel report: weight, complexity and (index, hash byte) of its
     /// 360p segments.
-    fn report(id: &str, weight: f32, complexity: f32, segments: &[(i64, u8)]) -> ChannelReport {
+    pub(crate) fn report(id: &str, weight: f32, complexity: f32, segments: &[(i64, u8)]) -> ChannelReport {
         ChannelReport {
             id: id.into(),
             frame: 0,
@@ -245,7 +245,8 @@ mod tests {
         on(node, confidence, vec![report("main", weight, 0.3, segments)])
     }
 
-    fn on(node: &str, confidence: f32, channels: Vec<ChannelReport>) -> EncodingState {
+    /// A node with these channels.
+    pub(crate) fn on(node: &str, confidence: f32, channels: Vec<ChannelReport>) -> EncodingState {
         EncodingState {
             node: node.into(),
             boot: 1,

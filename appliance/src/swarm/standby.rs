@@ -391,43 +391,12 @@ pub(super) fn run(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::swarm::state::{Alarm, ChannelReport, ClockSummary, EncodingState, Load, Outlook};
+    use crate::swarm::decide::tests::{on, report};
+    use crate::swarm::state::{Alarm, EncodingState, Outlook};
 
     fn node(name: &str, encodes: &[&str], outlook: Outlook) -> EncodingState {
-        EncodingState {
-            node: name.into(),
-            boot: 1,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            origin: None,
-            sent_tai_ns: 0,
-            neighbour_latency_ms: 1.0,
-            neighbour_jitter_ms: 0.1,
-            load: Load::default(),
-            clock: ClockSummary { state: "locked".into(), error_ns: None },
-            recent_errors: 0,
-            uptime_s: 60,
-            isolated: false,
-            confidence: 0.9,
-            leader: None,
-            channels: encodes
-                .iter()
-                .map(|id| ChannelReport {
-                    id: (*id).into(),
-                    frame: 0,
-                    timecode: String::new(),
-                    complexity: 0.3,
-                    segments: Vec::new(),
-                    encode_latency_ms: 100.0,
-                    weight: 0.8,
-                    ladder: Vec::new(),
-                    trail_first: 0,
-                    trail: Vec::new(),
-                    proposal: None,
-                    votes: Vec::new(),
-                })
-                .collect(),
-            outlook,
-        }
+        let channels = encodes.iter().map(|id| report(id, 0.8, 0.3, &[])).collect();
+        EncodingState { outlook, ..on(name, 0.9, channels) }
     }
 
     fn alarmed(probability: f32) -> Outlook {

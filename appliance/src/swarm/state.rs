@@ -414,9 +414,9 @@ mod tests {
         assert!((holdover(20e6) - 0.3).abs() < 1e-6);
     }
 
-    #[test]
-    fn an_older_members_single_channel_packet_reads_as_one_channel() {
-        let old = SingleChannelState {
+    /// A packet of a member from before channel lists.
+    fn older_packet() -> SingleChannelState {
+        SingleChannelState {
             node: "old".into(),
             boot: 7,
             addr: "127.0.0.1:7946".parse().unwrap_or_else(|_| unreachable!()),
@@ -439,7 +439,12 @@ mod tests {
             weight: 0.6,
             leader: Some("old".into()),
             ladder: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_older_members_single_channel_packet_reads_as_one_channel() {
+        let old = older_packet();
         let bytes = postcard::to_allocvec(&old).unwrap_or_default();
         let s = decode_single_channel(&bytes).unwrap_or_else(|| panic!("not decoded"));
         assert_eq!((s.node.as_str(), s.confidence, s.leader.as_deref()), ("old", 0.9, Some("old")));
@@ -453,30 +458,7 @@ mod tests {
 
     #[test]
     fn the_outlook_travels_last_and_an_older_members_packet_reads_without_it() {
-        let old = SingleChannelState {
-            node: "n1".into(),
-            boot: 7,
-            addr: "127.0.0.1:7946".parse().unwrap_or_else(|_| unreachable!()),
-            origin: None,
-            channel: "main".into(),
-            sent_tai_ns: 1,
-            frame: 500,
-            timecode: String::new(),
-            complexity: 0.4,
-            segments: Vec::new(),
-            encode_latency_ms: 300.0,
-            neighbour_latency_ms: 0.5,
-            neighbour_jitter_ms: 0.1,
-            load: Load::default(),
-            clock: ClockSummary { state: "locked".into(), error_ns: None },
-            recent_errors: 0,
-            uptime_s: 60,
-            isolated: false,
-            confidence: 0.9,
-            weight: 0.6,
-            leader: None,
-            ladder: Vec::new(),
-        };
+        let old = older_packet();
         let bytes = postcard::to_allocvec(&old).unwrap_or_default();
         let mut s = decode_single_channel(&bytes).unwrap_or_else(|| panic!("not decoded"));
         s.outlook = Outlook {

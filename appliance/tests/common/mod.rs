@@ -83,6 +83,16 @@ pub fn playlist_segments(track: &Path) -> Vec<String> {
     text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(String::from).collect()
 }
 
+/// Indices of the segments a media playlist lists (`seg-<index>.m4s`);
+/// none when it cannot be read (not written yet).
+pub fn listed(playlist: &Path) -> Vec<i64> {
+    std::fs::read_to_string(playlist)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("seg-")?.strip_suffix(".m4s")?.parse().ok())
+        .collect()
+}
+
 /// init.mp4 followed by the given segments, as one file for ffprobe.
 pub fn concat(track: &Path, segments: &[String], out: &Path) -> PathBuf {
     let mut data = std::fs::read(track.join("init.mp4")).unwrap();
