@@ -60,8 +60,8 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
                 let (_, record) = p.observe(crate::history::now_ms(), &samples);
                 samples.extend(record);
                 // The swarm hands this node's work over before a predicted
-                // failure: its confidence falls with the risk.
-                // and its standby units prepare from its alarms.
+                // failure (its confidence and weight fall with the risk),
+                // and standby units prepare from its alarms.
                 if let Some(sw) = &swarm {
                     let risks = p.risks();
                     let (risk, alarms) = (own_risk(&risks), own_alarms(&risks));
