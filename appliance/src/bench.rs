@@ -81,6 +81,10 @@ pub enum Which {
         /// Minutes without drills on the swarm with the model.
         #[arg(long, default_value_t = 30.0)]
         calm_minutes: f64,
+        /// Minutes without drills on the training swarm before its drills
+        /// (what calm looks like, for the model).
+        #[arg(long, default_value_t = 5.0)]
+        training_calm_minutes: f64,
         /// Seed of the drills' random ramps and calm spells.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -168,8 +172,9 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         }
         Which::Api { seconds, clients } => crate::admin::bench::run(seconds, clients),
         Which::Channels { max, seconds } => crate::channels::bench::run(max, seconds),
-        Which::Chain { training, drills, calm_minutes, seed, standby } => {
-            crate::predict::bench::run(training, drills, calm_minutes, seed, standby)
+        Which::Chain { training, drills, calm_minutes, training_calm_minutes, seed, standby } => {
+            let calm = crate::predict::bench::Calm { training: training_calm_minutes, held_out: calm_minutes };
+            crate::predict::bench::run(training, drills, calm, seed, standby)
         }
     }
 }

@@ -273,9 +273,10 @@ fn cpu_memory_and_disk_drills_show_in_the_chain_and_are_undone() {
     api.wait("the disk given back", "packager", Duration::from_secs(10), |c| c["state"] == "ok");
     assert!(!out.join(".lockstep-disk-drill").exists());
 
-    // The failures above label the history: a model per kind that failed
-    // (after two history rounds, so the last rounds are written).
-    std::thread::sleep(Duration::from_secs(2));
+    // The failures above label the history: a model per kind that failed,
+    // once the history holds calm moments past the last recovery (moments
+    // whose 20 s window holds a failure are not learnt from).
+    std::thread::sleep(Duration::from_secs(25));
     let (status, e) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 0 })));
     assert_eq!((status, e["field"].as_str()), (422, Some("since_s")), "{e}");
     let (status, trained) = api.call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
@@ -506,8 +507,11 @@ impl Pair {
         started_ms
     }
 
-    /// Trains n1's failure prediction on its history.
+    /// Trains n1's failure prediction on its history, once it holds calm
+    /// moments past the last recovery (moments whose 20 s window holds a
+    /// failure are not learnt from).
     fn train(&self) {
+        std::thread::sleep(Duration::from_secs(22));
         let (status, trained) = self.apis[0].call("POST", "/api/v1/predict/train", Some(json!({ "since_s": 3600 })));
         assert_eq!(status, 200, "{trained}");
         assert!(trained["trained"]["encoder"]["positives"].as_u64().unwrap() >= 3, "{trained}");
@@ -659,6 +663,12 @@ fn a_standby_unit_is_encoding_before_a_predicted_failure_and_viewers_lose_nothin
         assert!(since.elapsed() < Duration::from_secs(20), "n2 does not stand by for ch: {v}");
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The encoder's API (and page) shows n2 as a standby unit, from its packets.
+    let (status, swarm) = n1.call("GET", "/api/v1/swarm", None);
+    assert_eq!(status, 200, "{swarm}");
+    let member = swarm["members"].as_array().unwrap().iter().find(|m| m["node"] == "n2").cloned().unwrap_or_default();
+    assert_eq!(member["outlook"]["standing_by"], json!(["ch"]), "n2 as n1 shows it: {member}");
+    assert_eq!(member["outlook"]["prepared"], json!([]), "{member}");
     // Its origin serves the combined output already, from n1's segments.
     let since = Instant::now();
     let combined = pair.dir.path().join("n2/combined/ch");

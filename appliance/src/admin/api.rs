@@ -1084,6 +1084,7 @@ fn member_json(
         "encode_latency_ms": own.map(|c| c.encode_latency_ms),
         "isolated": state.isolated,
         "channels": channels,
+        "outlook": state.outlook,
     })
 }
 

@@ -110,7 +110,8 @@ impl PeerPrints {
     /// when it did for every frame (or no majority either way can form),
     /// [`Verdict::Other`] with the majority's pictures when it captured
     /// others for any frame and is known for all, [`Verdict::Pending`]
-    /// while a neighbour's fingerprints of a frame have yet to arrive.
+    /// while fingerprints of a frame yet to arrive could still make a
+    /// majority for other pictures.
     pub fn verdict(&self, first: i64, mine: &[u64]) -> Verdict {
         let voters = self.nodes.len() + 1;
         let (mut other, mut pending) = (false, false);
@@ -128,9 +129,14 @@ impl PeerPrints {
                     majority.push(p);
                 }
                 _ => {
-                    // No majority yet: one may form once every neighbour's
-                    // fingerprint of the frame is in.
-                    pending |= known.len() < self.nodes.len();
+                    // No majority yet. Wait only while the fingerprints yet
+                    // to arrive could still make one for other pictures:
+                    // otherwise this node's pictures stand whatever they
+                    // say (one neighbour of two, starved and late, holds
+                    // nothing back).
+                    let missing = self.nodes.len() - known.len();
+                    let rival = most_common(known.iter().copied().filter(|p| p != print)).map_or(0, |(_, c)| c);
+                    pending |= 2 * (rival + missing) > voters;
                     majority.push(*print);
                 }
             }
@@ -490,6 +496,7 @@ mod tests {
         assert_eq!(PeerPrints::default().verdict(4, &[1, 2]), Verdict::Same);
         let one = peers(&["n1"], 20);
         assert_eq!(one.verdict(4, &[1, 2]), Verdict::Same, "one against one");
+        assert_eq!(one.verdict(21, &[121, 122]), Verdict::Same, "one of two yet to send: it cannot outvote");
     }
 
     #[test]

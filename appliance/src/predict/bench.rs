@@ -3,8 +3,10 @@
 //! from outside the drilled appliance, with the failure prediction acting
 //! and without it (the reactive baseline), in the same run:
 //!
-//! 1. training: a swarm runs `--training` drills of random ramps on `n0`,
-//!    then fits its models (`POST /api/v1/predict/train`);
+//! 1. training: a swarm runs `--training-calm-minutes` without drills
+//!    (an appliance's history is mostly calm), then `--training` drills of
+//!    random ramps on `n0`, then fits its models (`POST
+//!    /api/v1/predict/train`);
 //! 2. held-out drills of other random ramps and calm spells, each run on a
 //!    swarm whose `n0` has those models (prediction on) and again on one
 //!    without (prediction off);
@@ -13,7 +15,9 @@
 //!
 //! A drill ramps `n0`'s cgroup CPU limit down to 0.02 CPU. Its failure is
 //! taken from the outputs: the first segment `n0` publishes a whole
-//! segment after `n1` published the same index. The handover is the start
+//! segment after `n1` published the same index; the drill then holds
+//! until `n0` judges its own encoder failed, so its history (which the
+//! training labels) records the failure. The handover is the start
 //! of the first stretch of at least 2 s in which `n1`'s view weighs `n0`
 //! below itself (in the 0.05 steps replica selection goes by) while `n0`
 //! is still healthy. A combined segment at
@@ -54,6 +58,16 @@ const RECOVER: Duration = Duration::from_secs(15);
 /// The drilled appliance and the one watching it.
 const DRILLED: usize = 0;
 const WATCHER: usize = 1;
+
+/// Minutes without drills: on the training swarm before its drills, and
+/// on the swarm with the models after the held-out drills.
+#[derive(Debug, Clone, Copy)]
+pub struct Calm {
+    /// Before the training drills.
+    pub training: f64,
+    /// After the held-out drills (false alarms).
+    pub held_out: f64,
+}
 
 /// One drill: how long its limit takes to fall, and the calm before it.
 #[derive(Debug, Clone, Copy)]
@@ -252,6 +266,15 @@ fn wait_level(swarm: &LocalSwarm, standby: bool, limit: Duration) -> anyhow::Res
     }
 }
 
+/// Whether the drilled node's chain shows its encoder failed (`bad`);
+/// false while the starved node does not answer.
+fn judged_failed(swarm: &LocalSwarm) -> bool {
+    let Ok(chain) = swarm.ask(DRILLED, "GET", "/api/v1/chain", None) else {
+        return false;
+    };
+    chain["components"].as_array().into_iter().flatten().any(|c| c["kind"] == "encoder" && c["state"] == "bad")
+}
+
 /// Ends the drilled node's drills, retrying while it is starved.
 fn end_drills(swarm: &LocalSwarm) -> anyhow::Result<()> {
     let mut last = None;
@@ -292,6 +315,19 @@ fn run_drill(swarm: &LocalSwarm, standby: bool, drill: Drill) -> anyhow::Result<
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if failed_ms.is_some() {
+        // Training labels the drilled node's own history: hold the
+        // failure until the node itself judges its encoder failed.
+        let judged_by = Instant::now() + Duration::from_secs(u64::from(FAIL_WITHIN_S));
+        let mut asked = Instant::now();
+        while !judged_failed(swarm) && Instant::now() < judged_by {
+            while asked.elapsed() < Duration::from_secs(1) {
+                watch.poll(swarm);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            asked = Instant::now();
+        }
     }
     let hold_until = Instant::now() + HOLD;
     while Instant::now() < hold_until {
@@ -407,12 +443,13 @@ fn drill_s(d: Drill) -> f64 {
 }
 
 /// Runs the benchmark: `training` drills to learn from, `drills` held-out
-/// ones with prediction on and off, `calm_minutes` without drills; the
+/// ones with prediction on and off, `calm` minutes without drills; the
 /// ramps and calm spells drawn from `seed`.
-pub fn run(training: usize, drills: usize, calm_minutes: f64, seed: u64, standby: bool) -> anyhow::Result<()> {
+pub fn run(training: usize, drills: usize, calm: Calm, seed: u64, standby: bool) -> anyhow::Result<()> {
     anyhow::ensure!((1..=10).contains(&training), "--training must be between 1 and 10");
     anyhow::ensure!((1..=20).contains(&drills), "--drills must be between 1 and 20");
-    anyhow::ensure!((0.0..=240.0).contains(&calm_minutes), "--calm-minutes must be between 0 and 240");
+    anyhow::ensure!((0.0..=240.0).contains(&calm.held_out), "--calm-minutes must be between 0 and 240");
+    anyhow::ensure!((0.0..=240.0).contains(&calm.training), "--training-calm-minutes must be between 0 and 240");
     anyhow::ensure!(
         nix::unistd::geteuid().is_root(),
         "lockstep bench chain needs root: its CPU drills set the cgroup CPU limit of an appliance"
@@ -423,7 +460,7 @@ pub fn run(training: usize, drills: usize, calm_minutes: f64, seed: u64, standby
     let learn: Vec<Drill> = (0..training).map(|_| draw(5..30)).collect();
     let held_out: Vec<Drill> = (0..drills).map(|_| draw(10..40)).collect();
     let root: PathBuf = std::env::temp_dir().join(format!("lockstep-bench-chain-{}", std::process::id()));
-    let result = run_in(&root, &learn, &held_out, calm_minutes, seed, standby);
+    let result = run_in(&root, &learn, &held_out, calm, seed, standby);
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
@@ -436,14 +473,17 @@ fn run_in(
     root: &Path,
     learn: &[Drill],
     held_out: &[Drill],
-    calm_minutes: f64,
+    calm: Calm,
     seed: u64,
     standby: bool,
 ) -> anyhow::Result<()> {
+    let calm_minutes = calm.held_out;
     println!(
         "2 appliances (separate processes, 320x180 at 25 fps, 900 kbit/s, 1 s segments{}); CPU drills on n{DRILLED} \
-         down to {STARVED_CPUS} CPU; seed {seed}; {} training drills, {} held out, {calm_minutes} calm minutes",
+         down to {STARVED_CPUS} CPU; seed {seed}; {} calm minutes and {} drills to train on, {} held out, \
+         {calm_minutes} calm minutes",
         if standby { format!("; n{WATCHER} a standby unit") } else { String::new() },
+        calm.training,
         learn.len(),
         held_out.len()
     );
@@ -451,8 +491,14 @@ fn run_in(
     // 1. Training.
     let models = root.join("models.json");
     {
-        let run_s = learn.iter().map(|d| drill_s(*d)).sum::<f64>() + 120.0;
+        let run_s = learn.iter().map(|d| drill_s(*d)).sum::<f64>() + calm.training * 60.0 + 120.0;
         let swarm = start(&root.join("training"), None, run_s, standby)?;
+        if calm.training > 0.0 {
+            // An appliance's history is mostly calm: the model learns what
+            // calm looks like from a spell of it too.
+            wait_level(&swarm, standby, Duration::from_secs(90))?;
+            std::thread::sleep(Duration::from_secs_f64(calm.training * 60.0));
+        }
         for (i, d) in learn.iter().enumerate() {
             let o = run_drill(&swarm, standby, *d)?;
             println!("training drill {}: ramp {} s, failed after {}", i + 1, d.ramp_s, seconds(o.failed_s));
@@ -470,7 +516,8 @@ fn run_in(
     // 2. Held-out drills, prediction on and off.
     let mut rows: BTreeMap<&str, Vec<Outcome>> = BTreeMap::new();
     for (mode, with) in [("prediction on", Some(models.as_path())), ("prediction off", None)] {
-        let run_s = held_out.iter().map(|d| drill_s(*d)).sum::<f64>() + 120.0;
+        let calm_s = if with.is_some() { calm_minutes * 60.0 } else { 0.0 };
+        let run_s = held_out.iter().map(|d| drill_s(*d)).sum::<f64>() + calm_s + 120.0;
         let swarm = start(&root.join(mode.replace(' ', "-")), with, run_s, standby)?;
         for (i, d) in held_out.iter().enumerate() {
             let o = run_drill(&swarm, standby, *d)?;
@@ -492,14 +539,15 @@ fn run_in(
         // 3. The calm spell, on the swarm with the models.
         if with.is_some() && calm_minutes > 0.0 {
             let before = alarms(&swarm)?;
-            let calm = Duration::from_secs_f64(calm_minutes * 60.0);
-            let until = Instant::now() + calm;
-            let (mut handovers, mut seen, mut prepared) = (0, Handovers::default(), false);
+            let until = Instant::now() + Duration::from_secs_f64(calm_minutes * 60.0);
+            // A preparation still under way from the last drill is not this spell's.
+            let prepared_now = |v: Option<Value>| v.is_some_and(|v| v["standby"]["ch"]["prepared"] == true);
+            let (mut handovers, mut seen, mut prepared) = (0, Handovers::default(), prepared_now(swarm.view(WATCHER)));
             while Instant::now() < until {
                 let view = swarm.view(WATCHER);
                 if standby {
                     // A preparation of the standby is this spell's handover.
-                    let now = view.is_some_and(|v| v["standby"]["ch"]["prepared"] == true);
+                    let now = prepared_now(view);
                     handovers += usize::from(now && !prepared);
                     prepared = now;
                 } else {

@@ -11,7 +11,8 @@
 //! (`…/encoder_state`, `…/packager_state`, `edge/<id>/state`), so every
 //! failure — a drill's or a real one — labels the samples before it. A
 //! sample is positive when its component fails within the horizon after
-//! it; samples while the component has failed are left out.
+//! it; samples while the component has failed, and for a window after
+//! (their trends are the recovery's), are left out.
 //!
 //! Limits: a logistic regression sees a linear mix of levels and trends;
 //! a failure with no trend before it (a process killed) cannot be
@@ -35,13 +36,26 @@ const FAILED: f64 = 2.0;
 const NOT_RUNNING: f64 = 3.0;
 /// L2 penalty of the fit (on standardised features).
 const ALPHA: f64 = 0.1;
+/// The lead an alarm needs to be of use, s: a standby unit has its first
+/// segment out about 2 s after it starts (docs/SPECIFICATION.md), a drained
+/// weight moves the combined output within a few rounds.
+pub const LEAD_NEEDED_S: f64 = 10.0;
+/// The false alarms per hour of history a threshold may cost (each starts
+/// a standby unit or drains a weight for nothing).
+pub const FALSE_ALARMS_PER_HOUR: f64 = 1.0;
 
 /// What a prediction could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
-    /// Only one class in the examples.
+    /// No example before a failure.
     #[error("no {0} failure in the history (and samples calm before it) to learn from: run a drill first")]
     NoFailures(Kind),
+    /// Every example before a failure: nothing calm to learn from.
+    #[error(
+        "every {0} moment in the history comes within 30 s before a failure (or 20 s after one): nothing calm \
+         to learn from; train again once the history has calm moments"
+    )]
+    NoCalm(Kind),
     /// The library refused.
     #[error("fitting the {0} model: {1}")]
     Fit(Kind, String),
@@ -190,6 +204,16 @@ impl Component {
     fn usable(&self, state: f64) -> bool {
         state < FAILED
     }
+
+    /// Whether a moment whose window holds these states (`window`, its
+    /// component's state samples of the last [`WINDOW_MS`]) is scored and
+    /// learnt from: only when none is a failure. The trends of a window
+    /// that holds one describe the failure and the recovery from it, not a
+    /// run-up to the next one. (An encoder's channel stopped is no failure:
+    /// its start is a start, and half a window suffices.)
+    pub fn settled(&self, window: &[(u64, f64)]) -> bool {
+        !window.iter().any(|(_, s)| self.failed(*s))
+    }
 }
 
 /// Series by name, each (Unix ms, value) oldest first.
@@ -253,15 +277,22 @@ pub fn onsets(c: &Component, data: &Series) -> Vec<u64> {
 }
 
 /// Every usable moment of `c` in `data` (one per state sample) with at
-/// least half a window of history before it, labelled.
+/// least half a window of history before it and no failure in its
+/// window ([`Component::settled`]), labelled.
 pub fn examples(c: &Component, data: &Series) -> Vec<Example> {
     let states = data.get(&c.state).map_or(&[][..], Vec::as_slice);
     let first = states.first().map_or(0, |(t, _)| *t);
     let onsets = onsets(c, data);
     let inputs: Vec<&[(u64, f64)]> = c.inputs.iter().map(|n| data.get(n).map_or(&[][..], Vec::as_slice)).collect();
+    let mut failed_ms = None;
     states
         .iter()
-        .filter(|(t, s)| c.usable(*s) && t - first >= WINDOW_MS / 2)
+        .filter(|(t, s)| {
+            if c.failed(*s) {
+                failed_ms = Some(*t);
+            }
+            c.usable(*s) && failed_ms.is_none_or(|f| t - f > WINDOW_MS) && t - first >= WINDOW_MS / 2
+        })
         .map(|&(t, _)| Example {
             t_ms: t,
             x: features(&inputs, t),
@@ -271,7 +302,7 @@ pub fn examples(c: &Component, data: &Series) -> Vec<Example> {
 }
 
 /// How a model did on a set of examples.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Quality {
     /// Moments it alarmed at that a failure followed within the horizon.
     pub precision: f64,
@@ -318,8 +349,11 @@ impl Model {
     /// Fits a model of `kind` on `examples`.
     pub fn fit(kind: Kind, examples: &[Example], trained_ms: u64) -> Result<Self, PredictError> {
         let positives = examples.iter().filter(|e| e.fails).count();
-        if positives == 0 || positives == examples.len() {
+        if positives == 0 {
             return Err(PredictError::NoFailures(kind));
+        }
+        if positives == examples.len() {
+            return Err(PredictError::NoCalm(kind));
         }
         let width = kind.features().len();
         let n = examples.len() as f64;
@@ -352,13 +386,7 @@ impl Model {
             examples: examples.len(),
             positives,
             trained_ms,
-            quality: Quality {
-                precision: 0.0,
-                recall: 0.0,
-                failures: 0,
-                lead_time_s: None,
-                false_alarms_per_hour: 0.0,
-            },
+            quality: Quality::default(),
         };
         model.threshold = model.best_threshold(examples);
         model.quality = model.evaluate(examples);
@@ -377,32 +405,42 @@ impl Model {
         1.0 / (1.0 + (-z).exp())
     }
 
-    /// The threshold (of 0.1, 0.2 … 0.9) with the best F1 score on
-    /// `examples` — an alarm should be right and in time — the highest of
-    /// those within 0.02 of the best, for fewer false alarms.
+    /// The threshold (of 0.10, 0.15 … 0.95) an operator would pick on
+    /// `examples`: within the false-alarm budget on them
+    /// ([`FALSE_ALARMS_PER_HOUR`]; when none is, those with the fewest),
+    /// the ones that alarm before the most failures early enough to act
+    /// ([`LEAD_NEEDED_S`]), then before the most at all; of those equally
+    /// good, the middle one (a margin both ways: against later alarms and
+    /// against more false ones).
     fn best_threshold(&self, examples: &[Example]) -> f64 {
-        let f1 = |threshold: f64| {
-            let (mut tp, mut fp, mut fneg) = (0.0, 0.0, 0.0);
-            for e in examples {
-                match (self.probability(&e.x) >= threshold, e.fails) {
-                    (true, true) => tp += 1.0,
-                    (true, false) => fp += 1.0,
-                    (false, true) => fneg += 1.0,
-                    (false, false) => {}
-                }
-            }
-            if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) }
-        };
-        let scores: Vec<(f64, f64)> = (1..10).map(|k| f64::from(k) / 10.0).map(|t| (t, f1(t))).collect();
-        let best = scores.iter().map(|s| s.1).fold(0.0, f64::max);
-        scores.iter().rev().find(|s| s.1 >= best - 0.02).map_or(0.5, |s| s.0)
+        let judged: Vec<(f64, Quality, Vec<f64>)> = (2..20)
+            .map(|k| f64::from(k) / 20.0)
+            .map(|t| {
+                let (q, leads) = self.judge(examples, t);
+                (t, q, leads)
+            })
+            .collect();
+        let fewest = judged.iter().map(|j| j.1.false_alarms_per_hour).fold(f64::INFINITY, f64::min);
+        let budget = FALSE_ALARMS_PER_HOUR.max(fewest);
+        let admissible: Vec<&(f64, Quality, Vec<f64>)> =
+            judged.iter().filter(|j| j.1.false_alarms_per_hour <= budget).collect();
+        let caught = |leads: &[f64]| (leads.iter().filter(|l| **l >= LEAD_NEEDED_S).count(), leads.len());
+        let best = admissible.iter().map(|j| caught(&j.2)).max().unwrap_or((0, 0));
+        let tied: Vec<f64> = admissible.iter().filter(|j| caught(&j.2) == best).map(|j| j.0).collect();
+        tied.get(tied.len() / 2).copied().unwrap_or(0.5)
     }
 
     /// How the model does on `examples` (one component's, in time order):
     /// precision per alarming moment; per failure, recall and lead time;
     /// false alarms per hour.
     pub fn evaluate(&self, examples: &[Example]) -> Quality {
-        let alarms: Vec<bool> = examples.iter().map(|e| self.probability(&e.x) >= self.threshold).collect();
+        self.judge(examples, self.threshold).0
+    }
+
+    /// [`Self::evaluate`] at `threshold`, with the lead of every failure
+    /// alarmed before, s.
+    fn judge(&self, examples: &[Example], threshold: f64) -> (Quality, Vec<f64>) {
+        let alarms: Vec<bool> = examples.iter().map(|e| self.probability(&e.x) >= threshold).collect();
         let (mut tp, mut fp) = (0usize, 0usize);
         for (a, e) in alarms.iter().zip(examples) {
             match (a, e.fails) {
@@ -439,13 +477,14 @@ impl Model {
             (Some(a), Some(b)) if b.t_ms > a.t_ms => (b.t_ms - a.t_ms) as f64 / 3_600_000.0,
             _ => 0.0,
         };
-        Quality {
+        let quality = Quality {
             precision: if tp + fp == 0 { 0.0 } else { tp as f64 / (tp + fp) as f64 },
             recall: if failures == 0 { 0.0 } else { leads.len() as f64 / failures as f64 },
             failures,
             lead_time_s: leads.get(leads.len() / 2).copied(),
             false_alarms_per_hour: if hours > 0.0 { false_alarms as f64 / hours } else { 0.0 },
-        }
+        };
+        (quality, leads)
     }
 }
 
@@ -567,6 +606,12 @@ mod tests {
         assert!(positive.iter().all(|&t| t < onsets[0] && t + HORIZON_MS >= onsets[0]));
         assert!(positive.len() >= 25, "{}", positive.len());
         assert!(ex.len() < 300, "moments while failed are left out");
+        // And a window after the failure: its trends are the recovery's.
+        let recovered = data["channel/ch/encoder_state"].iter().rfind(|(_, s)| c.failed(*s)).unwrap().0;
+        let after: Vec<u64> = ex.iter().map(|e| e.t_ms).filter(|t| *t > recovered).collect();
+        assert!(after.first().is_some_and(|t| t - recovered > WINDOW_MS), "{:?}", after.first());
+        let later = data["channel/ch/encoder_state"].iter().filter(|(t, _)| *t > recovered + WINDOW_MS).count();
+        assert_eq!(after.len(), later, "the rest is kept");
         let names = ["channel/ch/encoder_state", "edge/e1/state", "channel/ch/packager_state", "node/x"];
         let ids: Vec<String> = Component::all_in(names).into_iter().map(|c| c.id).collect();
         assert_eq!(ids, ["encoder:ch", "edge:e1", "packager:ch"]);
@@ -649,9 +694,58 @@ mod tests {
     }
 
     #[test]
+    fn the_threshold_stays_within_the_false_alarm_budget_and_alarms_early_enough_to_act() {
+        // A model whose probability is its first feature's logistic.
+        let width = Kind::Encoder.features().len();
+        let model = Model {
+            kind: Kind::Encoder,
+            features: Kind::Encoder.features(),
+            mean: vec![0.0; width],
+            scale: vec![1.0; width],
+            weights: (0..width).map(|j| if j == 0 { 1.0 } else { 0.0 }).collect(),
+            intercept: 0.0,
+            threshold: 0.5,
+            examples: 0,
+            positives: 0,
+            trained_ms: 0,
+            quality: Quality::default(),
+        };
+        // Two hours, a moment a second: calm at 0.05; three run-ups to a
+        // failure, 0.1 → 0.9 over their 30 s; with `spikes`, a calm 3 s at
+        // 0.3 every 10 minutes (6 an hour).
+        let hours = |spikes: bool| -> Vec<Example> {
+            (0..7200u64)
+                .map(|s| {
+                    let run_up = [1000, 3000, 5000].iter().find(|&&f| s + 30 > f && s < f).map(|f| 29 - (f - 1 - s));
+                    let p = match run_up {
+                        Some(k) => 0.1 + 0.8 * k as f64 / 29.0,
+                        None if spikes && s % 600 < 3 => 0.3,
+                        None => 0.05,
+                    };
+                    let mut x = vec![0.0; width];
+                    x[0] = (p / (1.0 - p)).ln();
+                    Example { t_ms: s * 1000, x, fails: run_up.is_some() }
+                })
+                .collect()
+        };
+        // Alarming 10 s ahead takes 0.65 at most: of 0.10 … 0.65, the middle.
+        assert_eq!(model.best_threshold(&hours(false)), 0.4);
+        // The spikes would cost 6 false alarms an hour up to 0.30: of 0.35 … 0.65.
+        assert_eq!(model.best_threshold(&hours(true)), 0.5);
+        let q = Model { threshold: 0.5, ..model.clone() }.evaluate(&hours(true));
+        assert_eq!((q.recall, q.false_alarms_per_hour), (1.0, 0.0), "{q:?}");
+        assert!(q.lead_time_s.is_some_and(|l| l >= LEAD_NEEDED_S), "{q:?}");
+    }
+
+    #[test]
     fn without_a_failure_there_is_nothing_to_learn() {
         let calm = history(&[], 300, &mut Noise(1));
         let e = Model::fit(Kind::Encoder, &examples(&Component::encoder("ch"), &calm), 1).unwrap_err();
         assert!(e.to_string().contains("run a drill first"), "{e}");
+        // A drill right after the start, trained on at once: every moment
+        // left comes before the failure.
+        let hurried = history(&[(12, 10)], 45, &mut Noise(1));
+        let e = Model::fit(Kind::Encoder, &examples(&Component::encoder("ch"), &hurried), 1).unwrap_err();
+        assert!(e.to_string().contains("nothing calm to learn from"), "{e}");
     }
 }

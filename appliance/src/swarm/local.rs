@@ -7,6 +7,7 @@
 //! Every node writes its swarm view to `n<k>/swarm.json`.
 
 use std::net::{TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -127,13 +128,22 @@ impl LocalSwarm {
             let config = out.join("lockstep.toml");
             std::fs::write(&config, text)?;
             let log = std::fs::File::create(out.join("stderr.log"))?;
-            let child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .args(["run", "--duration", &format!("{:.0}", o.run_s), "--config"])
                 .arg(&config)
                 .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("starting a node")?;
+                .stderr(log);
+            // A node ends with the process that started it, also when that
+            // is killed (a benchmark stopped by a signal leaves no nodes).
+            // SAFETY: between fork and exec the child only calls prctl(2),
+            // which is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+            let child = command.spawn().context("starting a node")?;
             nodes.push(Node(child));
             admins.push(admin);
         }

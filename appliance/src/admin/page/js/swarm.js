@@ -116,14 +116,35 @@ export function memberRow(m, leader, standalone) {
   let role;
   if (isLeader) role = el('span', { class: 'role-leader', text: 'Leader' });
   else role = el('span', { class: 'role-member', text: standalone ? 'Standalone' : 'Member' });
+  const outlook = m.outlook || {};
+  const standingBy = Array.isArray(outlook.standing_by) ? outlook.standing_by : [];
+  const prepared = Array.isArray(outlook.prepared) ? outlook.prepared : [];
+  const alarms = Array.isArray(outlook.alarms) ? outlook.alarms : [];
+  const standbyTag = standingBy.length
+    ? el('span', {
+      class: `tag${prepared.length ? ' warn' : ''}`,
+      dataset: { standby: prepared.length ? 'prepared' : 'standing-by' },
+      title: `standby unit for ${standingBy.join(', ')}${prepared.length ? `; encoding ${prepared.join(', ')} for the swarm` : ''}`,
+      text: prepared.length ? `standby · encoding ${prepared.join(', ')}` : 'standby',
+    })
+    : null;
+  const alarmTag = alarms.length
+    ? el('span', {
+      class: 'tag bad',
+      dataset: { alarm: alarms.map((a) => a.component).join(' ') },
+      title: alarms.map((a) => `${a.component}: failure predicted within 30 s (${fmtPct(a.probability)})`).join('\n'),
+      text: 'failure predicted',
+    })
+    : null;
 
   return el('tr', { class: classes.filter(Boolean).join(' '), title, dataset: { node: m.node, healthy: String(health.healthy) } },
     el('td', null, swatch(m.node), el('span', { class: 'node-id', text: m.node }),
       m.self ? el('span', { class: 'tag', text: 'self' }) : null,
       m.isolated ? el('span', { class: 'tag bad', text: 'isolated' }) : null),
-    el('td', null, role),
+    el('td', null, role, standbyTag),
     el('td', null,
       el('span', { class: `status tone-${health.tone}`, text: health.text }),
+      alarmTag,
       m.recent_errors > 0 ? el('span', { class: 'tag bad', title: 'recent errors', text: `${m.recent_errors} err` }) : null),
     el('td', null, weightCell(m.weight)),
     el('td', { class: 'num', text: fmtPct(m.confidence) }),
@@ -173,10 +194,36 @@ export function renderSwarmSummary(sw, members, standalone) {
     chips.push(el('span', { class: 'chip', text: sw.leader ? `leader ${sw.leader}` : 'no leader' }));
     chips.push(el('span', { class: `chip tone-${tone}`, text: `${healthy}/${members.length} healthy` }));
     if (sw.isolated) chips.push(el('span', { class: 'chip tone-bad', text: 'isolated from the group' }));
+    chips.push(...standbyChips(sw.standby));
     const rejected = rejectedPackets(sw.packets);
     if (rejected.total > 0) {
       chips.push(el('span', { class: 'chip tone-warn', title: rejected.detail, text: `${fmtInt(rejected.total)} packets rejected` }));
     }
   }
   $('swarm-summary').replaceChildren(...chips);
+}
+
+/** Why a channel needs a standby unit, in words (a `StandbyCause`). */
+export function standbyCause(c) {
+  if (!c) return '';
+  if (c.kind === 'predicted') return `${c.node} predicted to fail (${c.component}, ${fmtPct(c.probability)})`;
+  if (c.kind === 'behind') return `${c.node} ${isNum(c.seconds) ? c.seconds.toFixed(1) : '?'} s behind its pace`;
+  if (c.kind === 'lost') return `${c.node} lost`;
+  return String(c.kind || '');
+}
+
+/** On a standby unit: one chip per channel it stands by for (`standby` of `GET /api/v1/swarm`). */
+export function standbyChips(standby) {
+  return Object.entries(standby || {}).sort(([a], [b]) => a.localeCompare(b)).map(([channel, s]) => {
+    const trouble = Array.isArray(s.trouble) ? s.trouble.map(standbyCause).join('; ') : '';
+    const release = isNum(s.release_in_s) ? `; released in ${Math.ceil(s.release_in_s)} s unless needed` : '';
+    const title = [trouble && `in trouble: ${trouble}`, Array.isArray(s.standbys) && `standby units: ${s.standbys.join(', ')}`]
+      .filter(Boolean).join('\n');
+    return el('span', {
+      class: `chip${s.prepared ? ' tone-warn' : ''}`,
+      dataset: { standby: channel },
+      title: title || null,
+      text: s.prepared ? `encoding ${channel} for the swarm: ${standbyCause(s.cause)}${release}` : `standing by for ${channel}`,
+    });
+  });
 }
