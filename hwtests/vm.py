@@ -11,11 +11,13 @@ provisioning bundle made here from a one-appliance fleet manifest:
    ready (systemd's "Started" line for the Type=notify service), the API
    answering with the image version, segments written and valid to
    ffprobe; then a hang drill stops the data plane, and the watchdog must
-   restart the daemon (new pid, systemd's watchdog line on the console);
+   restart the daemon (new pid, systemd's watchdog line on the console),
+   exactly once;
 2. the same bundle again: provisioning reports "unchanged";
-3. a malformed bundle: the appliance boots, the refusal is on the
-   console and in the API's provisioning status, and the previous
-   configuration (identity, admin password) is still the one running;
+3. a malformed bundle carrying another admin password: the appliance
+   boots, the refusal is on the console and in the API's provisioning
+   status, and the previous configuration is still the one running
+   (identity; the previous password signs in, the refused one does not);
 4. a fresh disk with a capture bundle (hwtests/vm/vivid.toml) and vivid
    loaded from the kernel command line: the daemon captures vivid's HDMI
    input at 1280x720p25 YU12 through the V4L2 driver, segments decode,
@@ -24,6 +26,10 @@ provisioning bundle made here from a one-appliance fleet manifest:
    the timeline goes on, cleared when the signal returns, and a device
    that disappears (vivid's Disconnect) comes back without a daemon
    restart.
+
+Watchdog restarts are counted in every boot (systemd's line on the
+console, the daemon's pid, sessions lost): a boot other than the first
+with any fails.
 
 Direct kernel boot (image/out/vmlinuz, initrd.img, cmdline), virtio disks,
 serial console to a file, the admin and origin ports forwarded to
@@ -83,8 +89,9 @@ class Api:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.csrf = None
         # Boot 4 sets this: should the watchdog restart the daemon under it,
-        # the test signs in again and logs the restart.
+        # the test signs in again, logs and counts it (the boot then fails).
         self.survive_restarts = False
+        self.relogins = 0
 
     def request(self, method, path, body=None, timeout=10):
         try:
@@ -97,6 +104,7 @@ class Api:
             log(f"{method} {path}: {status or data.decode()}; the daemon restarted? signing in again")
             wait("the admin API", 90, self.healthy)
             self.login()
+            self.relogins += 1
             return self.request_once(method, path, body, timeout)
         return status, data
 
@@ -275,6 +283,7 @@ def boot_good(vm, api, image_version):
     prov = status.get("provisioning") or {}
     expect(prov.get("state") == "applied", f"provisioning state {prov}")
     expect(status.get("watchdog_s") == 10.0, f"watchdog period {status.get('watchdog_s')}, want 10 s")
+    booted_pid = status["pid"]
 
     # Encoding the built-in source and writing segments.
     def segment():
@@ -327,6 +336,9 @@ def boot_good(vm, api, image_version):
         return s if s["pid"] != before["pid"] and s["frames_captured"] > 0 else None
     after = wait("the restarted daemon", 120, restarted, every=2)
     log(f"restarted by the watchdog: pid {before['pid']} -> {after['pid']}")
+    expect(first["pid"] == before["pid"] == booted_pid, f"the daemon restarted before the hang drill: "
+           f"pid {booted_pid}, {first['pid']}, {before['pid']}")
+    expect_restarts(vm, api, after["pid"], 1, "boot 1")
     vm.power_off()
 
 
@@ -356,6 +368,10 @@ def boot_vivid(vm, api):
     vm.wait_console("Started lockstep.service", 300)
     wait("the admin API", 120, api.healthy)
     api.login()
+    pid = api.get("/api/v1/status")["pid"]
+    # Should the watchdog restart the daemon, the steps go on (signing in
+    # again) so the failure can say what else held; the count at the end
+    # fails the boot.
     api.survive_restarts = True
     name, stream = fetch_segment(vm, "240p", 240)
     log(f"segment {name} from vivid: {stream}")
@@ -379,8 +395,8 @@ def boot_vivid(vm, api):
     # How many frames vivid delivers depends on how fast TCG runs its
     # generator (1 to 24 of 25 fps seen); the property is that every one it
     # delivers reaches the encoder in place. Watch until 50 have, at most 60 s.
-    # A daemon the watchdog restarts while vivid stalls starts its counters
-    # afresh: the count goes on from there (and the restart is logged).
+    # A daemon the watchdog restarted would start its counters afresh: the
+    # count goes on from there (and the restart fails the boot at its end).
     started = time.monotonic()
     base, total = src["frames"], {k: 0 for k in src["frames"]}
     while True:
@@ -498,6 +514,7 @@ def boot_vivid(vm, api):
     saved = api.get(f"/api/v1/channels/{CHANNEL}/config")["saved"]
     expect(saved and saved["state"] == "saved", f"the change was not saved to the configuration file: {saved}")
     log(f"saved to {saved['file']}")
+    expect_restarts(vm, api, pid, 0, "boot 4")
     vm.power_off()
 
 
@@ -512,16 +529,22 @@ def boot_again(vm, api):
     expect(prov.get("state") == "unchanged", f"provisioning state {prov}, want unchanged")
     expect(status["hostname"] == HOSTNAME, f"host name {status['hostname']!r}")
     log("the same bundle again: unchanged")
+    expect_restarts(vm, api, status["pid"], 0, "boot 2")
     vm.power_off()
 
 
-def boot_bad(vm, api):
+def boot_bad(vm, api, refused_password):
     vm.start()
     vm.wait_console("REFUSED", 300)
     log("the refusal is on the console")
     vm.wait_console("Started lockstep.service", 300)
     wait("the admin API", 120, api.healthy)
-    api.login()  # the previous admin password still works
+    # The refused bundle carries another password: it must not work, and
+    # the previous one must.
+    status, body = api.request("POST", "/api/v1/login", {"password": refused_password})
+    expect(status == 401, f"the refused bundle's password signed in: {status} {body[:200]!r}")
+    api.login()
+    log("the refused bundle's password is refused; the previous one signs in")
     status = api.get("/api/v1/status")
     prov = status.get("provisioning") or {}
     expect(prov.get("state") == "rejected", f"provisioning state {prov}, want rejected")
@@ -529,6 +552,7 @@ def boot_bad(vm, api):
     expect(status["hostname"] == HOSTNAME and status["appliance"] == HOSTNAME,
            f"previous identity lost: host {status['hostname']!r}, appliance {status['appliance']!r}")
     log(f"previous configuration kept: {HOSTNAME}, error: {prov['error']}")
+    expect_restarts(vm, api, status["pid"], 0, "boot 3")
     vm.power_off()
 
 
@@ -545,16 +569,32 @@ def provisioning_boots(work, args, disk, drive, good, password, image_version, v
     vms.append(vm)
     boot_again(vm, Api(vm.api_port, password))
 
-    log("boot 3: the same disk, a malformed bundle")
-    config_drive(drive, good.replace(HOSTNAME, "vm-enc-9"))
+    log("boot 3: the same disk, a malformed bundle with another admin password")
+    other = secrets.token_hex(12)
+    with open(make_fleet(work, args.binary, other, name="fleet-refused")) as f:
+        bad = f.read().replace(HOSTNAME, "vm-enc-9")
+    expect(bad != good, "the refused bundle is the good one")
+    config_drive(drive, bad)
     vm = Vm(work, args.image, disk, drive, "3")
     vms.append(vm)
-    boot_bad(vm, Api(vm.api_port, password))
+    boot_bad(vm, Api(vm.api_port, password), other)
 
 
 def expect(ok, message):
     if not ok:
         raise Failure(message)
+
+
+def expect_restarts(vm, api, pid, want, boot):
+    """The watchdog restarted the daemon `want` times in this boot: counted
+    on the console (systemd's "Watchdog timeout" line), and with none the
+    daemon still runs as `pid` and the test never had to sign in again."""
+    seen = vm.text().count("Watchdog timeout")
+    now = api.get("/api/v1/status")["pid"]
+    expect(seen == want and (want > 0 or (now == pid and api.relogins == 0)),
+           f"{boot}: the watchdog restarted the daemon {seen} times (want {want}); pid {pid} -> {now}, "
+           f"{api.relogins} sign-ins after a lost session")
+    log(f"{boot}: {seen} watchdog restarts, as wanted")
 
 
 def main():

@@ -33,7 +33,7 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
     let predictor = config.history.enabled.then(|| models_path(&history_path)).and_then(|path| {
         crate::predict::live::Predictor::open(path)
             .map(Arc::new)
-            .map_err(|e| tracing::error!("failure prediction off for this run: {e:#}"))
+            .map_err(|e| tracing::error!("failure prediction off for this run: {}", crate::errors::one_line(&*e)))
             .ok()
     });
     let edges = crate::health::edge::EdgeAgent::start(&config.steering);
@@ -75,7 +75,7 @@ pub fn services(config: &Config, channels: &Arc<Channels>) -> anyhow::Result<Ser
         };
         // Without its history the appliance still encodes: said, not fatal.
         crate::history::start(&config.history, &history_path, sample).unwrap_or_else(|e| {
-            tracing::error!("history off for this run: {e:#}");
+            tracing::error!("history off for this run: {}", crate::errors::one_line(&*e));
             None
         })
     };

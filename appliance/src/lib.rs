@@ -17,6 +17,7 @@ pub mod devices;
 pub mod drill;
 pub mod edge;
 pub mod encode;
+pub mod errors;
 pub mod files;
 pub mod handover;
 pub mod health;

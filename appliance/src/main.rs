@@ -218,7 +218,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", lockstep::errors::one_line(&*e));
             ExitCode::FAILURE
         }
     }

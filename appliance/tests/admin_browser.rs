@@ -81,6 +81,7 @@ fn the_admin_page_runs_a_swarm_in_a_browser() {
         "channel pop created from the page",
         "channel pop deleted from the page",
         "failover event",
+        "played on past what it held at the kill",
         "the chain shows the encoder of",
         "while the first channel keeps publishing",
     ] {

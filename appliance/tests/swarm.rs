@@ -483,22 +483,42 @@ fn a_late_node_catches_up_and_its_combined_output_survives_a_kill() {
         have.first().unwrap() < &first_own && have.last().unwrap() > &(last_a + 1),
         "spans catch-up and failover: {have:?}, A's last {last_a} ({killed_at} entries)"
     );
-    // What came from A is A's bytes; what B made itself equals A's where both exist.
+    // Where each combined segment came from, proved by the files: up to
+    // A's last segment it equals A's file (and B's where B made one; B has
+    // none before its first), after it B's own, A having none. A combined
+    // segment found in neither node's own output fails, as does one that
+    // differs.
+    let killed_last = last_a;
     for i in &have {
         let f = format!("seg-{i}.m4s");
         let bytes = std::fs::read(combined.join(&f)).unwrap();
         let theirs = std::fs::read(a.join(&f)).ok();
         let own = std::fs::read(b.join(&f)).ok();
-        let same = |x: &Option<Vec<u8>>| x.as_ref().is_none_or(|x| *x == bytes);
+        let alive = *i <= killed_last;
+        let equal = |x: &Option<Vec<u8>>| x.as_ref() == Some(&bytes);
+        let proved = if alive {
+            equal(&theirs) && (own.is_none() || equal(&own)) && (*i >= first_own || own.is_none())
+        } else {
+            equal(&own) && theirs.is_none()
+        };
         assert!(
-            same(&theirs) && same(&own),
-            "{f}: combined {} bytes, A's {:?}, B's {:?}; B's log:\n{}",
+            proved,
+            "{f}: combined {} bytes must equal {}; A's {:?}, B's {:?} (B's first own {first_own}, A's last {killed_last}); \
+             B's log:\n{}",
             bytes.len(),
+            if alive { "A's file, A being alive" } else { "B's own file, A having stopped" },
             theirs.as_ref().map(Vec::len),
             own.as_ref().map(Vec::len),
             std::fs::read_to_string(dir.path().join("n1/stderr.log")).unwrap_or_default()
         );
     }
+    let after_kill = have.iter().filter(|&&i| i > killed_last).count();
+    assert!(after_kill >= 3, "at least 3 segments after the kill come from B alone: {have:?}");
+    eprintln!(
+        "combined output: {} segments from A alone, {} from both, {after_kill} from B alone after the kill",
+        have.iter().filter(|&&i| i < first_own).count(),
+        have.iter().filter(|&&i| i >= first_own && i <= killed_last).count()
+    );
     // The combined stream decodes across the catch-up and the failure with
     // continuous timestamps and every frame.
     let segs = common::playlist_segments(&combined);

@@ -105,21 +105,32 @@ try {
   // Change a rendition's bitrate; the measured bitrate follows.
   const row = 'tr[data-rendition="180p"]';
   const measured = () => page.evaluate((r) => parseFloat(document.querySelector(`${r} .measured`).textContent.replace(/[^0-9.]/g, '')), row);
-  await page.waitForFunction((r) => /[0-9]/.test(document.querySelector(`${r} .measured`)?.textContent || ''), row, { timeout: 30_000 });
+  // The rate before the change must be above the bound the change is
+  // judged by, or the step would prove nothing.
+  const bound = 130;
+  try {
+    await page.waitForFunction(
+      ([r, b]) => parseFloat(document.querySelector(`${r} .measured`)?.textContent.replace(/[^0-9.]/g, '') || '0') > b,
+      [row, bound],
+      { timeout: 30_000 },
+    );
+  } catch (e) {
+    fail(`180p's measured bitrate before the change never rose above ${bound} kbit/s: ${e.message.split('\n')[0]}`);
+  }
   const before = await measured();
   await page.fill(`${row} .bitrate`, '80');
   await page.click(`${row} .apply`);
   await page.waitForFunction(
-    (r) => {
+    ([r, b]) => {
       const v = parseFloat(document.querySelector(`${r} .measured`).textContent.replace(/[^0-9.]/g, ''));
-      return v > 0 && v < 130;
+      return v > 0 && v < b;
     },
-    row,
+    [row, bound],
     { timeout: 45_000 },
   );
   const after = await measured();
   await shot('bitrate');
-  step(`bitrate change took effect: 180p measured ${before} → ${after} kbit/s`);
+  step(`bitrate change took effect: 180p measured ${before} → ${after} kbit/s (judged against ${bound})`);
 
   // The configuration form: a bad value is refused naming its key and
   // marked; a good one is applied live at a segment boundary.
@@ -215,6 +226,12 @@ try {
     fail(`no chosen node other than the watching one (${current}) found within 60 s; chosen in turn: ${seen.join(', ')}`);
   }
   const viewer = current;
+  // What the player holds at the kill: it could play that much without a
+  // single new segment, so it must play past it.
+  const held = await page.evaluate(() => {
+    const v = document.querySelector('#preview');
+    return { t: v.currentTime, end: v.buffered.length ? v.buffered.end(v.buffered.length - 1) : v.currentTime };
+  });
   process.kill(Number(pids[chosen]), 'SIGKILL');
   step(`killed ${chosen} (pid ${pids[chosen]}), the node whose segments were chosen; watching from ${viewer}`);
   await page.waitForFunction(
@@ -223,10 +240,16 @@ try {
     { timeout: 30_000 },
   );
   await page.waitForSelector('#events [data-kind="failover"]', { timeout: 30_000 });
-  const t2 = await played(3, 60_000);
+  const past = held.end + 2;
+  try {
+    await page.waitForFunction((t) => document.querySelector('#preview').currentTime > t, past, { timeout: 60_000 });
+  } catch (e) {
+    fail(`after the kill the preview never played past ${past.toFixed(1)} s (buffered to ${held.end.toFixed(1)} s at the kill): ${e.message.split('\n')[0]}`);
+  }
+  const t2 = await page.evaluate(() => document.querySelector('#preview').currentTime);
   await shot('failover');
   await page.screenshot({ path: join(shots, 'failover-full.png'), fullPage: true });
-  step(`the page shows ${chosen} unhealthy and a failover event; the preview kept playing (currentTime ${t2.toFixed(1)} s)`);
+  step(`the page shows ${chosen} unhealthy and a failover event; the preview played on past what it held at the kill (${held.t.toFixed(1)} s, buffered to ${held.end.toFixed(1)} s) to ${t2.toFixed(1)} s`);
   await page.waitForFunction(
     (n) => document.querySelector(`#chain .chain-box[data-id="encoder:${n}"]`)?.dataset.state === 'down',
     chosen,

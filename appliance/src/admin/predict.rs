@@ -99,7 +99,7 @@ pub(super) async fn train(
             let span = store.span(name, now.saturating_sub(since_s * 1000), now, now).map_err(failed)?;
             data.insert(name.clone(), span.points.iter().map(|pt| (pt.t_ms, pt.mean)).collect());
         }
-        p.train(&data, now).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
+        p.train(&data, now).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, crate::errors::one_line(&*e)))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("training: {e}")))??;

@@ -203,8 +203,8 @@ impl Driver<'_> {
                 self.last = Some(summary);
                 RunEnd::Done
             }
-            Err(e @ PipelineError::Capture(_)) => RunEnd::Capture(format!("{:#}", anyhow::Error::from(e))),
-            Err(e) => RunEnd::Failed(format!("{:#}", anyhow::Error::from(e))),
+            Err(e @ PipelineError::Capture(_)) => RunEnd::Capture(crate::errors::one_line(&e)),
+            Err(e) => RunEnd::Failed(crate::errors::one_line(&e)),
         };
         self.ended.insert(id, handover);
         while self.ended.len() > ENDED_KEPT {

@@ -272,6 +272,6 @@ impl Channels {
 /// and waits for a start command.
 fn keep_supervising(config: Config, limits: &RunLimits, taps: &Taps, commands: &driver::Commands, stop: &AtomicBool) {
     if let Err(e) = driver::supervise(&config, limits, taps, commands, stop, false) {
-        tracing::warn!(channel = %config.channel.id, "the channel's last run ended with an error: {e:#}");
+        tracing::warn!(channel = %config.channel.id, "the channel's last run ended with an error: {}", crate::errors::one_line(&*e));
     }
 }

@@ -177,7 +177,9 @@ impl Discipline {
     /// A measurement further than [`OUTLIER_SIGMA`] standard deviations
     /// from the prediction is left out (a delayed packet); [`STEP_AFTER`]
     /// of them in a row mean the reference stepped: the offset is taken
-    /// over, locking restarts, the frequency estimate is kept.
+    /// over, locking restarts from the frequency estimate with its
+    /// uncertainty reset to the prior, so a wrong estimate is learnt again
+    /// in seconds.
     pub fn measure(&mut self, t: i64, offset_ns: f64, gm: [u8; 8]) {
         if self.grandmaster.is_some_and(|g| g != gm) {
             self.grandmaster_changes += 1;
@@ -211,10 +213,18 @@ impl Discipline {
                 self.outliers += 1;
                 return;
             }
+            // The model was wrong: start again from this offset, from the
+            // frequency estimate but as unsure of it as before the first
+            // measurement (what it was learnt from may have been wrong too:
+            // ptp4l reports an offset of 0 until it has a path delay), and
+            // from the configured noise (the innovations seen held the step).
             self.steps += 1;
             self.outliers_in_row = 0;
             self.samples = 1;
-            *f = Filter { t, x: [offset_ns, x[1]], p: [[r, 0.0], [0.0, p[1][1]]] };
+            self.innovation_var = self.cfg.measurement_noise_ns.powi(2);
+            self.innovations_seen = 0;
+            let frequency_var = p[1][1].max(self.cfg.initial_frequency_var);
+            *f = Filter { t, x: [offset_ns, x[1]], p: [[r, 0.0], [0.0, frequency_var]] };
             return;
         }
         self.outliers_in_row = 0;
@@ -379,6 +389,30 @@ mod tests {
         // 5 ms at 500 ppm takes 10 s: after 30 s the output has caught up.
         let target = t as f64 - q.offset_ns;
         assert!((last as f64 - target).abs() < 5_000.0, "{last} vs {target}");
+    }
+
+    #[test]
+    fn a_frequency_learnt_from_wrong_samples_is_learnt_again_after_the_step() {
+        // ptp4l answers 0 for a second before it has a path delay; then the
+        // real offset: 1 ms and a master 20 ppm fast. Keeping the frequency
+        // as sure as those zeros made it, the filter crawled at 3-8 ppm.
+        let mut d = Discipline::new(ServoConfig::default());
+        let mut n = Noise(5);
+        let mut t = 0;
+        while t < S {
+            t += S / 8;
+            d.measure(t, 0.0, GM);
+        }
+        let real = |t: i64| -1_000_000.0 - 20e-6 * t as f64;
+        while t < 11 * S {
+            t += S / 8;
+            d.measure(t, real(t) + n.next(1_500.0), GM);
+        }
+        let q = d.quality(t);
+        assert_eq!(q.steps, 1, "{q:?}");
+        assert_eq!(q.state, ClockState::Locked, "{q:?}");
+        assert!((q.frequency + 20e-6).abs() < 0.5e-6, "frequency {} after 10 s, want -20 ppm", q.frequency);
+        assert!((q.offset_ns - real(t)).abs() < 5_000.0, "offset {} vs {}", q.offset_ns, real(t));
     }
 
     #[test]

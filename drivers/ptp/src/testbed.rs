@@ -5,6 +5,12 @@
 //! it still measures and reports the master offset. Each ptp4l has its
 //! own management socket. Namespaces and processes are removed on drop.
 //!
+//! Master and slave share this machine's clock, so the offset the slave
+//! measures is about zero. [`Testbed::with_proxy`] puts a [`proxy::Proxy`]
+//! of the project's own in a third namespace between them, which shifts
+//! the master's timestamps by a known offset (and drift): a real offset
+//! that pmc reports and a daemon must follow.
+//!
 //! Needs root (namespaces), `ip` (iproute2) and linuxptp: [`Testbed::start`]
 //! panics naming what is missing, it never skips.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
@@ -12,6 +18,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+pub mod proxy;
 
 /// Runs `cmd`, panics with its stderr if it fails, returns its stdout.
 pub fn run(cmd: &mut Command) -> String {
@@ -44,12 +52,16 @@ impl Drop for Ptp4l {
     }
 }
 
-/// Master and slave ptp4l in two namespaces.
+/// Master and slave ptp4l in two namespaces (three with the proxy).
 #[derive(Debug)]
 pub struct Testbed {
     dir: tempfile::TempDir,
-    namespaces: [String; 2],
+    /// Master's, slave's, and the proxy's when there is one.
+    namespaces: Vec<String>,
+    /// Master's and slave's interface.
     devices: [String; 2],
+    /// The proxy between them, when there is one.
+    pub proxy: Option<proxy::Proxy>,
     master: Option<Ptp4l>,
     slave: Option<Ptp4l>,
     master_conf: PathBuf,
@@ -65,9 +77,22 @@ impl Testbed {
     /// Creates the namespaces and starts master and slave. Sync 8/s,
     /// announce 4/s, announce timeout 3 intervals.
     pub fn start() -> Self {
+        Self::build(false)
+    }
+
+    /// As [`Testbed::start`], with the slave behind a [`proxy::Proxy`]
+    /// (shift 0 until [`proxy::Proxy::set`]).
+    pub fn with_proxy() -> Self {
+        Self::build(true)
+    }
+
+    fn build(proxied: bool) -> Self {
         require_tools();
         let tag = format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
-        let namespaces = [format!("lsptp-m{tag}"), format!("lsptp-s{tag}")];
+        let mut namespaces = vec![format!("lsptp-m{tag}"), format!("lsptp-s{tag}")];
+        if proxied {
+            namespaces.push(format!("lsptp-p{tag}"));
+        }
         let devices = [format!("lpm{tag}"), format!("lps{tag}")];
         let dir = tempfile::tempdir().unwrap();
         for n in &namespaces {
@@ -80,15 +105,37 @@ impl Testbed {
             dir,
             namespaces,
             devices,
+            proxy: None,
             master: None,
             slave: None,
         };
-        let ([m, s], [dm, ds]) = (&bed.namespaces, &bed.devices);
-        run(Command::new("ip").args(["link", "add", dm, "netns", m, "type", "veth", "peer", "name", ds, "netns", s]));
-        for (ns, dev, addr) in [(m, dm, "10.77.0.1/24"), (s, ds, "10.77.0.2/24")] {
+        let (m, s, [dm, ds]) = (&bed.namespaces[0], &bed.namespaces[1], &bed.devices);
+        let up = |ns: &str, dev: &str, addr: &str| {
             run(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", dev]));
             run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]));
             run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
+        };
+        if let Some(p) = bed.namespaces.get(2) {
+            // master 10.77.1.1 ─ 10.77.1.2 proxy 10.77.2.1 ─ 10.77.2.2 slave
+            let (pm, ps) = (format!("lxm{tag}"), format!("lxs{tag}"));
+            run(Command::new("ip")
+                .args(["link", "add", dm, "netns", m, "type", "veth", "peer", "name", &pm, "netns", p]));
+            run(Command::new("ip")
+                .args(["link", "add", ds, "netns", s, "type", "veth", "peer", "name", &ps, "netns", p]));
+            up(m, dm, "10.77.1.1/24");
+            up(p, &pm, "10.77.1.2/24");
+            up(p, &ps, "10.77.2.1/24");
+            up(s, ds, "10.77.2.2/24");
+            bed.proxy = Some(proxy::Proxy::start(
+                p,
+                proxy::Side { device: pm, address: std::net::Ipv4Addr::new(10, 77, 1, 2) },
+                proxy::Side { device: ps, address: std::net::Ipv4Addr::new(10, 77, 2, 1) },
+            ));
+        } else {
+            run(Command::new("ip")
+                .args(["link", "add", dm, "netns", m, "type", "veth", "peer", "name", ds, "netns", s]));
+            up(m, dm, "10.77.0.1/24");
+            up(s, ds, "10.77.0.2/24");
         }
         let (mconf, muds) = bed.config("master", "priority1 100\n");
         let (sconf, suds) = bed.config("slave", "slaveOnly 1\nfree_running 1\n");
@@ -103,7 +150,7 @@ impl Testbed {
     fn config(&self, name: &str, extra: &str) -> (PathBuf, PathBuf) {
         let uds = self.dir.path().join(format!("{name}.sock"));
         let text = format!(
-            "[global]\nuds_address {}\nlogSyncInterval -3\nlogAnnounceInterval -2\nannounceReceiptTimeout 3\n{extra}",
+            "[global]\nuds_address {}\nnetwork_transport UDPv4\nlogSyncInterval -3\nlogAnnounceInterval -2\nannounceReceiptTimeout 3\n{extra}",
             uds.display()
         );
         let conf = self.dir.path().join(format!("{name}.conf"));
@@ -164,6 +211,7 @@ impl Drop for Testbed {
     fn drop(&mut self) {
         self.master = None;
         self.slave = None;
+        self.proxy = None;
         for n in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }

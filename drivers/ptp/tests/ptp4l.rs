@@ -82,3 +82,47 @@ fn answers_match_pmc_for_a_real_ptp4l_pair() {
     assert_eq!(u8::from(props.ptp_timescale).to_string(), field(&text, "ptpTimescale"), "{text}");
     assert_eq!(c.malformed, 0);
 }
+
+/// pmc's `master_offset`, once the slave reports one near `want` (within
+/// `within` ns); panics after `limit`.
+fn offset_near(bed: &Testbed, want: i64, within: i64, limit: Duration) -> i64 {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let text = bed.pmc("TIME_STATUS_NP");
+        if let Ok(offset) = field(&text, "master_offset").parse::<i64>() {
+            if (offset - want).abs() <= within && field(&text, "gmPresent") == "true" {
+                return offset;
+            }
+            seen.push(offset);
+        }
+        assert!(started.elapsed() < limit, "pmc never reported {want} ± {within} ns: {seen:?}\n{}", bed.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_proxy_gives_the_slave_a_known_offset_and_drift() {
+    let bed = Testbed::with_proxy();
+    let proxy = bed.proxy.as_ref().unwrap();
+    // Unshifted, the master and the slave share this machine's clock.
+    let zero = offset_near(&bed, 0, 200_000, Duration::from_secs(30));
+    proxy.set(3_000_000, 0);
+    // The slave is free-running: its offset jumps to minus the shift.
+    let shifted = offset_near(&bed, -3_000_000, 200_000, Duration::from_secs(15));
+    eprintln!("through the proxy: {zero} ns unshifted, {shifted} ns with the master's timestamps 3 ms later");
+    // A master 50 ppm fast: the offset falls by 50 µs a second.
+    proxy.set(-3_000_000, 50_000);
+    let first = offset_near(&bed, 3_000_000, 200_000, Duration::from_secs(15));
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let later: i64 = field(&bed.pmc("TIME_STATUS_NP"), "master_offset").parse().unwrap();
+    let ppm = (first - later) as f64 / t0.elapsed().as_secs_f64() / 1000.0;
+    eprintln!(
+        "offset {first} ns, {later} ns {:.1} s later: the master runs {ppm:.1} ppm fast",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!((ppm - 50.0).abs() < 10.0, "drift of 50 ppm measured as {ppm:.1} ppm");
+    let (forwarded, shifted) = proxy.forwarded();
+    assert!(shifted > 50 && forwarded > shifted, "forwarded {forwarded} messages, {shifted} shifted");
+}
