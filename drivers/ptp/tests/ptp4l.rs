@@ -2,6 +2,8 @@
 //! master and a slave in two network namespaces joined by a veth pair,
 //! software timestamping, the slave with `free_running 1` so nothing
 //! touches this machine's clock. The client's answers must match `pmc`'s.
+//! Through the project's PTP proxy (a third namespace) pmc must read the
+//! offset and the drift the proxy adds to the master's timestamps.
 //!
 //! Needs root (namespaces), `ip` (iproute2) and linuxptp; it fails, never
 //! skips, when one is missing (`./run test` installs them).
