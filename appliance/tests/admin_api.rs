@@ -414,7 +414,10 @@ fn logins_and_csrf_tokens_are_required() {
     for private in ["/audit.jsonl", "/ch/metrics.prom", "/ch/../audit.jsonl", "/lockstep.toml"] {
         assert_eq!(http(&d.origin, "GET", private, &[], b"").status, 404, "origin served {private}");
     }
-    assert_eq!(http(&d.origin, "GET", "/ch/90p/manifest.jsonl", &[], b"").status, 200, "peers fetch manifests");
+    // (The manifest gains its first line a moment after the playlist.)
+    d.wait_for("peers fetch manifests", Duration::from_secs(10), || {
+        http(&d.origin, "GET", "/ch/90p/manifest.jsonl", &[], b"").status == 200
+    });
     // Logged out: the cookie no longer works.
     assert_eq!(d.send("POST", "/api/v1/logout", &cookie, &csrf, "").status, 204);
     assert_eq!(d.get("/api/v1/status", &cookie).status, 401);
