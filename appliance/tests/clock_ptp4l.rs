@@ -7,7 +7,8 @@
 //! ignored the offset would fail. `lockstep clock` processes report the
 //! grandmaster pmc reports, go to holdover when the master is killed,
 //! relock when it comes back with its time stepped (slewing the step in,
-//! never going backwards), and agree with each other. A process with an injected fault must show it.
+//! never going backwards), and agree with each other. A process with an
+//! injected fault must show it.
 //!
 //! Needs root, iproute2 and linuxptp; fails, never skips, without them.
 #![allow(clippy::unwrap_used)]

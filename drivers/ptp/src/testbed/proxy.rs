@@ -132,11 +132,6 @@ impl Proxy {
         self.shift.offset_ns.store(offset_ns, Ordering::Relaxed);
     }
 
-    /// The shift added now, in nanoseconds.
-    pub fn shift_ns(&self) -> i64 {
-        self.shift.now_ns()
-    }
-
     /// Messages forwarded both ways, and the master's that were shifted.
     pub fn forwarded(&self) -> (i64, i64) {
         (self.counts[0].load(Ordering::Relaxed), self.counts[1].load(Ordering::Relaxed))
